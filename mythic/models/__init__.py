@@ -1,0 +1,1 @@
+"""Models: the retrofit wrapper around a pretrained base, and the from-scratch OpenMythos RDT."""

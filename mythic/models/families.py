@@ -1,0 +1,85 @@
+"""What differs between the supported base families, in one table.
+
+Everything else — embeddings, masks, rotary tables, per-layer inputs, the final norm and
+soft-capping — is the base model's own forward: the wrapper only intercepts the calls of
+the looped block's decoder layers, so a family needs no modeling code here.
+
+    model_type     Depth-LoRA targets      layer dropping    notes
+    llama          q_proj, o_proj          yes
+    mistral        q_proj, o_proj          yes
+    qwen2          q_proj, o_proj          yes
+    qwen3          q_proj, o_proj          yes
+    qwen3_moe      q_proj, o_proj          yes               MoE experts are 3-D params (no LoRA)
+    deepseek_v2    q_proj, q_b_proj, o_proj yes              MLA; q_b_proj when q_lora_rank is set
+    gemma4_text    q_proj, o_proj          no                per-layer inputs are sized by layer count;
+                                                             the block may not straddle the KV-sharing start
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+
+from mythic.errors import MythicError
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    lora_targets: tuple[str, ...] = ("q_proj", "o_proj")
+    can_drop_layers: bool = True
+
+
+FAMILIES = {
+    f.model_type: f
+    for f in (
+        Family("llama"),
+        Family("mistral"),
+        Family("qwen2"),
+        Family("qwen3"),
+        Family("qwen3_moe"),
+        Family("deepseek_v2", lora_targets=("q_proj", "q_b_proj", "o_proj")),
+        Family("gemma4_text", can_drop_layers=False),
+    )
+}
+
+
+def family_of(config: PreTrainedConfig) -> Family:
+    """The family entry for a base config, or a one-line error naming the architecture."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise MythicError(
+            f"unsupported architecture {model_type!r}: mythic supports {', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The base's decoder-layer list (``model.model.layers``)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise MythicError(f"{type(model).__name__} has no decoder-layer list at model.model.layers")
+    return layers
+
+
+def check_block(config: PreTrainedConfig, start: int, end: int, drop: tuple[int, int] | None) -> None:
+    """Validate a block [start, end) and an optional dropped range against the base config."""
+    n = config.num_hidden_layers
+    if not 0 <= start < n:
+        raise MythicError(f"block start {start} is out of range: the base has layers 0..{n - 1}")
+    if end <= start:
+        raise MythicError(f"block end {end} must be greater than block start {start}")
+    if end > n:
+        raise MythicError(f"block end {end} is out of range: the base has {n} layers")
+    family = family_of(config)
+    if drop is not None:
+        a, b = drop
+        if not family.can_drop_layers:
+            raise MythicError(f"layer dropping is not supported for {family.model_type}")
+        if not (0 <= a < b <= start):
+            raise MythicError(f"dropped layers {a}:{b} must lie between the prelude and the block start {start}")
+    shared_from = n - getattr(config, "num_kv_shared_layers", 0)
+    if start < shared_from < end:
+        raise MythicError(f"block {start}:{end} straddles the KV-sharing start at layer {shared_from}")

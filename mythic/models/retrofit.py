@@ -1,0 +1,387 @@
+"""The retrofit wrapper: a pretrained decoder whose middle block is looped T times.
+
+    prelude = layers[:s]   (optionally minus a dropped range [a, b) ⊂ [0, s), retrofit-paper surgery)
+    block   = layers[s:e]  run T = n_loops times through the loop driver
+    coda    = layers[e:]
+
+``MythicForCausalLM`` is a real ``PreTrainedModel`` + ``GenerationMixin``: it owns the base
+causal LM unchanged and replaces each block layer in ``model.model.layers`` by a
+``BlockSlot``. During the base's own forward, the slots of layers s … e−2 record their
+call (hidden-state input aside, each decoder layer gets its mask, rotary table, per-layer
+input, cache…) and pass the hidden state through; the slot of layer e−1 then runs the
+loop driver over the recorded calls. Embeddings, masks, norms and heads stay the base's
+own code for every family, so a fresh wrapper at T = 1 computes exactly what the base
+computes: bit-for-bit identical logits.
+
+The cache is a ``LoopCache`` (one KV slot per loop and block layer); the loop index
+reaches Depth-LoRA through a per-model ``LoopContext``. ``base_mode()`` switches all of
+the recurrence and LoRA off: the result is the base model (the KL-anchor target).
+
+Loop counts above ``max_loops`` (the trained maximum) run: the per-loop parameters of
+the last trained loop are reused for every deeper loop.
+
+A surgery/training checkpoint holds ``config.json`` plus ``recurrence.safetensors`` (the
+new parameters only); ``from_pretrained`` loads the base named in the config and then the
+recurrence tensors strictly. A full export (``save_pretrained``) holds everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub.dataclasses import strict
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from mythic.errors import MythicError
+from mythic.models.families import check_block, decoder_layers, family_of
+from mythic.recurrence.cache import LoopCache
+from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
+from mythic.recurrence.loop import LoopCount, run_loops
+from mythic.recurrence.loop_embedding import LoopEmbedding
+from mythic.recurrence.rules import RULES, ConcatRule, ParcaeRule, ResidualRule, UpdateRule
+
+RECURRENCE_FILE = "recurrence.safetensors"
+
+
+@strict
+class MythicConfig(PreTrainedConfig):
+    """The base's config (``text_config``, as it was before surgery) plus the surgery settings."""
+
+    model_type = "mythic"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    block_start: int = 0
+    block_end: int = 1
+    drop: list[int] | None = None
+    max_loops: int = 8
+    n_loops: int = 1
+    rule: str = "residual"
+    inject_scale: float = 0.01
+    full_b: bool = False
+    gate_bias_init: float = 0.0
+    gate_per_channel: bool = False
+    layerscale_init: float = 0.05
+    layerscale_max: float = 0.5
+    layerscale_per_channel: bool = False
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: list[str] | None = None
+    loop_embedding: bool = False
+    base_name_or_path: str | None = None
+    base_revision: str | None = None
+    base_fingerprint: str | None = None
+
+    def validate_surgery(self) -> None:
+        """One-line errors for impossible settings; called before any model is built."""
+        if self.rule not in RULES:
+            raise MythicError(f"unknown update rule {self.rule!r}: choose one of {', '.join(RULES)}")
+        if self.max_loops < 1 or self.n_loops < 1:
+            raise MythicError("max_loops and n_loops must be at least 1")
+        if self.lora_rank < 0:
+            raise MythicError("lora_rank must be >= 0 (0 disables Depth-LoRA)")
+        drop = tuple(self.drop) if self.drop else None
+        check_block(self.text_config, self.block_start, self.block_end, drop)
+
+    @property
+    def kept_layers(self) -> list[int]:
+        """Original indices of the layers kept after surgery."""
+        n = self.text_config.num_hidden_layers
+        a, b = self.drop or (0, 0)
+        return [i for i in range(n) if not a <= i < b]
+
+
+def config_fingerprint(config: PreTrainedConfig) -> str:
+    """A short hash of the architecture-defining part of a base config."""
+    keys = sorted(k for k in config.to_diff_dict() if not k.startswith("_") and k not in ("transformers_version",))
+    blob = json.dumps({k: config.to_diff_dict()[k] for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Run:
+    """Settings of one forward call, read by the block slots through the LoopContext."""
+
+    loop: bool
+    n_loops: LoopCount = 1
+    grad_loops: int | None = None
+    checkpoint: bool = False
+    calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+
+
+class Recurrence(nn.Module):
+    """All new parameters: the update rule (gate, LayerScale, injection / adapter), Depth-LoRA, loop embedding."""
+
+    def __init__(self, config: MythicConfig, dim: int) -> None:
+        super().__init__()
+        self.rule: UpdateRule
+        if config.rule == "residual":
+            self.rule = ResidualRule(
+                dim,
+                config.max_loops,
+                inject_scale=config.inject_scale,
+                gate_bias_init=config.gate_bias_init,
+                gate_per_channel=config.gate_per_channel,
+                layerscale_init=config.layerscale_init,
+                layerscale_max=config.layerscale_max,
+                layerscale_per_channel=config.layerscale_per_channel,
+                full_b=config.full_b,
+            )
+        elif config.rule == "parcae":
+            self.rule = ParcaeRule(dim, full_b=config.full_b)
+        else:
+            self.rule = ConcatRule(dim)
+        self.lora = DepthLoRA(config.max_loops, config.lora_rank, config.lora_alpha) if config.lora_rank else None
+        self.embedding = LoopEmbedding(dim) if config.loop_embedding else None
+
+
+class BlockSlot(nn.Module):
+    """Stands in for one block layer inside the base's layer list; see the module docstring."""
+
+    def __init__(self, layer: nn.Module, last: bool, context: LoopContext, recurrence: Recurrence) -> None:
+        super().__init__()
+        self.layer = layer
+        self.last = last
+        self.context = context
+        self._recurrence = [recurrence]  # a plain list: the module is registered on the wrapper, not here
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        run: Run | None = self.context.run
+        if run is None or not run.loop:
+            return self.layer(hidden_states, *args, **kwargs)
+        run.calls.append((self.layer, args, kwargs))
+        if not self.last:
+            return hidden_states
+        calls, run.calls = run.calls, []
+        cache = kwargs.get("past_key_values")
+        recurrence = self._recurrence[0]
+
+        def step(x: torch.Tensor, t: int) -> torch.Tensor:
+            with self.context.at_loop(t):
+                for layer, layer_args, layer_kwargs in calls:
+                    if cache is not None:
+                        layer_kwargs = {**layer_kwargs, "past_key_values": cache.at_loop(t)}
+                    x = layer(x, *layer_args, **layer_kwargs)
+            return x
+
+        return run_loops(
+            step,
+            recurrence.rule,
+            hidden_states,
+            run.n_loops,
+            embedding=recurrence.embedding,
+            grad_loops=run.grad_loops,
+            checkpoint=run.checkpoint and cache is None,
+        )
+
+
+class MythicForCausalLM(PreTrainedModel, GenerationMixin):
+    """A pretrained causal LM with a looped middle block; ``n_loops`` is a forward/generate argument."""
+
+    config_class = MythicConfig
+    base_model_prefix = "mythic"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: MythicConfig, base: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        config.validate_surgery()
+        if base is None:
+            base = AutoModelForCausalLM.from_config(copy.deepcopy(config.text_config))
+        self.base = base
+        self.family = family_of(config.text_config)
+        layers = decoder_layers(base)
+        if config.drop:
+            self._drop_layers(layers)
+        start = config.kept_layers.index(config.block_start)
+        end = start + (config.block_end - config.block_start)
+        self.block_range = (start, end)
+        self.context = LoopContext()
+        self.recurrence = Recurrence(config, base.config.hidden_size)
+        block = nn.ModuleList(layers[start:end])
+        if self.recurrence.lora is not None:
+            targets = tuple(config.lora_targets or self.family.lora_targets)
+            if not self.recurrence.lora.attach(block, targets, self.context):
+                raise MythicError(f"no Depth-LoRA target {targets} found in the block's layers")
+        for j in range(start, end):
+            layers[j] = BlockSlot(layers[j], j == end - 1, self.context, self.recurrence)
+        if base.generation_config is not None:
+            self.generation_config = copy.deepcopy(base.generation_config)
+        self.post_init()
+
+    def _drop_layers(self, layers: nn.ModuleList) -> None:
+        """Retrofit-paper surgery: remove layers [a, b) and renumber the rest (cache indices follow)."""
+        kept = self.config.kept_layers
+        new = [layers[i] for i in kept]
+        for idx, layer in enumerate(new):
+            for module in layer.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = idx
+        layers._modules.clear()
+        layers.extend(new)
+        cfg = self.base.config
+        cfg.num_hidden_layers = len(kept)
+        if getattr(cfg, "layer_types", None) is not None:
+            cfg.layer_types = [cfg.layer_types[i] for i in kept]
+
+    @classmethod
+    def from_base(cls, base: PreTrainedModel, **settings: Any) -> MythicForCausalLM:
+        """Surgery in memory on a loaded base: ``from_base(base, block_start=4, block_end=8, max_loops=8)``."""
+        text_config = copy.deepcopy(base.config)
+        settings.setdefault("base_fingerprint", config_fingerprint(text_config))
+        settings.setdefault("base_name_or_path", getattr(base.config, "_name_or_path", None) or None)
+        config = MythicConfig(text_config=text_config, **settings)
+        config.validate_surgery()
+        model = cls(config, base=base)
+        return model.to(next(base.parameters()).dtype)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.base.get_output_embeddings()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if any(module is m for m in self.recurrence.modules()):
+            if hasattr(module, "reset_parameters") and module is not self.recurrence:
+                module.reset_parameters()
+        else:
+            self.base._init_weights(module)
+
+    def new_cache(self) -> LoopCache:
+        """An empty KV cache with one slot per (loop, block layer)."""
+        return LoopCache(self.base.config, *self.block_range)
+
+    @contextlib.contextmanager
+    def base_mode(self) -> Iterator[None]:
+        """Switch every recurrence mechanism and the Depth-LoRA off: the model is the base."""
+        with self.context.running(Run(loop=False)):
+            yield
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: LoopCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        n_loops: LoopCount | None = None,
+        grad_loops: int | None = None,
+        checkpoint_loops: bool = False,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """The base's forward with the block looped ``n_loops`` times (int, or LongTensor (B,) per sequence).
+
+        ``grad_loops=k`` backpropagates through the last k loops only; ``checkpoint_loops``
+        recomputes each loop's activations in backward (training without a cache).
+        """
+        n_loops = self.config.n_loops if n_loops is None else n_loops
+        if (n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1:
+            raise MythicError(f"n_loops must be >= 1, got {n_loops}")
+        if use_cache is None:
+            use_cache = not self.training and bool(getattr(self.base.config, "use_cache", True))
+        if use_cache and past_key_values is None:
+            past_key_values = self.new_cache()
+        if past_key_values is not None and not isinstance(past_key_values, LoopCache):
+            raise MythicError("past_key_values must be a LoopCache: create it with model.new_cache()")
+        outer = self.context.run
+        run = outer if outer is not None and not outer.loop else Run(True, n_loops, grad_loops, checkpoint_loops)
+        with self.context.running(run):
+            return self.base(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+
+    def _prepare_cache_for_generation(
+        self, generation_config: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> None:
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            model_kwargs["past_key_values"] = self.new_cache()
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def recurrence_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the new recurrence modules only: the default trainable set."""
+        return self.recurrence.named_parameters(prefix="recurrence")
+
+    def recurrence_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.recurrence_parameters()}
+
+    def recurrence_stats(self) -> dict[str, float]:
+        """ρ(Ā), gate and LayerScale values per loop: what a run logs to see the recurrence wake up."""
+        stats: dict[str, float] = {}
+        rule = self.recurrence.rule
+        with torch.no_grad():
+            if hasattr(rule, "injection"):
+                stats["rho_A"] = float(rule.injection.get_A().max())
+            if isinstance(rule, ResidualRule):
+                for t in range(self.config.max_loops):
+                    stats[f"gate/{t}"] = float(rule.gate(t).mean())
+                    stats[f"layerscale/{t}"] = float(rule.scale(t).mean())
+        return stats
+
+    def save_recurrence(self, directory: str | Path) -> None:
+        """Write ``config.json`` and the new parameters (``recurrence.safetensors``) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(directory)
+        tensors = {k: v.contiguous().cpu() for k, v in self.recurrence_state_dict().items()}
+        save_file(tensors, directory / RECURRENCE_FILE, metadata={"format": "pt", "mythic": "recurrence"})
+
+    def load_recurrence(self, directory: str | Path) -> None:
+        """Load ``recurrence.safetensors`` strictly: every tensor present, none extra, every shape equal."""
+        path = Path(directory) / RECURRENCE_FILE
+        if not path.exists():
+            raise MythicError(f"{path} is missing: not a mythic checkpoint")
+        loaded = load_file(path)
+        expected = dict(self.recurrence_parameters())
+        for name in sorted(expected.keys() - loaded.keys()):
+            raise MythicError(f"checkpoint {directory} lacks tensor {name}")
+        for name in sorted(loaded.keys() - expected.keys()):
+            raise MythicError(f"checkpoint {directory} has tensor {name} that this model does not have")
+        for name, param in expected.items():
+            if tuple(loaded[name].shape) != tuple(param.shape):
+                raise MythicError(
+                    f"tensor {name} has shape {tuple(loaded[name].shape)} in {directory}, "
+                    f"but the config implies {tuple(param.shape)}"
+                )
+        with torch.no_grad():
+            for name, param in expected.items():
+                param.copy_(loaded[name])
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """A surgery/training checkpoint (config + recurrence.safetensors) or a full ``save_pretrained`` folder."""
+        path = Path(pretrained_model_name_or_path)
+        if (path / RECURRENCE_FILE).exists():
+            from mythic.surgery import load_checkpoint
+
+            return load_checkpoint(path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+AutoConfig.register("mythic", MythicConfig)
+AutoModelForCausalLM.register(MythicConfig, MythicForCausalLM)

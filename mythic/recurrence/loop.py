@@ -1,0 +1,74 @@
+"""THE loop driver. Every path — cached and uncached forward, training and eval, the
+retrofit wrapper and the from-scratch model — runs its recurrent block through
+``run_loops``.
+
+    h₀ = e
+    for t in 0 … T−1:
+        x_t     = rule.enter(h_t, e, t)   (+ γ ⊙ PE(t) when a loop embedding is given)
+        b_t     = step(x_t, t)            (the block; the caller routes cache slot and LoRA by t)
+        h_{t+1} = rule.exit(h_t, b_t, e, t)
+    return h_T
+
+``n_loops`` is an int, or a LongTensor (B,) of per-sequence depths (Parcae's per-sequence
+depth, continuous depth-wise batching): the batch runs max(n) loops and a sequence whose
+depth is reached keeps its state (h ← where(t < n_b, h_new, h)).
+
+Truncated backprop through depth: with ``grad_loops = k`` the first T − k loops run under
+``torch.no_grad`` (their activations are not kept, so memory does not grow with them) and
+only the last k build a graph. ``checkpoint=True`` wraps each graph-building loop in
+non-reentrant activation checkpointing, which also works when h does not require grad.
+Never checkpoint while writing a KV cache: the recomputation would write it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from mythic.recurrence.loop_embedding import LoopEmbedding
+from mythic.recurrence.rules import UpdateRule
+
+LoopCount = int | torch.Tensor
+
+
+def max_loops(n_loops: LoopCount) -> int:
+    """The number of passes a batch runs."""
+    return int(n_loops.max()) if isinstance(n_loops, torch.Tensor) else int(n_loops)
+
+
+def run_loops(
+    step: Callable[[torch.Tensor, int], torch.Tensor],
+    rule: UpdateRule,
+    e: torch.Tensor,
+    n_loops: LoopCount,
+    *,
+    embedding: LoopEmbedding | None = None,
+    grad_loops: int | None = None,
+    checkpoint: bool = False,
+) -> torch.Tensor:
+    """Run the block ``n_loops`` times from h₀ = e; see the module docstring."""
+    total = max_loops(n_loops)
+    first_grad = 0 if grad_loops is None else max(total - grad_loops, 0)
+    per_sequence = isinstance(n_loops, torch.Tensor)
+
+    def one_loop(h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
+        x = rule.enter(h, e, t)
+        if embedding is not None:
+            x = embedding(x, t)
+        return rule.exit(h, step(x, t), e, t)
+
+    h = e
+    for t in range(total):
+        with torch.no_grad() if t < first_grad else contextlib.nullcontext():
+            if checkpoint and torch.is_grad_enabled():
+                h_next = activation_checkpoint(one_loop, h, e, t, use_reentrant=False)
+            else:
+                h_next = one_loop(h, e, t)
+        if per_sequence:
+            active = (n_loops.to(h.device) > t).view(-1, *([1] * (h.dim() - 1)))
+            h_next = torch.where(active, h_next, h)
+        h = h_next
+    return h

@@ -1,0 +1,95 @@
+"""Update rules: how the loop state h moves from one pass of the block to the next.
+
+Every rule splits a loop step into ``enter`` (the block's input x_t) and ``exit`` (the
+next state); the driver in ``loop.py`` calls b_t = Block(x_t) between them. h₀ = e, the
+prelude output (the block's input in the base model).
+
+``residual`` (default; the rule that worked on the MoE retrofits)
+    x_t = h_t
+    h₁ = b₀ exactly (first pass is the base block, so a fresh wrapper at T = 1 is the base)
+    h_{t+1} = h_t + m_t ⊙ ((b_t − h_t) + s · (Ā ⊙ h_t + B̄ e)),   m_t = clamp(ls_t · g_t, 0, 1)
+
+``parcae`` (Prairie et al.; used by the from-scratch OpenMythos model)
+    x_t = Ā ⊙ h_t + B̄ e,   h_{t+1} = b_t
+
+``concat`` (retrofitted recurrence / Huginn)
+    x_t = W [h_t ; e],   h_{t+1} = b_t,   W ∈ R^{d×2d} initialised to [0 | I] so that x₀ = e
+    and T = 1 is again the base exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mythic.recurrence.gates import IdentityBiasedGate, LayerScale, mix_weight
+from mythic.recurrence.injection import LTIInjection
+
+RULES = ("residual", "parcae", "concat")
+
+
+class UpdateRule(nn.Module):
+    """x_t = enter(h_t, e, t); b_t = Block(x_t); h_{t+1} = exit(h_t, b_t, e, t)."""
+
+    def enter(self, h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
+        return h
+
+    def exit(self, h: torch.Tensor, b: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
+        return b
+
+
+class ResidualRule(UpdateRule):
+    """Gated residual step toward the block output, with a small LTI injection inside the gate."""
+
+    def __init__(
+        self,
+        dim: int,
+        n_loops: int,
+        inject_scale: float = 0.01,
+        gate_bias_init: float = 0.0,
+        gate_per_channel: bool = False,
+        layerscale_init: float = 0.05,
+        layerscale_max: float = 0.5,
+        layerscale_per_channel: bool = False,
+        full_b: bool = False,
+    ) -> None:
+        super().__init__()
+        self.inject_scale = inject_scale
+        self.gate = IdentityBiasedGate(n_loops, dim, gate_per_channel, gate_bias_init)
+        self.scale = LayerScale(n_loops, dim, layerscale_per_channel, layerscale_init, layerscale_max)
+        self.injection = LTIInjection(dim, full_b=full_b)
+
+    def exit(self, h: torch.Tensor, b: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
+        if t == 0:
+            return b
+        m = mix_weight(self.gate, self.scale, t).to(h.dtype)
+        return h + m * ((b - h) + self.inject_scale * self.injection(h, e))
+
+
+class ParcaeRule(UpdateRule):
+    """Inject before the block: x = Ā ⊙ h + B̄ e."""
+
+    def __init__(self, dim: int, full_b: bool = False) -> None:
+        super().__init__()
+        self.injection = LTIInjection(dim, full_b=full_b)
+
+    def enter(self, h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
+        return self.injection(h, e)
+
+
+class ConcatRule(UpdateRule):
+    """x = W [h ; e] with W = [0 | I] at init."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.adapter = nn.Linear(2 * dim, dim, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        dim = self.adapter.out_features
+        with torch.no_grad():
+            self.adapter.weight.zero_()
+            self.adapter.weight[:, dim:].copy_(torch.eye(dim))
+
+    def enter(self, h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
+        return self.adapter(torch.cat([h, e], dim=-1).to(self.adapter.weight.dtype)).to(h.dtype)

@@ -1,0 +1,68 @@
+"""Tiny random base models of every supported family, built from configs (no download)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, max_position_embeddings=256)
+
+CONFIGS: dict[str, dict] = {
+    "llama": dict(model_type="llama", num_hidden_layers=6, num_key_value_heads=2, **COMMON),
+    "qwen2": dict(model_type="qwen2", num_hidden_layers=6, num_key_value_heads=2, **COMMON),
+    "qwen3_moe": dict(
+        model_type="qwen3_moe",
+        num_hidden_layers=6,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        head_dim=16,
+        **COMMON,
+    ),
+    # DeepSeek-Coder-V2-Lite layout: MLA (no q LoRA), shared + routed experts, first layer dense.
+    "deepseek_v2": dict(
+        model_type="deepseek_v2",
+        num_hidden_layers=6,
+        num_key_value_heads=4,
+        kv_lora_rank=32,
+        q_lora_rank=None,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=16,
+        v_head_dim=16,
+        n_routed_experts=4,
+        n_shared_experts=2,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        first_k_dense_replace=1,
+        topk_method="greedy",
+        **COMMON,
+    ),
+    # Gemma-4 26B-A4B layout: MoE block beside the dense MLP, sliding/full layers, plus KV-sharing layers.
+    "gemma4_text": dict(
+        model_type="gemma4_text",
+        num_hidden_layers=6,
+        num_key_value_heads=2,
+        head_dim=16,
+        global_head_dim=16,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        sliding_window=8,
+        enable_moe_block=True,
+        num_experts=4,
+        top_k_experts=2,
+        moe_intermediate_size=32,
+        num_kv_shared_layers=2,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=128,
+        **{k: v for k, v in COMMON.items()},
+    ),
+}
+
+FAMILIES = tuple(CONFIGS)
+
+
+def tiny_base(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(**CONFIGS[family])
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
