@@ -79,7 +79,9 @@ def check_block(config: PreTrainedConfig, start: int, end: int, drop: tuple[int,
         if not family.can_drop_layers:
             raise MythicError(f"layer dropping is not supported for {family.model_type}")
         if not (0 <= a < b <= start):
-            raise MythicError(f"dropped layers {a}:{b} must lie between the prelude and the block start {start}")
+            raise MythicError(
+                f"dropped layers {a}:{b} must lie between the prelude and the block start {start}"
+            )
     shared_from = n - getattr(config, "num_kv_shared_layers", 0)
     if start < shared_from < end:
         raise MythicError(f"block {start}:{end} straddles the KV-sharing start at layer {shared_from}")

@@ -105,7 +105,9 @@ class MythicConfig(PreTrainedConfig):
 
 def config_fingerprint(config: PreTrainedConfig) -> str:
     """A short hash of the architecture-defining part of a base config."""
-    keys = sorted(k for k in config.to_diff_dict() if not k.startswith("_") and k not in ("transformers_version",))
+    keys = sorted(
+        k for k in config.to_diff_dict() if not k.startswith("_") and k not in ("transformers_version",)
+    )
     blob = json.dumps({k: config.to_diff_dict()[k] for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -122,7 +124,7 @@ class Run:
 
 
 class Recurrence(nn.Module):
-    """All new parameters: the update rule (gate, LayerScale, injection / adapter), Depth-LoRA, loop embedding."""
+    """All new parameters: the update rule (gate, LayerScale, injection/adapter), Depth-LoRA, loop embedding."""
 
     def __init__(self, config: MythicConfig, dim: int) -> None:
         super().__init__()
@@ -143,7 +145,9 @@ class Recurrence(nn.Module):
             self.rule = ParcaeRule(dim, full_b=config.full_b)
         else:
             self.rule = ConcatRule(dim)
-        self.lora = DepthLoRA(config.max_loops, config.lora_rank, config.lora_alpha) if config.lora_rank else None
+        self.lora = (
+            DepthLoRA(config.max_loops, config.lora_rank, config.lora_alpha) if config.lora_rank else None
+        )
         self.embedding = LoopEmbedding(dim) if config.loop_embedding else None
 
 
@@ -239,14 +243,16 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_base(cls, base: PreTrainedModel, **settings: Any) -> MythicForCausalLM:
-        """Surgery in memory on a loaded base: ``from_base(base, block_start=4, block_end=8, max_loops=8)``."""
+        """Surgery in memory on a loaded base: ``from_base(base, block_start=4, block_end=8, max_loops=8)``.
+
+        The new parameters stay in float32 whatever the base's dtype (they are few, and trained).
+        """
         text_config = copy.deepcopy(base.config)
         settings.setdefault("base_fingerprint", config_fingerprint(text_config))
         settings.setdefault("base_name_or_path", getattr(base.config, "_name_or_path", None) or None)
         config = MythicConfig(text_config=text_config, **settings)
         config.validate_surgery()
-        model = cls(config, base=base)
-        return model.to(next(base.parameters()).dtype)
+        return cls(config, base=base)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.base.get_input_embeddings()
@@ -255,11 +261,8 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         return self.base.get_output_embeddings()
 
     def _init_weights(self, module: nn.Module) -> None:
-        if any(module is m for m in self.recurrence.modules()):
-            if hasattr(module, "reset_parameters") and module is not self.recurrence:
-                module.reset_parameters()
-        else:
-            self.base._init_weights(module)
+        """Nothing to do: the recurrence modules initialise themselves when built (identity-preserving
+        values such as B = 0 and the [0 | I] adapter), and the base is initialised by its own loading."""
 
     def new_cache(self) -> LoopCache:
         """An empty KV cache with one slot per (loop, block layer)."""
@@ -301,7 +304,11 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         if past_key_values is not None and not isinstance(past_key_values, LoopCache):
             raise MythicError("past_key_values must be a LoopCache: create it with model.new_cache()")
         outer = self.context.run
-        run = outer if outer is not None and not outer.loop else Run(True, n_loops, grad_loops, checkpoint_loops)
+        run = (
+            outer
+            if outer is not None and not outer.loop
+            else Run(True, n_loops, grad_loops, checkpoint_loops)
+        )
         with self.context.running(run):
             return self.base(
                 input_ids=input_ids,
@@ -374,7 +381,7 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
-        """A surgery/training checkpoint (config + recurrence.safetensors) or a full ``save_pretrained`` folder."""
+        """A surgery/training checkpoint (config + recurrence.safetensors) or a full save_pretrained folder."""
         path = Path(pretrained_model_name_or_path)
         if (path / RECURRENCE_FILE).exists():
             from mythic.surgery import load_checkpoint

@@ -43,7 +43,9 @@ class LoopCache(DynamicCache):
 
     def _ensure(self, idx: int) -> None:
         while len(self.layers) <= idx:
-            layer_class, layer_kwargs = self._block_layers[(len(self.layers) - self.n_base) % len(self._block_layers)]
+            layer_class, layer_kwargs = self._block_layers[
+                (len(self.layers) - self.n_base) % len(self._block_layers)
+            ]
             self.layers.append(layer_class(**layer_kwargs))
 
     def at_loop(self, t: int) -> LoopCache | LoopSlots:

@@ -18,18 +18,28 @@ Truncated backprop through depth: with ``grad_loops = k`` the first T − k loop
 only the last k build a graph. ``checkpoint=True`` wraps each graph-building loop in
 non-reentrant activation checkpointing, which also works when h does not require grad.
 Never checkpoint while writing a KV cache: the recomputation would write it twice.
+
+ACT halting (``halting``, an ``ACTRun`` from ``halting.py``): before pass t the driver asks
+which positions still run (``halting.begin(t)``), freezes the others after the pass
+(h ← where(running, h_new, h)) and folds h_{t+1} into the halting-weighted output, which
+is returned instead of h_T. Every pass still runs for the whole batch: halting masks,
+it never exits early.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from mythic.recurrence.loop_embedding import LoopEmbedding
 from mythic.recurrence.rules import UpdateRule
+
+if TYPE_CHECKING:
+    from mythic.recurrence.halting import ACTRun
 
 LoopCount = int | torch.Tensor
 
@@ -48,6 +58,7 @@ def run_loops(
     embedding: LoopEmbedding | None = None,
     grad_loops: int | None = None,
     checkpoint: bool = False,
+    halting: ACTRun | None = None,
 ) -> torch.Tensor:
     """Run the block ``n_loops`` times from h₀ = e; see the module docstring."""
     total = max_loops(n_loops)
@@ -62,13 +73,17 @@ def run_loops(
 
     h = e
     for t in range(total):
+        running = halting.begin(t) if halting is not None else None
         with torch.no_grad() if t < first_grad else contextlib.nullcontext():
             if checkpoint and torch.is_grad_enabled():
                 h_next = activation_checkpoint(one_loop, h, e, t, use_reentrant=False)
             else:
                 h_next = one_loop(h, e, t)
-        if per_sequence:
-            active = (n_loops.to(h.device) > t).view(-1, *([1] * (h.dim() - 1)))
-            h_next = torch.where(active, h_next, h)
+            if per_sequence:
+                active = (n_loops.to(h.device) > t).view(-1, *([1] * (h.dim() - 1)))
+                h_next = torch.where(active, h_next, h)
+            if halting is not None:
+                h_next = torch.where(running.unsqueeze(-1), h_next, h)
+                halting.update(h_next, t)
         h = h_next
-    return h
+    return h if halting is None else halting.output(h.dtype)
