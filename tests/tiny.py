@@ -68,3 +68,26 @@ def tiny_base(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) ->
     config = AutoConfig.for_model(**CONFIGS[family])
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer over printable ASCII (ids < 128), with a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({chr(c): c - 29 for c in range(32, 127)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    return fast
+
+
+def save_tiny_base(folder, family: str = "llama", with_tokenizer: bool = True):
+    """Write a tiny random base as a Hugging Face folder; returns the model."""
+    model = tiny_base(family)
+    model.save_pretrained(folder)
+    if with_tokenizer:
+        tiny_tokenizer().save_pretrained(folder)
+    return model

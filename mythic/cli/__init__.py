@@ -11,6 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
+from mythic.cli import fetch, generate, surgery, train
 from mythic.errors import MythicError
 
 app = typer.Typer(
@@ -21,23 +22,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
-
-def _register() -> None:
-    from mythic.cli import eval as eval_cmd
-    from mythic.cli import export, fetch, generate, sanity, surgery, train
-
-    app.add_typer(fetch.app, name="fetch")
-    app.command("sanity")(sanity.sanity)
-    app.command("surgery")(surgery.surgery)
-    app.command("generate")(generate.generate)
-    app.command("train")(train.train)
-    app.add_typer(eval_cmd.app, name="eval")
-    app.command("export")(export.export)
+app.add_typer(fetch.app, name="fetch")
+app.command("surgery")(surgery.surgery)
+app.command("generate")(generate.generate)
+app.command("train")(train.train)
 
 
 def main() -> None:
     """Console-script entry point."""
-    _register()
     try:
         app()
     except MythicError as err:

@@ -46,11 +46,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mythic.errors import MythicError
 from mythic.models.families import check_block, decoder_layers, family_of
+from mythic.recurrence import RULES
 from mythic.recurrence.cache import LoopCache
 from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
 from mythic.recurrence.loop import LoopCount, run_loops
 from mythic.recurrence.loop_embedding import LoopEmbedding
-from mythic.recurrence.rules import RULES, ConcatRule, ParcaeRule, ResidualRule, UpdateRule
+from mythic.recurrence.rules import ConcatRule, ParcaeRule, ResidualRule, UpdateRule
 
 RECURRENCE_FILE = "recurrence.safetensors"
 
@@ -82,7 +83,6 @@ class MythicConfig(PreTrainedConfig):
     loop_embedding: bool = False
     base_name_or_path: str | None = None
     base_revision: str | None = None
-    base_fingerprint: str | None = None
 
     def validate_surgery(self) -> None:
         """One-line errors for impossible settings; called before any model is built."""
@@ -103,12 +103,15 @@ class MythicConfig(PreTrainedConfig):
         return [i for i in range(n) if not a <= i < b]
 
 
+FINGERPRINT_IGNORES = {"transformers_version", "dtype", "torch_dtype", "use_cache", "architectures"}
+
+
 def config_fingerprint(config: PreTrainedConfig) -> str:
-    """A short hash of the architecture-defining part of a base config."""
-    keys = sorted(
-        k for k in config.to_diff_dict() if not k.startswith("_") and k not in ("transformers_version",)
-    )
-    blob = json.dumps({k: config.to_diff_dict()[k] for k in keys}, sort_keys=True, default=str)
+    """A short hash of the architecture-defining part of a base config (dtype and bookkeeping left out)."""
+    diff = config.to_diff_dict()
+    kept = {k: v for k, v in diff.items() if not k.startswith("_") and k not in FINGERPRINT_IGNORES}
+    kept.pop("quantization_config", None)
+    blob = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -124,7 +127,7 @@ class Run:
 
 
 class Recurrence(nn.Module):
-    """All new parameters: the update rule (gate, LayerScale, injection/adapter), Depth-LoRA, loop embedding."""
+    """Every new parameter: update rule (gate, LayerScale, injection/adapter), Depth-LoRA, loop embedding."""
 
     def __init__(self, config: MythicConfig, dim: int) -> None:
         super().__init__()
@@ -248,7 +251,6 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         The new parameters stay in float32 whatever the base's dtype (they are few, and trained).
         """
         text_config = copy.deepcopy(base.config)
-        settings.setdefault("base_fingerprint", config_fingerprint(text_config))
         settings.setdefault("base_name_or_path", getattr(base.config, "_name_or_path", None) or None)
         config = MythicConfig(text_config=text_config, **settings)
         config.validate_surgery()
@@ -381,7 +383,7 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
-        """A surgery/training checkpoint (config + recurrence.safetensors) or a full save_pretrained folder."""
+        """A surgery/training checkpoint (config + recurrence.safetensors), or a full save_pretrained folder."""
         path = Path(pretrained_model_name_or_path)
         if (path / RECURRENCE_FILE).exists():
             from mythic.surgery import load_checkpoint

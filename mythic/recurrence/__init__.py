@@ -8,3 +8,5 @@
 - ``loop``       THE loop driver: runs a block T times for every path (cached/uncached, train/eval)
 - ``cache``      per-(loop, layer) KV slots on top of transformers' DynamicCache
 """
+
+RULES = ("residual", "parcae", "concat")

@@ -79,11 +79,11 @@ def run_loops(
                 h_next = activation_checkpoint(one_loop, h, e, t, use_reentrant=False)
             else:
                 h_next = one_loop(h, e, t)
-            if per_sequence:
-                active = (n_loops.to(h.device) > t).view(-1, *([1] * (h.dim() - 1)))
-                h_next = torch.where(active, h_next, h)
             if halting is not None:
                 h_next = torch.where(running.unsqueeze(-1), h_next, h)
                 halting.update(h_next, t)
+        if per_sequence:
+            active = (n_loops.to(h.device) > t).view(-1, *([1] * (h.dim() - 1)))
+            h_next = torch.where(active, h_next, h)
         h = h_next
     return h if halting is None else halting.output(h.dtype)

@@ -25,8 +25,6 @@ from torch import nn
 from mythic.recurrence.gates import IdentityBiasedGate, LayerScale, mix_weight
 from mythic.recurrence.injection import LTIInjection
 
-RULES = ("residual", "parcae", "concat")
-
 
 class UpdateRule(nn.Module):
     """x_t = enter(h_t, e, t); b_t = Block(x_t); h_{t+1} = exit(h_t, b_t, e, t)."""

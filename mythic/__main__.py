@@ -1,0 +1,5 @@
+"""``python -m mythic`` runs the CLI."""
+
+from mythic.cli import main
+
+main()
