@@ -21,9 +21,7 @@ ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
 @settings(max_examples=400, deadline=None)
 @given(a_log=st.lists(ANY_FLOAT, min_size=1, max_size=8), dt=st.lists(ANY_FLOAT, min_size=1, max_size=8))
-def test_spectral_radius_strictly_below_one_for_every_parameter_value(
-    a_log: list[float], dt: list[float]
-) -> None:
+def test_spectral_radius_strictly_below_one_for_every_parameter_value(a_log: list[float], dt: list[float]) -> None:
     n = min(len(a_log), len(dt))
     a_bar = stable_decay(torch.tensor(a_log[:n]), torch.tensor(dt[:n]))
     assert a_bar.dtype == torch.float32
@@ -48,9 +46,7 @@ def test_injection_init_matches_parcae_and_formula() -> None:
     a_bar, delta = inj.get_A(), torch.nn.functional.softplus(inj.dt_bias)
     torch.testing.assert_close(inj(h, e), a_bar * h + delta * inj.B * e, rtol=0, atol=1e-6)
     full = LTIInjection(16, full_b=True)
-    torch.testing.assert_close(
-        full(h, e), full.get_A() * h + full.delta() * (e @ full.B.T), rtol=0, atol=1e-6
-    )
+    torch.testing.assert_close(full(h, e), full.get_A() * h + full.delta() * (e @ full.B.T), rtol=0, atol=1e-6)
 
 
 def test_stability_survives_a_huge_optimizer_step() -> None:
@@ -98,9 +94,7 @@ def test_concat_rule_is_identity_at_one_loop_and_parcae_injects_before_the_block
     e = torch.randn(2, 5, 8)
     assert torch.equal(run_loops(_block, ConcatRule(8), e, 1), _block(e, 0))
     parcae = ParcaeRule(8)
-    torch.testing.assert_close(
-        run_loops(_block, parcae, e, 1), _block(parcae.injection(e, e), 0), rtol=0, atol=0
-    )
+    torch.testing.assert_close(run_loops(_block, parcae, e, 1), _block(parcae.injection(e, e), 0), rtol=0, atol=0)
 
 
 def test_per_sequence_depth_matches_each_sequence_alone() -> None:
@@ -154,9 +148,7 @@ def test_depth_lora_uses_the_loop_of_its_own_model_in_each_thread() -> None:
     plain = linear(x)
     with contexts[0].at_loop(1):
         looped = linear(x)
-        assert torch.equal(
-            blocks[1][0](x), torch.nn.functional.linear(x, blocks[1][0].weight, blocks[1][0].bias)
-        )
+        assert torch.equal(blocks[1][0](x), torch.nn.functional.linear(x, blocks[1][0].weight, blocks[1][0].bias))
     d = lora.deltas["0__q_proj"]
     torch.testing.assert_close(looped, plain + d.scaling * (x @ d.A[1].T) @ d.B[1].T, rtol=0, atol=1e-6)
     seen: list[bool] = []

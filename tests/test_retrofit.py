@@ -41,9 +41,7 @@ def test_fresh_wrapper_at_one_loop_is_the_base_bit_for_bit(family: str, dtype: t
         assert (model(x, n_loops=1).logits - expected).abs().max().item() == 0.0
         deeper = model(x, n_loops=3).logits
     assert (deeper - expected).abs().max().item() > 1e-3, "more loops must change the output"
-    gen_base = base.generate(
-        x, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True
-    )
+    gen_base = base.generate(x, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
     gen = model.generate(
         x, max_new_tokens=6, do_sample=False, n_loops=1, output_scores=True, return_dict_in_generate=True
     )
@@ -69,9 +67,7 @@ def test_prefill_then_token_by_token_decode_equals_the_uncached_forward(family: 
             cache = model.new_cache()
             pieces = [model(x[:, :9], n_loops=n_loops, past_key_values=cache, use_cache=True).logits]
             for i in range(9, 14):
-                pieces.append(
-                    model(x[:, i : i + 1], n_loops=n_loops, past_key_values=cache, use_cache=True).logits
-                )
+                pieces.append(model(x[:, i : i + 1], n_loops=n_loops, past_key_values=cache, use_cache=True).logits)
         assert (full - torch.cat(pieces, 1)).abs().max().item() <= 1e-5
         assert cache.n_loop_slots == n_loops, "every (loop, block layer) pair has its own slot"
 
@@ -93,9 +89,7 @@ def test_batched_generation_with_left_padding_matches_each_prompt_alone(family: 
     batch = torch.full((2, 10), pad)
     batch[0], batch[1, 4:] = long[0], short[0]
     mask = (torch.arange(10) >= torch.tensor([[0], [4]])).long()
-    out = model.generate(
-        batch, attention_mask=mask, max_new_tokens=6, do_sample=False, n_loops=2, pad_token_id=pad
-    )
+    out = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False, n_loops=2, pad_token_id=pad)
     alone_long = model.generate(long, max_new_tokens=6, do_sample=False, n_loops=2, pad_token_id=pad)
     alone_short = model.generate(short, max_new_tokens=6, do_sample=False, n_loops=2, pad_token_id=pad)
     assert out[0, 10:].tolist() == alone_long[0, 10:].tolist()
@@ -170,10 +164,7 @@ def test_other_update_rules_run_cached_and_concat_is_identity(rule: str) -> None
         full = model(x, n_loops=3, use_cache=False).logits
         cache = model.new_cache()
         first = model(x[:, :8], n_loops=3, past_key_values=cache, use_cache=True).logits
-        rest = [
-            model(x[:, i : i + 1], n_loops=3, past_key_values=cache, use_cache=True).logits
-            for i in range(8, 12)
-        ]
+        rest = [model(x[:, i : i + 1], n_loops=3, past_key_values=cache, use_cache=True).logits for i in range(8, 12)]
     assert (torch.cat([first, *rest], 1) - full).abs().max().item() <= 1e-5
 
 
@@ -194,8 +185,7 @@ def test_retrofit_paper_surgery_drops_layers_and_keeps_the_cache_consistent() ->
         cache = model.new_cache()
         pieces = [model(x[:, :6], n_loops=3, past_key_values=cache, use_cache=True).logits]
         pieces += [
-            model(x[:, i : i + 1], n_loops=3, past_key_values=cache, use_cache=True).logits
-            for i in range(6, 12)
+            model(x[:, i : i + 1], n_loops=3, past_key_values=cache, use_cache=True).logits for i in range(6, 12)
         ]
     assert (torch.cat(pieces, 1) - full).abs().max().item() <= 1e-5
 

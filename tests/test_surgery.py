@@ -17,9 +17,7 @@ from mythic.models.retrofit import RECURRENCE_FILE, MythicForCausalLM
 from mythic.surgery import identity_probe
 
 
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["mythic", *map(str, args)])
     try:
         main()
@@ -86,9 +84,7 @@ def _copy_ckpt(ckpt: Path, to: Path) -> Path:
     return to
 
 
-def test_loading_is_strict_about_loops_tensors_hidden_size_and_base_revision(
-    ckpt: Path, tmp_path: Path
-) -> None:
+def test_loading_is_strict_about_loops_tensors_hidden_size_and_base_revision(ckpt: Path, tmp_path: Path) -> None:
     longer = _copy_ckpt(ckpt, tmp_path / "longer")
     config = json.loads((longer / "config.json").read_text())
     config["max_loops"] = 8
@@ -164,12 +160,8 @@ def test_missing_base_and_foreign_architecture_are_refused(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     gpt2 = tmp_path / "gpt2"
-    AutoModelForCausalLM.from_config(
-        AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2)
-    ).save_pretrained(gpt2)
-    code, _, stderr = run_cli(
-        monkeypatch, capsys, "surgery", "--base", gpt2, "--layer", "1", "--out", tmp_path / "o"
-    )
+    AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2)).save_pretrained(gpt2)
+    code, _, stderr = run_cli(monkeypatch, capsys, "surgery", "--base", gpt2, "--layer", "1", "--out", tmp_path / "o")
     assert code == 2 and "unsupported architecture 'gpt2'" in stderr
     assert not (tmp_path / "o").exists()
 
@@ -185,7 +177,5 @@ def test_generate_prints_completions_side_by_side(
     )
     assert code == 0
     assert "T=1" in stdout and "T=2" in stdout and "base" in stdout
-    rows = dict(
-        complete_at_loops(MythicForCausalLM.from_pretrained(ckpt), load_tokenizer(ckpt), "hello", [1, 2], 8)
-    )
+    rows = dict(complete_at_loops(MythicForCausalLM.from_pretrained(ckpt), load_tokenizer(ckpt), "hello", [1, 2], 8))
     assert rows["T=1"] == rows["base"], "a fresh checkpoint at T=1 completes exactly like the base"

@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-COMMON = dict(
-    vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, max_position_embeddings=256
-)
+COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, max_position_embeddings=256)
 
 CONFIGS: dict[str, dict] = {
     "llama": dict(model_type="llama", num_hidden_layers=6, num_key_value_heads=2, **COMMON),

@@ -1,0 +1,132 @@
+"""Wrapper overhead and loop scaling, measured side by side in one run.
+
+For each model: the base's forward time, the wrapper's forward at T = 1, 2, 4, 8, and
+cached decode tokens/s at the same T. The ideal cost ratio of T loops over the base is
+(L + (T − 1)·k) / L for L layers and a k-layer block; the script prints the measured
+ratio next to it. Targets: wrapper overhead at T = 1 ≤ 3 %, measured/ideal ≤ 1.10.
+
+    python benchmarks/loop_overhead.py [--smollm DIR] [--threads 2] [--json out.json]
+
+Models: SmolLM2-135M (the embedded default; built/cached by ``mythic fetch`` machinery
+when --smollm is not given) and a random deepseek_v2 of DeepSeek-Coder-V2-Lite layout
+with hidden 256. Timings use ``torch.utils.benchmark`` (median of adaptive runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils import benchmark
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from mythic.models.retrofit import MythicForCausalLM
+
+LOOPS = (1, 2, 4, 8)
+
+
+def deepseek_v2_256() -> PreTrainedModel:
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "deepseek_v2",
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        kv_lora_rank=64,
+        q_lora_rank=None,
+        qk_rope_head_dim=16,
+        qk_nope_head_dim=32,
+        v_head_dim=32,
+        n_routed_experts=16,
+        n_shared_experts=2,
+        num_experts_per_tok=4,
+        moe_intermediate_size=128,
+        first_k_dense_replace=1,
+        topk_method="greedy",
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def median_seconds(fn, min_run_time: float) -> float:
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+
+
+def measure(
+    name: str, base: PreTrainedModel, block: tuple[int, int], batch: int, length: int, decode: int, min_run_time: float
+) -> list[dict]:
+    layers = base.config.num_hidden_layers
+    k = block[1] - block[0]
+    ids = torch.randint(0, base.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base_fwd = median_seconds(lambda: base(ids, use_cache=False), min_run_time)
+        model = MythicForCausalLM.from_base(base, block_start=block[0], block_end=block[1], max_loops=8).eval()
+        rows = []
+        decode_t1 = None
+        for t in LOOPS:
+            fwd = median_seconds(lambda t=t: model(ids, n_loops=t, use_cache=False), min_run_time)
+
+            def run_decode(t: int = t) -> None:
+                model.generate(ids[:1, :16], max_new_tokens=decode, min_new_tokens=decode, do_sample=False, n_loops=t)
+
+            dec = median_seconds(run_decode, min_run_time)
+            decode_t1 = decode_t1 or dec
+            ideal = (layers + (t - 1) * k) / layers
+            rows.append(
+                {
+                    "model": name,
+                    "T": t,
+                    "ideal": ideal,
+                    "forward_s": fwd,
+                    "forward_ratio": fwd / base_fwd,
+                    "forward_vs_ideal": fwd / base_fwd / ideal,
+                    "decode_tok_s": decode / dec,
+                    "decode_ratio": dec / decode_t1,
+                    "decode_vs_ideal": dec / decode_t1 / ideal,
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smollm", type=Path, help="SmolLM2-135M folder (default: the cached embedded build)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of repeats per measurement")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from mythic.embedded import cached_smollm2
+
+    smollm = AutoModelForCausalLM.from_pretrained(args.smollm or cached_smollm2()).eval()
+    rows = measure("SmolLM2-135M (30 layers, block 13:17)", smollm, (13, 17), 2, 128, 16, args.min_run_time)
+    rows += measure("deepseek_v2 h256 (8 layers, block 3:5)", deepseek_v2_256(), (3, 5), 2, 128, 16, args.min_run_time)
+
+    table = Table(title="mythic loop overhead (ratios: lower is better; *_vs_ideal target ≤ 1.10, T=1 ≤ 1.03)")
+    for col in ("model", "T", "ideal", "fwd/base", "fwd vs ideal", "decode tok/s", "decode T/T1", "decode vs ideal"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r["model"],
+            str(r["T"]),
+            f"{r['ideal']:.3f}",
+            f"{r['forward_ratio']:.3f}",
+            f"{r['forward_vs_ideal']:.3f}",
+            f"{r['decode_tok_s']:.1f}",
+            f"{r['decode_ratio']:.3f}",
+            f"{r['decode_vs_ideal']:.3f}",
+        )
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny sharded Llama folder, a stand-in hub serving it, the real SmolLM2-135M.
+
+- ``tiny_llama_dir``: a random 2-layer ``LlamaForCausalLM`` (seed 0) saved with ``save_pretrained``
+  in 3 safetensors shards plus ``model.safetensors.index.json``, and a word-level tokenizer.
+- ``hub``: a ``StandInHub`` on 127.0.0.1 (``HF_ENDPOINT`` points at it) that serves
+  ``tiny_llama_dir`` as ``TINY_REPO``.
+- ``smollm2_dir``: the converted SmolLM2-135M-Instruct folder, built once and cached under
+  ``~/.cache/mythic/smollm2-135m`` (``$MYTHIC_CACHE`` if set); for slow tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hubserver import TINY_REPO, StandInHub
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder, max_shard_size="40KB")
+    vocab = {word: i for i, word in enumerate(["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def hub(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInHub]:
+    server = StandInHub()
+    server.add_folder(TINY_REPO, tiny_llama_dir)
+    monkeypatch.setenv("HF_ENDPOINT", server.start())
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from mythic.embedded import cached_smollm2
+
+    return cached_smollm2()
