@@ -106,8 +106,8 @@ def main() -> None:
     from mythic.embedded import cached_smollm2
 
     smollm = AutoModelForCausalLM.from_pretrained(args.smollm or cached_smollm2()).eval()
-    rows = measure("SmolLM2-135M (30 layers, block 13:17)", smollm, (13, 17), 2, 128, 16, args.min_run_time)
-    rows += measure("deepseek_v2 h256 (8 layers, block 3:5)", deepseek_v2_256(), (3, 5), 2, 128, 16, args.min_run_time)
+    rows = measure("smollm2-135m", smollm, (13, 17), 2, 128, 16, args.min_run_time)
+    rows += measure("deepseek_v2-h256", deepseek_v2_256(), (3, 5), 2, 128, 16, args.min_run_time)
 
     table = Table(title="mythic loop overhead (ratios: lower is better; *_vs_ideal target ≤ 1.10, T=1 ≤ 1.03)")
     for col in ("model", "T", "ideal", "fwd/base", "fwd vs ideal", "decode tok/s", "decode T/T1", "decode vs ideal"):

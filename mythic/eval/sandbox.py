@@ -1,0 +1,351 @@
+"""A sandbox for running generated code: one subprocess per program, plain data across a pipe.
+
+``sandboxed_function(program, entry_point, limits)`` starts a child that executes ``program`` and
+yields a ``RemoteFunction``: calling it sends the arguments to the child, which calls
+``entry_point`` there and sends back the result. The trusted test code (HumanEval's ``check``) runs
+in the harness and only ever sees plain data, so the untrusted program cannot touch the test, its
+builtins or its verdict: exiting early, killing itself, monkeypatching builtins or returning an
+object whose ``__eq__`` always says yes all end as a failed call (see ``sandbox_child.py``).
+
+The child is confined in layers, the strongest the machine allows (``detect_isolation``):
+
+* ``namespaces`` (running as root with util-linux ``unshare`` and ``setpriv``): new network, PID,
+  mount, IPC and UTS namespaces; the whole filesystem is remounted read-only except the program's
+  fresh temporary folder; ``/dev/shm`` is a fresh tmpfs; ``/root`` is replaced by an empty tmpfs
+  (only the Python prefix is bound back, read-only) and site-packages is hidden (no dataset, no
+  canonical solutions); the program runs as a dedicated unprivileged uid per worker slot
+  (``SANDBOX_UID_BASE + slot``) with no capabilities and ``no_new_privs``, so RLIMIT_NPROC binds.
+* ``userns`` (not root, unprivileged user namespaces allowed): the same namespaces and read-only
+  filesystem, as the invoking user mapped to root inside the namespace with all capabilities
+  dropped; RLIMIT_NPROC is not set (it would count all of the user's processes).
+* ``rlimits`` (fallback when no namespace can be made, refused for root): rlimits, a new session,
+  a minimal environment and a temporary working directory only; the network, the filesystem and
+  other processes of the same user are reachable.
+
+In every mode: a wall-clock deadline for the whole run, CPU, address-space, file-size and core
+rlimits (``resource``, set by the child before the program runs), stdin and stdout to /dev/null,
+stderr to a capped file, no inherited environment, and the process group (and in the namespace
+modes the PID namespace) killed when the run ends. Problem files and their test code are trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mythic.errors import MythicError
+from mythic.eval import sandbox_child
+from mythic.eval.sandbox_child import decode, encode
+
+SANDBOX_UID_BASE = 61000
+MAX_LINE_BYTES = 16 * 1024 * 1024
+ISOLATION_NOTES = {
+    "namespaces": "network, PID, mount, IPC and UTS namespaces; read-only filesystem except the run folder; "
+    "unprivileged uid per worker; rlimits on CPU, memory, processes and file size",
+    "userns": "network, PID, mount, IPC and UTS namespaces in a user namespace; read-only filesystem except "
+    "the run folder; rlimits on CPU, memory and file size (no process-count limit)",
+    "rlimits": "rlimits on CPU, memory, processes and file size and a temporary working directory only: "
+    "network, filesystem and same-user processes are NOT isolated",
+}
+
+# Runs as root inside the new namespaces, then drops to the sandbox uid and execs the child.
+# Arguments: run folder, python prefix, top non-traversable ancestor of the prefix or "-",
+# site-packages folder to hide or "-", uid or "-" (keep the current uid), command...
+_SETUP_SCRIPT = r"""
+set -e
+wd=$1; prefix=$2; top=$3; site=$4; uid=$5; shift 5
+mount --make-rprivate /
+mount --bind "$wd" "$wd"
+if [ "$top" != - ]; then
+  mkdir "$wd/.prefix"
+  mount --bind "$prefix" "$wd/.prefix"
+  mount -t tmpfs -o mode=755,size=64k tmpfs "$top"
+  mkdir -p "$prefix"
+  mount --move "$wd/.prefix" "$prefix"
+  rmdir "$wd/.prefix"
+fi
+if [ "$site" != - ]; then mount -t tmpfs -o ro,size=4k tmpfs "$site"; fi
+mount -t tmpfs -o size=1m tmpfs /dev/shm
+mount -o remount,bind,ro "$prefix"
+mount -o remount,bind,ro /
+cd "$wd"
+unset OLDPWD PWD
+if [ "$uid" = - ]; then
+  exec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all -- "$@"
+fi
+exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs --inh-caps=-all \
+  --bounding-set=-all -- "$@"
+"""
+
+
+class SandboxError(Exception):
+    """The sandboxed call did not return a value: the program raised, died, or ran out of time."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Per-run limits: wall clock for the whole run, and rlimits applied to the child."""
+
+    timeout_s: float = 10.0
+    memory_mb: int = 512
+    max_procs: int = 8
+    max_file_mb: int = 16
+
+    def child_limits(self, isolation: str) -> dict[str, int]:
+        return {
+            "cpu_s": max(1, int(self.timeout_s) + 1),
+            "memory_mb": self.memory_mb,
+            "max_file_mb": self.max_file_mb,
+            "max_procs": self.max_procs if isolation == "namespaces" else 0,
+        }
+
+
+class RemoteFunction:
+    """Callable proxy for the program's entry point; every call shares one wall-clock deadline."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], req_fd: int, resp_fd: int, deadline: float) -> None:
+        self.proc = proc
+        self.req_fd = req_fd
+        self.resp_fd = resp_fd
+        self.deadline = deadline
+        self.calls = 0
+        self._buffer = bytearray()
+
+    def _remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise SandboxError("timed out")
+        return left
+
+    def _read_message(self) -> dict[str, Any]:
+        end = self._buffer.find(b"\n")
+        while end < 0:
+            ready, _, _ = select.select([self.resp_fd], [], [], self._remaining())
+            if not ready:
+                raise SandboxError("timed out")
+            chunk = os.read(self.resp_fd, 1 << 20)
+            if not chunk:
+                raise SandboxError("the program exited before answering")
+            if b"\n" in chunk:
+                end = len(self._buffer) + chunk.index(b"\n")
+            self._buffer += chunk
+            if len(self._buffer) > MAX_LINE_BYTES:
+                raise SandboxError("answer too large")
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        try:
+            message = json.loads(line)
+        except ValueError as err:
+            raise SandboxError(f"garbled answer: {err}") from None
+        if not isinstance(message, dict):
+            raise SandboxError("garbled answer")
+        return message
+
+    def _send(self, data: bytes) -> None:
+        while data:
+            _, ready, _ = select.select([], [self.req_fd], [], self._remaining())
+            if not ready:
+                raise SandboxError("timed out")
+            try:
+                data = data[os.write(self.req_fd, data) :]
+            except BrokenPipeError:
+                raise SandboxError("the program exited before answering") from None
+
+    def wait_ready(self) -> None:
+        message = self._read_message()
+        if message.get("ready") is not True:
+            raise SandboxError(str(message.get("error", "the program did not start")))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        nonce = secrets.token_hex(8)
+        self.calls += 1
+        try:
+            request = json.dumps({"id": nonce, "args": encode(args), "kwargs": encode(kwargs)})
+        except (TypeError, ValueError) as err:
+            raise SandboxError(f"cannot send the arguments: {err}") from None
+        self._send(request.encode() + b"\n")
+        message = self._read_message()
+        if message.get("id") != nonce:
+            raise SandboxError("answer to a different request")
+        if "error" in message:
+            raise SandboxError(str(message["error"]))
+        try:
+            return decode(message["ok"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise SandboxError(f"garbled answer: {err}") from None
+
+
+def _python_layout() -> tuple[str, str, str]:
+    """(interpreter, prefix, site-packages) as real paths."""
+    return (
+        os.path.realpath(sys.executable),
+        os.path.realpath(sys.base_prefix),
+        os.path.realpath(sysconfig.get_paths()["purelib"]),
+    )
+
+
+def _top_blocked_ancestor(path: str) -> str:
+    """Highest ancestor of ``path`` that others cannot traverse (mode lacks o+x), or "-"."""
+    parts = Path(path).parts
+    for i in range(2, len(parts) + 1):
+        ancestor = os.path.join(*parts[:i])
+        if not os.stat(ancestor).st_mode & 0o001:
+            return ancestor
+    return "-"
+
+
+def _command(isolation: str, wd: Path, slot: int, child: list[str]) -> list[str]:
+    if isolation == "rlimits":
+        return child
+    _, prefix, site = _python_layout()
+    site_arg = site if site.startswith(prefix + os.sep) and os.path.isdir(site) else "-"
+    spaces = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--ipc", "--uts"]
+    if isolation == "userns":
+        spaces = ["--user", "--map-root-user", *spaces]
+        top, uid = "-", "-"
+    else:
+        top, uid = _top_blocked_ancestor(prefix), str(SANDBOX_UID_BASE + slot)
+    setup = ["/bin/sh", "-c", _SETUP_SCRIPT, "sh", str(wd), prefix, top, site_arg, uid]
+    return ["unshare", *spaces, "--", *setup, *child]
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the run's process group; in the namespace modes also wait for the PID namespace to die.
+
+    ``unshare`` forks the namespace's init (the child program); when that init dies the kernel kills
+    everything else in the namespace, escaped sessions included, before the init becomes a zombie.
+    """
+    try:
+        init = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        init = None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    give_up = time.monotonic() + 5.0
+    while init is not None and _alive(init) and time.monotonic() < give_up:
+        time.sleep(0.005)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (its parent may be slow to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _remove_tree(path: Path) -> None:
+    def make_writable(func: Any, p: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+
+    shutil.rmtree(path, onerror=make_writable)
+
+
+@contextlib.contextmanager
+def sandboxed_function(
+    program: str,
+    entry_point: str,
+    limits: SandboxLimits | None = None,
+    *,
+    slot: int = 0,
+    isolation: str | None = None,
+) -> Iterator[RemoteFunction]:
+    """Run ``program`` in a fresh sandbox and yield a proxy for its ``entry_point``.
+
+    Raises ``SandboxError`` when the program fails before it is ready; the child, its process
+    group and its folder are gone when the block exits.
+    """
+    limits = limits or SandboxLimits()
+    isolation = isolation or detect_isolation()
+    deadline = time.monotonic() + limits.timeout_s
+    wd = Path(tempfile.mkdtemp(prefix="mythic-sandbox-"))
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        (wd / "program.py").write_text(program, encoding="utf-8")
+        shutil.copyfile(sandbox_child.__file__, wd / "runner.py")
+        if isolation == "namespaces":
+            os.chown(wd, SANDBOX_UID_BASE + slot, SANDBOX_UID_BASE + slot)
+        interpreter, _, _ = _python_layout()
+        child_limits = json.dumps(limits.child_limits(isolation))
+        child = [interpreter, "-I", "-S", "runner.py", str(req_r), str(resp_w), entry_point, child_limits]
+        with open(wd / ".stderr", "wb") as stderr:
+            proc = subprocess.Popen(
+                _command(isolation, wd, slot, child),
+                cwd=wd,
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(wd)},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                pass_fds=(req_r, resp_w),
+                start_new_session=True,
+            )
+        os.close(req_r)
+        os.close(resp_w)
+        req_r = resp_w = -1
+        fn = RemoteFunction(proc, req_w, resp_r, deadline)
+        try:
+            fn.wait_ready()
+        except SandboxError as err:
+            tail = (wd / ".stderr").read_bytes()[-300:].decode(errors="replace").strip()
+            raise SandboxError(f"{err}: {tail}" if tail and "exited" in str(err) else str(err)) from None
+        yield fn
+    finally:
+        if proc is not None:
+            _kill(proc)
+        for fd in (req_r, req_w, resp_r, resp_w):
+            if fd >= 0:
+                os.close(fd)
+        _remove_tree(wd)
+
+
+def _probe(isolation: str) -> str | None:
+    """None when a trivial program runs and answers under ``isolation``, else the reason it did not."""
+    try:
+        with sandboxed_function("def f(x):\n    return [x, 2]\n", "f", isolation=isolation) as fn:
+            return None if fn(1) == [1, 2] else "wrong answer"
+    except (SandboxError, OSError) as err:
+        return str(err)
+
+
+@functools.cache
+def detect_isolation() -> str:
+    """The strongest isolation that works here: "namespaces", "userns" or "rlimits"."""
+    has_tools = shutil.which("unshare") is not None and shutil.which("setpriv") is not None
+    root = os.geteuid() == 0
+    reasons = []
+    for mode in (["namespaces"] if root else ["userns"]) if has_tools else []:
+        reason = _probe(mode)
+        if reason is None:
+            return mode
+        reasons.append(f"{mode}: {reason}")
+    if root:
+        why = "; ".join(reasons) or "util-linux unshare/setpriv not found"
+        raise MythicError(f"refusing to run generated code as root without namespace isolation ({why})")
+    return "rlimits"
+
+
+def isolation_report(isolation: str, limits: SandboxLimits) -> dict[str, Any]:
+    """What the sandbox isolates, for result files and tables."""
+    return {"isolation": isolation, "notes": ISOLATION_NOTES[isolation], "limits": asdict(limits)}
