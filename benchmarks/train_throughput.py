@@ -1,0 +1,198 @@
+"""Training throughput and memory of the looped model, side by side with plain fine-tuning of the base.
+
+For T = 1, 2, 4, 8 and three modes — full backprop through depth, truncated backprop (the last k
+loops with gradient), truncated + per-loop activation checkpointing — one training step
+(forward, backward, AdamW on the recurrence parameters) is timed over a few steps, and the
+peak memory is measured: ``torch.cuda.max_memory_allocated`` on a GPU, on CPU the bytes of
+activations saved for backward (an exact count through ``saved_tensors_hooks``).
+
+The baseline is plain fine-tuning of the base at the same batch: the block's own layers
+trainable, no loops. The ideal step-time ratio counts FLOPs per token (2 per weight and
+multiply-accumulate, attention scores 4·s·d per layer; backward ≈ 1× forward for frozen
+layers that only pass gradients on, 2× for layers with trainable weights; checkpointing adds a
+recompute of the k gradient loops):
+
+    fwd(T)          = head + prelude + T·block + coda
+    bwd(T, k)       = head + coda + min(T, k)·block          (input gradients only)
+    base fine-tune  = head + prelude + block + coda  +  head + coda + 2·block
+
+Targets: peak memory with k backprop loops independent of T (within 10 %), and step time
+within 1.15× of the ideal FLOP ratio. Usage:
+
+    python benchmarks/train_throughput.py --base base/smollm2-135m --block 12:16 --batch 2 --seq-len 256
+    python benchmarks/train_throughput.py            # a random 8-layer Llama if no base is given
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from mythic.models.retrofit import MythicForCausalLM
+from mythic.train import losses
+
+LOOPS = (1, 2, 4, 8)
+
+
+@dataclass
+class Row:
+    label: str
+    seconds: float
+    memory: int
+    ideal: float
+
+
+def load_base(path: str | None) -> LlamaForCausalLM:
+    if path:
+        return AutoModelForCausalLM.from_pretrained(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+    )
+    return LlamaForCausalLM(config)
+
+
+def layer_flops(model: torch.nn.Module, layers: range, seq_len: int) -> float:
+    """Forward FLOPs per token of ``layers``: 2 per weight plus 4·s·d for attention scores."""
+    decoder = model.model.layers
+    hidden = model.config.hidden_size
+    return sum(2 * sum(p.numel() for p in decoder[i].parameters()) + 4 * seq_len * hidden for i in layers)
+
+
+def measure(step: Callable[[], None], device: torch.device, steps: int) -> tuple[float, int]:
+    """(seconds per step, peak memory bytes) over ``steps`` steps after one warm-up step."""
+    step()
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    for _ in range(steps):
+        if device.type == "cuda":
+            step()
+        else:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return (time.perf_counter() - began) / steps, torch.cuda.max_memory_allocated()
+    return (time.perf_counter() - began) / steps, saved // steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=None, help="HF base folder (default: a random 8-layer Llama)")
+    parser.add_argument("--block", default=None, help="looped block start:end (default: the middle half)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--grad-loops", type=int, default=2, help="k, the loops with gradient")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    base = load_base(args.base).to(device=device, dtype=dtype)
+    n = base.config.num_hidden_layers
+    start, end = map(int, args.block.split(":")) if args.block else (n // 4, n - n // 4)
+    ids = torch.randint(0, base.config.vocab_size, (args.batch, args.seq_len), device=device)
+    labels = torch.roll(ids, -1, dims=1)
+    head = 2 * base.config.hidden_size * base.config.vocab_size
+    prelude, block, coda = (
+        layer_flops(base, r, args.seq_len) for r in (range(start), range(start, end), range(end, n))
+    )
+
+    # Plain fine-tuning of the base: the block's layers trainable, no loops.
+    for p in base.parameters():
+        p.requires_grad_(False)
+    tuned = [p for i in range(start, end) for p in base.model.layers[i].parameters()]
+    for p in tuned:
+        p.requires_grad_(True)
+    base_opt = torch.optim.AdamW(tuned, lr=1e-5)
+
+    def base_step() -> None:
+        losses.cross_entropy(base(ids).logits, labels).backward()
+        base_opt.step()
+        base_opt.zero_grad(set_to_none=True)
+
+    base_flops = head + prelude + block + coda + head + coda + 2 * block
+    seconds, memory = measure(base_step, device, args.steps)
+    rows = [Row("base fine-tune", seconds, memory, 1.0)]
+    for p in tuned:
+        p.requires_grad_(False)
+
+    model = MythicForCausalLM.from_base(base, block_start=start, block_end=end, max_loops=max(LOOPS)).to(device)
+    params = [p for _, p in model.recurrence_parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    model.train()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    k = args.grad_loops
+    modes = {"full": (None, False), f"trunc k={k}": (k, False), f"trunc k={k} + ckpt": (k, True)}
+    for name, (grad_loops, ckpt) in modes.items():
+        for t in LOOPS:
+
+            def loop_step(t: int = t, grad_loops: int | None = grad_loops, ckpt: bool = ckpt) -> None:
+                out = model(ids, n_loops=t, grad_loops=grad_loops, checkpoint_loops=ckpt)
+                losses.cross_entropy(out.logits, labels).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            g = t if grad_loops is None else min(t, grad_loops)
+            flops = head + prelude + t * block + coda + head + coda + g * block + (g * block if ckpt else 0)
+            seconds, memory = measure(loop_step, device, args.steps)
+            rows.append(Row(f"{name}, T={t}", seconds, memory, flops / base_flops))
+
+    tokens = args.batch * args.seq_len
+    reference = rows[0]
+    memory_kind = "peak CUDA memory" if device.type == "cuda" else "saved activations"
+    table = Table(title=f"training step, batch {args.batch}×{args.seq_len}, block {start}:{end} of {n}, {device}")
+    for column in ("config", "tokens/s", "step s", "measured ×base", "ideal ×base", "measured/ideal", memory_kind):
+        table.add_column(column, justify="right")
+    for row in rows:
+        measured = row.seconds / reference.seconds
+        table.add_row(
+            row.label,
+            f"{tokens / row.seconds:,.0f}",
+            f"{row.seconds:.3f}",
+            f"{measured:.2f}",
+            f"{row.ideal:.2f}",
+            f"{measured / row.ideal:.2f}",
+            f"{row.memory / 2**20:,.1f} MiB",
+        )
+    console = Console(width=160)
+    console.print(table)
+    for name in list(modes)[1:]:
+        mems = [
+            r.memory
+            for r, t in zip(rows[1:], [t for _ in modes for t in LOOPS], strict=True)
+            if t >= k and r.label.startswith(name + ",")
+        ]
+        spread = max(mems) / min(mems) - 1
+        verdict = "ok" if spread <= 0.10 else "ABOVE TARGET"
+        console.print(f"{name}: memory spread over T ≥ k = {spread:.1%} (target ≤ 10 %) {verdict}")
+    worst = max(r.seconds / reference.seconds / r.ideal for r in rows[1:])
+    console.print(f"worst measured/ideal step-time ratio: {worst:.2f} (target ≤ 1.15)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Training checkpoints: everything ``--resume`` needs to continue a run exactly.
+
+Layout of ``RUN/checkpoints/step-0000050/`` (written through ``mythic.io.atomic_dir``: a
+temp folder renamed into place, so a kill at any moment leaves either the old set of
+checkpoints or the new one, never a half-written folder):
+
+    trainable.safetensors   the trainable parameters by name (recurrence, LoRA, …)
+    optimizer.pt            optimizer state
+    rng.pt                  python / numpy / torch (/ cuda) RNG states, one entry per rank
+    state.json              step, scheduler state, data position, skipped-step counters
+
+Only the last ``keep`` checkpoints are kept; ``latest_checkpoint`` picks the highest step.
+Loading the trainable parameters is strict: a missing, unexpected or mis-shaped tensor is
+an error, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from mythic.errors import MythicError
+from mythic.io import atomic_dir, write_json
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """The non-tensor part of a checkpoint (``state.json``)."""
+
+    step: int
+    scheduler: dict[str, Any]
+    data: dict[str, Any]
+    skipped_steps: int = 0
+    bad_streak: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "scheduler": self.scheduler,
+            "data": self.data,
+            "skipped_steps": self.skipped_steps,
+            "bad_streak": self.bad_streak,
+        }
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """Complete checkpoint folders under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    dirs = checkpoint_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(
+    root: Path,
+    state: TrainState,
+    *,
+    trainable: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    rng: list[dict[str, Any]],
+    keep: int,
+) -> Path:
+    """Write ``root/step-NNNNNNN`` atomically, then drop all but the newest ``keep``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    target = root / f"step-{state.step:07d}"
+    with atomic_dir(target, force=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+        torch.save(optimizer, tmp / "optimizer.pt")
+        torch.save(rng, tmp / "rng.pt")
+        write_json(tmp / "state.json", state.to_json())
+    for old in checkpoint_dirs(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: TrainState
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: list[dict[str, Any]]
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    try:
+        raw = json.loads((path / "state.json").read_text())
+        trainable = load_file(path / "trainable.safetensors")
+        optimizer = torch.load(path / "optimizer.pt", weights_only=False)
+        rng = torch.load(path / "rng.pt", weights_only=False)
+    except (OSError, ValueError) as err:
+        raise MythicError(f"checkpoint {path} is unreadable: {str(err).splitlines()[0]}") from None
+    return Checkpoint(path, TrainState(**raw), trainable, optimizer, rng)
+
+
+def load_trainable(named: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Copy ``tensors`` into the parameters ``named``; every name and shape must match exactly."""
+    missing = sorted(set(named) - set(tensors))
+    unexpected = sorted(set(tensors) - set(named))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise MythicError(f"checkpoint {where} does not fit the model's trainable parameters: {detail}")
+    with torch.no_grad():
+        for name, param in named.items():
+            if tuple(tensors[name].shape) != tuple(param.shape):
+                raise MythicError(
+                    f"checkpoint {where}: {name} has shape {tuple(tensors[name].shape)}, "
+                    f"the model expects {tuple(param.shape)}"
+                )
+            param.copy_(tensors[name].to(param.device, param.dtype))

@@ -1,0 +1,119 @@
+"""Loop curricula: the depth T that each micro-batch trains at.
+
+Kinds (``recipe.curriculum.kind``):
+
+- ``fixed``: T = ``loops`` always.
+- ``stages``: a stage table; from step ``start`` on, T ~ Categorical(``weights``).
+- ``poisson_lognormal`` (retrofitted recurrence, arXiv 2511.07384):
+      r̄(s) = r̄₀ + (r̄ − r̄₀)·ρ(s/S),  ρ(u) = u (linear) or 1 − √(1 − u) (sqrt), u clipped to [0, 1]
+      τ ~ LogNormal(log r̄(s) − σ²/2, σ)   (so E[τ] = r̄(s)),   r = Poisson(τ) + 1
+  clipped to ``max_loops``.
+
+``per_sequence: true`` draws one depth per sequence (Parcae): ``n_loops`` is then a
+LongTensor (B,) and the model runs max(n) loops, freezing each sequence at its own depth.
+Otherwise one T is drawn per micro-batch and shared by all ranks, so data-parallel ranks
+do the same amount of work.
+
+Truncated backprop: with ``grad_loops = k`` the sample carries ``grad_loops = min(T_max, k)``
+(the first max(T − k, 0) loops run without gradient), and ``checkpoint_loops`` asks the model
+to checkpoint activations per loop.
+
+Determinism: every draw uses ``numpy.random.default_rng([seed, step, micro, rank, salt])``,
+a pure function of its key, so a resumed run samples exactly the same depths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mythic.train.recipe import (
+    CurriculumSpec,
+    FixedCurriculum,
+    PoissonLognormalCurriculum,
+    StagesCurriculum,
+)
+
+LoopCount = int | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Depth:
+    """What one forward pass runs: the loop count(s) and the truncated-backprop settings."""
+
+    n_loops: LoopCount
+    grad_loops: int | None = None
+    checkpoint_loops: bool = False
+
+    @property
+    def max_loops(self) -> int:
+        return int(self.n_loops.max()) if isinstance(self.n_loops, torch.Tensor) else int(self.n_loops)
+
+    def per_sequence(self, batch_size: int) -> list[int]:
+        """The depth of each of ``batch_size`` sequences."""
+        if isinstance(self.n_loops, torch.Tensor):
+            return [int(t) for t in self.n_loops.tolist()]
+        return [int(self.n_loops)] * batch_size
+
+
+def ramped_mean(spec: PoissonLognormalCurriculum, step: int) -> float:
+    """r̄(step): the curriculum's mean ramp (linear or 1 − √(1 − u)) from ``mean_start`` to ``mean``."""
+    u = 1.0 if spec.ramp_steps == 0 else min(max(step / spec.ramp_steps, 0.0), 1.0)
+    shape = u if spec.ramp == "linear" else 1.0 - math.sqrt(1.0 - u)
+    return spec.mean_start + (spec.mean - spec.mean_start) * shape
+
+
+def stage_at(spec: StagesCurriculum, step: int) -> dict[int, float]:
+    """The {T: weight} table in force at ``step``."""
+    weights = spec.stages[0].weights
+    for stage in spec.stages:
+        if stage.start <= step:
+            weights = stage.weights
+    return weights
+
+
+class Curriculum:
+    """Samples a ``Depth`` from (seed, step, micro-batch, rank); see the module docstring."""
+
+    SALT = 0x10095
+
+    def __init__(self, spec: CurriculumSpec, seed: int) -> None:
+        self.spec = spec
+        self.seed = seed
+
+    @property
+    def per_sequence(self) -> bool:
+        return bool(getattr(self.spec, "per_sequence", False))
+
+    def rng(self, step: int, micro: int, rank: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, step, micro, rank, self.SALT])
+
+    def draw(self, rng: np.random.Generator, step: int, size: int) -> np.ndarray:
+        """``size`` loop counts in [1, max_loops] for ``step``."""
+        spec = self.spec
+        if isinstance(spec, FixedCurriculum):
+            return np.full(size, spec.loops, dtype=np.int64)
+        if isinstance(spec, StagesCurriculum):
+            table = stage_at(spec, step)
+            loops = np.array(sorted(table), dtype=np.int64)
+            probs = np.array([table[t] for t in sorted(table)], dtype=np.float64)
+            return rng.choice(loops, size=size, p=probs / probs.sum())
+        assert isinstance(spec, PoissonLognormalCurriculum)
+        mean = ramped_mean(spec, step)
+        tau = rng.lognormal(math.log(mean) - spec.sigma**2 / 2, spec.sigma, size=size)
+        return np.minimum(rng.poisson(tau) + 1, spec.max_loops).astype(np.int64)
+
+    def sample(self, step: int, micro: int, batch_size: int, rank: int = 0) -> Depth:
+        """The depth for micro-batch ``micro`` of optimizer step ``step`` on ``rank``."""
+        if self.per_sequence:
+            loops = self.draw(self.rng(step, micro, rank), step, batch_size)
+            n_loops: LoopCount = torch.from_numpy(loops)
+            deepest = int(loops.max())
+        else:
+            deepest = int(self.draw(self.rng(step, micro, 0), step, 1)[0])
+            n_loops = deepest
+        k = self.spec.grad_loops
+        return Depth(n_loops, None if k is None else min(deepest, k), self.spec.checkpoint_loops)

@@ -1,0 +1,158 @@
+"""Build the model a recipe names, choose its trainable parameters and their optimizer groups.
+
+``model.kind``:
+- ``retrofit``: ``MythicForCausalLM.from_pretrained(checkpoint)`` (the base comes from its config)
+- ``surgery``: load the HF base, then ``MythicForCausalLM.from_base(base, **surgery)`` in memory
+- ``openmythos``: ``MythosForCausalLM`` (the HF-native OpenMythos) built from scratch from
+  ``MythosConfig(**config)``; all of it trains, its MoE balance / ACT ponder terms come back
+  as ``out.aux_losses``
+
+A 4-bit base uses ``transformers.BitsAndBytesConfig`` (nf4/fp4, double quant, compute dtype).
+Trainable set: the recurrence modules (``model.recurrence_parameters()``) and, optionally, a
+peft LoRA on the frozen base (``target_modules`` for Linear layers, ``target_parameters``
+for 3-D MoE expert weights); everything else is frozen.
+
+Weight decay: none for 1-D parameters (gates, LayerScale, norms, biases) and none for any
+parameter a module lists in ``no_decay_parameters()`` (the LTI injection's A_log and dt_bias,
+whose decay would pull ρ(Ā) toward 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mythic.errors import MythicError
+from mythic.train.data import load_tokenizer
+from mythic.train.recipe import Lora, ModelSpec, OpenMythosModel, Quantization, Recipe, RetrofitModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SURGERY_RESERVED = {"text_config", "base_name_or_path", "base_revision", "base_fingerprint"}
+
+
+def quantization_config(spec: Quantization) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=spec.kind,
+        bnb_4bit_use_double_quant=spec.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[spec.compute_dtype],
+    )
+
+
+def check_surgery_keys(settings: dict[str, Any]) -> None:
+    """Surgery settings must be ``MythicConfig`` fields (a PreTrainedConfig would swallow typos)."""
+    from mythic.models.retrofit import MythicConfig
+
+    allowed = sorted(set(MythicConfig.__annotations__) - SURGERY_RESERVED)
+    for key in settings:
+        if key not in allowed:
+            raise MythicError(f"recipe model.surgery.{key}: unknown surgery setting (expected one of {allowed})")
+
+
+def _load_kwargs(spec: RetrofitModel | Any, device: torch.device) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": DTYPES[spec.dtype]}
+    if spec.quantization is not None:
+        kwargs["quantization_config"] = quantization_config(spec.quantization)
+        kwargs["device_map"] = {"": device}
+    return kwargs
+
+
+def build_model(spec: ModelSpec, device: torch.device, tokenizer_path: str | None = None) -> tuple[nn.Module, Any]:
+    """(model on ``device``, tokenizer) for a recipe's model section."""
+    if isinstance(spec, OpenMythosModel):
+        from mythic.models.openmythos import MythosConfig, MythosForCausalLM, MythosHFConfig
+
+        fields = [f.name for f in dataclasses.fields(MythosConfig)]
+        for key in spec.config:
+            if key not in fields:
+                raise MythicError(f"recipe model.config.{key}: unknown MythosConfig field (expected one of {fields})")
+        config = MythosHFConfig.from_mythos(MythosConfig(**spec.config))
+        model = MythosForCausalLM(config).to(device=device, dtype=DTYPES[spec.dtype])
+        return model, load_tokenizer(tokenizer_path or spec.tokenizer)
+
+    from mythic.models.retrofit import MythicForCausalLM
+
+    kwargs = _load_kwargs(spec, device)
+    if isinstance(spec, RetrofitModel):
+        if not Path(spec.checkpoint).is_dir():
+            raise MythicError(f"recipe model.checkpoint: {spec.checkpoint} is not a folder")
+        model = MythicForCausalLM.from_pretrained(spec.checkpoint, **kwargs)
+        base_path = tokenizer_path or model.config.base_name_or_path or spec.checkpoint
+    else:
+        from transformers import AutoModelForCausalLM
+
+        check_surgery_keys(spec.surgery)
+        if not Path(spec.base).is_dir():
+            raise MythicError(f"recipe model.base: {spec.base} is not a folder (run mythic fetch base first)")
+        base = AutoModelForCausalLM.from_pretrained(spec.base, **kwargs)
+        settings = {"base_name_or_path": str(spec.base), **spec.surgery}
+        model = MythicForCausalLM.from_base(base, **settings)
+        base_path = tokenizer_path or spec.base
+    if spec.quantization is None:
+        model = model.to(device)
+    elif device.type == "cpu":
+        plain_cpu_4bit(model)
+    return model, load_tokenizer(base_path)
+
+
+def plain_cpu_4bit(model: nn.Module) -> None:
+    """bitsandbytes' packed CPU 4-bit path fails on widths that are not a multiple of its block
+    size; its plain path works for every width."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def add_lora(model: nn.Module, spec: Lora) -> None:
+    """Inject a peft LoRA into the model's frozen base (adapter name ``default``)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules or None,
+        target_parameters=spec.target_parameters or None,
+    )
+    base = getattr(model, "base", model)
+    try:
+        inject_adapter_in_model(config, base)
+    except ValueError as err:
+        raise MythicError(f"recipe trainable.lora: {str(err).splitlines()[0]}") from None
+
+
+def select_trainable(model: nn.Module, recipe: Recipe) -> dict[str, nn.Parameter]:
+    """Freeze everything, then unfreeze the recipe's trainable set; returns it by name."""
+    if recipe.trainable.lora is not None:
+        add_lora(model, recipe.trainable.lora)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    selected: dict[str, nn.Parameter] = {}
+    if recipe.model.kind == "openmythos" or recipe.trainable.base:
+        selected.update(model.named_parameters())
+    elif recipe.trainable.recurrence:
+        selected.update(model.recurrence_parameters())
+    if recipe.trainable.lora is not None:
+        selected.update((n, p) for n, p in model.named_parameters() if "lora_" in n)
+    if not selected:
+        raise MythicError("recipe trainable: nothing to train (enable recurrence or lora)")
+    for param in selected.values():
+        param.requires_grad_(True)
+    return selected
+
+
+def param_groups(model: nn.Module, trainable: dict[str, nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay for matrices, none for 1-D parameters and ``no_decay_parameters()``."""
+    exempt = {id(p) for m in model.modules() if hasattr(m, "no_decay_parameters") for p in m.no_decay_parameters()}
+    decay = [p for p in trainable.values() if p.ndim >= 2 and id(p) not in exempt]
+    no_decay = [p for p in trainable.values() if p.ndim < 2 or id(p) in exempt]
+    groups = [{"params": no_decay, "weight_decay": 0.0}]
+    if decay:
+        groups.insert(0, {"params": decay, "weight_decay": weight_decay})
+    return groups

@@ -1,0 +1,130 @@
+"""The training objective as one ``nn.Module``: model passes + loss terms in a single forward.
+
+Wrapping every pass of a step (T_lo, T_hi, the no-grad base pass of the KL anchor) in one
+module forward lets DDP/FSDP see exactly one forward per backward.
+
+Single-T:   L = CE(T)
+Dual-T:     L = ½(CE_lo + CE_hi) + α_m·ReLU(CE_hi − CE_lo + m) + α_sd·KL(p_lo ‖ p_hi.detach())
+            with T_lo fixed (``loss.dual_t.t_lo``) and T_hi drawn from the curriculum;
+            CE_hi optionally focal: Σ w·ce / max(Σ w, 1), w = (1 − p_lo(y))^γ without gradient.
+KL anchor:  + α·KL(p_base ‖ p_model@T) on anchor steps, p_base from the *true* base
+            (``true_base``: recurrence, depth-LoRA and any peft LoRA switched off).
+Model aux:  + Σ w_name · aux_name, averaged over the passes that returned it.
+
+The forward returns a dict of tensors: ``loss`` (with graph) and every term detached, plus
+``seq_ce`` / ``seq_loops`` (per-sequence CE and depth of each pass) for per-T logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from mythic.errors import MythicError
+from mythic.train import losses
+from mythic.train.curriculum import Depth
+from mythic.train.recipe import Loss
+
+
+@contextlib.contextmanager
+def true_base(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as its base: ``model.base_mode()`` plus every peft LoRA layer disabled."""
+    if not hasattr(model, "base_mode"):
+        raise MythicError("loss.kl_anchor needs a model with base_mode() (the retrofit wrapper)")
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # without peft there is no base LoRA to switch off
+        lora_layers = []
+    else:
+        lora_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+    with model.base_mode():
+        for layer in lora_layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in lora_layers:
+                layer.enable_adapters(True)
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """Logits from a model output object or a bare tensor (OpenMythos returns logits)."""
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+class Objective(nn.Module):
+    """model + loss recipe → one forward returning the loss and its logged terms."""
+
+    def __init__(self, model: nn.Module, loss: Loss) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def run(self, input_ids: torch.Tensor, depth: Depth) -> Any:
+        return self.model(
+            input_ids,
+            n_loops=depth.n_loops,
+            grad_loops=depth.grad_loops,
+            checkpoint_loops=depth.checkpoint_loops,
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, depth: Depth, anchor: bool = False
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.loss
+        terms: dict[str, torch.Tensor] = {}
+        batch = input_ids.shape[0]
+        hi_loops = torch.tensor(depth.per_sequence(batch))
+        if cfg.dual_t is None:
+            outs = [self.run(input_ids, depth)]
+            main = logits_of(outs[0])
+            ce = losses.cross_entropy(main, labels)
+            terms["ce"] = ce
+            loss = ce
+            seq_ce = losses.sequence_ce(main.detach(), labels)
+            seq_loops = hi_loops
+        else:
+            t_lo = cfg.dual_t.t_lo
+            lo_grad = None if depth.grad_loops is None else min(t_lo, depth.grad_loops)
+            lo_depth = Depth(t_lo, lo_grad, depth.checkpoint_loops)
+            outs = [self.run(input_ids, lo_depth), self.run(input_ids, depth)]
+            lo, main = logits_of(outs[0]), logits_of(outs[1])
+            ce_lo = losses.cross_entropy(lo, labels)
+            if cfg.focal is not None:
+                weights = losses.focal_weights(lo, labels, cfg.focal.gamma)
+                ce_hi = losses.focal_ce(main, labels, weights)
+                terms["ce_hi_unweighted"] = losses.cross_entropy(main.detach(), labels)
+            else:
+                ce_hi = losses.cross_entropy(main, labels)
+            terms["ce_lo"], terms["ce_hi"] = ce_lo, ce_hi
+            loss = 0.5 * (ce_lo + ce_hi)
+            if cfg.margin is not None:
+                terms["margin"] = losses.margin_term(ce_lo, ce_hi, cfg.margin.alpha, cfg.margin.m)
+                loss = loss + terms["margin"]
+            if cfg.self_distill is not None:
+                terms["self_distill"] = cfg.self_distill.alpha * losses.kl_divergence(lo, main.detach(), labels)
+                loss = loss + terms["self_distill"]
+            seq_ce = torch.cat([losses.sequence_ce(lo.detach(), labels), losses.sequence_ce(main.detach(), labels)])
+            seq_loops = torch.cat([torch.full((batch,), t_lo), hi_loops])
+        if anchor and cfg.kl_anchor is not None:
+            with torch.no_grad(), true_base(self.model):
+                base = logits_of(self.model(input_ids, n_loops=1))
+            terms["kl_anchor"] = cfg.kl_anchor.alpha * losses.kl_divergence(base, main, labels)
+            loss = loss + terms["kl_anchor"]
+        aux: dict[str, list[torch.Tensor]] = {}
+        for out in outs:
+            for name, value in losses.model_aux_terms(out).items():
+                aux.setdefault(name, []).append(value)
+        for name, values in aux.items():
+            weighted = cfg.aux_weights.get(name, 1.0) * torch.stack(values).mean()
+            terms[f"aux_{name}"] = weighted
+            loss = loss + weighted
+        result = {name: value.detach() for name, value in terms.items()}
+        result["loss"] = loss
+        result["seq_ce"] = seq_ce
+        result["seq_loops"] = seq_loops
+        return result

@@ -1,0 +1,487 @@
+"""Training recipes: a YAML file validated into a typed ``Recipe`` before any work starts.
+
+A recipe names the model (a tagged union on ``model.kind``: a ``retrofit`` surgery
+checkpoint, a ``surgery`` base plus surgery settings, or an ``openmythos`` from-scratch
+config), what is trainable, the data, the loop curriculum, the loss, the optimizer and
+schedule, the batch shape, checkpoint/logging cadence and the seed. The schema is a set
+of pydantic v2 models with ``extra="forbid"``, so an unknown key, a wrong type, a missing
+required field or an impossible value (negative lr, curriculum weights that do not sum
+to 1, a loop count above ``curriculum.max_loops``) becomes one ``MythicError`` line naming
+the key path and the expected form.
+
+``--set key=value`` overrides are applied to the raw YAML before validation: the key is
+a dotted path (list items by index, ``data.sources.0.weight=0.5``) and the value is parsed
+as YAML (``optim.lr=1e-4``, ``loss.focal=null``, ``curriculum.stages=[...]``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mythic.errors import MythicError
+
+DType = Literal["float32", "bfloat16", "float16"]
+PositiveInt = Annotated[int, Field(ge=1)]
+WEIGHT_TOLERANCE = 1e-6
+
+
+class Strict(BaseModel):
+    """Base of every recipe section: unknown keys and type coercions are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class Quantization(Strict):
+    """bitsandbytes 4-bit quantisation of the frozen base."""
+
+    kind: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: DType = "bfloat16"
+
+
+class RetrofitModel(Strict):
+    """A surgery checkpoint folder (config.json + recurrence.safetensors; base from its config)."""
+
+    kind: Literal["retrofit"]
+    checkpoint: str
+    dtype: DType = "float32"
+    quantization: Quantization | None = None
+
+
+class SurgeryModel(Strict):
+    """A Hugging Face base folder wrapped in memory with the given ``MythicConfig`` settings."""
+
+    kind: Literal["surgery"]
+    base: str
+    surgery: dict[str, Any] = Field(default_factory=dict)
+    dtype: DType = "float32"
+    quantization: Quantization | None = None
+
+
+class OpenMythosModel(Strict):
+    """A from-scratch OpenMythos model built from ``MythosConfig(**config)``; every weight trains."""
+
+    kind: Literal["openmythos"]
+    config: dict[str, Any]
+    tokenizer: str
+    dtype: DType = "float32"
+
+
+ModelSpec = Annotated[RetrofitModel | SurgeryModel | OpenMythosModel, Field(discriminator="kind")]
+
+
+class Lora(Strict):
+    """peft LoRA on the frozen base; ``target_parameters`` reaches 3-D MoE expert weights."""
+
+    rank: PositiveInt = 8
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=list)
+    target_parameters: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_target(self) -> Lora:
+        if not self.target_modules and not self.target_parameters:
+            raise ValueError("target_modules: name at least one of target_modules or target_parameters")
+        return self
+
+
+class Trainable(Strict):
+    """The recurrence modules, optionally a LoRA on the base, or every base weight (``base: true``)."""
+
+    recurrence: bool = True
+    base: bool = False
+    lora: Lora | None = None
+
+
+# ------------------------------------------------------------------------------ data
+
+
+class FilesSource(Strict):
+    """Local files by glob: ``text`` (one document per file), ``jsonl`` or ``parquet`` records."""
+
+    kind: Literal["files"]
+    paths: list[str] = Field(min_length=1)
+    format: Literal["text", "jsonl", "parquet"] = "text"
+    text_field: str = "text"
+    messages_field: str | None = None
+    weight: float = Field(1.0, gt=0)
+
+
+class HFSource(Strict):
+    """A Hugging Face dataset through ``datasets.load_dataset`` (streaming by default)."""
+
+    kind: Literal["hf"]
+    path: str
+    name: str | None = None
+    split: str = "train"
+    data_dir: str | None = None
+    data_files: list[str] | None = None
+    streaming: bool = True
+    text_field: str = "text"
+    messages_field: str | None = None
+    weight: float = Field(1.0, gt=0)
+
+
+class StdlibSource(Strict):
+    """The Python standard library's own ``.py`` files: text that exists on every machine."""
+
+    kind: Literal["stdlib"]
+    weight: float = Field(1.0, gt=0)
+
+
+Source = Annotated[FilesSource | HFSource | StdlibSource, Field(discriminator="kind")]
+
+
+class Data(Strict):
+    seq_len: int = Field(ge=2)
+    sources: list[Source] = Field(min_length=1)
+    tokenizer: str | None = None
+
+    @model_validator(mode="after")
+    def _weights_sum_to_one(self) -> Data:
+        total = sum(s.weight for s in self.sources)
+        if len(self.sources) > 1 and abs(total - 1.0) > WEIGHT_TOLERANCE:
+            raise ValueError(f"sources: the weights must sum to 1 (they sum to {total:g})")
+        return self
+
+
+# ------------------------------------------------------------------------ curriculum
+
+
+class CurriculumBase(Strict):
+    """Shared by every curriculum: the loop-axis bound and truncated backprop settings."""
+
+    max_loops: PositiveInt = 8
+    grad_loops: PositiveInt | None = None
+    checkpoint_loops: bool = False
+
+    def _check_loops(self, loops: list[int], where: str) -> None:
+        for t in loops:
+            if t > self.max_loops:
+                raise ValueError(f"{where}: T={t} is above max_loops={self.max_loops}")
+
+
+class FixedCurriculum(CurriculumBase):
+    kind: Literal["fixed"]
+    loops: PositiveInt
+
+    @model_validator(mode="after")
+    def _bounded(self) -> FixedCurriculum:
+        self._check_loops([self.loops], "loops")
+        return self
+
+
+class Stage(Strict):
+    start: int = Field(ge=0)
+    weights: dict[PositiveInt, float]
+
+    @model_validator(mode="after")
+    def _distribution(self) -> Stage:
+        if not self.weights:
+            raise ValueError("weights: name at least one T")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("weights: every weight must be >= 0")
+        total = sum(self.weights.values())
+        if abs(total - 1.0) > WEIGHT_TOLERANCE:
+            raise ValueError(f"weights: must sum to 1 (they sum to {total:g})")
+        return self
+
+
+class StagesCurriculum(CurriculumBase):
+    """Stage table: from ``start`` on, T is drawn from ``weights`` ({T: probability})."""
+
+    kind: Literal["stages"]
+    stages: list[Stage] = Field(min_length=1)
+    per_sequence: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StagesCurriculum:
+        if self.stages[0].start != 0:
+            raise ValueError("stages.0.start: the first stage must start at step 0")
+        for i, (a, b) in enumerate(zip(self.stages, self.stages[1:], strict=False), start=1):
+            if b.start <= a.start:
+                raise ValueError(f"stages.{i}.start: must be greater than the previous stage's start")
+        for i, stage in enumerate(self.stages):
+            self._check_loops(list(stage.weights), f"stages.{i}.weights")
+        return self
+
+
+class PoissonLognormalCurriculum(CurriculumBase):
+    """Retrofit-paper depth: τ ~ LogNormal(log r̄ − σ²/2, σ), r = Poisson(τ) + 1, r̄ ramps to ``mean``."""
+
+    kind: Literal["poisson_lognormal"]
+    mean: float = Field(ge=1)
+    mean_start: float = Field(1.0, ge=1)
+    sigma: float = Field(0.5, gt=0)
+    ramp: Literal["linear", "sqrt"] = "linear"
+    ramp_steps: int = Field(0, ge=0)
+    per_sequence: bool = False
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PoissonLognormalCurriculum:
+        if self.mean > self.max_loops:
+            raise ValueError(f"mean: {self.mean:g} is above max_loops={self.max_loops}")
+        return self
+
+
+CurriculumSpec = Annotated[FixedCurriculum | StagesCurriculum | PoissonLognormalCurriculum, Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------ loss
+
+
+class DualT(Strict):
+    """Every step runs T_lo and T_hi (T_hi drawn from the curriculum)."""
+
+    t_lo: PositiveInt = 1
+
+
+class Margin(Strict):
+    """α_m · ReLU(CE_hi − CE_lo + m)."""
+
+    alpha: float = Field(0.10, ge=0)
+    m: float = 0.02
+
+
+class Focal(Strict):
+    """Weight CE_hi by (1 − p_lo(y))^γ (no gradient through the weight)."""
+
+    gamma: float = Field(1.0, gt=0)
+
+
+class KLAnchor(Strict):
+    """α · KL(p_base ‖ p_model@T_hi) every ``every`` steps, against the true base."""
+
+    alpha: float = Field(gt=0)
+    every: PositiveInt = 1
+
+
+class SelfDistill(Strict):
+    """α · KL(p_lo ‖ p_hi.detach())."""
+
+    alpha: float = Field(gt=0)
+
+
+class Loss(Strict):
+    dual_t: DualT | None = None
+    margin: Margin | None = None
+    focal: Focal | None = None
+    kl_anchor: KLAnchor | None = None
+    self_distill: SelfDistill | None = None
+    aux_weights: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _dual_terms(self) -> Loss:
+        for name in ("margin", "focal", "self_distill"):
+            if getattr(self, name) is not None and self.dual_t is None:
+                raise ValueError(f"{name}: needs loss.dual_t (it compares the T_lo and T_hi passes)")
+        return self
+
+
+# ----------------------------------------------------------------- optimizer, loop
+
+
+class Optim(Strict):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _betas(self) -> Optim:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError("betas: both must be in [0, 1)")
+        return self
+
+
+class TrainLoop(Strict):
+    steps: PositiveInt
+    micro_batch: PositiveInt = 1
+    grad_accum: PositiveInt = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    max_bad_steps: PositiveInt = 5
+
+
+class Checkpointing(Strict):
+    every: PositiveInt = 100
+    keep: PositiveInt = 2
+
+
+class Logging(Strict):
+    every: PositiveInt = 1
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    plot: bool = True
+
+
+class Recipe(Strict):
+    name: str = Field(min_length=1)
+    seed: int = 0
+    out_dir: str | None = None
+    model: ModelSpec
+    trainable: Trainable = Trainable()
+    data: Data
+    curriculum: CurriculumSpec
+    loss: Loss = Loss()
+    optim: Optim
+    train: TrainLoop
+    checkpoint: Checkpointing = Checkpointing()
+    log: Logging = Logging()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.loss.dual_t is not None and self.loss.dual_t.t_lo > self.curriculum.max_loops:
+            raise ValueError(
+                f"loss.dual_t.t_lo: T={self.loss.dual_t.t_lo} is above curriculum.max_loops={self.curriculum.max_loops}"
+            )
+        if isinstance(self.curriculum, StagesCurriculum):
+            for i, stage in enumerate(self.curriculum.stages):
+                if stage.start >= self.train.steps:
+                    end = self.train.steps
+                    raise ValueError(f"curriculum.stages.{i}.start: {stage.start} is past train.steps={end}")
+        if self.model.kind == "openmythos" and self.loss.kl_anchor is not None:
+            raise ValueError("loss.kl_anchor: a from-scratch openmythos model has no base to anchor to")
+        if self.model.kind == "openmythos" and self.trainable.lora is not None:
+            raise ValueError("trainable.lora: LoRA on the base applies to retrofit/surgery models only")
+        if self.loss.kl_anchor is not None and self.trainable.base:
+            raise ValueError("loss.kl_anchor: needs a frozen base (trainable.base is true)")
+        if self.trainable.base and self.trainable.lora is not None:
+            raise ValueError("trainable.lora: pointless when trainable.base trains every base weight")
+        if self.optim.warmup_steps > self.train.steps:
+            raise ValueError(f"optim.warmup_steps: {self.optim.warmup_steps} exceeds train.steps")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+
+# ------------------------------------------------------------------------- loading
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``key.path=value`` to the raw recipe mapping in place (value parsed as YAML)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise MythicError(f"--set {assignment!r}: expected key.path=value")
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise MythicError(f"--set {key}: {where} is not an index of a list of {len(node)}")
+            index: int | str = int(part)
+        elif isinstance(node, dict):
+            index = int(part) if part.isdigit() and int(part) in node else part
+        else:
+            raise MythicError(f"--set {key}: {'.'.join(parts[:i])} is not a mapping")
+        if last:
+            node[index] = yaml.safe_load(raw)
+        else:
+            if isinstance(node, dict) and node.get(index) is None:
+                node[index] = {}
+            node = node[index]
+
+
+def _walk_loc(data: Any, loc: tuple[int | str, ...]) -> list[str]:
+    """The user-facing key path of a pydantic error location, dropping union tags and markers."""
+    path: list[str] = []
+    node = data
+    entered = True
+    for part in loc:
+        if entered and isinstance(node, dict) and node.get("kind") == part:
+            entered = False
+            continue
+        entered = False
+        if part == "[key]":
+            continue
+        key: int | str = part
+        if isinstance(node, dict) and isinstance(part, str) and part.isdigit() and int(part) in node:
+            key = int(part)
+        if (isinstance(node, dict) and key in node) or (
+            isinstance(node, list) and isinstance(key, int) and key < len(node)
+        ):
+            node = node[key]
+            entered = True
+        else:
+            node = None
+        path.append(str(part))
+    return path
+
+
+def format_validation_error(err: ValidationError, data: Any) -> str:
+    """One line: ``key.path: expected form (got …)`` for the first error, plus a count of the rest."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    path = _walk_loc(data, tuple(first["loc"]))
+    kind, ctx = first["type"], first.get("ctx", {})
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required field is missing"
+    elif kind in {"union_tag_invalid", "union_tag_not_found"}:
+        path.append(ctx.get("discriminator", "kind").strip("'"))
+        got = f" (got {ctx['tag']!r})" if "tag" in ctx else ""
+        message = f"expected one of {ctx['expected_tags']}{got}"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        head, sep, rest = message.partition(": ")
+        if sep and " " not in head:
+            path.extend(head.split("."))
+            message = rest
+        if kind not in {"value_error", "assertion_error"} and "input" in first:
+            message += f" (got {first['input']!r})"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"recipe {'.'.join(path) or 'top level'}: {message}{more}"
+
+
+def validate_recipe(data: Any) -> Recipe:
+    """Validate a raw mapping into a ``Recipe``; a problem becomes one ``MythicError`` line."""
+    if not isinstance(data, dict):
+        raise MythicError("recipe: expected a YAML mapping at the top level")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise MythicError(format_validation_error(err, data)) from None
+    if not all(math.isfinite(v) for v in (recipe.optim.lr, recipe.optim.weight_decay)):
+        raise MythicError("recipe optim: lr and weight_decay must be finite numbers")
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``--set`` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MythicError(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise MythicError(f"recipe {path}: not valid YAML{where}") from None
+    data = data if data is not None else {}
+    for assignment in overrides or []:
+        if not isinstance(data, dict):
+            break
+        apply_override(data, assignment)
+    return validate_recipe(data)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe (defaults filled in) as YAML, written into every run folder."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

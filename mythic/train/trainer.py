@@ -1,0 +1,291 @@
+"""The training loop: recipe in, run folder out.
+
+One optimizer step = ``grad_accum`` micro-batches per rank through ``Objective`` (all passes
+of a step in one forward), under HF ``accelerate`` (DDP through torchrun / ``accelerate
+launch``, mixed precision, gradient accumulation with ``accelerator.accumulate``).
+The depth of every micro-batch comes from the curriculum keyed by (seed, step, micro, rank),
+the data from the packed stream (each rank its rows of the global micro-batch).
+
+Non-finite loss or gradient norm (on any rank): the update is skipped and counted; after
+``train.max_bad_steps`` in a row the run stops with a ``MythicError`` and the last good
+checkpoint intact. Checkpoints every ``checkpoint.every`` steps (and at the end), keep the
+last ``checkpoint.keep``; ``resume=True`` continues from the newest one exactly (weights,
+optimizer, scheduler, RNG of every rank, data position; the curriculum is stateless).
+
+Run folder ``recipe.run_dir``: ``recipe.yaml`` (resolved), ``metrics.jsonl`` (one record per
+logged step: every loss term separately (averaged over ranks), ``ce_T{t}`` per loop count and
+the mean depth ``T`` (rank 0's), lr, grad norm, tokens/s, ``rec/*`` recurrence stats),
+``checkpoints/``, ``final/`` (``save_recurrence``: the folder ``MythicForCausalLM.from_pretrained``
+loads; plus ``base_lora.safetensors`` when a base LoRA was trained) and ``loss.png``. The same
+records go to TensorBoard / Weights & Biases through accelerate's trackers (``log.trackers``).
+FSDP is refused for now: checkpoints here hold whole (unsharded) trainable tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
+from safetensors.torch import save_file
+from torch import nn
+
+from mythic.errors import MythicError
+from mythic.io import atomic_dir
+from mythic.train.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    load_trainable,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from mythic.train.curriculum import Curriculum
+from mythic.train.data import PackedStream
+from mythic.train.model import build_model, param_groups, select_trainable
+from mythic.train.objective import Objective
+from mythic.train.plots import plot_run
+from mythic.train.recipe import Recipe, recipe_to_yaml
+from mythic.train.schedule import make_scheduler
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+BuildFn = Callable[[Recipe, torch.device], tuple[nn.Module, Any]]
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_dir: Path
+    steps: int
+    skipped_steps: int
+    metrics: dict[str, float]
+    plot: Path | None
+
+
+def default_build(recipe: Recipe, device: torch.device) -> tuple[nn.Module, Any]:
+    return build_model(recipe.model, device, recipe.data.tokenizer)
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON record per logged step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> list[dict[str, Any]]:
+        """All complete records (a line cut short by a kill is dropped)."""
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
+        return records
+
+    def truncate(self, through_step: int) -> None:
+        """Keep only the records of steps ≤ ``through_step`` (a resumed run rewrites the rest)."""
+        kept = [r for r in self.read() if r["step"] <= through_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume or not run_dir.exists():
+        return
+    if any((run_dir / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
+        raise MythicError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or set out_dir")
+
+
+def check_trackers(trackers: list[str]) -> None:
+    for name in trackers:
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise MythicError(f"recipe log.trackers: {name} is not installed (pip install {TRACKER_PACKAGES[name]})")
+
+
+def save_final(model: nn.Module, trainable: dict[str, nn.Parameter], target: Path) -> Path:
+    """The run's result: ``save_recurrence`` (or ``save_pretrained``) plus any base LoRA tensors."""
+    with atomic_dir(target, force=True) as tmp:
+        if hasattr(model, "save_recurrence"):
+            model.save_recurrence(tmp)
+        else:
+            model.save_pretrained(tmp)
+        lora = {n: p.detach().cpu().contiguous() for n, p in trainable.items() if "lora_" in n}
+        if lora:
+            save_file(lora, tmp / "base_lora.safetensors")
+    return target
+
+
+def train(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    build: BuildFn = default_build,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Run (or resume) the recipe's training; see the module docstring."""
+    run_dir = recipe.run_dir
+    check_run_dir(run_dir, resume)
+    check_trackers(recipe.log.trackers)
+    cfg = recipe.train
+    accelerator = Accelerator(
+        cpu=not torch.accelerator.is_available(),  # lets torchrun on a CPU-only machine run DDP over gloo
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=list(recipe.log.trackers) or None,
+        project_dir=str(run_dir),
+        device_placement=False,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise MythicError("mythic train does not support FSDP yet (its checkpoints would hold shards): use DDP")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    set_seed(recipe.seed)
+
+    model, tokenizer = build(recipe, accelerator.device)
+    trainable = select_trainable(model, recipe)
+    model.train()
+    objective = Objective(model, recipe.loss)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, trainable, recipe.optim.weight_decay),
+        lr=recipe.optim.lr,
+        betas=recipe.optim.betas,
+        eps=recipe.optim.eps,
+    )
+    scheduler = make_scheduler(optimizer, recipe.optim, cfg.steps)
+    stream = PackedStream(recipe.data, tokenizer, recipe.seed)
+    curriculum = Curriculum(recipe.curriculum, recipe.seed)
+
+    start, skipped, streak = 0, 0, 0
+    ckpt_root = run_dir / "checkpoints"
+    found = latest_checkpoint(ckpt_root) if resume else None
+    if found is not None:
+        ckpt = load_checkpoint(found)
+        load_trainable(trainable, ckpt.trainable, found)
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.state.scheduler)
+        stream.load_state_dict(ckpt.state.data)
+        start, skipped, streak = ckpt.state.step, ckpt.state.skipped_steps, ckpt.state.bad_streak
+        if len(ckpt.rng) == world:
+            set_rng_state(ckpt.rng[rank])
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+        metrics.truncate(start)
+    if recipe.log.trackers:
+        accelerator.init_trackers(recipe.name, config={"recipe": recipe_to_yaml(recipe)})
+    accelerator.wait_for_everyone()
+
+    inner = accelerator.unwrap_model(objective).model
+    params = list(trainable.values())
+    clip = recipe.optim.grad_clip or math.inf
+    kl = recipe.loss.kl_anchor
+    batch_size, seq_len = cfg.micro_batch, recipe.data.seq_len
+    record: dict[str, Any] = {}
+    for step in range(start, cfg.steps):
+        began = time.perf_counter()
+        anchor = kl is not None and step % kl.every == 0
+        lr = scheduler.get_last_lr()[0]
+        totals: dict[str, float] = defaultdict(float)
+        per_t: dict[int, list[float]] = defaultdict(list)
+        depths: list[int] = []
+        finite = True
+        for micro in range(cfg.grad_accum):
+            batch = stream.next_batch(batch_size, rank, world)
+            depth = curriculum.sample(step, micro, batch_size, rank)
+            depths += depth.per_sequence(batch_size)
+            with accelerator.accumulate(objective):
+                out = objective(
+                    batch.input_ids.to(accelerator.device), batch.labels.to(accelerator.device), depth, anchor
+                )
+                accelerator.backward(out["loss"])
+            finite = finite and bool(torch.isfinite(out["loss"].detach()))
+            for name, value in out.items():
+                if name not in ("seq_ce", "seq_loops"):
+                    totals[name] += float(value.detach()) / cfg.grad_accum
+            for ce, t in zip(out["seq_ce"].tolist(), out["seq_loops"].tolist(), strict=True):
+                per_t[int(t)].append(ce)
+        grad_norm = float(accelerator.clip_grad_norm_(params, clip))
+        bad_here = torch.tensor(0.0 if finite and math.isfinite(grad_norm) else 1.0, device=accelerator.device)
+        bad = bool(accelerator.reduce(bad_here, reduction="sum") > 0)
+        router: dict[str, float] = {}
+        if not bad:
+            optimizer.step()
+            if hasattr(inner, "update_router_bias"):  # OpenMythos' aux-loss-free MoE balancing
+                router = inner.update_router_bias()
+        optimizer.zero_grad()
+        scheduler.step()
+        skipped, streak = (skipped + 1, streak + 1) if bad else (skipped, 0)
+        done = step + 1
+
+        keys = sorted(totals)
+        reduced = accelerator.reduce(torch.tensor([totals[k] for k in keys], device=accelerator.device), "mean")
+        elapsed = time.perf_counter() - began
+        tokens = batch_size * seq_len * cfg.grad_accum * world
+        record = {"step": done, **dict(zip(keys, reduced.tolist(), strict=True))}
+        record |= {f"ce_T{t}": sum(v) / len(v) for t, v in sorted(per_t.items())}
+        record |= {
+            "T": sum(depths) / len(depths),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "tokens_per_s": tokens / max(elapsed, 1e-9),
+            "skipped": int(bad),
+            "skipped_total": skipped,
+        }
+        if done % recipe.log.every == 0 or done == cfg.steps:
+            if hasattr(inner, "recurrence_stats"):
+                record |= {f"rec/{k}": v for k, v in inner.recurrence_stats().items()}
+            record |= {f"router/{k}": v for k, v in router.items()}
+            if main:
+                metrics.append(record)
+            if recipe.log.trackers:
+                accelerator.log(record, step=done)
+        if progress is not None and main:
+            progress(done, cfg.steps, record)
+        if streak >= cfg.max_bad_steps:
+            accelerator.end_training()
+            last = latest_checkpoint(ckpt_root)
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise MythicError(f"{streak} non-finite steps in a row (loss or gradient), stopped at step {done}; {where}")
+        if (done % recipe.checkpoint.every == 0 or done == cfg.steps) and streak == 0:
+            rng = gather_object([rng_state()])
+            if main:
+                state = TrainState(done, scheduler.state_dict(), stream.state_dict(), skipped, streak)
+                save_checkpoint(
+                    ckpt_root,
+                    state,
+                    trainable=trainable,
+                    optimizer=optimizer.state_dict(),
+                    rng=rng,
+                    keep=recipe.checkpoint.keep,
+                )
+            accelerator.wait_for_everyone()
+
+    final_dir = run_dir / "final"
+    plot = None
+    if main:
+        save_final(inner, trainable, final_dir)
+        if recipe.log.plot:
+            plot = plot_run(metrics.read(), run_dir / "loss.png", title=recipe.name)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(run_dir, final_dir, cfg.steps, skipped, record, plot)

@@ -1,0 +1,104 @@
+"""Loop curricula: determinism, stage tables, the Poisson-lognormal ramp, per-sequence depth, truncation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mythic.train.curriculum import Curriculum, Depth, ramped_mean, stage_at
+from mythic.train.recipe import FixedCurriculum, PoissonLognormalCurriculum, StagesCurriculum
+
+STAGES = StagesCurriculum(
+    kind="stages",
+    stages=[
+        {"start": 0, "weights": {1: 1.0}},
+        {"start": 80, "weights": {1: 0.4, 2: 0.6}},
+        {"start": 200, "weights": {1: 0.2, 2: 0.5, 4: 0.3}},
+        {"start": 320, "weights": {2: 0.4, 4: 0.6}},
+    ],
+)
+
+
+def test_fixed_and_truncation() -> None:
+    spec = FixedCurriculum(kind="fixed", loops=6, grad_loops=4, checkpoint_loops=True)
+    assert Curriculum(spec, 0).sample(3, 1, 2) == Depth(6, 4, True)
+    short = FixedCurriculum(kind="fixed", loops=2, grad_loops=4)
+    assert Curriculum(short, 0).sample(0, 0, 2) == Depth(2, 2, False)
+
+
+def test_stage_table_boundaries() -> None:
+    assert stage_at(STAGES, 0) == {1: 1.0}
+    assert stage_at(STAGES, 79) == {1: 1.0}
+    assert stage_at(STAGES, 80) == {1: 0.4, 2: 0.6}
+    assert stage_at(STAGES, 319) == {1: 0.2, 2: 0.5, 4: 0.3}
+    assert stage_at(STAGES, 10_000) == {2: 0.4, 4: 0.6}
+
+
+def test_stage_frequencies_match_weights() -> None:
+    curriculum = Curriculum(STAGES, seed=3)
+    draws = [curriculum.sample(step, micro, 2).n_loops for step in range(200, 320) for micro in range(50)]
+    counts = {t: draws.count(t) / len(draws) for t in (1, 2, 4)}
+    assert set(draws) == {1, 2, 4}
+    # 6000 draws: the standard error of each frequency is < 0.0065; allow 4 of them.
+    for t, weight in {1: 0.2, 2: 0.5, 4: 0.3}.items():
+        assert abs(counts[t] - weight) < 0.026
+    assert {curriculum.sample(s, 0, 2).n_loops for s in range(80)} == {1}
+
+
+@given(seed=st.integers(0, 2**31), step=st.integers(0, 10_000), micro=st.integers(0, 64), rank=st.integers(0, 7))
+@settings(max_examples=50, deadline=None)
+def test_sampling_is_a_pure_function_of_its_key(seed: int, step: int, micro: int, rank: int) -> None:
+    spec = PoissonLognormalCurriculum(kind="poisson_lognormal", mean=6, max_loops=8, per_sequence=True, grad_loops=3)
+    a = Curriculum(spec, seed).sample(step, micro, 5, rank)
+    b = Curriculum(spec, seed).sample(step, micro, 5, rank)
+    assert torch.equal(a.n_loops, b.n_loops)
+    assert a.grad_loops == b.grad_loops == min(int(a.n_loops.max()), 3)
+    assert int(a.n_loops.min()) >= 1 and int(a.n_loops.max()) <= 8
+
+
+def test_batch_depth_is_shared_by_ranks_and_per_sequence_depth_is_not() -> None:
+    shared = Curriculum(STAGES, 0)
+    assert [shared.sample(250, m, 2, rank=0).n_loops for m in range(20)] == [
+        shared.sample(250, m, 2, rank=1).n_loops for m in range(20)
+    ]
+    per_seq = Curriculum(STAGES.model_copy(update={"per_sequence": True}), 0)
+    a = torch.cat([per_seq.sample(250, m, 4, rank=0).n_loops for m in range(20)])
+    b = torch.cat([per_seq.sample(250, m, 4, rank=1).n_loops for m in range(20)])
+    assert a.shape == (80,) and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("ramp", "step", "expected"),
+    [
+        ("linear", 0, 1.0),
+        ("linear", 50, 1.0 + 31.0 * 0.5),
+        ("linear", 100, 32.0),
+        ("linear", 400, 32.0),
+        ("sqrt", 50, 1.0 + 31.0 * (1.0 - math.sqrt(0.5))),
+        ("sqrt", 75, 1.0 + 31.0 * 0.5),
+        ("sqrt", 100, 32.0),
+    ],
+)
+def test_ramped_mean(ramp: str, step: int, expected: float) -> None:
+    spec = PoissonLognormalCurriculum(kind="poisson_lognormal", mean=32, ramp=ramp, ramp_steps=100, max_loops=64)
+    assert ramped_mean(spec, step) == pytest.approx(expected, abs=1e-12)
+
+
+def test_poisson_lognormal_mean_is_rbar_plus_one() -> None:
+    spec = PoissonLognormalCurriculum(kind="poisson_lognormal", mean=6, sigma=0.5, max_loops=64, per_sequence=True)
+    curriculum = Curriculum(spec, seed=0)
+    draws = torch.cat([curriculum.sample(step, 0, 100).n_loops for step in range(200)]).double()
+    # E[r] = E[Poisson(τ)] + 1 = E[τ] + 1 = r̄ + 1 = 7; Var[r] = r̄ + r̄²(e^{σ²} − 1) ≈ 16.2, 20000 draws.
+    assert abs(float(draws.mean()) - 7.0) < 0.12
+    assert abs(float(draws.var()) - (6 + 36 * (math.exp(0.25) - 1))) < 1.5
+
+
+def test_depth_is_clipped_to_max_loops() -> None:
+    spec = PoissonLognormalCurriculum(kind="poisson_lognormal", mean=4, max_loops=4, per_sequence=True)
+    draws = np.concatenate([Curriculum(spec, 0).sample(s, 0, 64).n_loops.numpy() for s in range(50)])
+    assert draws.max() == 4 and draws.min() == 1

@@ -1,0 +1,80 @@
+"""Shared builders for the training tests (no tests here): a tiny base folder, a corpus, a recipe.
+
+``write_tiny_base`` saves a random 4-layer Llama (vocab 64) and a word-level tokenizer whose
+words are ``w0 … w60`` plus ``<unk> <s> </s>``, with a small chat template. ``write_corpus``
+writes text files of counting sequences (learnable, so the loss falls within a few steps).
+``tiny_recipe`` is a raw recipe mapping for that base and corpus; tests override parts of it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def write_tiny_base(folder: Path, layers: int = 4) -> Path:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_corpus(folder: Path, n_docs: int = 12) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(n_docs):
+        start = (7 * d) % 61
+        (folder / f"doc{d:02d}.txt").write_text(" ".join(f"w{(start + i) % 61}" for i in range(40 + d)))
+    return folder
+
+
+TINY_RECIPE: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "model": {"kind": "surgery", "base": "", "surgery": {"block_start": 1, "block_end": 3, "max_loops": 4}},
+    "data": {"seq_len": 16, "sources": [{"kind": "files", "paths": []}]},
+    "curriculum": {"kind": "stages", "max_loops": 4, "stages": [{"start": 0, "weights": {1: 0.5, 3: 0.5}}]},
+    "loss": {"dual_t": {"t_lo": 1}, "margin": {"alpha": 0.1, "m": 0.02}, "kl_anchor": {"alpha": 0.5, "every": 2}},
+    "optim": {"lr": 0.01, "warmup_steps": 1},
+    "train": {"steps": 6, "micro_batch": 2, "grad_accum": 2},
+    "checkpoint": {"every": 2, "keep": 2},
+    "log": {"every": 1, "plot": False},
+}
+
+
+def tiny_recipe(base: Path, corpus: Path, out_dir: Path, **sections: Any) -> dict[str, Any]:
+    """The tiny recipe with its paths filled in and top-level sections replaced by ``sections``."""
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["model"]["base"] = str(base)
+    recipe["data"]["sources"][0]["paths"] = [str(corpus / "*.txt")]
+    recipe["out_dir"] = str(out_dir)
+    recipe.update(copy.deepcopy(sections))
+    return recipe
