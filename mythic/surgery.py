@@ -64,9 +64,7 @@ def base_revision(folder: Path) -> str | None:
         return None
     if manifest.get("commit"):
         return str(manifest["commit"])
-    weights = sorted(
-        (f["path"], f["sha256"]) for f in manifest.get("files", []) if f["path"].endswith(".safetensors")
-    )
+    weights = sorted((f["path"], f["sha256"]) for f in manifest.get("files", []) if f["path"].endswith(".safetensors"))
     return "sha256:" + hashlib.sha256(json.dumps(weights).encode()).hexdigest()[:16]
 
 
@@ -133,7 +131,8 @@ def surgery(
 
 
 def load_checkpoint(path: Path, dtype: torch.dtype | str | None = None, **kwargs: Any) -> MythicForCausalLM:
-    """Base (from ``config.base_name_or_path``) + recurrence tensors, strictly; see the module docstring."""
+    """Base (from ``config.base_name_or_path``) + recurrence tensors (+ a trained peft LoRA on the base,
+    ``base_lora.safetensors``), strictly; see the module docstring."""
     path = Path(path)
     config = MythicConfig.from_pretrained(path)
     if not config.base_name_or_path:
@@ -143,16 +142,31 @@ def load_checkpoint(path: Path, dtype: torch.dtype | str | None = None, **kwargs
     found = base_revision(base_dir)
     if config.base_revision and found and found != config.base_revision:
         raise MythicError(
-            f"checkpoint {path} was made on base revision {config.base_revision}, "
-            f"but {base_dir} is revision {found}"
+            f"checkpoint {path} was made on base revision {config.base_revision}, but {base_dir} is revision {found}"
         )
+    model = load_on_base(path, config, base_dir, dtype, **kwargs)
+    from mythic.export import attach_base_lora, base_lora_spec
+
+    spec = base_lora_spec(path)
+    if spec is not None:
+        attach_base_lora(model, path, spec)
+    return model
+
+
+def load_on_base(
+    folder: Path, config: MythicConfig, base_dir: Path, dtype: torch.dtype | str | None = None, **kwargs: Any
+) -> MythicForCausalLM:
+    """The base in ``base_dir`` (checked to be the architecture of ``config.text_config``) plus the
+    recurrence tensors of ``folder``, loaded strictly."""
+    _check_base_dir(base_dir)
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32, **kwargs)
     if config_fingerprint(base.config) != config_fingerprint(config.text_config):
-        raise MythicError(f"the base in {base_dir} is not the architecture checkpoint {path} was made on")
+        raise MythicError(f"the base in {base_dir} is not the architecture {folder} was made on")
+    config.base_name_or_path = str(Path(base_dir).resolve())
     model = MythicForCausalLM(config, base=base)
-    model.load_recurrence(path)
+    model.load_recurrence(folder)
     return model.eval()
 
 
@@ -165,10 +179,7 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
         if config.get("base_name_or_path"):
             candidates.append(Path(config["base_name_or_path"]))
     for folder in candidates:
-        if any(
-            (folder / name).is_file()
-            for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-        ):
+        if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
             return AutoTokenizer.from_pretrained(folder)
     raise MythicError(f"no tokenizer found in {' or '.join(str(c) for c in candidates)}")
 

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 from safetensors.torch import load_file, save_file
 from tiny import save_tiny_base
 
-from mythic.cli import main
 from mythic.errors import MythicError
 from mythic.models.retrofit import RECURRENCE_FILE, MythicForCausalLM
 from mythic.surgery import identity_probe
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["mythic", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from mythic.cli import eval as eval_cmd
-from mythic.cli import fetch, generate, surgery, train
+from mythic.cli import export, fetch, generate, sanity, surgery, train
 from mythic.errors import MythicError
 
 app = typer.Typer(
@@ -24,10 +24,12 @@ app = typer.Typer(
 )
 
 app.add_typer(fetch.app, name="fetch")
+app.command("sanity")(sanity.sanity)
 app.command("surgery")(surgery.surgery)
 app.command("generate")(generate.generate)
 app.command("train")(train.train)
 app.add_typer(eval_cmd.app, name="eval")
+app.command("export")(export.export)
 
 
 def main() -> None:

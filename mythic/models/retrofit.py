@@ -200,6 +200,7 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = MythicConfig
     base_model_prefix = "mythic"
     supports_gradient_checkpointing = False
+    _keep_in_fp32_modules_strict = ["recurrence"]
     _supports_sdpa = True
     _supports_attention_backend = True
 

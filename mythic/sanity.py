@@ -1,0 +1,560 @@
+"""Phase 0, before any training (``mythic sanity``): can this base be loaded, does it talk, which block loops best?
+
+Memory estimate, before anything is loaded, from a meta-device skeleton of the base's config
+(parameter counts only):
+
+    bf16 / fp32 / fp16       n · itemsize bytes per tensor
+    4-bit (--4bit)           nf4, double quant, bf16 compute (bitsandbytes); a quantised tensor of n values takes
+                             ⌈n/2⌉ (nibbles) + ⌈n/64⌉ (uint8 absmax per 64-block) + 4·⌈n/16384⌉ (fp32 absmax per
+                             256 blocks) + 1092 (code books, offset) bytes; quantised are the weights of every
+                             nn.Linear but the output head (what transformers converts to Linear4bit) and every
+                             3-D parameter (fused MoE experts, which Linear4bit never sees: they go through
+                             ``bitsandbytes.nn.parametrize.replace_parameter_4bit``); everything else is bf16
+    activations              B·S·(12·V + 16·H·itemsize) for the probe forward (float32 logits, a few hidden
+                             states), plus the largest 3-D parameter dequantised to bf16 (4-bit only)
+
+A 4-bit base is loaded on the CPU first, with its Linear layers quantised and its 3-D expert weights still
+bf16 (the host "load peak"); the 3-D parameters are then quantised module by module on the target device and
+the model moves there. The load is refused with a one-line error when the need exceeds the free GPU memory
+(``torch.cuda.mem_get_info``) or the available RAM (``psutil``).
+
+bitsandbytes' packed CPU kernel (taken on AVX512-BF16 CPUs under ``no_grad``) asserts unless a Linear4bit has
+``out_features % 32 == 0`` and ``in_features % 64 == 0``; other Linear4bit modules get
+``support_avx512bf16_for_cpu = False``, bitsandbytes' generic dequantise-then-matmul path.
+
+The report:
+
+1. generation: the greedy completion of a prompt through the chat template;
+2. identity: for each candidate block a fresh wrapper (surgery defaults, Depth-LoRA off: its B = 0 start adds
+   exactly 0, and leaving it out keeps hooks off the base's modules) at ``n_loops=1`` against the base on
+   ``identity_probe`` tokens: max |Δlogit|, which must be 0;
+3. probe: on a held-out sample (Python standard-library source files, tokenised by the base's tokenizer) the
+   mean next-token cross-entropy with the block looped T ∈ {1, 2, 4} times untrained, as a plain repeat
+
+       h₀ = e,   h_{t+1} = block(h_t)        (the residual rule with m_t = 1, s = 0)
+
+   and the norm growth ‖h_T‖ / ‖e‖ (mean per-token L2 norm of the block's output over its input); the
+   recommended block has the lowest loss at T = 4 (then at T = 2);
+4. the load time and the peak memory (CUDA: peak allocation; CPU: peak resident set of the process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import re
+import resource
+import sysconfig
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from mythic.errors import MythicError
+from mythic.generation import encode_prompt
+from mythic.io import quiet_transformers, write_json
+from mythic.models.families import check_block, decoder_layers, family_of
+from mythic.models.retrofit import MythicForCausalLM
+from mythic.surgery import DTYPES, identity_probe, load_tokenizer
+
+SAMPLE_FILES = ("textwrap.py", "heapq.py", "fractions.py", "shlex.py", "statistics.py")
+PROBE_LOOPS = (1, 2, 4)
+REPEAT = dict(rule="residual", gate_bias_init=30.0, layerscale_init=1.0, layerscale_max=1.0, inject_scale=0.0)
+"""The residual rule turned into a plain repeat: g = sigmoid(30) = 1.0 in float32, ls = 1, so m_t = 1; s = 0."""
+PROMPT = "Write a Python function that checks whether a number is prime."
+CPU_PACKED_OUT, CPU_PACKED_IN = 32, 64
+QUANT_CONSTANT_BYTES = 256 * 4 + 16 * 4 + 4
+
+Progress = Callable[[int, int, str], None]
+"""Called as ``progress(done, total, what)`` over the steps of the run."""
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes a load will need; see the module docstring."""
+
+    device: str
+    quantized: bool
+    weights: int
+    activations: int
+    load_peak: int
+    available: int
+    host_available: int
+    parameters: int
+    quantized_parameters: int
+
+    @property
+    def need(self) -> int:
+        return self.weights + self.activations
+
+
+@dataclass
+class Candidate:
+    """One block's results: identity at T = 1, loss and norm growth looped untrained."""
+
+    block: tuple[int, int]
+    identity_max_abs_diff: float
+    loss: dict[int, float]
+    norm_growth: dict[int, float]
+
+
+@dataclass
+class SanityReport:
+    base: str
+    device: str
+    quantization: str
+    estimate: dict[str, Any]
+    load_seconds: float
+    peak_memory: int
+    peak_memory_kind: str
+    quantized_modules: int
+    generic_cpu_path: list[str]
+    unquantized: list[dict[str, Any]]
+    generation: dict[str, Any]
+    sample: dict[str, Any]
+    base_loss: float
+    candidates: list[Candidate]
+    recommended: tuple[int, int] | None
+    recommendation: str
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def default_candidates(n_layers: int) -> list[tuple[int, int]]:
+    """Four single layers spread over the middle of the stack (30 %, 40 %, 50 %, 60 % of the depth)."""
+    layers = sorted({min(n_layers - 1, round(n_layers * f)) for f in (0.3, 0.4, 0.5, 0.6)})
+    return [(i, i + 1) for i in layers]
+
+
+def parse_candidates(text: str) -> list[tuple[int, int]]:
+    """'8,10,4:23' → [(8, 9), (10, 11), (4, 23)]: single layers or half-open blocks."""
+    blocks = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            start, end = (int(x) for x in part.split(":")) if ":" in part else (int(part), int(part) + 1)
+        except ValueError:
+            raise MythicError(f"--layers takes layers and START:END blocks separated by commas, got {text!r}") from None
+        blocks.append((start, end))
+    if not blocks:
+        raise MythicError(f"--layers takes layers and START:END blocks separated by commas, got {text!r}")
+    return blocks
+
+
+def choose_candidates(config: Any, layers: str | None, scan: bool) -> tuple[list[tuple[int, int]], list[str]]:
+    """The blocks to probe and, for ``scan``, the layers skipped with the reason (e.g. KV-sharing)."""
+    if layers is not None and scan:
+        raise MythicError("give either --layers or --scan, not both")
+    n = config.num_hidden_layers
+    if not scan:
+        blocks = parse_candidates(layers) if layers is not None else default_candidates(n)
+        for start, end in blocks:
+            check_block(config, start, end, None)
+        return blocks, []
+    blocks, skipped = [], []
+    for i in range(n):
+        try:
+            check_block(config, i, i + 1, None)
+            blocks.append((i, i + 1))
+        except MythicError as err:
+            skipped.append(f"layer {i}: {err}")
+    return blocks, skipped
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def quantized_tensor_bytes(n: int) -> int:
+    """Bytes of one nf4 double-quant tensor of n values (module docstring)."""
+    return math.ceil(n / 2) + math.ceil(n / 64) + 4 * math.ceil(n / (64 * 256)) + QUANT_CONSTANT_BYTES
+
+
+def skeleton(config: Any) -> PreTrainedModel:
+    """The base's module tree on the meta device: names, shapes and counts, no memory."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()
+    return model
+
+
+def _quantizable(model: PreTrainedModel) -> tuple[set[str], set[str]]:
+    """(Linear weights transformers converts to Linear4bit, 3-D parameters) by parameter name."""
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    kept = set(get_keys_to_not_convert(model)) | set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    linear = {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(name == k or name.startswith(f"{k}.") for k in kept)
+    }
+    cubes = {name for name, p in model.named_parameters() if p.ndim == 3}
+    return linear, cubes
+
+
+def available_memory(device: str) -> tuple[int, int]:
+    """(free bytes on ``device``, available host RAM)."""
+    import psutil
+
+    host = int(psutil.virtual_memory().available)
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free), host
+    return host, host
+
+
+def estimate_memory(
+    config: Any, *, quantize: bool, dtype: torch.dtype, device: str, rows: int, seq_len: int
+) -> MemoryEstimate:
+    """What loading and probing the base will take; see the module docstring."""
+    model = skeleton(config)
+    linear, cubes = _quantizable(model) if quantize else (set(), set())
+    itemsize = torch.tensor([], dtype=torch.bfloat16 if quantize else dtype).element_size()
+    seen: dict[int, tuple[str, int]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        seen.setdefault(id(p), (name, p.numel()))
+    weights = load_peak = quantized = total = 0
+    largest_cube = 0
+    for name, n in seen.values():
+        total += n
+        if name in linear or name in cubes:
+            quantized += n
+            weights += quantized_tensor_bytes(n)
+            load_peak += quantized_tensor_bytes(n) if name in linear else n * itemsize
+            largest_cube = max(largest_cube, n if name in cubes else 0)
+        else:
+            weights += n * itemsize
+            load_peak += n * itemsize
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    text = config.get_text_config(decoder=True)
+    activations = rows * seq_len * (12 * text.vocab_size + 16 * text.hidden_size * itemsize) + 2 * largest_cube
+    free, host = available_memory(device)
+    return MemoryEstimate(
+        device=device,
+        quantized=quantize,
+        weights=weights + buffers,
+        activations=activations,
+        load_peak=load_peak + buffers if quantize else 0,
+        available=free,
+        host_available=host,
+        parameters=total,
+        quantized_parameters=quantized,
+    )
+
+
+def check_fits(estimate: MemoryEstimate) -> None:
+    """One-line refusal when the base will not fit the device (or, for a 4-bit load, the host)."""
+    gb = 1e9
+    where = "free GPU memory" if estimate.device.startswith("cuda") else "available RAM"
+    if estimate.need > estimate.available:
+        raise MythicError(
+            f"the base needs about {estimate.need / gb:.2f} GB on {estimate.device} "
+            f"(weights {estimate.weights / gb:.2f} GB + activations {estimate.activations / gb:.2f} GB), "
+            f"only {estimate.available / gb:.2f} GB {where}" + ("" if estimate.quantized else "; try --4bit")
+        )
+    if estimate.quantized and estimate.load_peak > estimate.host_available:
+        raise MythicError(
+            f"loading the 4-bit base needs about {estimate.load_peak / gb:.2f} GB of RAM before its expert weights "
+            f"are quantised, only {estimate.host_available / gb:.2f} GB available"
+        )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def quantization_config() -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def quantize_cubes(model: nn.Module, device: str) -> int:
+    """nf4-quantise every 3-D parameter on ``device``, module by module; returns how many."""
+    from bitsandbytes.nn.parametrize import replace_parameter_4bit
+
+    count = 0
+    for module in list(model.modules()):
+        names = [name for name, p in module.named_parameters(recurse=False) if p.ndim == 3]
+        if not names:
+            continue
+        module.to(device)
+        for name in names:
+            replace_parameter_4bit(module, name, compress_statistics=True, quant_type="nf4")
+            count += 1
+    return count
+
+
+def fix_cpu_packing(model: nn.Module) -> list[str]:
+    """Send Linear4bit modules the packed CPU kernel cannot take to the generic path; returns their names."""
+    import bitsandbytes as bnb
+
+    fixed = []
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit) and (
+            module.out_features % CPU_PACKED_OUT or module.in_features % CPU_PACKED_IN
+        ):
+            module.support_avx512bf16_for_cpu = False
+            fixed.append(name)
+    return fixed
+
+
+def load_base(
+    base_dir: Path, *, quantize: bool, dtype: torch.dtype, device: str
+) -> tuple[PreTrainedModel, list[str], int]:
+    """(model in eval mode, Linear4bit modules on the generic CPU path, 3-D parameters quantised)."""
+    if not quantize:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, device_map={"": device})
+        return model.eval(), [], 0
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MythicError("--4bit needs bitsandbytes: pip install 'mythic[quant]'")
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, quantization_config=quantization_config(), dtype=torch.bfloat16, device_map={"": "cpu"}
+    )
+    cubes = quantize_cubes(model, device)
+    model = model.to(device)
+    generic = fix_cpu_packing(model) if device == "cpu" else []
+    return model.eval(), generic, cubes
+
+
+def _group(name: str) -> str:
+    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
+
+
+def unquantized_parameters(model: PreTrainedModel) -> list[dict[str, Any]]:
+    """Parameters left in bf16 by a 4-bit load, grouped by name pattern, with the reason."""
+    import bitsandbytes as bnb
+
+    owners = {id(p): module for module in model.modules() for p in module.parameters(recurse=False)}
+    head = model.get_output_embeddings()
+    groups: dict[str, dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        module = owners[id(p)]
+        if isinstance(p, bnb.nn.Params4bit) or ".parametrizations." in name:
+            continue
+        if module is head:
+            why = "output head (or the embedding tied to it): transformers keeps it unquantised"
+        elif isinstance(module, nn.Embedding):
+            why = "embedding: bitsandbytes quantises nn.Linear only"
+        elif p.ndim == 1:
+            why = "1-D (norm weight or bias)"
+        else:
+            why = f"{p.ndim}-D parameter outside nn.Linear"
+        group = groups.setdefault(_group(name), {"name": _group(name), "tensors": 0, "values": 0, "why": why})
+        group["tensors"] += 1
+        group["values"] += p.numel()
+    return sorted(groups.values(), key=lambda g: -g["values"])
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def heldout_sample(tokenizer: PreTrainedTokenizerBase, rows: int, seq_len: int) -> tuple[torch.Tensor, list[str]]:
+    """``rows × seq_len`` token ids from the standard library's SAMPLE_FILES, in order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    ids: list[int] = []
+    used = []
+    for name in SAMPLE_FILES:
+        ids += tokenizer(root.joinpath(name).read_text(), add_special_tokens=False).input_ids
+        used.append(name)
+        if len(ids) >= rows * seq_len:
+            break
+    if len(ids) < rows * seq_len:
+        raise MythicError(f"the held-out sample has {len(ids)} tokens, fewer than {rows} × {seq_len}")
+    return torch.tensor(ids[: rows * seq_len]).view(rows, seq_len), used
+
+
+@contextlib.contextmanager
+def looped(base: PreTrainedModel, block: tuple[int, int], **settings: Any) -> Iterator[MythicForCausalLM]:
+    """A fresh wrapper around ``base`` (Depth-LoRA off); the base's layer list is restored afterwards."""
+    layers = decoder_layers(base)
+    original = list(layers)
+    try:
+        model = MythicForCausalLM.from_base(
+            base, block_start=block[0], block_end=block[1], lora_rank=0, max_loops=max(PROBE_LOOPS), **settings
+        )
+        yield model.eval()
+    finally:
+        for i, layer in enumerate(original):
+            layers[i] = layer
+
+
+def _first(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def probe_block(
+    base: PreTrainedModel, block: tuple[int, int], sample: torch.Tensor, probe: torch.Tensor, expected: torch.Tensor
+) -> Candidate:
+    """Identity at T = 1 and the untrained repeat's loss / norm growth at each of PROBE_LOOPS."""
+    with looped(base, block) as model, torch.no_grad():
+        diff = float((model(probe, n_loops=1).logits.float() - expected).abs().max())
+    loss: dict[int, float] = {}
+    growth: dict[int, float] = {}
+    with looped(base, block, **REPEAT) as model, torch.no_grad():
+        norms: list[tuple[float, float]] = []
+
+        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            e = args[0] if args else kwargs["hidden_states"]
+            norms.append((float(e.float().norm(dim=-1).mean()), float(_first(out).float().norm(dim=-1).mean())))
+
+        last = decoder_layers(model.base)[model.block_range[1] - 1]
+        handle = last.register_forward_hook(record, with_kwargs=True)
+        try:
+            for t in PROBE_LOOPS:
+                norms.clear()
+                loss[t] = float(model(sample.to(base.device), labels=sample.to(base.device), n_loops=t).loss)
+                growth[t] = norms[0][1] / norms[0][0]
+        finally:
+            handle.remove()
+    return Candidate(block=block, identity_max_abs_diff=diff, loss=loss, norm_growth=growth)
+
+
+def recommend(candidates: list[Candidate]) -> tuple[tuple[int, int] | None, str]:
+    """The block with the lowest loss looped 4× untrained (then 2×), among those with an exact identity."""
+    usable = [c for c in candidates if c.identity_max_abs_diff == 0.0 and math.isfinite(c.loss[4])]
+    if not usable:
+        return None, "no candidate kept the T=1 identity with a finite loss"
+    best = min(usable, key=lambda c: (c.loss[4], c.loss[2]))
+    return best.block, (
+        f"block {best.block[0]}:{best.block[1]} has the lowest held-out loss looped 4× untrained "
+        f"({best.loss[4]:.4f} vs {best.loss[1]:.4f} at T=1)"
+    )
+
+
+def smoke_test(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
+) -> dict[str, Any]:
+    """Greedy chat-template completion of ``prompt``."""
+    ids = encode_prompt(tokenizer, prompt, chat=True).to(model.device)
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    seconds = time.perf_counter() - started
+    new = out[0, ids.shape[1] :]
+    return {
+        "prompt": prompt,
+        "completion": tokenizer.decode(new, skip_special_tokens=True).strip(),
+        "new_tokens": int(new.numel()),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _peak_memory(device: str) -> tuple[int, str]:
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(torch.device(device))), "CUDA peak allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak resident set of the process"
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def sanity(
+    base_dir: Path,
+    *,
+    quantize: bool = False,
+    layers: str | None = None,
+    scan: bool = False,
+    dtype: str = "float32",
+    device: str | None = None,
+    rows: int = 4,
+    seq_len: int = 256,
+    prompt: str = PROMPT,
+    max_new_tokens: int = 48,
+    out: Path | None = None,
+    on_estimate: Callable[[MemoryEstimate], None] | None = None,
+    progress: Progress | None = None,
+) -> SanityReport:
+    """Phase 0 on the base in ``base_dir``; see the module docstring. Writes the report as JSON to ``out``."""
+    started = time.perf_counter()
+    base_dir = Path(base_dir)
+    if not (base_dir / "config.json").is_file():
+        raise MythicError(f"base folder {base_dir} has no config.json (fetch one with `mythic fetch base`)")
+    if dtype not in DTYPES:
+        raise MythicError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if rows < 1 or seq_len < 2:
+        raise MythicError("the held-out sample needs at least 1 row of at least 2 tokens")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MythicError(f"--device {device}: no CUDA device is available")
+    config = AutoConfig.from_pretrained(base_dir)
+    family_of(config)
+    blocks, skipped = choose_candidates(config, layers, scan)
+    tokenizer = load_tokenizer(base_dir)
+    estimate = estimate_memory(
+        config, quantize=quantize, dtype=DTYPES[dtype], device=device, rows=rows, seq_len=seq_len
+    )
+    if on_estimate is not None:
+        on_estimate(estimate)
+    check_fits(estimate)
+
+    total = 3 + len(blocks)
+    step = progress or (lambda done, total, what: None)
+    step(0, total, "loading the base")
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+    loaded = time.perf_counter()
+    with quiet_transformers():
+        model, generic, cubes = load_base(base_dir, quantize=quantize, dtype=DTYPES[dtype], device=device)
+    load_seconds = time.perf_counter() - loaded
+    step(1, total, "generation smoke test")
+    generation = smoke_test(model, tokenizer, prompt, max_new_tokens)
+    step(2, total, "base loss on the held-out sample")
+    sample, files = heldout_sample(tokenizer, rows, seq_len)
+    probe = identity_probe(config.get_text_config(decoder=True).vocab_size).to(model.device)
+    with torch.no_grad():
+        expected = model(probe).logits.float()
+        base_loss = float(model(sample.to(model.device), labels=sample.to(model.device)).loss)
+    candidates = []
+    for i, block in enumerate(blocks):
+        step(3 + i, total, f"block {block[0]}:{block[1]}")
+        candidates.append(probe_block(model, block, sample, probe, expected))
+    step(total, total, "done")
+    recommended, why = recommend(candidates)
+    peak, peak_kind = _peak_memory(device)
+    report = SanityReport(
+        base=str(base_dir.resolve()),
+        device=device,
+        quantization="nf4 double-quant, bf16 compute (bitsandbytes)" if quantize else dtype,
+        estimate={**asdict(estimate), "need": estimate.need},
+        load_seconds=round(load_seconds, 2),
+        peak_memory=peak,
+        peak_memory_kind=peak_kind,
+        quantized_modules=_count_quantized(model) + cubes if quantize else 0,
+        generic_cpu_path=generic,
+        unquantized=unquantized_parameters(model) if quantize else [],
+        generation=generation,
+        sample={"files": files, "rows": rows, "seq_len": seq_len},
+        base_loss=base_loss,
+        candidates=candidates,
+        recommended=recommended,
+        recommendation=why,
+        seconds=round(time.perf_counter() - started, 2),
+        skipped=skipped,
+    )
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, report.to_json())
+    return report
+
+
+def _count_quantized(model: nn.Module) -> int:
+    import bitsandbytes as bnb
+
+    return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
