@@ -5,6 +5,7 @@
 - ``depth_lora`` per-loop low-rank deltas on Linear layers inside the looped block
 - ``loop_embedding`` optional sinusoidal loop-index embedding
 - ``rules``      update rules (residual, parcae, concat) built from the above
+- ``halting``    ACT halting (per-position weights that sum to 1, ponder cost)
 - ``loop``       THE loop driver: runs a block T times for every path (cached/uncached, train/eval)
 - ``cache``      per-(loop, layer) KV slots on top of transformers' DynamicCache
 """

@@ -149,7 +149,7 @@ def train(
         log_with=list(recipe.log.trackers) or None,
         project_dir=str(run_dir),
         device_placement=False,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
     if accelerator.distributed_type == DistributedType.FSDP:
         raise MythicError("mythic train does not support FSDP yet (its checkpoints would hold shards): use DDP")

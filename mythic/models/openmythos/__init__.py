@@ -1,0 +1,39 @@
+"""OpenMythos, the from-scratch Recurrent-Depth Transformer (prelude → looped MoE block → coda).
+
+    from mythic.models.openmythos import OpenMythos, MythosConfig
+
+``config`` the configuration reference, ``attention`` GQA/MLA, ``moe`` the routed + shared
+experts, ``model`` the network, generation and optimizer groups, ``variants`` the
+mythos_1b … mythos_1t configs and parameter counts, ``hf`` the transformers-native wrapper.
+"""
+
+from mythic.models.openmythos.config import MythosConfig
+from mythic.models.openmythos.hf import MythosForCausalLM, MythosHFConfig
+from mythic.models.openmythos.model import MythosOutput, OpenMythos, param_groups
+from mythic.models.openmythos.variants import (
+    count_parameters,
+    mythos_1b,
+    mythos_1t,
+    mythos_3b,
+    mythos_10b,
+    mythos_50b,
+    mythos_100b,
+    mythos_500b,
+)
+
+__all__ = [
+    "MythosConfig",
+    "MythosForCausalLM",
+    "MythosHFConfig",
+    "MythosOutput",
+    "OpenMythos",
+    "count_parameters",
+    "mythos_100b",
+    "mythos_10b",
+    "mythos_1b",
+    "mythos_1t",
+    "mythos_3b",
+    "mythos_500b",
+    "mythos_50b",
+    "param_groups",
+]

@@ -1,0 +1,114 @@
+"""``MythosConfig``: the OpenMythos configuration reference, validated at construction.
+
+Fields and meanings follow the reference (seeds/003): sizes (vocab_size, dim, n_heads,
+n_kv_heads, max_seq_len), depth (prelude_layers, coda_layers, max_loop_iters — also the
+default n_loops), MoE (n_experts routed, n_shared_experts, n_experts_per_tok = top-k,
+expert_dim), attention (attn_type "mla" | "gqa"; MLA's kv_lora_rank, q_lora_rank (0: no
+query compression), qk_rope_head_dim, qk_nope_head_dim, v_head_dim), rope_theta,
+lora_rank (per-loop Depth-LoRA rank, 0 disables it), act_threshold, dropout.
+
+Additions of this implementation: ``act`` (False: the loop output is h_T, no halting),
+``router_bias_rate`` (γ of the aux-loss-free balancing update), ``init_std``.
+Prelude and coda layers use a dense SwiGLU FFN of width ``dense_dim`` = dim·4//3; the
+recurrent block uses the MoE. Each shared expert has width expert_dim · n_experts_per_tok.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from mythic.errors import MythicError
+
+ATTN_TYPES = ("mla", "gqa")
+
+
+@dataclass
+class MythosConfig:
+    vocab_size: int = 32000
+    dim: int = 2048
+    n_heads: int = 16
+    n_kv_heads: int = 4
+    max_seq_len: int = 4096
+    max_loop_iters: int = 16
+    prelude_layers: int = 2
+    coda_layers: int = 2
+    n_experts: int = 64
+    n_shared_experts: int = 2
+    n_experts_per_tok: int = 4
+    expert_dim: int = 512
+    lora_rank: int = 16
+    attn_type: str = "mla"
+    kv_lora_rank: int = 512
+    q_lora_rank: int = 1536
+    qk_rope_head_dim: int = 64
+    qk_nope_head_dim: int = 128
+    v_head_dim: int = 128
+    rope_theta: float = 500000.0
+    act_threshold: float = 0.99
+    dropout: float = 0.0
+    act: bool = True
+    router_bias_rate: float = 1e-3
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One-line ``MythicError`` for an impossible configuration."""
+        positive = ("vocab_size", "dim", "n_heads", "max_seq_len", "max_loop_iters", "n_experts", "expert_dim")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise MythicError(f"MythosConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("prelude_layers", "coda_layers", "n_shared_experts", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise MythicError(f"MythosConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.attn_type not in ATTN_TYPES:
+            raise MythicError(f"MythosConfig.attn_type must be one of {ATTN_TYPES}, got {self.attn_type!r}")
+        if not 1 <= self.n_experts_per_tok <= self.n_experts:
+            raise MythicError(
+                f"MythosConfig.n_experts_per_tok must be in [1, n_experts={self.n_experts}], "
+                f"got {self.n_experts_per_tok}"
+            )
+        if not 0.0 < self.act_threshold <= 1.0:
+            raise MythicError(f"MythosConfig.act_threshold must be in (0, 1], got {self.act_threshold}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MythicError(f"MythosConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_type == "gqa":
+            if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+                raise MythicError(f"GQA needs dim ({self.dim}) divisible by n_heads ({self.n_heads}) into even heads")
+            if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+                raise MythicError(f"GQA needs n_heads ({self.n_heads}) divisible by n_kv_heads ({self.n_kv_heads})")
+        else:
+            for name in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+                if getattr(self, name) < 1:
+                    raise MythicError(f"MLA needs MythosConfig.{name} >= 1, got {getattr(self, name)}")
+            if self.qk_rope_head_dim % 2:
+                raise MythicError(f"MLA needs an even qk_rope_head_dim, got {self.qk_rope_head_dim}")
+            if self.q_lora_rank < 0:
+                raise MythicError(
+                    f"MythosConfig.q_lora_rank must be >= 0 (0: no query compression), got {self.q_lora_rank}"
+                )
+
+    @property
+    def dense_dim(self) -> int:
+        """Hidden width of the dense SwiGLU FFN in prelude and coda layers."""
+        return self.dim * 4 // 3
+
+    @property
+    def rope_dim(self) -> int:
+        """Channels per head that receive RoPE."""
+        return self.qk_rope_head_dim if self.attn_type == "mla" else self.dim // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MythosConfig:
+        """Build from a mapping (a recipe's ``model.config``); unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MythicError(f"MythosConfig has no field {unknown[0]!r}")
+        return cls(**data)

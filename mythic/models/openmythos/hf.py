@@ -1,0 +1,160 @@
+"""The transformers-native OpenMythos: ``MythosHFConfig`` / ``MythosForCausalLM``.
+
+A ``PreTrainedModel`` + ``GenerationMixin`` that owns one ``OpenMythos`` (``.model``), so a
+from-scratch model saves (``save_pretrained``: config.json + safetensors, head tied to
+the embedding), loads (``from_pretrained`` / ``AutoModelForCausalLM``) and generates
+(``generate(ids, n_loops=4, ...)``; n_loops may be a LongTensor (B,)) like any HF model.
+The config's fields are exactly ``MythosConfig``'s. ``forward`` returns a
+``MythosCausalLMOutput``: the usual loss (with ``labels``), logits and cache, plus
+``aux_losses`` (MoE balance, ACT ponder) for the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedConfig
+from transformers import PreTrainedModel as HFPreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from mythic.models.openmythos.config import MythosConfig
+from mythic.models.openmythos.model import MythosOutput, OpenMythos
+from mythic.recurrence.loop import LoopCount
+
+
+@strict
+class MythosHFConfig(PreTrainedConfig):
+    """``MythosConfig``'s fields as a transformers config (model_type ``openmythos``)."""
+
+    model_type = "openmythos"
+
+    vocab_size: int = 32000
+    dim: int = 2048
+    n_heads: int = 16
+    n_kv_heads: int = 4
+    max_seq_len: int = 4096
+    max_loop_iters: int = 16
+    prelude_layers: int = 2
+    coda_layers: int = 2
+    n_experts: int = 64
+    n_shared_experts: int = 2
+    n_experts_per_tok: int = 4
+    expert_dim: int = 512
+    lora_rank: int = 16
+    attn_type: str = "mla"
+    kv_lora_rank: int = 512
+    q_lora_rank: int = 1536
+    qk_rope_head_dim: int = 64
+    qk_nope_head_dim: int = 128
+    v_head_dim: int = 128
+    rope_theta: float = 500000.0
+    act_threshold: float = 0.99
+    dropout: float = 0.0
+    act: bool = True
+    router_bias_rate: float = 1e-3
+    init_std: float = 0.02
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    @classmethod
+    def from_mythos(cls, cfg: MythosConfig, **kwargs: Any) -> MythosHFConfig:
+        return cls(**cfg.to_dict(), **kwargs)
+
+    def to_mythos(self) -> MythosConfig:
+        return MythosConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MythosConfig)})
+
+
+@dataclass
+class MythosCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus the unweighted auxiliary losses."""
+
+    aux_losses: dict[str, torch.Tensor] | None = None
+
+
+class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
+    """OpenMythos as a transformers causal LM; see the module docstring."""
+
+    config_class = MythosHFConfig
+    base_model_prefix = "model"
+    _tied_weights_keys = {"model.head.weight": "model.embed.weight"}
+    _supports_sdpa = True
+
+    def __init__(self, config: MythosHFConfig) -> None:
+        super().__init__(config)
+        self.model = OpenMythos(config.to_mythos())
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.head
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is not self:
+            self.model.init_module(module)
+
+    def _prepare_cache_for_generation(
+        self, generation_config: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> None:
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            model_kwargs["past_key_values"] = self.model.new_cache()
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        n_loops: LoopCount | None = None,
+        grad_loops: int | None = None,
+        checkpoint_loops: bool = False,
+        **kwargs: Any,
+    ) -> MythosCausalLMOutput:
+        if use_cache is None:
+            use_cache = not self.training and self.config.use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = self.model.new_cache()
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        out: MythosOutput = self.model(
+            input_ids,
+            n_loops,
+            cache=past_key_values if use_cache else None,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            return_aux=True,
+            grad_loops=grad_loops,
+            checkpoint_loops=checkpoint_loops,
+            logits_to_keep=logits_to_keep,
+        )
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(out.logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MythosCausalLMOutput(
+            loss=loss,
+            logits=out.logits,
+            past_key_values=past_key_values if use_cache else None,
+            aux_losses=out.aux_losses,
+        )
+
+    def update_router_bias(self) -> dict[str, float]:
+        """The aux-loss-free balancing step (call after every optimizer step)."""
+        return self.model.update_router_bias()
+
+
+AutoConfig.register("openmythos", MythosHFConfig)
+AutoModelForCausalLM.register(MythosHFConfig, MythosForCausalLM)

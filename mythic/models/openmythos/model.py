@@ -1,0 +1,373 @@
+"""OpenMythos: a Recurrent-Depth Transformer trained from scratch.
+
+    x  = Embed(ids)
+    x  = Prelude(x)                       prelude_layers dense blocks, run once
+    e  = RMSNorm(x)                       Parcae: normalised injection signal
+    h₀ = e;  h_{t+1} = Block(Ā ⊙ h_t + B̄ e + γ ⊙ PE(t))       t = 0 … T−1, one MoE block
+    h  = ACT-weighted Σ_t w_t h_{t+1}     (or h_T when cfg.act is False)
+    y  = Head(RMSNorm(Coda(h)))           coda_layers dense blocks, head tied to Embed
+
+The block is pre-norm (x + Attn(norm x), then + FFN(norm x)), so h_{t+1} = Ā h_t + B̄ e +
+Transformer(·): the blueprint's update is the shared ``parcae`` rule and the loop is the
+shared driver ``run_loops`` (per-sequence LongTensor depth, truncated backprop, per-loop
+checkpointing, ACT masking). Ā is the shared ``LTIInjection`` (ρ(Ā) < 1 strictly for any
+parameter value), per-loop Depth-LoRA hooks the attention's query and output
+projections, and the loop index reaches it through the model's ``LoopContext``.
+
+KV cache: a transformers ``DynamicCache`` with one slot per prelude layer (i), coda layer
+(P + j) and recurrent loop (P + C + t). Cached and uncached forward are the same code.
+
+Initialisation: every Linear/Embedding/expert weight ~ N(0, init_std²), output
+projections (attention wo, FFN w2, experts' w2) ~ N(0, (init_std / √(2L))²) with L the
+number of physical blocks; norms 1; the recurrence modules use their own
+``reset_parameters`` (Ā ≈ 0.447, LoRA B = 0, loop embedding γ = 0, ACT p = 1/max_loops).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+
+from mythic.errors import MythicError
+from mythic.models.openmythos.attention import LORA_TARGETS, AttentionMask, make_attention, rope_cos_sin
+from mythic.models.openmythos.config import MythosConfig
+from mythic.models.openmythos.moe import MoE, MoEStats, SwiGLU
+from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
+from mythic.recurrence.halting import ACTHalting, ACTRun
+from mythic.recurrence.injection import LTIInjection
+from mythic.recurrence.loop import LoopCount, max_loops, run_loops
+from mythic.recurrence.loop_embedding import LoopEmbedding
+from mythic.recurrence.rules import ParcaeRule
+
+Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class MythosOutput:
+    """``forward(..., return_aux=True)``: logits plus the auxiliary terms a trainer adds to the loss.
+
+    ``aux_losses``: ``moe_balance`` (mean over loops of the MoE balance loss) and, with ACT,
+    ``ponder`` (mean N + R); scalars with gradient, unweighted. ``halt_steps`` (B, T): loops
+    each position ran before halting (None without ACT).
+    """
+
+    logits: torch.Tensor
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    halt_steps: torch.Tensor | None = None
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(norm x), then + FFN(norm x) (dense SwiGLU or MoE)."""
+
+    def __init__(self, cfg: MythosConfig, moe: bool) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.dim, eps=1e-6)
+        self.attn = make_attention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.dim, eps=1e-6)
+        self.ffn: MoE | SwiGLU
+        if moe:
+            self.ffn = MoE(
+                cfg.dim,
+                cfg.n_experts,
+                cfg.n_shared_experts,
+                cfg.n_experts_per_tok,
+                cfg.expert_dim,
+                cfg.router_bias_rate,
+            )
+        else:
+            self.ffn = SwiGLU(cfg.dim, cfg.dense_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: AttentionMask,
+        cache: DynamicCache | None,
+        slot: int,
+        token_mask: torch.Tensor | None = None,
+        stats: list[MoEStats] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, cache, slot))
+        if isinstance(self.ffn, MoE):
+            y, moe_stats = self.ffn(self.ffn_norm(x), token_mask)
+            if stats is not None:
+                stats.append(moe_stats)
+        else:
+            y = self.ffn(self.ffn_norm(x))
+        return x + self.drop(y)
+
+
+class Recurrent(nn.Module):
+    """The looped MoE block and its recurrence modules; ``injection`` is the LTI Ā/B̄."""
+
+    def __init__(self, cfg: MythosConfig, first_slot: int) -> None:
+        super().__init__()
+        self.first_slot = first_slot
+        self.block = Block(cfg, moe=True)
+        self.e_norm = nn.RMSNorm(cfg.dim, eps=1e-6)
+        self.rule = ParcaeRule(cfg.dim)
+        self.embedding = LoopEmbedding(cfg.dim)
+        self.act = ACTHalting(cfg.dim, cfg.act_threshold, cfg.max_loop_iters) if cfg.act else None
+        self.context = LoopContext()
+        self.lora = DepthLoRA(cfg.max_loop_iters, cfg.lora_rank, float(cfg.lora_rank)) if cfg.lora_rank else None
+        if self.lora is not None:
+            self.lora.attach(nn.ModuleList([self.block]), LORA_TARGETS, self.context)
+
+    @property
+    def injection(self) -> LTIInjection:
+        return self.rule.injection
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        n_loops: LoopCount,
+        rope: Rope,
+        mask: AttentionMask,
+        cache: DynamicCache | None,
+        past: int,
+        stats: list[MoEStats],
+        grad_loops: int | None = None,
+        checkpoint: bool = False,
+    ) -> tuple[torch.Tensor, ACTRun | None]:
+        """The loops over the prelude output ``x``; ``past`` = tokens already in ``cache``."""
+        e = self.e_norm(x)
+        halting = self.act.start(e, n_loops) if self.act is not None else None
+
+        def step(h: torch.Tensor, t: int) -> torch.Tensor:
+            slot = self.first_slot + t
+            if cache is not None and cache.get_seq_length(slot) != past:
+                raise MythicError(
+                    f"the KV cache has {cache.get_seq_length(slot)} tokens for loop {t} but {past} before it: "
+                    "keep n_loops the same (or lower) for every call on one cache"
+                )
+            token_mask = halting.running(t) if halting is not None else None
+            if token_mask is None and isinstance(n_loops, torch.Tensor):
+                token_mask = (n_loops.to(h.device) > t).unsqueeze(1).expand(h.shape[:2])
+            with self.context.at_loop(t):
+                return self.block(h, rope, mask, cache, slot, token_mask, stats)
+
+        h = run_loops(
+            step,
+            self.rule,
+            e,
+            n_loops,
+            embedding=self.embedding,
+            grad_loops=grad_loops,
+            checkpoint=checkpoint and cache is None,
+            halting=halting,
+        )
+        return h, halting
+
+
+class OpenMythos(nn.Module):
+    """``OpenMythos(cfg)``; ``model(ids, n_loops)`` → logits (B, T, V); see the module docstring."""
+
+    def __init__(self, cfg: MythosConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.prelude = nn.ModuleList(Block(cfg, moe=False) for _ in range(cfg.prelude_layers))
+        self.recurrent = Recurrent(cfg, first_slot=cfg.prelude_layers + cfg.coda_layers)
+        self.coda = nn.ModuleList(Block(cfg, moe=False) for _ in range(cfg.coda_layers))
+        self.norm = nn.RMSNorm(cfg.dim, eps=1e-6)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.head.weight = self.embed.weight
+        self.init_weights()
+
+    # ------------------------------------------------------------------ parameters
+
+    def init_weights(self) -> None:
+        """The initialisation scheme of the module docstring."""
+        for module in self.modules():
+            self.init_module(module)
+
+    def init_module(self, module: nn.Module) -> None:
+        """Initialise one module's own parameters (the unit transformers' ``_init_weights`` works in)."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * (self.cfg.prelude_layers + self.cfg.coda_layers + 1))
+        owners = self._recurrence_owners()
+        if any(module is m for m in owners):
+            module.reset_parameters()
+        elif any(module is m for owner in owners for m in owner.modules()):
+            return
+        elif isinstance(module, MoE):
+            module.reset_parameters(std, out_std)
+        elif isinstance(module, nn.Linear | nn.Embedding):
+            is_out = any(module is m for m in self._output_projections())
+            nn.init.normal_(module.weight, std=out_std if is_out else std)
+        elif isinstance(module, nn.RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def _recurrence_owners(self) -> list[nn.Module]:
+        """Recurrence modules that initialise themselves (``reset_parameters``)."""
+        r = self.recurrent
+        owners: list[nn.Module] = [r.injection, r.embedding]
+        if r.act is not None:
+            owners.append(r.act)
+        if r.lora is not None:
+            owners.extend(r.lora.deltas.values())
+        return owners
+
+    def _output_projections(self) -> Iterator[nn.Module]:
+        for block in [*self.prelude, self.recurrent.block, *self.coda]:
+            yield block.attn.wo
+            ffn = block.ffn.shared if isinstance(block.ffn, MoE) else block.ffn
+            if ffn is not None:
+                yield ffn.w2
+
+    def stability_parameters(self) -> list[nn.Parameter]:
+        """Parameters that must get no weight decay: LTI A_log/dt_bias, loop-embedding γ."""
+        return [*self.recurrent.injection.no_decay_parameters(), self.recurrent.embedding.gamma]
+
+    def moe_modules(self) -> list[MoE]:
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    @torch.no_grad()
+    def update_router_bias(self) -> dict[str, float]:
+        """Aux-loss-free balancing step; call once after every optimizer step. Returns load stats."""
+        stats: dict[str, float] = {}
+        for i, moe in enumerate(self.moe_modules()):
+            stats.update({f"moe{i}/{k}": v for k, v in moe.update_router_bias().items()})
+        return stats
+
+    # --------------------------------------------------------------------- forward
+
+    def new_cache(self) -> DynamicCache:
+        """An empty KV cache; slots for every (stage, layer, loop) are created on first use."""
+        return DynamicCache()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        n_loops: LoopCount | None = None,
+        *,
+        cache: DynamicCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_aux: bool = False,
+        grad_loops: int | None = None,
+        checkpoint_loops: bool = False,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor | MythosOutput:
+        """Logits (B, T, V), or a ``MythosOutput`` with ``return_aux``.
+
+        ``n_loops``: int or LongTensor (B,) of per-sequence depths (default max_loop_iters).
+        ``cache``: a ``DynamicCache`` continued in place. ``attention_mask`` (B, past + T):
+        1 for tokens, 0 for padding; positions then count tokens only.
+        """
+        n_loops = self.cfg.max_loop_iters if n_loops is None else n_loops
+        if (n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1:
+            raise MythicError(f"n_loops must be >= 1, got {n_loops}")
+        b, t = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + t > self.cfg.max_seq_len:
+            raise MythicError(
+                f"sequence of {past + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}: shorten the input"
+            )
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            else:
+                position_ids = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
+        rope = rope_cos_sin(position_ids, self.cfg.rope_dim, self.cfg.rope_theta)
+        mask = AttentionMask.build(past, t, attention_mask, input_ids.device)
+
+        x = self.embed(input_ids)
+        for i, layer in enumerate(self.prelude):
+            x = layer(x, rope, mask, cache, i)
+        stats: list[MoEStats] = []
+        x, halting = self.recurrent(x, n_loops, rope, mask, cache, past, stats, grad_loops, checkpoint_loops)
+        for j, layer in enumerate(self.coda):
+            x = layer(x, rope, mask, cache, self.cfg.prelude_layers + j)
+        logits = self.head(self.norm(x[:, -logits_to_keep:]))
+
+        if self.training and stats:
+            with torch.no_grad():
+                self.recurrent.block.ffn.expert_load.add_(torch.stack([s.load for s in stats]).sum(0))
+        if not return_aux:
+            return logits
+        aux = {"moe_balance": torch.stack([s.balance_loss for s in stats[: max_loops(n_loops)]]).mean()}
+        if halting is not None:
+            aux["ponder"] = halting.ponder_cost()
+        return MythosOutput(logits, aux, halting.steps if halting is not None else None)
+
+    # -------------------------------------------------------------------- generate
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        n_loops: LoopCount | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample up to ``max_new_tokens`` tokens with a KV cache; (B, T + new).
+
+        ``temperature=0`` is greedy. A sequence that emitted ``eos_token_id`` is padded with
+        it, and generation stops once every sequence has. ``n_loops`` may be a LongTensor (B,)
+        (continuous depth-wise batching). Longer than ``max_seq_len`` is refused (MythicError).
+        """
+        if temperature < 0:
+            raise MythicError(f"temperature must be >= 0, got {temperature}")
+        if input_ids.shape[1] + max_new_tokens > self.cfg.max_seq_len:
+            raise MythicError(
+                f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
+                f"max_seq_len={self.cfg.max_seq_len}"
+            )
+        cache = self.new_cache()
+        out = input_ids
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        step_ids = input_ids
+        for _ in range(max_new_tokens):
+            logits = self(step_ids, n_loops, cache=cache, logits_to_keep=1)[:, -1].float()
+            token = sample(logits, temperature, top_k, generator)
+            if eos_token_id is not None:
+                token = torch.where(done, torch.full_like(token, eos_token_id), token)
+                done = done | (token == eos_token_id)
+            out = torch.cat([out, token.unsqueeze(1)], dim=1)
+            if eos_token_id is not None and bool(done.all()):
+                break
+            step_ids = token.unsqueeze(1)
+        return out
+
+
+def sample(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Greedy at temperature 0, else softmax(logits / temperature) restricted to the top k."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
+    """Two AdamW groups: decay on ≥ 2-D weights; none on norms, biases, embeddings' gains and
+    the stability parameters (LTI A_log/dt_bias, loop-embedding γ). Tied weights appear once.
+    """
+    inner = getattr(model, "model", model)
+    stable = {id(p) for p in inner.stability_parameters()} if isinstance(inner, OpenMythos) else set()
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.dim() < 2 or id(p) in stable else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]

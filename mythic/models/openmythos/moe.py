@@ -1,0 +1,156 @@
+"""DeepSeek-style MoE FFN with aux-loss-free load balancing and grouped dispatch.
+
+Routing (DeepSeek-V3): affinities s = sigmoid(W_r x) per routed expert; the top-k experts
+are chosen by s + b (b = ``router_bias``, a buffer with no gradient), the gates are the
+chosen s renormalised to sum to 1, so b steers selection only. Shared experts (one
+fused SwiGLU of width n_shared · top_k · expert_dim) see every token:
+
+    y = Σ_{i ∈ topk(s + b)} g_i · E_i(x) + S(x),    E_i(x) = W2_i (silu(W1_i x) ⊙ W3_i x)
+
+Balancing: ``expert_load`` counts the tokens routed to each expert (accumulated by the
+model during training); after each optimizer step the trainer calls
+``update_router_bias``: b_i += γ · sign(mean(load) − load_i), then the counts reset
+(all-reduced first under torch.distributed, so every rank keeps the same b). The
+optional auxiliary loss (returned, weighted by the trainer; 0 = aux-loss-free only) is
+the batch-wise L = Σ_i f_i P_i, f_i = E/(k·N) · #tokens on i, P_i = mean_x s_i / Σ_j s_j.
+
+Dispatch is grouped by expert: the N·k (token, expert) pairs are sorted by expert, each
+expert runs once on its contiguous slice (one ``torch._grouped_mm`` call for all experts
+where it exists for the shapes — CPU fp32/bf16, CUDA bf16 on sm90+ — else a loop over the
+experts), and the results are scattered back with ``index_add_``. Every expert weight is used in every
+call, even with zero tokens, so FSDP/DDP see the same parameters each step.
+A ``token_mask`` (ACT: halted positions) removes tokens before routing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class MoEStats:
+    """What one MoE call reports: the auxiliary balance loss and per-expert token counts."""
+
+    balance_loss: torch.Tensor
+    load: torch.Tensor
+
+
+class SwiGLU(nn.Module):
+    """W2 (silu(W1 x) ⊙ W3 x): the dense FFN of prelude/coda layers and the shared experts."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def _contiguous_grad(t: torch.Tensor) -> torch.Tensor:
+    """``_grouped_mm``'s backward rejects broadcast (stride-0) gradients; make them plain."""
+    if t.requires_grad:
+        t.register_hook(lambda g: g.contiguous())
+    return t
+
+
+class MoE(nn.Module):
+    """Routed + shared experts; see the module docstring.
+
+    ``backend``: "auto" (``_grouped_mm`` where it fits, else the expert loop), "grouped_mm" or "loop".
+    ``expert_load`` is not saved; ``router_bias`` is. Under DDP pass ``broadcast_buffers=False``
+    so that each rank keeps its own counts until ``update_router_bias`` all-reduces them.
+    """
+
+    def __init__(
+        self, dim: int, n_experts: int, n_shared: int, top_k: int, expert_dim: int, bias_rate: float = 1e-3
+    ) -> None:
+        super().__init__()
+        self.n_experts, self.top_k, self.bias_rate = n_experts, top_k, bias_rate
+        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.w1 = nn.Parameter(torch.empty(n_experts, dim, expert_dim))
+        self.w3 = nn.Parameter(torch.empty(n_experts, dim, expert_dim))
+        self.w2 = nn.Parameter(torch.empty(n_experts, expert_dim, dim))
+        self.shared = SwiGLU(dim, n_shared * top_k * expert_dim) if n_shared else None
+        self.register_buffer("router_bias", torch.zeros(n_experts))
+        self.register_buffer("expert_load", torch.zeros(n_experts), persistent=False)
+        self.backend = "auto"
+
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        nn.init.normal_(self.w1, std=std)
+        nn.init.normal_(self.w3, std=std)
+        nn.init.normal_(self.w2, std=out_std)
+        nn.init.zeros_(self.router_bias)
+        nn.init.zeros_(self.expert_load)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(top-k expert ids (N, k), gates (N, k) float32, affinities (N, E) float32)."""
+        scores = torch.sigmoid(self.router(x).float())
+        experts = (scores + self.router_bias.float()).topk(self.top_k, dim=-1).indices
+        gates = scores.gather(-1, experts)
+        return experts, gates / gates.sum(-1, keepdim=True), scores
+
+    def _grouped_mm_fits(self, x: torch.Tensor) -> bool:
+        """``torch._grouped_mm`` exists and takes these shapes: 16-byte rows; on CUDA, bf16 on sm90+."""
+        if not hasattr(torch, "_grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16):
+            return False
+        if any(n * x.element_size() % 16 for n in (x.shape[-1], self.w1.shape[-1])):
+            return False
+        if x.is_cuda:
+            return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
+        return x.device.type == "cpu"
+
+    def experts(self, x: torch.Tensor, counts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """g · E_i(x) for each expert i on its contiguous slice of ``x`` (rows sorted by expert).
+
+        The gate scales the narrow hidden activation before W2 (W2 is linear), not the output.
+        """
+        gates = gates.to(x.dtype).unsqueeze(-1)
+        if self.backend == "grouped_mm" or (self.backend == "auto" and self._grouped_mm_fits(x)):
+            offsets = counts.cumsum(0).to(torch.int32)
+            gate = _contiguous_grad(torch._grouped_mm(x, self.w1, offs=offsets))
+            up = _contiguous_grad(torch._grouped_mm(x, self.w3, offs=offsets))
+            return _contiguous_grad(torch._grouped_mm(F.silu(gate) * up * gates, self.w2, offs=offsets))
+        sizes = counts.tolist()
+        weights = zip(self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0), strict=True)
+        slices = zip(x.split(sizes), gates.split(sizes), weights, strict=True)
+        return torch.cat([(F.silu(c @ w1) * (c @ w3) * g) @ w2 for c, g, (w1, w3, w2) in slices])
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEStats]:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        keep = None if token_mask is None else token_mask.reshape(-1).nonzero().squeeze(1)
+        xs = flat if keep is None else flat.index_select(0, keep)
+        n = xs.shape[0]
+        experts, gates, scores = self.route(xs)
+        pairs = experts.reshape(-1)
+        order = pairs.argsort(stable=True)
+        token = order // self.top_k
+        counts = torch.bincount(pairs, minlength=self.n_experts)
+        y = self.experts(xs.index_select(0, token), counts, gates.reshape(-1)[order])
+        routed = xs.new_zeros(xs.shape, dtype=y.dtype).index_add_(0, token, y)
+        if self.shared is not None:
+            routed = routed + self.shared(xs)
+        out = routed if keep is None else flat.new_zeros(flat.shape, dtype=routed.dtype).index_copy_(0, keep, routed)
+        load = counts.float()
+        share = load * self.n_experts / max(self.top_k * n, 1)
+        prob = (scores / scores.sum(-1, keepdim=True)).mean(0) if n else torch.zeros_like(load)
+        return out.view(shape), MoEStats((share * prob).sum(), load)
+
+    @torch.no_grad()
+    def update_router_bias(self) -> dict[str, float]:
+        """b_i += γ · sign(mean(load) − load_i) from the counts since the last call; returns load stats."""
+        load = self.expert_load.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(load)
+        mean = load.mean()
+        ratio = float(load.max() / mean) if mean > 0 else 1.0
+        self.router_bias.add_(self.bias_rate * torch.sign(mean - load))
+        self.expert_load.zero_()
+        return {"max_over_mean_load": ratio, "router_bias_abs_max": float(self.router_bias.abs().max())}
