@@ -1,11 +1,12 @@
 """HumanEval generation throughput: problems/min at T = 1 and 8, batch 1 and 8, side by side.
 
 A fresh surgery checkpoint on SmolLM2-135M (block ``--block``, default 10:20) generates greedy
-completions (``--max-new-tokens``, stop sequences on) for the first ``--problems`` HumanEval
-problems at each (T, batch size); the script prints problems/min, the batched/batch-1 ratio per T
+completions (``--max-new-tokens``; prompts through the chat template, as for any instruct
+model, or plain completion with stop sequences under ``--plain``) for the first ``--problems``
+HumanEval problems at each (T, batch size); the script prints problems/min, the batched/batch-1 ratio per T
 (target ≥ 3× on CPU) and the T=8/T=1 slowdown per batch size. Scoring is not timed.
 
-    python benchmarks/eval_throughput.py [--smollm DIR] [--problems 16] [--threads 2] [--json out.json]
+    python benchmarks/eval_throughput.py [--smollm DIR] [--problems 16] [--threads 2] [--plain] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def main() -> None:
     parser.add_argument("--block", default="10:20")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain-completion prompts instead of the chat template (SmolLM2-Instruct then stops after ~2 tokens "
+        "on most problems, so there is little left for batching to speed up)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.smollm is None:
@@ -60,6 +67,7 @@ def main() -> None:
                     n_loops=n_loops,
                     max_new_tokens=args.max_new_tokens,
                     batch_size=batch,
+                    chat=not args.plain,
                 )
                 rate[n_loops, batch] = len(problems) / (time.perf_counter() - began) * 60
 
