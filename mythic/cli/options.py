@@ -10,9 +10,7 @@ def parse_loops(text: str) -> list[int]:
     try:
         loops = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise MythicError(
-            f"--loops takes a comma-separated list of positive integers, got {text!r}"
-        ) from None
+        raise MythicError(f"--loops takes a comma-separated list of positive integers, got {text!r}") from None
     if not loops or min(loops) < 1:
         raise MythicError(f"--loops takes a comma-separated list of positive integers, got {text!r}")
     return loops

@@ -23,27 +23,21 @@ def surgery(
     out: Annotated[
         Path | None, typer.Option(help="Checkpoint folder to write (default: ckpts/<base>-b<S>-<E>).")
     ] = None,
-    max_loops: Annotated[
-        int, typer.Option(help="Trained loop maximum: the number of per-loop parameter sets.")
-    ] = 8,
+    max_loops: Annotated[int, typer.Option(help="Trained loop maximum: the number of per-loop parameter sets.")] = 8,
     loops: Annotated[int, typer.Option(help="Default n_loops stored in the checkpoint's config.")] = 1,
     rule: Annotated[str, typer.Option(help=f"Update rule: {', '.join(RULES)}.")] = "residual",
     drop: Annotated[
         str | None,
         typer.Option(help="Also drop layers A:B between prelude and block (retrofit-paper surgery)."),
     ] = None,
-    lora_rank: Annotated[
-        int, typer.Option(help="Depth-LoRA rank on the block's q/o projections (0: off).")
-    ] = 8,
+    lora_rank: Annotated[int, typer.Option(help="Depth-LoRA rank on the block's q/o projections (0: off).")] = 8,
     lora_alpha: Annotated[float, typer.Option(help="Depth-LoRA alpha (scaling alpha/rank).")] = 16.0,
     inject_scale: Annotated[float, typer.Option(help="Residual rule: weight s of the LTI injection.")] = 0.01,
     layerscale_init: Annotated[float, typer.Option(help="Initial per-loop LayerScale.")] = 0.05,
     layerscale_max: Annotated[float, typer.Option(help="Upper clamp of the LayerScale.")] = 0.5,
     gate_bias_init: Annotated[float, typer.Option(help="Initial gate bias (sigmoid(0) = 0.5).")] = 0.0,
     loop_embedding: Annotated[bool, typer.Option(help="Add a sinusoidal loop-index embedding.")] = False,
-    dtype: Annotated[
-        str, typer.Option(help="dtype to load the base in: float32, bfloat16, float16.")
-    ] = "float32",
+    dtype: Annotated[str, typer.Option(help="dtype to load the base in: float32, bfloat16, float16.")] = "float32",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Build the looped wrapper, check T=1 identity with the base, and write a checkpoint folder."""

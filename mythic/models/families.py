@@ -50,9 +50,7 @@ def family_of(config: PreTrainedConfig) -> Family:
     """The family entry for a base config, or a one-line error naming the architecture."""
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
-        raise MythicError(
-            f"unsupported architecture {model_type!r}: mythic supports {', '.join(sorted(FAMILIES))}"
-        )
+        raise MythicError(f"unsupported architecture {model_type!r}: mythic supports {', '.join(sorted(FAMILIES))}")
     return FAMILIES[model_type]
 
 
@@ -79,9 +77,7 @@ def check_block(config: PreTrainedConfig, start: int, end: int, drop: tuple[int,
         if not family.can_drop_layers:
             raise MythicError(f"layer dropping is not supported for {family.model_type}")
         if not (0 <= a < b <= start):
-            raise MythicError(
-                f"dropped layers {a}:{b} must lie between the prelude and the block start {start}"
-            )
+            raise MythicError(f"dropped layers {a}:{b} must lie between the prelude and the block start {start}")
     shared_from = n - getattr(config, "num_kv_shared_layers", 0)
     if start < shared_from < end:
         raise MythicError(f"block {start}:{end} straddles the KV-sharing start at layer {shared_from}")

@@ -148,9 +148,7 @@ class Recurrence(nn.Module):
             self.rule = ParcaeRule(dim, full_b=config.full_b)
         else:
             self.rule = ConcatRule(dim)
-        self.lora = (
-            DepthLoRA(config.max_loops, config.lora_rank, config.lora_alpha) if config.lora_rank else None
-        )
+        self.lora = DepthLoRA(config.max_loops, config.lora_rank, config.lora_alpha) if config.lora_rank else None
         self.embedding = LoopEmbedding(dim) if config.loop_embedding else None
 
 
@@ -307,11 +305,7 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         if past_key_values is not None and not isinstance(past_key_values, LoopCache):
             raise MythicError("past_key_values must be a LoopCache: create it with model.new_cache()")
         outer = self.context.run
-        run = (
-            outer
-            if outer is not None and not outer.loop
-            else Run(True, n_loops, grad_loops, checkpoint_loops)
-        )
+        run = outer if outer is not None and not outer.loop else Run(True, n_loops, grad_loops, checkpoint_loops)
         with self.context.running(run):
             return self.base(
                 input_ids=input_ids,

@@ -31,9 +31,7 @@ class LoopCache(DynamicCache):
         self.n_base = len(self.layers)
         self.block_start, self.block_end = block_start, block_end
         types, kwargs = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
-        self._block_layers = [
-            (DYNAMIC_LAYER_TYPE_MAPPING[types[j]], kwargs[j]) for j in range(block_start, block_end)
-        ]
+        self._block_layers = [(DYNAMIC_LAYER_TYPE_MAPPING[types[j]], kwargs[j]) for j in range(block_start, block_end)]
 
     def slot(self, t: int, layer_idx: int) -> int:
         if t == 0:
@@ -43,9 +41,7 @@ class LoopCache(DynamicCache):
 
     def _ensure(self, idx: int) -> None:
         while len(self.layers) <= idx:
-            layer_class, layer_kwargs = self._block_layers[
-                (len(self.layers) - self.n_base) % len(self._block_layers)
-            ]
+            layer_class, layer_kwargs = self._block_layers[(len(self.layers) - self.n_base) % len(self._block_layers)]
             self.layers.append(layer_class(**layer_kwargs))
 
     def at_loop(self, t: int) -> LoopCache | LoopSlots:
