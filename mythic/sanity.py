@@ -156,7 +156,7 @@ def choose_candidates(config: Any, layers: str | None, scan: bool) -> tuple[list
     """The blocks to probe and, for ``scan``, the layers skipped with the reason (e.g. KV-sharing)."""
     if layers is not None and scan:
         raise MythicError("give either --layers or --scan, not both")
-    n = config.num_hidden_layers
+    n = config.get_text_config(decoder=True).num_hidden_layers
     if not scan:
         blocks = parse_candidates(layers) if layers is not None else default_candidates(n)
         for start, end in blocks:

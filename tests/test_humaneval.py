@@ -31,6 +31,9 @@ from mythic.eval.sandbox import SandboxLimits
 from mythic.models.retrofit import MythicForCausalLM
 from mythic.surgery import load_any, load_tokenizer, surgery
 
+# Sandbox runs are told apart by uid only: keep every test that starts them in one xdist worker.
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 # --- problems and estimators -------------------------------------------------------------------
 
 

@@ -25,6 +25,9 @@ from mythic.eval.sandbox import (
 )
 from mythic.eval.sandbox_child import decode, encode
 
+# Sandbox runs are told apart by uid only: keep every test that starts them in one xdist worker.
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.completion"))
 ADD = Problem(
     task_id="add",

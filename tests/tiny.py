@@ -58,13 +58,22 @@ CONFIGS: dict[str, dict] = {
     ),
 }
 
-FAMILIES = tuple(CONFIGS)
+FAMILIES = (*CONFIGS, "gemma4")
+
+
+def family_config(family: str):
+    """The config of a tiny base; ``gemma4`` is the multimodal Gemma-4 class with the gemma4_text decoder."""
+    if family == "gemma4":
+        from transformers import Gemma4Config
+
+        text = {k: v for k, v in CONFIGS["gemma4_text"].items() if k != "model_type"}
+        return Gemma4Config(text_config=text, vision_config=None, audio_config=None)
+    return AutoConfig.for_model(**CONFIGS[family])
 
 
 def tiny_base(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(**CONFIGS[family])
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = AutoModelForCausalLM.from_config(family_config(family), dtype=dtype)
     return model.eval()
 
 

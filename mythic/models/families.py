@@ -13,6 +13,11 @@ the looped block's decoder layers, so a family needs no modeling code here.
     deepseek_v2    q_proj, q_b_proj, o_proj yes              MLA; q_b_proj when q_lora_rank is set
     gemma4_text    q_proj, o_proj          no                per-layer inputs are sized by layer count;
                                                              the block may not straddle the KV-sharing start
+    gemma4         q_proj, o_proj          no                the multimodal Gemma-4 checkpoint (Stage-2 base):
+                                                             its text decoder, layers at model.language_model
+
+Layer counts and widths are read from the decoder's text config
+(``config.get_text_config(decoder=True)``), which is the config itself for text-only models.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class Family:
     model_type: str
     lora_targets: tuple[str, ...] = ("q_proj", "o_proj")
     can_drop_layers: bool = True
+    layers_path: str = "model.layers"
 
 
 FAMILIES = {
@@ -42,6 +48,7 @@ FAMILIES = {
         Family("qwen3_moe"),
         Family("deepseek_v2", lora_targets=("q_proj", "q_b_proj", "o_proj")),
         Family("gemma4_text", can_drop_layers=False),
+        Family("gemma4", can_drop_layers=False, layers_path="model.language_model.layers"),
     )
 }
 
@@ -55,29 +62,33 @@ def family_of(config: PreTrainedConfig) -> Family:
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The base's decoder-layer list (``model.model.layers``)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
+    """The base's decoder-layer list (``model.model.layers``, or where its family keeps it)."""
+    path = family_of(model.config).layers_path
+    layers = model
+    for name in path.split("."):
+        layers = getattr(layers, name, None)
     if not isinstance(layers, nn.ModuleList):
-        raise MythicError(f"{type(model).__name__} has no decoder-layer list at model.model.layers")
+        raise MythicError(f"{type(model).__name__} has no decoder-layer list at {path}")
     return layers
 
 
 def check_block(config: PreTrainedConfig, start: int, end: int, drop: tuple[int, int] | None) -> None:
     """Validate a block [start, end) and an optional dropped range against the base config."""
-    n = config.num_hidden_layers
+    family = family_of(config)
+    text = config.get_text_config(decoder=True)
+    n = text.num_hidden_layers
     if not 0 <= start < n:
         raise MythicError(f"block start {start} is out of range: the base has layers 0..{n - 1}")
     if end <= start:
         raise MythicError(f"block end {end} must be greater than block start {start}")
     if end > n:
         raise MythicError(f"block end {end} is out of range: the base has {n} layers")
-    family = family_of(config)
     if drop is not None:
         a, b = drop
         if not family.can_drop_layers:
             raise MythicError(f"layer dropping is not supported for {family.model_type}")
         if not (0 <= a < b <= start):
             raise MythicError(f"dropped layers {a}:{b} must lie between the prelude and the block start {start}")
-    shared_from = n - getattr(config, "num_kv_shared_layers", 0)
+    shared_from = n - (getattr(text, "num_kv_shared_layers", 0) or 0)
     if start < shared_from < end:
         raise MythicError(f"block {start}:{end} straddles the KV-sharing start at layer {shared_from}")

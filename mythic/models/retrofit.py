@@ -98,7 +98,7 @@ class MythicConfig(PreTrainedConfig):
     @property
     def kept_layers(self) -> list[int]:
         """Original indices of the layers kept after surgery."""
-        n = self.text_config.num_hidden_layers
+        n = self.text_config.get_text_config(decoder=True).num_hidden_layers
         a, b = self.drop or (0, 0)
         return [i for i in range(n) if not a <= i < b]
 
@@ -216,7 +216,7 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         end = start + (config.block_end - config.block_start)
         self.block_range = (start, end)
         self.context = LoopContext()
-        self.recurrence = Recurrence(config, base.config.hidden_size)
+        self.recurrence = Recurrence(config, base.config.get_text_config(decoder=True).hidden_size)
         block = nn.ModuleList(layers[start:end])
         if self.recurrence.lora is not None:
             targets = tuple(config.lora_targets or self.family.lora_targets)
