@@ -587,8 +587,9 @@ def load_light(folder: Path, base_dir: Path | None = None, dtype: str = "float32
     if pointer.get("base_revision") and found and found != pointer["base_revision"]:
         raise MythicError(f"light export {folder} needs {wanted}, but {where} is revision {found}")
     model = load_on_base(folder, config, where, parse_dtype(dtype))
-    if (folder / BASE_LORA).is_file():
-        attach_base_lora(model, folder, json.loads((folder / BASE_LORA_SPEC).read_text()))
+    spec = base_lora_spec(folder)
+    if spec is not None:
+        attach_base_lora(model, folder, spec)
     return model.eval()
 
 

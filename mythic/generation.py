@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mythic.errors import MythicError
 from mythic.models.retrofit import MythicForCausalLM
 
 
@@ -35,6 +36,8 @@ def complete_at_loops(
         return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
     if not isinstance(model, MythicForCausalLM):
+        if loops != [1]:
+            raise MythicError("--loops needs a mythic checkpoint: a plain base model has no loops")
         return [("base", decode(model.generate(ids, **settings)))]
     rows = []
     if with_base:

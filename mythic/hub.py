@@ -168,7 +168,8 @@ def download_repo(
 def list_repo_files(repo_id: str, revision: str | None, endpoint: str) -> tuple[str, list[RemoteFile]]:
     """The commit sha ``revision`` resolves to, and the repo's files with sizes and checksums."""
     info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, files_metadata=True)
-    assert info.sha is not None and info.siblings is not None, "the hub answered without a commit or file list"
+    if info.sha is None or info.siblings is None:
+        raise MythicError(f"the hub answered for {repo_id} without a commit or a file list")
     files = [RemoteFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None, s.blob_id) for s in info.siblings]
     return info.sha, files
 

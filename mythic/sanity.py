@@ -54,14 +54,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.generation import encode_prompt
 from mythic.io import quiet_transformers, write_json
 from mythic.models.families import check_block, decoder_layers, family_of
 from mythic.models.retrofit import MythicForCausalLM
-from mythic.surgery import DTYPES, identity_probe, load_tokenizer
+from mythic.surgery import DTYPES, identity_probe, load_base_config, load_base_model, load_tokenizer
 
 SAMPLE_FILES = ("textwrap.py", "heapq.py", "fractions.py", "shlex.py", "statistics.py")
 PROBE_LOOPS = (1, 2, 4)
@@ -320,11 +320,11 @@ def load_base(
 ) -> tuple[PreTrainedModel, list[str], int]:
     """(model in eval mode, Linear4bit modules on the generic CPU path, 3-D parameters quantised)."""
     if not quantize:
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, device_map={"": device})
+        model = load_base_model(base_dir, dtype=dtype, device_map={"": device})
         return model.eval(), [], 0
     if importlib.util.find_spec("bitsandbytes") is None:
         raise MythicError("--4bit needs bitsandbytes: pip install 'mythic[quant]'")
-    model = AutoModelForCausalLM.from_pretrained(
+    model = load_base_model(
         base_dir, quantization_config=quantization_config(), dtype=torch.bfloat16, device_map={"": "cpu"}
     )
     cubes = quantize_cubes(model, device)
@@ -493,7 +493,7 @@ def sanity(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MythicError(f"--device {device}: no CUDA device is available")
-    config = AutoConfig.from_pretrained(base_dir)
+    config = load_base_config(base_dir)
     family_of(config)
     blocks, skipped = choose_candidates(config, layers, scan)
     tokenizer = load_tokenizer(base_dir)

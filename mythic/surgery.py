@@ -29,6 +29,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -51,7 +52,7 @@ class SurgeryReport:
     drop: tuple[int, int] | None
     rule: str
     max_loops: int
-    identity_max_abs_diff: float
+    identity_max_abs_diff: float | None
     new_parameters: int
     base_parameters: int
     seconds: float
@@ -71,6 +72,24 @@ def base_revision(folder: Path) -> str | None:
 def _check_base_dir(folder: Path) -> None:
     if not (folder / "config.json").is_file():
         raise MythicError(f"base folder {folder} has no config.json (fetch one with `mythic fetch base`)")
+
+
+def load_base_config(folder: Path) -> PreTrainedConfig:
+    """``AutoConfig.from_pretrained`` with transformers' errors turned into one line."""
+    _check_base_dir(folder)
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise MythicError(f"cannot read the config of {folder}: {str(err).strip().splitlines()[0]}") from err
+
+
+def load_base_model(folder: Path, **kwargs: Any) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` with transformers' errors turned into one line."""
+    _check_base_dir(folder)
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise MythicError(f"cannot load the model in {folder}: {str(err).strip().splitlines()[0]}") from err
 
 
 def identity_probe(vocab_size: int, batch: int = 2, length: int = 16) -> torch.Tensor:
@@ -93,11 +112,11 @@ def surgery(
     _check_base_dir(base_dir)
     if out.exists() and not force:
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
-    config = AutoConfig.from_pretrained(base_dir)
+    config = load_base_config(base_dir)
     family_of(config)
     check_block(config, block[0], block[1], drop)
     MythicConfig(text_config=config, block_start=block[0], block_end=block[1], **settings).validate_surgery()
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=DTYPES[dtype]).eval()
+    base = load_base_model(base_dir, dtype=DTYPES[dtype]).eval()
     probe = identity_probe(config.vocab_size)
     with torch.no_grad():
         expected = base(probe).logits
@@ -111,7 +130,7 @@ def surgery(
         **settings,
     ).eval()
     with torch.no_grad():
-        diff = float((model(probe, n_loops=1).logits - expected).abs().max()) if not drop else float("nan")
+        diff = float((model(probe, n_loops=1).logits - expected).abs().max()) if not drop else None
     report = SurgeryReport(
         base=str(base_dir.resolve()),
         base_revision=model.config.base_revision,
@@ -161,7 +180,7 @@ def load_on_base(
     _check_base_dir(base_dir)
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32, **kwargs)
+    base = load_base_model(base_dir, dtype=dtype or torch.float32, **kwargs)
     if config_fingerprint(base.config) != config_fingerprint(config.text_config):
         raise MythicError(f"the base in {base_dir} is not the architecture {folder} was made on")
     config.base_name_or_path = str(Path(base_dir).resolve())
@@ -191,4 +210,4 @@ def load_any(path: Path, dtype: str = "float32") -> PreTrainedModel:
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     if model_type == MythicConfig.model_type:
         return MythicForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).eval()
+    return load_base_model(path, dtype=DTYPES[dtype]).eval()

@@ -221,3 +221,16 @@ def test_gemma4_block_may_not_straddle_kv_sharing_and_unsupported_arch_is_named(
     gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2))
     with pytest.raises(MythicError, match="unsupported architecture 'gpt2'"):
         MythicForCausalLM.from_base(gpt2, block_start=0, block_end=1)
+
+
+def test_full_save_pretrained_loads_strictly(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    _, model = wrap("llama", perturb=True)
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    dropped = next(k for k in tensors if k.startswith("recurrence."))
+    tensors.pop(dropped)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MythicError, match="does not match its config: missing keys"):
+        MythicForCausalLM.from_pretrained(tmp_path)

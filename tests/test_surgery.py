@@ -145,6 +145,12 @@ def test_missing_base_and_foreign_architecture_are_refused(
 ) -> None:
     code, _, stderr = run_cli(monkeypatch, capsys, "surgery", "--base", tmp_path / "nope", "--layer", "1")
     assert code == 2 and "has no config.json" in stderr
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "foo"}))
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "surgery", "--base", unknown, "--layer", "1")
+    assert code == 2 and f"cannot read the config of {unknown}" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stdout + stderr
     from transformers import AutoConfig, AutoModelForCausalLM
 
     gpt2 = tmp_path / "gpt2"

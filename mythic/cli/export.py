@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mythic.errors import MythicError
+
 
 def export(
     ckpt: Annotated[Path, typer.Argument(help="A mythic checkpoint folder (surgery output, or a run's final/).")],
@@ -56,6 +58,8 @@ def export(
     from mythic.export import parse_dtype
     from mythic.export import push_to_hub as run_push
 
+    if private and not push_to_hub:
+        raise MythicError("--private only applies with --push-to-hub")
     console = Console()
     with console.status(f"exporting {ckpt} …") as status:
         report = run_export(

@@ -188,7 +188,7 @@ class BlockSlot(nn.Module):
             run.n_loops,
             embedding=recurrence.embedding,
             grad_loops=run.grad_loops,
-            checkpoint=run.checkpoint and cache is None,
+            checkpoint=run.checkpoint,
         )
 
 
@@ -302,6 +302,8 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             use_cache = not self.training and bool(getattr(self.base.config, "use_cache", True))
         if use_cache and past_key_values is None:
             past_key_values = self.new_cache()
+        if checkpoint_loops and past_key_values is not None:
+            raise MythicError("checkpoint_loops needs use_cache=False: recomputation would write the KV cache twice")
         if past_key_values is not None and not isinstance(past_key_values, LoopCache):
             raise MythicError("past_key_values must be a LoopCache: create it with model.new_cache()")
         outer = self.context.run
@@ -342,7 +344,7 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             if hasattr(rule, "injection"):
                 stats["rho_A"] = float(rule.injection.get_A().max())
             if isinstance(rule, ResidualRule):
-                for t in range(self.config.max_loops):
+                for t in range(1, self.config.max_loops):
                     stats[f"gate/{t}"] = float(rule.gate(t).mean())
                     stats[f"layerscale/{t}"] = float(rule.scale(t).mean())
         return stats
@@ -362,10 +364,10 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             raise MythicError(f"{path} is missing: not a mythic checkpoint")
         loaded = load_file(path)
         expected = dict(self.recurrence_parameters())
-        for name in sorted(expected.keys() - loaded.keys()):
-            raise MythicError(f"checkpoint {directory} lacks tensor {name}")
-        for name in sorted(loaded.keys() - expected.keys()):
-            raise MythicError(f"checkpoint {directory} has tensor {name} that this model does not have")
+        if missing := sorted(expected.keys() - loaded.keys()):
+            raise MythicError(f"checkpoint {directory} lacks tensor {missing[0]} ({len(missing)} missing)")
+        if extra := sorted(loaded.keys() - expected.keys()):
+            raise MythicError(f"checkpoint {directory} has tensor {extra[0]} that this model does not have")
         for name, param in expected.items():
             if tuple(loaded[name].shape) != tuple(param.shape):
                 raise MythicError(
@@ -384,7 +386,14 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             from mythic.surgery import load_checkpoint
 
             return load_checkpoint(path, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if kwargs.pop("output_loading_info", False):
+            raise MythicError("mythic checkpoints load strictly; output_loading_info is not supported")
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            if info.get(kind):
+                names = sorted(str(k) for k in info[kind])
+                raise MythicError(f"{path} does not match its config: {kind.replace('_', ' ')} {names[:3]}")
+        return model
 
 
 AutoConfig.register("mythic", MythicConfig)
