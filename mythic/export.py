@@ -64,7 +64,7 @@ from transformers import GenerationConfig
 import mythic
 from mythic.errors import MythicError
 from mythic.hub import hub_endpoint, read_manifest
-from mythic.io import atomic_dir, quiet_transformers, write_json
+from mythic.io import atomic_dir, check_free_space, quiet_transformers, write_json
 from mythic.models.retrofit import RECURRENCE_FILE, MythicConfig, MythicForCausalLM, config_fingerprint
 from mythic.surgery import DTYPES, base_revision, load_checkpoint, load_on_base, load_tokenizer
 
@@ -412,22 +412,6 @@ def parse_dtype(text: str) -> str:
     return name
 
 
-def _free_bytes(folder: Path) -> int:
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
-def check_free_space(needed: int, folder: Path) -> None:
-    free = _free_bytes(folder)
-    if needed > free:
-        raise MythicError(
-            f"not enough disk space for {folder}: the export needs {needed} bytes ({needed / 1e9:.2f} GB), "
-            f"only {free} bytes ({free / 1e9:.2f} GB) are free"
-        )
-
-
 def _tensor_bytes(model: torch.nn.Module) -> int:
     """Bytes of the model's parameters, each shared tensor once."""
     return sum({p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}.values())
@@ -506,7 +490,7 @@ def export(
         step("writing the light export")
         files = [ckpt / RECURRENCE_FILE] + ([ckpt / BASE_LORA] if lora else [])
         estimate = sum(f.stat().st_size for f in files) + SMALL_FILES_MARGIN
-        check_free_space(estimate, out.parent)
+        check_free_space(estimate, out.parent, "export")
         with atomic_dir(out, force=force) as tmp:
             config.save_pretrained(tmp)
             for f in files:
@@ -528,7 +512,7 @@ def export(
     model.base.to(DTYPES[dtype])
     modeling = bundle_source()
     estimate = _tensor_bytes(model) + len(modeling.encode()) + SMALL_FILES_MARGIN
-    check_free_space(estimate, out.parent)
+    check_free_space(estimate, out.parent, "export")
     with atomic_dir(out, force=force) as tmp, quiet_transformers():
         step("writing the weights")
         model.config.auto_map = AUTO_MAP

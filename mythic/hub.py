@@ -45,7 +45,7 @@ from huggingface_hub.utils import build_hf_headers, validate_repo_id
 from safetensors import SafetensorError, safe_open
 
 from mythic.errors import MythicError
-from mythic.io import atomic_dir, sha256_file, write_json
+from mythic.io import atomic_dir, check_free_space, sha256_file, write_json
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct"
 EMBEDDED_ALIAS = "smollm2-135m"
@@ -135,7 +135,7 @@ def download_repo(
         commit, files = list_repo_files(repo_id, revision, endpoint)
     staging = folder.parent / f".{folder.name}.{commit[:12]}.partial"
     total, done = sum(f.size for f in files), 0
-    _check_disk_space(total - sum(_bytes_on_disk(staging, f.path) for f in files), staging)
+    check_free_space(total - sum(_bytes_on_disk(staging, f.path) for f in files), folder, "download")
 
     def on_bytes(n: int, what: str) -> None:
         nonlocal done
@@ -247,18 +247,6 @@ def _bytes_on_disk(staging: Path, path: str) -> int:
         if candidate.is_file():
             return candidate.stat().st_size
     return 0
-
-
-def _check_disk_space(needed: int, folder: Path) -> None:
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed > free:
-        raise MythicError(
-            f"not enough disk space in {probe}: the download needs {needed} bytes ({needed / 1e9:.2f} GB), "
-            f"only {free} bytes ({free / 1e9:.2f} GB) are free"
-        )
 
 
 @contextlib.contextmanager

@@ -42,6 +42,24 @@ def atomic_dir(target: str | os.PathLike[str], *, force: bool = False) -> Iterat
         os.replace(tmp, target)
 
 
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Free bytes on the filesystem that holds ``folder`` (or its nearest existing parent)."""
+    probe = Path(folder)
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def check_free_space(needed: int, folder: str | os.PathLike[str], what: str) -> None:
+    """Refuse (one line) when ``what`` needs more bytes than are free where ``folder`` will be written."""
+    free = free_bytes(folder)
+    if needed > free:
+        raise MythicError(
+            f"not enough disk space for {folder}: the {what} needs {needed} bytes ({needed / 1e9:.2f} GB), "
+            f"only {free} bytes ({free / 1e9:.2f} GB) are free"
+        )
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as indented JSON through a temp file and an atomic rename."""
     path = Path(path)

@@ -332,7 +332,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         out.mkdir(parents=True)
         (out / "keep.txt").write_text("mine")
     elif case == "disk":
-        monkeypatch.setattr("mythic.export._free_bytes", lambda folder: 4096)
+        monkeypatch.setattr("mythic.io.free_bytes", lambda folder: 4096)
     elif case == "not-a-checkpoint":
         ckpt = tmp_path
     elif case == "merge-without-lora":

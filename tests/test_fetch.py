@@ -241,7 +241,8 @@ def test_not_enough_disk_is_refused_before_any_byte(
 
     assert result.code == 2
     assert result.err == (
-        f"error: not enough disk space in .: the download needs {need} bytes ({need / 1e9:.2f} GB), "
+        f"error: not enough disk space for base/{TINY_REPO.split('/')[-1]}: the download needs {need} bytes "
+        f"({need / 1e9:.2f} GB), "
         "only 1000 bytes (0.00 GB) are free\n"
     )
     assert list(tmp_path.iterdir()) == []
