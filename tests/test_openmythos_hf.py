@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,10 @@ def test_variant_parameter_counts_are_within_five_percent_of_the_reference(name:
     ref_total, ref_active = REFERENCE_SIZES[name]
     assert abs(total / ref_total - 1) < 0.05
     assert abs(active / ref_active - 1) < 0.05
+
+
+def test_hf_config_has_every_mythos_field_with_the_same_default() -> None:
+    hf = MythosHFConfig()
+    assert {f.name: f.default for f in fields(MythosConfig)} == {
+        f.name: getattr(hf, f.name) for f in fields(MythosConfig)
+    }
