@@ -159,9 +159,10 @@ def load_checkpoint(path: Path, dtype: torch.dtype | str | None = None, **kwargs
     base_dir = Path(config.base_name_or_path)
     _check_base_dir(base_dir)
     found = base_revision(base_dir)
-    if config.base_revision and found and found != config.base_revision:
+    if config.base_revision and found != config.base_revision:
         raise MythicError(
-            f"checkpoint {path} was made on base revision {config.base_revision}, but {base_dir} is revision {found}"
+            f"checkpoint {path} was made on base revision {config.base_revision}, "
+            f"but {base_dir} is revision {found or 'unknown (it has no mythic-manifest.json)'}"
         )
     model = load_on_base(path, config, base_dir, dtype, **kwargs)
     from mythic.export import attach_base_lora, base_lora_spec

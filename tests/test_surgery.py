@@ -112,6 +112,8 @@ def test_loading_is_strict_about_loops_tensors_hidden_size_and_base_revision(ckp
             MythicForCausalLM.from_pretrained(other_revision)
     finally:
         (base / "mythic-manifest.json").unlink()
+    with pytest.raises(MythicError, match="is revision unknown"):
+        MythicForCausalLM.from_pretrained(other_revision)
 
 
 @pytest.mark.parametrize(
