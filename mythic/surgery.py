@@ -204,6 +204,11 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     raise MythicError(f"no tokenizer found in {' or '.join(str(c) for c in candidates)}")
 
 
+def default_device() -> str:
+    """Where evaluation runs: the first GPU when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_any(path: Path, dtype: str = "float32") -> PreTrainedModel:
     """A mythic checkpoint or export (MythicForCausalLM), or a plain base folder (AutoModelForCausalLM)."""
     path = Path(path)

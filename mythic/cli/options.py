@@ -5,15 +5,27 @@ from __future__ import annotations
 from mythic.errors import MythicError
 
 
-def parse_loops(text: str) -> list[int]:
-    """'1,2,4,8' → [1, 2, 4, 8]; every value a positive integer."""
+def parse_positive_ints(text: str, option: str) -> list[int]:
+    """'1,2,4,8' → [1, 2, 4, 8]; every value a positive integer, else a one-line error naming ``option``."""
     try:
-        loops = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise MythicError(f"--loops takes a comma-separated list of positive integers, got {text!r}") from None
-    if not loops or min(loops) < 1:
-        raise MythicError(f"--loops takes a comma-separated list of positive integers, got {text!r}")
-    return loops
+        values = []
+    if not values or min(values) < 1:
+        raise MythicError(f"{option} takes a comma-separated list of positive integers, got {text!r}")
+    return values
+
+
+def parse_loops(text: str) -> list[int]:
+    """'1,2,4,8' → [1, 2, 4, 8] for --loops."""
+    return parse_positive_ints(text, "--loops")
+
+
+def require_positive(**options: int) -> None:
+    """One-line error for the first option (given as --name=value) that is below 1."""
+    for name, value in options.items():
+        if value < 1:
+            raise MythicError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def parse_range(text: str, option: str) -> tuple[int, int]:

@@ -152,7 +152,7 @@ def generate_samples(
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=not chat,
-            )
+            ).to(model.device)
             torch.manual_seed(seed + start)
             began = time.perf_counter()
             stop = [] if chat else [StopOnStrings(tokenizer, enc.input_ids.shape[1], STOP_SEQUENCES)]

@@ -62,7 +62,7 @@ def token_windows(
         raise MythicError("--seq-len must be at least 2")
     stream: list[int] = []
     for text in texts:
-        stream += tokenizer(text).input_ids
+        stream += tokenizer(text, add_special_tokens=False).input_ids
         if tokenizer.eos_token_id is not None:
             stream.append(tokenizer.eos_token_id)
         if max_tokens is not None and len(stream) >= max_tokens:
@@ -90,8 +90,9 @@ def token_losses(
             for i, w in enumerate(batch):
                 ids[i, : len(w)] = w
                 mask[i, : len(w)] = 1
+            ids, mask = ids.to(model.device), mask.to(model.device)
             logits = model(input_ids=ids, attention_mask=mask, **loop_kwargs).logits.double()
-            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").cpu()
             for i, w in enumerate(batch):
                 losses.append(nll[i, : len(w) - 1])
             if on_batch is not None:
@@ -105,4 +106,4 @@ def summarize(losses: torch.Tensor) -> dict[str, dict[str, float | None]]:
     nll = float(losses.mean())
     se = float(losses.std(correction=1)) / math.sqrt(n) if n > 1 else None
     ppl = math.exp(nll)
-    return {"nll": {"value": nll, "stderr": se}, "ppl": {"value": ppl, "stderr": ppl * se if se else None}}
+    return {"nll": {"value": nll, "stderr": se}, "ppl": {"value": ppl, "stderr": ppl * se if se is not None else None}}

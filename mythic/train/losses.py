@@ -74,7 +74,8 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.
     """KL(p ‖ q) per token, averaged over the valid tokens; gradients flow to whichever side has them."""
     logp = torch.log_softmax(p_logits.float(), dim=-1)
     logq = torch.log_softmax(q_logits.float(), dim=-1)
-    per_token = (logp.exp() * (logp - logq)).sum(-1)
+    p = logp.exp()
+    per_token = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
     return masked_mean(per_token, valid_mask(labels))
 
 
