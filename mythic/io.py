@@ -68,6 +68,23 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file (blank lines skipped); a bad line is a one-line error naming it."""
+    path = Path(path)
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise MythicError(f"{path.name} line {i + 1}: not JSON") from None
+        if not isinstance(row, dict):
+            raise MythicError(f"{path.name} line {i + 1}: not a JSON object")
+        rows.append(row)
+    return rows
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     h = hashlib.sha256()

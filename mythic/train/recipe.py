@@ -358,6 +358,8 @@ class Recipe(Strict):
             raise ValueError("trainable.lora: LoRA on the base applies to retrofit/surgery models only")
         if self.loss.kl_anchor is not None and self.trainable.base:
             raise ValueError("loss.kl_anchor: needs a frozen base (trainable.base is true)")
+        if self.trainable.base and getattr(self.model, "quantization", None) is not None:
+            raise ValueError("trainable.base: a 4-bit base cannot be trained in place; use trainable.lora")
         if self.trainable.base and self.trainable.lora is not None:
             raise ValueError("trainable.lora: pointless when trainable.base trains every base weight")
         if self.optim.warmup_steps > self.train.steps:
