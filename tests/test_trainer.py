@@ -214,6 +214,9 @@ def test_resume_is_bit_identical(tiny: tuple[Path, Path], tmp_path: Path) -> Non
         train(partial, progress=stop_at_3)
     with pytest.raises(MythicError, match="already holds a run: pass --resume"):
         train(partial)
+    changed = partial.model_copy(update={"seed": partial.seed + 1})
+    with pytest.raises(MythicError, match="--resume: the recipe's seed differs from the run's"):
+        train(changed, resume=True)
     resumed = train(partial, resume=True)
     a = load_file(full.final_dir / "recurrence.safetensors")
     b = load_file(resumed.final_dir / "recurrence.safetensors")

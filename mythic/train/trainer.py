@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
 from safetensors.torch import save_file
@@ -130,6 +131,30 @@ def save_final(model: nn.Module, trainable: dict[str, nn.Parameter], target: Pat
     return target
 
 
+RESUME_MAY_CHANGE = ("train.steps", "log", "checkpoint")
+
+
+def check_same_recipe(saved: Path, recipe: Recipe) -> None:
+    """--resume continues exactly only under the same recipe: every key but train.steps, log and checkpoint."""
+    if not saved.is_file():
+        return
+
+    def comparable(text: str) -> dict[str, Any]:
+        data = yaml.safe_load(text) or {}
+        for key in RESUME_MAY_CHANGE:
+            head, _, tail = key.partition(".")
+            if tail:
+                (data.get(head) or {}).pop(tail, None)
+            else:
+                data.pop(head, None)
+        return data
+
+    old, new = comparable(saved.read_text()), comparable(recipe_to_yaml(recipe))
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            raise MythicError(f"--resume: the recipe's {key} differs from the run's ({saved}); start a new run instead")
+
+
 def train(
     recipe: Recipe,
     *,
@@ -175,14 +200,16 @@ def train(
     ckpt_root = run_dir / "checkpoints"
     found = latest_checkpoint(ckpt_root) if resume else None
     if found is not None:
+        check_same_recipe(run_dir / "recipe.yaml", recipe)
         ckpt = load_checkpoint(found)
         load_trainable(trainable, ckpt.trainable, found)
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.state.scheduler)
         stream.load_state_dict(ckpt.state.data)
         start, skipped, streak = ckpt.state.step, ckpt.state.skipped_steps, ckpt.state.bad_streak
-        if len(ckpt.rng) == world:
-            set_rng_state(ckpt.rng[rank])
+        if len(ckpt.rng) != world:
+            raise MythicError(f"{found} was written by {len(ckpt.rng)} processes; resume it with as many, not {world}")
+        set_rng_state(ckpt.rng[rank])
     objective, optimizer = accelerator.prepare(objective, optimizer)
 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
