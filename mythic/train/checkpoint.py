@@ -42,7 +42,6 @@ class TrainState:
     scheduler: dict[str, Any]
     data: dict[str, Any]
     skipped_steps: int = 0
-    bad_streak: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,7 +49,6 @@ class TrainState:
             "scheduler": self.scheduler,
             "data": self.data,
             "skipped_steps": self.skipped_steps,
-            "bad_streak": self.bad_streak,
         }
 
 

@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from mythic.errors import MythicError
+from mythic.surgery import DTYPES
 from mythic.train.data import load_tokenizer
 from mythic.train.recipe import Lora, ModelSpec, OpenMythosModel, Quantization, Recipe, RetrofitModel
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SURGERY_RESERVED = {"text_config", "base_name_or_path", "base_revision", "base_fingerprint"}
+SURGERY_RESERVED = {"text_config", "base_name_or_path", "base_revision"}
 
 
 def quantization_config(spec: Quantization) -> Any:

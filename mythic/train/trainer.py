@@ -206,7 +206,7 @@ def train(
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.state.scheduler)
         stream.load_state_dict(ckpt.state.data)
-        start, skipped, streak = ckpt.state.step, ckpt.state.skipped_steps, ckpt.state.bad_streak
+        start, skipped = ckpt.state.step, ckpt.state.skipped_steps
         if len(ckpt.rng) != world:
             raise MythicError(f"{found} was written by {len(ckpt.rng)} processes; resume it with as many, not {world}")
         set_rng_state(ckpt.rng[rank])
@@ -296,7 +296,7 @@ def train(
         if (done % recipe.checkpoint.every == 0 or done == cfg.steps) and streak == 0:
             rng = gather_object([rng_state()])
             if main:
-                state = TrainState(done, scheduler.state_dict(), stream.state_dict(), skipped, streak)
+                state = TrainState(done, scheduler.state_dict(), stream.state_dict(), skipped)
                 save_checkpoint(
                     ckpt_root,
                     state,
