@@ -61,7 +61,15 @@ from mythic.generation import encode_prompt
 from mythic.io import quiet_transformers, write_json
 from mythic.models.families import check_block, decoder_layers, family_of
 from mythic.models.retrofit import MythicForCausalLM
-from mythic.surgery import DTYPES, identity_probe, load_base_config, load_base_model, load_tokenizer
+from mythic.surgery import (
+    DTYPES,
+    check_base_dir,
+    check_dtype,
+    identity_probe,
+    load_base_config,
+    load_base_model,
+    load_tokenizer,
+)
 
 SAMPLE_FILES = ("textwrap.py", "heapq.py", "fractions.py", "shlex.py", "statistics.py")
 PROBE_LOOPS = (1, 2, 4)
@@ -484,10 +492,8 @@ def sanity(
     """Phase 0 on the base in ``base_dir``; see the module docstring. Writes the report as JSON to ``out``."""
     started = time.perf_counter()
     base_dir = Path(base_dir)
-    if not (base_dir / "config.json").is_file():
-        raise MythicError(f"base folder {base_dir} has no config.json (fetch one with `mythic fetch base`)")
-    if dtype not in DTYPES:
-        raise MythicError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_base_dir(base_dir)
+    check_dtype(dtype)
     if rows < 1 or seq_len < 2:
         raise MythicError("the held-out sample needs at least 1 row of at least 2 tokens")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

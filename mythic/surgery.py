@@ -69,14 +69,21 @@ def base_revision(folder: Path) -> str | None:
     return "sha256:" + hashlib.sha256(json.dumps(weights).encode()).hexdigest()[:16]
 
 
-def _check_base_dir(folder: Path) -> None:
+def check_dtype(name: str) -> None:
+    """One-line error unless ``name`` is a key of ``DTYPES``."""
+    if name not in DTYPES:
+        raise MythicError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+
+
+def check_base_dir(folder: Path) -> None:
+    """One-line error unless ``folder`` holds a model config."""
     if not (folder / "config.json").is_file():
         raise MythicError(f"base folder {folder} has no config.json (fetch one with `mythic fetch base`)")
 
 
 def load_base_config(folder: Path) -> PreTrainedConfig:
     """``AutoConfig.from_pretrained`` with transformers' errors turned into one line."""
-    _check_base_dir(folder)
+    check_base_dir(folder)
     try:
         return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as err:
@@ -85,7 +92,7 @@ def load_base_config(folder: Path) -> PreTrainedConfig:
 
 def load_base_model(folder: Path, **kwargs: Any) -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` with transformers' errors turned into one line."""
-    _check_base_dir(folder)
+    check_base_dir(folder)
     try:
         return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, KeyError) as err:
@@ -109,7 +116,7 @@ def surgery(
 ) -> SurgeryReport:
     """Wrap ``block`` of the base in ``base_dir`` in the recurrence and write a checkpoint to ``out``."""
     started = time.perf_counter()
-    _check_base_dir(base_dir)
+    check_base_dir(base_dir)
     if out.exists() and not force:
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
     config = load_base_config(base_dir)
@@ -157,7 +164,7 @@ def load_checkpoint(path: Path, dtype: torch.dtype | str | None = None, **kwargs
     if not config.base_name_or_path:
         raise MythicError(f"checkpoint {path} does not say where its base is (base_name_or_path is empty)")
     base_dir = Path(config.base_name_or_path)
-    _check_base_dir(base_dir)
+    check_base_dir(base_dir)
     found = base_revision(base_dir)
     if config.base_revision and found != config.base_revision:
         raise MythicError(
@@ -178,7 +185,7 @@ def load_on_base(
 ) -> MythicForCausalLM:
     """The base in ``base_dir`` (checked to be the architecture of ``config.text_config``) plus the
     recurrence tensors of ``folder``, loaded strictly."""
-    _check_base_dir(base_dir)
+    check_base_dir(base_dir)
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
     base = load_base_model(base_dir, dtype=dtype or torch.float32, **kwargs)
@@ -212,7 +219,7 @@ def default_device() -> str:
 def load_any(path: Path, dtype: str = "float32") -> PreTrainedModel:
     """A mythic checkpoint or export (MythicForCausalLM), or a plain base folder (AutoModelForCausalLM)."""
     path = Path(path)
-    _check_base_dir(path)
+    check_base_dir(path)
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     if model_type == MythicConfig.model_type:
         return MythicForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])

@@ -48,10 +48,9 @@ def _load(
     model_dir: Path | None, base: Path | None, dtype: str, console: Console
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from mythic.models.retrofit import MythicForCausalLM
-    from mythic.surgery import DTYPES, default_device, load_any, load_tokenizer
+    from mythic.surgery import check_dtype, default_device, load_any, load_tokenizer
 
-    if dtype not in DTYPES:
-        raise MythicError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     if (model_dir is None) == (base is None):
         raise MythicError("give exactly one model: a checkpoint folder, or --base DIR")
     path = model_dir or base

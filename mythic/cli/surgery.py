@@ -42,14 +42,13 @@ def surgery(
 ) -> None:
     """Build the looped wrapper, check T=1 identity with the base, and write a checkpoint folder."""
     from mythic.hub import default_base_dir
-    from mythic.surgery import DTYPES
+    from mythic.surgery import check_dtype
     from mythic.surgery import surgery as run_surgery
 
     if (layer is None) == (block is None):
         raise MythicError("give exactly one of --layer N or --block START:END")
     span = (layer, layer + 1) if layer is not None else parse_range(block or "", "--block")
-    if dtype not in DTYPES:
-        raise MythicError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     base_dir = base if base is not None else default_base_dir()
     target = out if out is not None else Path("ckpts") / f"{base_dir.name}-b{span[0]}-{span[1]}"
     console = Console()
