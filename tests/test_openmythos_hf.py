@@ -89,7 +89,7 @@ def test_labels_give_the_shifted_cross_entropy_and_aux_losses_come_along() -> No
     assert abs(out.loss.item() - expected.item()) <= 1e-6
     assert set(out.aux_losses) == {"moe_balance", "ponder"}
     assert out.aux_losses["ponder"].item() == pytest.approx(2 + (1 - 1 / 4), abs=0.3)
-    assert out.past_key_values is None
+    assert out.cache is None
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

@@ -65,9 +65,9 @@ def test_prefill_then_token_by_token_decode_equals_the_uncached_forward(family: 
         with torch.no_grad():
             full = model(x, n_loops=n_loops, use_cache=False).logits
             cache = model.new_cache()
-            pieces = [model(x[:, :9], n_loops=n_loops, past_key_values=cache, use_cache=True).logits]
+            pieces = [model(x[:, :9], n_loops=n_loops, cache=cache, use_cache=True).logits]
             for i in range(9, 14):
-                pieces.append(model(x[:, i : i + 1], n_loops=n_loops, past_key_values=cache, use_cache=True).logits)
+                pieces.append(model(x[:, i : i + 1], n_loops=n_loops, cache=cache, use_cache=True).logits)
         assert (full - torch.cat(pieces, 1)).abs().max().item() <= 1e-5
         assert cache.n_loop_slots == n_loops, "every (loop, block layer) pair has its own slot"
 
@@ -163,8 +163,8 @@ def test_other_update_rules_run_cached_and_concat_is_identity(rule: str) -> None
         assert diff == 0.0 if rule == "concat" else diff > 0.0
         full = model(x, n_loops=3, use_cache=False).logits
         cache = model.new_cache()
-        first = model(x[:, :8], n_loops=3, past_key_values=cache, use_cache=True).logits
-        rest = [model(x[:, i : i + 1], n_loops=3, past_key_values=cache, use_cache=True).logits for i in range(8, 12)]
+        first = model(x[:, :8], n_loops=3, cache=cache, use_cache=True).logits
+        rest = [model(x[:, i : i + 1], n_loops=3, cache=cache, use_cache=True).logits for i in range(8, 12)]
     assert (torch.cat([first, *rest], 1) - full).abs().max().item() <= 1e-5
 
 
@@ -183,9 +183,9 @@ def test_retrofit_paper_surgery_drops_layers_and_keeps_the_cache_consistent() ->
         assert (model(x, n_loops=1).logits - reference(x).logits).abs().max().item() == 0.0
         full = model(x, n_loops=3, use_cache=False).logits
         cache = model.new_cache()
-        pieces = [model(x[:, :6], n_loops=3, past_key_values=cache, use_cache=True).logits]
+        pieces = [model(x[:, :6], n_loops=3, cache=cache, use_cache=True).logits]
         pieces += [
-            model(x[:, i : i + 1], n_loops=3, past_key_values=cache, use_cache=True).logits for i in range(6, 12)
+            model(x[:, i : i + 1], n_loops=3, cache=cache, use_cache=True).logits for i in range(6, 12)
         ]
     assert (torch.cat(pieces, 1) - full).abs().max().item() <= 1e-5
 

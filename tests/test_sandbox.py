@@ -38,7 +38,7 @@ ADD = Problem(
     "    assert all([candidate(-1, 1) == 0])\n"
     "    assert candidate(10, 5) == 15\n",
 )
-LIMITS = SandboxLimits(timeout_s=1.5)
+LIMITS = SandboxLimits(timeout_s=3.0)  # room for a 16 MB answer on a loaded 2-core machine
 
 
 def header(path: Path, key: str) -> str | None:

@@ -170,14 +170,14 @@ class BlockSlot(nn.Module):
         if not self.last:
             return hidden_states
         calls, run.calls = run.calls, []
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache")
         recurrence = self._recurrence[0]
 
         def step(x: torch.Tensor, t: int) -> torch.Tensor:
             with self.context.at_loop(t):
                 for layer, layer_args, layer_kwargs in calls:
                     if cache is not None:
-                        layer_kwargs = {**layer_kwargs, "past_key_values": cache.at_loop(t)}
+                        layer_kwargs = {**layer_kwargs, "cache": cache.at_loop(t)}
                     x = layer(x, *layer_args, **layer_kwargs)
             return x
 
@@ -280,7 +280,7 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: LoopCache | None = None,
+        cache: LoopCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -300,12 +300,12 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             raise MythicError(f"n_loops must be >= 1, got {n_loops}")
         if use_cache is None:
             use_cache = not self.training and bool(getattr(self.base.config, "use_cache", True))
-        if use_cache and past_key_values is None:
-            past_key_values = self.new_cache()
-        if checkpoint_loops and past_key_values is not None:
+        if use_cache and cache is None:
+            cache = self.new_cache()
+        if checkpoint_loops and cache is not None:
             raise MythicError("checkpoint_loops needs use_cache=False: recomputation would write the KV cache twice")
-        if past_key_values is not None and not isinstance(past_key_values, LoopCache):
-            raise MythicError("past_key_values must be a LoopCache: create it with model.new_cache()")
+        if cache is not None and not isinstance(cache, LoopCache):
+            raise MythicError("cache must be a LoopCache: create it with model.new_cache()")
         outer = self.context.run
         run = outer if outer is not None and not outer.loop else Run(True, n_loops, grad_loops, checkpoint_loops)
         with self.context.running(run):
@@ -313,7 +313,7 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 inputs_embeds=inputs_embeds,
                 labels=labels,
                 use_cache=use_cache,
@@ -324,8 +324,8 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(
         self, generation_config: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
     ) -> None:
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = self.new_cache()
+        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
+            model_kwargs["cache"] = self.new_cache()
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 

@@ -105,8 +105,8 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(
         self, generation_config: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
     ) -> None:
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = self.model.new_cache()
+        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
+            model_kwargs["cache"] = self.model.new_cache()
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
@@ -115,7 +115,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: DynamicCache | None = None,
+        cache: DynamicCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
@@ -126,14 +126,14 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
     ) -> MythosCausalLMOutput:
         if use_cache is None:
             use_cache = not self.training and self.config.use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = self.model.new_cache()
+        if use_cache and cache is None:
+            cache = self.model.new_cache()
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
         out: MythosOutput = self.model(
             input_ids,
             n_loops,
-            cache=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             attention_mask=attention_mask,
             position_ids=position_ids,
             return_aux=True,
@@ -147,7 +147,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         return MythosCausalLMOutput(
             loss=loss,
             logits=out.logits,
-            past_key_values=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             aux_losses=out.aux_losses,
         )
 
