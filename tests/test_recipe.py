@@ -100,6 +100,17 @@ def test_v6h_and_v6k_encode_the_prior_runs() -> None:
             {"model": {"kind": "openmythos", "config": {}, "tokenizer": "t"}, "loss": {"kl_anchor": {"alpha": 0.5}}},
             "recipe loss.kl_anchor: a from-scratch openmythos model has no base to anchor to",
         ),
+        (
+            {
+                "model": {"kind": "surgery", "base": "b", "quantization": {}, "surgery": {}},
+                "train": {"steps": 10, "parallel": "fsdp"},
+            },
+            "recipe train.parallel: fsdp cannot shard a 4-bit base",
+        ),
+        (
+            {"train": {"steps": 10, "parallel": "zero3"}},
+            "recipe train.parallel: Input should be 'ddp' or 'fsdp' (got 'zero3')",
+        ),
     ],
 )
 def test_bad_recipes_name_the_key_path(top: dict, expected: str) -> None:

@@ -184,9 +184,7 @@ def test_retrofit_paper_surgery_drops_layers_and_keeps_the_cache_consistent() ->
         full = model(x, n_loops=3, use_cache=False).logits
         cache = model.new_cache()
         pieces = [model(x[:, :6], n_loops=3, cache=cache, use_cache=True).logits]
-        pieces += [
-            model(x[:, i : i + 1], n_loops=3, cache=cache, use_cache=True).logits for i in range(6, 12)
-        ]
+        pieces += [model(x[:, i : i + 1], n_loops=3, cache=cache, use_cache=True).logits for i in range(6, 12)]
     assert (torch.cat(pieces, 1) - full).abs().max().item() <= 1e-5
 
 

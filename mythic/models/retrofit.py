@@ -349,12 +349,17 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
                     stats[f"layerscale/{t}"] = float(rule.scale(t).mean())
         return stats
 
-    def save_recurrence(self, directory: str | Path) -> None:
-        """Write ``config.json`` and the new parameters (``recurrence.safetensors``) into ``directory``."""
+    def save_recurrence(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Write ``config.json`` and the new parameters (``recurrence.safetensors``) into ``directory``.
+
+        ``tensors``: whole tensors by name to write instead of the live parameters (what a sharded
+        training run gathered); only the recurrence's names are taken from it.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(directory)
-        tensors = {k: v.contiguous().cpu() for k, v in self.recurrence_state_dict().items()}
+        source = self.recurrence_state_dict() if tensors is None else tensors
+        tensors = {name: source[name].contiguous().cpu() for name, _ in self.recurrence_parameters()}
         save_file(tensors, directory / RECURRENCE_FILE, metadata={"format": "pt", "mythic": "recurrence"})
 
     def load_recurrence(self, directory: str | Path) -> None:

@@ -5,13 +5,14 @@ temp folder renamed into place, so a kill at any moment leaves either the old se
 checkpoints or the new one, never a half-written folder):
 
     trainable.safetensors   the trainable parameters by name (recurrence, LoRA, …)
-    optimizer.pt            optimizer state
+    optimizer.pt            optimizer state, keyed by parameter name
     rng.pt                  python / numpy / torch (/ cuda) RNG states, one entry per rank
     state.json              step, scheduler state, data position, skipped-step counters
 
-Only the last ``keep`` checkpoints are kept; ``latest_checkpoint`` picks the highest step.
-Loading the trainable parameters is strict: a missing, unexpected or mis-shaped tensor is
-an error, never a silent partial load.
+Tensors are whole (gathered from every rank by ``mythic.train.parallel``, whatever the run's
+``train.parallel``). Only the last ``keep`` checkpoints are kept; ``latest_checkpoint`` picks
+the highest step. Loading is strict: ``check_trainable`` refuses a missing, unexpected or
+mis-shaped tensor before anything is copied, never a silent partial load.
 """
 
 from __future__ import annotations
@@ -129,18 +130,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, TrainState(**raw), trainable, optimizer, rng)
 
 
-def load_trainable(named: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor], where: Path) -> None:
-    """Copy ``tensors`` into the parameters ``named``; every name and shape must match exactly."""
+def check_trainable(named: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """A checkpoint's tensors must be exactly the model's trainable parameters: every name, every shape."""
     missing = sorted(set(named) - set(tensors))
     unexpected = sorted(set(tensors) - set(named))
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise MythicError(f"checkpoint {where} does not fit the model's trainable parameters: {detail}")
-    with torch.no_grad():
-        for name, param in named.items():
-            if tuple(tensors[name].shape) != tuple(param.shape):
-                raise MythicError(
-                    f"checkpoint {where}: {name} has shape {tuple(tensors[name].shape)}, "
-                    f"the model expects {tuple(param.shape)}"
-                )
-            param.copy_(tensors[name].to(param.device, param.dtype))
+    for name, param in named.items():
+        if tuple(tensors[name].shape) != tuple(param.shape):
+            raise MythicError(
+                f"checkpoint {where}: {name} has shape {tuple(tensors[name].shape)}, "
+                f"the model expects {tuple(param.shape)}"
+            )

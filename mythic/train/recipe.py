@@ -309,11 +309,14 @@ class Optim(Strict):
 
 
 class TrainLoop(Strict):
+    """Batch shape per rank, precision, and how ranks share the model (``mythic.train.parallel``)."""
+
     steps: PositiveInt
     micro_batch: PositiveInt = 1
     grad_accum: PositiveInt = 1
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     max_bad_steps: PositiveInt = 5
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
 
 class Checkpointing(Strict):
@@ -362,6 +365,8 @@ class Recipe(Strict):
             raise ValueError("trainable.base: a 4-bit base cannot be trained in place; use trainable.lora")
         if self.trainable.base and self.trainable.lora is not None:
             raise ValueError("trainable.lora: pointless when trainable.base trains every base weight")
+        if self.train.parallel == "fsdp" and getattr(self.model, "quantization", None) is not None:
+            raise ValueError("train.parallel: fsdp cannot shard a 4-bit base (bitsandbytes' packed weights); use ddp")
         if self.optim.warmup_steps > self.train.steps:
             raise ValueError(f"optim.warmup_steps: {self.optim.warmup_steps} exceeds train.steps")
         return self

@@ -1,8 +1,9 @@
 """The training loop: recipe in, run folder out.
 
 One optimizer step = ``grad_accum`` micro-batches per rank through ``Objective`` (all passes
-of a step in one forward), under HF ``accelerate`` (DDP through torchrun / ``accelerate
-launch``, mixed precision, gradient accumulation with ``accelerator.accumulate``).
+of a step in one forward), under HF ``accelerate`` (processes from torchrun / ``accelerate
+launch``, mixed precision, gradient accumulation with ``accelerator.accumulate``). Ranks share
+the model as ``train.parallel`` says (``mythic.train.parallel``): DDP, or FSDP2 shards.
 The depth of every micro-batch comes from the curriculum keyed by (seed, step, micro, rank),
 the data from the packed stream (each rank its rows of the global micro-batch).
 
@@ -16,9 +17,10 @@ Run folder ``recipe.run_dir``: ``recipe.yaml`` (resolved), ``metrics.jsonl`` (on
 logged step: every loss term separately (averaged over ranks), ``ce_T{t}`` per loop count and
 the mean depth ``T`` (rank 0's), lr, grad norm, tokens/s, ``rec/*`` recurrence stats),
 ``checkpoints/``, ``final/`` (``save_recurrence``: the folder ``MythicForCausalLM.from_pretrained``
-loads; plus ``base_lora.safetensors`` when a base LoRA was trained) and ``loss.png``. The same
+loads, plus ``base_lora.safetensors`` when a base LoRA was trained; ``save_pretrained`` of the
+whole model when every weight trained: OpenMythos, ``trainable.base``) and ``loss.png``. The same
 records go to TensorBoard / Weights & Biases through accelerate's trackers (``log.trackers``).
-FSDP is refused for now: checkpoints here hold whole (unsharded) trainable tensors.
+Checkpoints and ``final/`` hold whole tensors, gathered from the shards under FSDP.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ from torch import nn
 
 from mythic.errors import MythicError
 from mythic.io import atomic_dir
+from mythic.train import parallel
 from mythic.train.checkpoint import (
     TrainState,
+    check_trainable,
     latest_checkpoint,
     load_checkpoint,
-    load_trainable,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -118,16 +121,22 @@ def check_trackers(trackers: list[str]) -> None:
             raise MythicError(f"recipe log.trackers: {name} is not installed (pip install {TRACKER_PACKAGES[name]})")
 
 
-def save_final(model: nn.Module, trainable: dict[str, nn.Parameter], target: Path) -> Path:
-    """The run's result: ``save_recurrence`` (or ``save_pretrained``) plus any base LoRA tensors."""
+def saves_whole_model(model: nn.Module, recipe: Recipe) -> bool:
+    """OpenMythos and ``trainable.base`` runs train every weight: their result is the whole model."""
+    return not hasattr(model, "save_recurrence") or recipe.trainable.base
+
+
+def save_final(model: nn.Module, state: dict[str, torch.Tensor], target: Path, whole_model: bool) -> Path:
+    """The run's result from whole tensors ``state``: ``save_pretrained`` of the whole model, or
+    ``save_recurrence`` plus any base LoRA tensors (``base_lora.safetensors``)."""
     with atomic_dir(target, force=True) as tmp:
-        if hasattr(model, "save_recurrence"):
-            model.save_recurrence(tmp)
+        if whole_model:
+            model.save_pretrained(tmp, state_dict=state)
         else:
-            model.save_pretrained(tmp)
-        lora = {n: p.detach().cpu().contiguous() for n, p in trainable.items() if "lora_" in n}
-        if lora:
-            save_file(lora, tmp / "base_lora.safetensors")
+            model.save_recurrence(tmp, state)
+            lora = {n: t.contiguous() for n, t in state.items() if "lora_" in n}
+            if lora:
+                save_file(lora, tmp / "base_lora.safetensors")
     return target
 
 
@@ -177,14 +186,18 @@ def train(
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
     if accelerator.distributed_type == DistributedType.FSDP:
-        raise MythicError("mythic train does not support FSDP yet (its checkpoints would hold shards): use DDP")
+        raise MythicError("launch without accelerate's FSDP settings: set train.parallel: fsdp in the recipe instead")
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     set_seed(recipe.seed)
 
-    model, tokenizer = build(recipe, accelerator.device)
+    fsdp = cfg.parallel == "fsdp" and world > 1
+    model, tokenizer = build(recipe, torch.device("cpu") if fsdp else accelerator.device)
     trainable = select_trainable(model, recipe)
     model.train()
+    if fsdp:
+        parallel.shard(model, accelerator.device)
+        trainable = {n: p for n, p in model.named_parameters() if n in trainable}  # now the sharded ones
     objective = Objective(model, recipe.loss)
     optimizer = torch.optim.AdamW(
         param_groups(model, trainable, recipe.optim.weight_decay),
@@ -202,15 +215,19 @@ def train(
     if found is not None:
         check_same_recipe(run_dir / "recipe.yaml", recipe)
         ckpt = load_checkpoint(found)
-        load_trainable(trainable, ckpt.trainable, found)
-        optimizer.load_state_dict(ckpt.optimizer)
+        check_trainable(trainable, ckpt.trainable, found)
+        parallel.load_full_state(model, ckpt.trainable, optimizer, ckpt.optimizer)
         scheduler.load_state_dict(ckpt.state.scheduler)
         stream.load_state_dict(ckpt.state.data)
         start, skipped = ckpt.state.step, ckpt.state.skipped_steps
         if len(ckpt.rng) != world:
             raise MythicError(f"{found} was written by {len(ckpt.rng)} processes; resume it with as many, not {world}")
         set_rng_state(ckpt.rng[rank])
-    objective, optimizer = accelerator.prepare(objective, optimizer)
+    torch_optimizer = optimizer
+    if fsdp:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        objective, optimizer = accelerator.prepare(objective, optimizer)
 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     if main:
@@ -239,7 +256,7 @@ def train(
             batch = stream.next_batch(batch_size, rank, world)
             depth = curriculum.sample(step, micro, batch_size, rank)
             depths += depth.per_sequence(batch_size)
-            with accelerator.accumulate(objective):
+            with accelerator.accumulate(objective), accelerator.autocast():
                 out = objective(
                     batch.input_ids.to(accelerator.device), batch.labels.to(accelerator.device), depth, anchor
                 )
@@ -250,7 +267,7 @@ def train(
                     totals[name] += float(value.detach()) / cfg.grad_accum
             for ce, t in zip(out["seq_ce"].tolist(), out["seq_loops"].tolist(), strict=True):
                 per_t[int(t)].append(ce)
-        grad_norm = float(accelerator.clip_grad_norm_(params, clip))
+        grad_norm = float(parallel.whole(accelerator.clip_grad_norm_(params, clip)))
         bad_here = torch.tensor(0.0 if finite and math.isfinite(grad_norm) else 1.0, device=accelerator.device)
         bad = bool(accelerator.reduce(bad_here, reduction="sum") > 0)
         router: dict[str, float] = {}
@@ -280,7 +297,8 @@ def train(
         }
         if done % recipe.log.every == 0 or done == cfg.steps:
             if hasattr(inner, "recurrence_stats"):
-                record |= {f"rec/{k}": v for k, v in inner.recurrence_stats().items()}
+                with parallel.gathered(inner):
+                    record |= {f"rec/{k}": v for k, v in inner.recurrence_stats().items()}
             record |= {f"router/{k}": v for k, v in router.items()}
             if main:
                 metrics.append(record)
@@ -295,13 +313,15 @@ def train(
             raise MythicError(f"{streak} non-finite steps in a row (loss or gradient), stopped at step {done}; {where}")
         if (done % recipe.checkpoint.every == 0 or done == cfg.steps) and streak == 0:
             rng = gather_object([rng_state()])
+            tensors = parallel.full_state(inner, set(trainable))
+            optimizer_state = parallel.full_optimizer_state(inner, torch_optimizer)
             if main:
                 state = TrainState(done, scheduler.state_dict(), stream.state_dict(), skipped)
                 save_checkpoint(
                     ckpt_root,
                     state,
-                    trainable=trainable,
-                    optimizer=optimizer.state_dict(),
+                    trainable=tensors,
+                    optimizer=optimizer_state,
                     rng=rng,
                     keep=recipe.checkpoint.keep,
                 )
@@ -309,8 +329,10 @@ def train(
 
     final_dir = run_dir / "final"
     plot = None
+    whole_model = saves_whole_model(inner, recipe)
+    final_state = parallel.full_state(inner, None if whole_model else set(trainable))
     if main:
-        save_final(inner, trainable, final_dir)
+        save_final(inner, final_state, final_dir, whole_model)
         if recipe.log.plot:
             plot = plot_run(metrics.read(), run_dir / "loss.png", title=recipe.name)
     accelerator.wait_for_everyone()

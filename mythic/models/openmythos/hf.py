@@ -85,6 +85,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
     config_class = MythosHFConfig
     base_model_prefix = "model"
     _tied_weights_keys = {"model.head.weight": "model.embed.weight"}
+    _no_split_modules = ["Block"]  # the unit of device maps and of FSDP sharding
     _supports_sdpa = True
 
     def __init__(self, config: MythosHFConfig) -> None:

@@ -63,7 +63,12 @@ class MythosOutput:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(norm x), then + FFN(norm x) (dense SwiGLU or MoE)."""
+    """Pre-norm transformer block: x + Attn(norm x), then + FFN(norm x) (dense SwiGLU or MoE).
+
+    Returns (x, MoEStats or None): the balance loss leaves through the block's output, not a side
+    channel, because FSDP hooks backward on module outputs (a side-channel loss that reaches a
+    looped block's parameters after its post-backward gives wrong gradients).
+    """
 
     def __init__(self, cfg: MythosConfig, moe: bool) -> None:
         super().__init__()
@@ -92,16 +97,12 @@ class Block(nn.Module):
         cache: DynamicCache | None,
         slot: int,
         token_mask: torch.Tensor | None = None,
-        stats: list[MoEStats] | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, MoEStats | None]:
         x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, cache, slot))
         if isinstance(self.ffn, MoE):
             y, moe_stats = self.ffn(self.ffn_norm(x), token_mask)
-            if stats is not None:
-                stats.append(moe_stats)
-        else:
-            y = self.ffn(self.ffn_norm(x))
-        return x + self.drop(y)
+            return x + self.drop(y), moe_stats
+        return x + self.drop(self.ffn(self.ffn_norm(x))), None
 
 
 class Recurrent(nn.Module):
@@ -151,7 +152,9 @@ class Recurrent(nn.Module):
             if token_mask is None and isinstance(n_loops, torch.Tensor):
                 token_mask = (n_loops.to(h.device) > t).unsqueeze(1).expand(h.shape[:2])
             with self.context.at_loop(t):
-                return self.block(h, rope, mask, cache, slot, token_mask, stats)
+                h, moe_stats = self.block(h, rope, mask, cache, slot, token_mask)
+            stats.append(moe_stats)
+            return h
 
         h = run_loops(
             step,
@@ -282,11 +285,11 @@ class OpenMythos(nn.Module):
 
         x = self.embed(input_ids)
         for i, layer in enumerate(self.prelude):
-            x = layer(x, rope, mask, cache, i)
+            x, _ = layer(x, rope, mask, cache, i)
         stats: list[MoEStats] = []
         x, halting = self.recurrent(x, n_loops, rope, mask, cache, past, stats, grad_loops, checkpoint_loops)
         for j, layer in enumerate(self.coda):
-            x = layer(x, rope, mask, cache, self.cfg.prelude_layers + j)
+            x, _ = layer(x, rope, mask, cache, self.cfg.prelude_layers + j)
         logits = self.head(self.norm(x[:, -logits_to_keep:]))
 
         if self.training and stats:

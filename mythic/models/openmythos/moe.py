@@ -24,7 +24,7 @@ A ``token_mask`` (ACT: halted positions) removes tokens before routing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@dataclass
-class MoEStats:
-    """What one MoE call reports: the auxiliary balance loss and per-expert token counts."""
+class MoEStats(NamedTuple):
+    """What one MoE call reports: the auxiliary balance loss and per-expert token counts.
+
+    A NamedTuple, so that a module returning it exposes its tensors to FSDP's backward hooks.
+    """
 
     balance_loss: torch.Tensor
     load: torch.Tensor
