@@ -66,12 +66,15 @@ def test_dual_t_objective_matches_the_formulas(tiny: tuple[Path, Path]) -> None:
             base = model(ids).logits
     ce_lo = losses.cross_entropy(lo, labels)
     ce_hi = losses.focal_ce(hi, labels, losses.focal_weights(lo, labels, 1.0))
-    margin = 0.1 * torch.relu(ce_hi - ce_lo + 0.5)
+    plain_hi = losses.cross_entropy(hi, labels)
+    margin = 0.1 * torch.relu(plain_hi - ce_lo + 0.5)  # like for like: plain CE at both depths
+    assert abs(margin.item() - 0.1 * torch.relu(ce_hi - ce_lo + 0.5).item()) > 5e-6  # the check tells them apart
     sd = 0.3 * losses.kl_divergence(lo, hi, labels)
     kl = 0.5 * losses.kl_divergence(base, hi, labels)
     expected = 0.5 * (ce_lo + ce_hi) + margin + sd + kl
     assert margin.item() > 0 and kl.item() > 1e-4 and sd.item() > 1e-4
-    for name, value in {"ce_lo": ce_lo, "ce_hi": ce_hi, "margin": margin, "self_distill": sd, "kl_anchor": kl}.items():
+    terms = {"ce_lo": ce_lo, "ce_hi": ce_hi, "ce_hi_unweighted": plain_hi, "margin": margin}
+    for name, value in (terms | {"self_distill": sd, "kl_anchor": kl}).items():
         assert abs(out[name].item() - value.item()) < 1e-6, name
     assert abs(out["loss"].item() - expected.item()) < 1e-5
     assert out["seq_loops"].tolist() == [1, 1, 3, 3]
@@ -299,6 +302,23 @@ def test_retrofit_checkpoint_recipe_continues_training(tiny: tuple[Path, Path], 
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     ckpt = load_file(tmp_path / "second" / "checkpoints" / "step-0000002" / "trainable.safetensors")
     assert all(torch.equal(ckpt[k], after[k]) for k in after)
+
+
+def test_training_every_base_weight_saves_the_whole_model(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    raw = tiny_recipe(tiny[0], tiny[1], tmp_path / "run", trainable={"base": True})
+    raw["loss"].pop("kl_anchor")
+    raw["train"]["steps"] = 2
+    result = train(validate_recipe(raw))
+    assert not (result.final_dir / "recurrence.safetensors").exists()
+    loaded = MythicForCausalLM.from_pretrained(result.final_dir)
+    trained = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "trainable.safetensors")
+    state = loaded.state_dict()
+    assert any(k.startswith("base.") for k in trained) and any(k.startswith("recurrence.") for k in trained)
+    assert all(torch.equal(state[k], v) for k, v in trained.items())
+    original = AutoModelForCausalLM.from_pretrained(tiny[0]).state_dict()
+    assert not torch.equal(
+        state["base.model.layers.0.mlp.up_proj.weight"], original["model.layers.0.mlp.up_proj.weight"]
+    )
 
 
 def test_unknown_surgery_setting_and_missing_tracker(tiny: tuple[Path, Path], tmp_path: Path) -> None:

@@ -7,6 +7,7 @@
 - ``data``        sources, mixture, packing with EOS, chat prompt masking, resumable position
 - ``model``       building the recipe's model, the trainable set, weight-decay groups
 - ``schedule``    the learning-rate schedule
+- ``parallel``    DDP or FSDP2 shards over the ranks; whole-tensor state for checkpoints
 - ``checkpoint``  atomic, resumable training checkpoints
 - ``plots``       the end-of-run PNG
 - ``trainer``     the accelerate training loop

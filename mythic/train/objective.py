@@ -4,9 +4,11 @@ Wrapping every pass of a step (T_lo, T_hi, the no-grad base pass of the KL ancho
 module forward lets DDP/FSDP see exactly one forward per backward.
 
 Single-T:   L = CE(T)
-Dual-T:     L = ½(CE_lo + CE_hi) + α_m·ReLU(CE_hi − CE_lo + m) + α_sd·KL(p_lo ‖ p_hi.detach())
+Dual-T:     L = ½(CE_lo + CE_hi) + α_m·ReLU(CE(T_hi) − CE_lo + m) + α_sd·KL(p_lo ‖ p_hi.detach())
             with T_lo fixed (``loss.dual_t.t_lo``) and T_hi drawn from the curriculum;
             CE_hi optionally focal: Σ w·ce / max(Σ w, 1), w = (1 − p_lo(y))^γ without gradient.
+            The margin always compares plain CEs (the same token weights at both depths): a
+            focal CE_hi against a plain CE_lo would measure the weighting, not the depth.
 KL anchor:  + α·KL(p_base ‖ p_model@T) on anchor steps, p_base from the *true* base
             (``true_base``: recurrence, depth-LoRA and any peft LoRA switched off).
 Model aux:  + Σ w_name · aux_name, averaged over the passes that returned it.
@@ -93,17 +95,15 @@ class Objective(nn.Module):
             lo_depth = Depth(t_lo, lo_grad, depth.checkpoint_loops)
             outs = [self.run(input_ids, lo_depth), self.run(input_ids, depth)]
             lo, main = logits_of(outs[0]), logits_of(outs[1])
-            ce_lo = losses.cross_entropy(lo, labels)
+            ce_lo, plain_hi = losses.cross_entropy(lo, labels), losses.cross_entropy(main, labels)
+            ce_hi = plain_hi
             if cfg.focal is not None:
-                weights = losses.focal_weights(lo, labels, cfg.focal.gamma)
-                ce_hi = losses.focal_ce(main, labels, weights)
-                terms["ce_hi_unweighted"] = losses.cross_entropy(main.detach(), labels)
-            else:
-                ce_hi = losses.cross_entropy(main, labels)
+                ce_hi = losses.focal_ce(main, labels, losses.focal_weights(lo, labels, cfg.focal.gamma))
+                terms["ce_hi_unweighted"] = plain_hi
             terms["ce_lo"], terms["ce_hi"] = ce_lo, ce_hi
             loss = 0.5 * (ce_lo + ce_hi)
             if cfg.margin is not None:
-                terms["margin"] = losses.margin_term(ce_lo, ce_hi, cfg.margin.alpha, cfg.margin.m)
+                terms["margin"] = losses.margin_term(ce_lo, plain_hi, cfg.margin.alpha, cfg.margin.m)
                 loss = loss + terms["margin"]
             if cfg.self_distill is not None:
                 terms["self_distill"] = cfg.self_distill.alpha * losses.kl_divergence(lo, main.detach(), labels)
