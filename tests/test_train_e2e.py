@@ -101,9 +101,8 @@ def launch(tiny: Path, recipe: Path, out: Path, processes: int, *flags: str) -> 
     script.write_text(RUN_SCRIPT)
     out.mkdir(parents=True, exist_ok=True)
     head = [sys.executable]
-    if processes > 1:
-        port = str(29500 + (os.getpid() + len(str(out))) % 1000)
-        head += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", port]
+    if processes > 1:  # --standalone: a rendezvous on a free local port
+        head += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     done = subprocess.run(
         [*head, str(script), str(recipe), str(out), *flags], env=ENV, capture_output=True, text=True, timeout=900
     )
