@@ -25,6 +25,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # 2-core machine, and torch's spinning threads then make small-tensor tests tens of times slower.
     torch.set_num_threads(1)
 
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llama")

@@ -108,6 +108,10 @@ def test_v6h_and_v6k_encode_the_prior_runs() -> None:
             "recipe train.parallel: fsdp cannot shard a 4-bit base",
         ),
         (
+            {"train": {"steps": 10, "parallel": "fsdp", "mixed_precision": "fp16"}},
+            "recipe train.mixed_precision: fp16 needs a sharded gradient scaler under fsdp",
+        ),
+        (
             {"train": {"steps": 10, "parallel": "zero3"}},
             "recipe train.parallel: Input should be 'ddp' or 'fsdp' (got 'zero3')",
         ),

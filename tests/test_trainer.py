@@ -332,6 +332,20 @@ def test_unknown_surgery_setting_and_missing_tracker(tiny: tuple[Path, Path], tm
             train(validate_recipe(raw))
 
 
+def test_tensorboard_tracker_gets_the_logged_records(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = tiny_recipe(tiny[0], tiny[1], tmp_path / "run", log={"every": 1, "plot": False, "trackers": ["tensorboard"]})
+    raw["train"]["steps"] = 2
+    train(validate_recipe(raw))
+    events = EventAccumulator(str(tmp_path / "run" / "tiny"))
+    events.Reload()
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss", "ce_lo", "ce_hi", "kl_anchor", "rec/rho_A"):
+        logged = {e.step: e.value for e in events.Scalars(key)}
+        assert logged == pytest.approx({r["step"]: r[key] for r in records if key in r}, rel=1e-6), key
+
+
 def test_base_lora_on_moe_experts_trains_and_switches_off(tmp_path: Path) -> None:
     base = tiny_base("qwen3_moe")
     model = MythicForCausalLM.from_base(base, block_start=1, block_end=3, max_loops=4)

@@ -43,6 +43,7 @@ from torch.distributed.tensor import DTensor
 from mythic.errors import MythicError
 
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
+GATHER_TRAINABLE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 SCATTER = StateDictOptions(full_state_dict=True, strict=False)
 
 
@@ -81,12 +82,15 @@ def whole(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def full_state(model: nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """Whole tensors of ``model``'s state dict (only ``names`` when given) on rank 0's CPU; ``{}`` on
-    other ranks. Every rank must call it (FSDP all-gathers). Tensors already whole on the CPU are
-    the live ones, not copies: write them out before training on."""
-    state = get_model_state_dict(model, options=GATHER)
-    return {k: v for k, v in state.items() if names is None or k in names}
+def full_state(model: nn.Module, trainable: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Whole tensors of ``model``'s state dict, or of its ``trainable`` parameters only (the frozen
+    base is then neither gathered nor copied), on rank 0's CPU; ``{}`` on other ranks. Every rank
+    must call it (FSDP all-gathers). Tensors already whole on the CPU are the live ones, not
+    copies: write them out before training on."""
+    if trainable is None:
+        return get_model_state_dict(model, options=GATHER)
+    state = get_model_state_dict(model, options=GATHER_TRAINABLE)
+    return {k: v for k, v in state.items() if k in trainable}
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -309,7 +309,8 @@ class Optim(Strict):
 
 
 class TrainLoop(Strict):
-    """Batch shape per rank, precision, and how ranks share the model (``mythic.train.parallel``)."""
+    """Batch shape per rank, precision, and how ranks share the model (``mythic.train.parallel``;
+    ``fsdp`` in a single process is the plain model)."""
 
     steps: PositiveInt
     micro_batch: PositiveInt = 1
@@ -367,6 +368,8 @@ class Recipe(Strict):
             raise ValueError("trainable.lora: pointless when trainable.base trains every base weight")
         if self.train.parallel == "fsdp" and getattr(self.model, "quantization", None) is not None:
             raise ValueError("train.parallel: fsdp cannot shard a 4-bit base (bitsandbytes' packed weights); use ddp")
+        if self.train.parallel == "fsdp" and self.train.mixed_precision == "fp16":
+            raise ValueError("train.mixed_precision: fp16 needs a sharded gradient scaler under fsdp; use bf16")
         if self.optim.warmup_steps > self.train.steps:
             raise ValueError(f"optim.warmup_steps: {self.optim.warmup_steps} exceeds train.steps")
         return self
