@@ -30,6 +30,7 @@ ModelArg = Annotated[
 BaseOpt = Annotated[Path | None, typer.Option("--base", help="A plain base model folder (the base row only).")]
 LoopsOpt = Annotated[str, typer.Option(help="Comma-separated loop counts, e.g. 1,2,4,8.")]
 DtypeOpt = Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16 or float16.")]
+GENERATION_ONLY = ("loops", "samples", "temperature", "chat", "max_new_tokens", "batch_size", "seed", "dtype")
 
 
 def _progress(console: Console) -> Progress:
@@ -64,6 +65,7 @@ def _load(
 
 @app.command("humaneval")
 def humaneval(
+    context: typer.Context,
     model_dir: ModelArg = None,
     base: BaseOpt = None,
     completions: Annotated[
@@ -106,18 +108,10 @@ def humaneval(
     if completions is not None:
         if model_dir is not None or base is not None:
             raise MythicError("--completions scores a file; give no model with it")
-        generation_only = {
-            "--loops": loops != "1,2,4,8",
-            "--samples": samples != 1,
-            "--temperature": temperature != 0.0,
-            "--chat": chat,
-            "--max-new-tokens": max_new_tokens != 512,
-            "--batch-size": batch_size != 8,
-            "--seed": seed != 0,
-            "--dtype": dtype != "float32",
-        }
-        if given := [name for name, changed in generation_only.items() if changed]:
-            raise MythicError(f"--completions scores a file as it is; {', '.join(given)} only apply to generation")
+        given = [n for n in GENERATION_ONLY if context.get_parameter_source(n).name != "DEFAULT"]
+        if given:
+            names = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise MythicError(f"--completions scores a file as it is; {names} only apply to generation")
         with _progress(console) as progress:
             results = pipeline.humaneval_from_file(
                 completions, chosen, ks=ks, limits=limits, workers=workers, progress=progress
