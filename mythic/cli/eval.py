@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -156,6 +157,60 @@ def humaneval(
         console.print(report.diff_table(results))
     console.print(f"sandbox: {results['sandbox']['isolation']} — {results['sandbox']['notes']}")
     console.print(f"wrote {paths['json']} and {paths['png']}")
+
+
+@app.command("tasks")
+def tasks(
+    model_dir: Annotated[
+        Path, typer.Argument(help="A retrofit final/ or checkpoint, an OpenMythos final/, or an export.")
+    ],
+    task_file: Annotated[Path, typer.Argument(help="A task file (JSON lines of prompt, answer, difficulty).")],
+    loops: LoopsOpt = "1,2,4,8,16",
+    limit: Annotated[int | None, typer.Option(help="Only the first N examples of the file.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generate call (left-padded).")] = 32,
+    dtype: DtypeOpt = "float32",
+    out: Annotated[
+        Path, typer.Option(help="Results folder: tasks.json, tasks.png, tasks-heatmap.png, predictions/.")
+    ] = Path("out/tasks"),
+    force: Annotated[bool, typer.Option(help="Replace the results folder.")] = False,
+) -> None:
+    """Exact-match accuracy on a task file at each loop count (and of the base, for a retrofit), per difficulty."""
+    from mythic.eval import report
+    from mythic.eval.tasks import evaluate_tasks
+    from mythic.io import atomic_dir
+    from mythic.tasks.files import read_tasks, write_predictions
+
+    counts = parse_loops(loops)
+    require_positive(batch_size=batch_size)
+    if limit is not None:
+        require_positive(limit=limit)
+    if out.exists() and not force:
+        raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
+    examples = read_tasks(task_file)[:limit]
+    console = Console()
+    model, tokenizer = _load(model_dir, None, dtype, console)
+    with _progress(console) as progress:
+
+        def on_row(label: str, total: int) -> Callable[[int], None]:
+            task = progress.add_task(f"answering {label}", total=total)
+            return lambda n: progress.advance(task, n)
+
+        results = evaluate_tasks(model, tokenizer, examples, loops=counts, batch_size=batch_size, on_row=on_row)
+    results["model"] = str(model_dir.resolve())
+    results["file"] = str(task_file.resolve())
+    title = f"{task_file.name} ({results['examples']} examples)"
+    with atomic_dir(out, force=force) as tmp:
+        for row in results["rows"]:
+            write_predictions(
+                tmp / "predictions" / f"{row['label'].replace('=', '')}.jsonl", examples, row.pop("predictions")
+            )
+        report.save(results, tmp, "tasks", "accuracy", title)
+        if results["difficulties"]:
+            report.heatmap(results, tmp / "tasks-heatmap.png", title)
+    console.print(report.results_table(results, title))
+    if results["difficulties"]:
+        console.print(report.difficulty_table(results))
+    console.print(f"wrote {out / 'tasks.json'}, {out / 'tasks.png'} and {out / 'predictions'}/")
 
 
 @app.command("perplexity")

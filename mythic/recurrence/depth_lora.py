@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -26,11 +26,15 @@ from mythic.recurrence.gates import loop_slot
 
 
 class LoopContext:
-    """Per-model context: the current loop index (for Depth-LoRA) and the current run settings."""
+    """Per-model context: the current loop index (for Depth-LoRA), the current run settings, and an
+    optional observer the loop driver hands every new state to (``observer(t, h_t)``)."""
 
     def __init__(self) -> None:
         self._loop: ContextVar[int | None] = ContextVar(f"mythic_loop_{id(self)}", default=None)
         self._run: ContextVar[Any] = ContextVar(f"mythic_run_{id(self)}", default=None)
+        self._observer: ContextVar[Callable[[int, torch.Tensor], None] | None] = ContextVar(
+            f"mythic_observer_{id(self)}", default=None
+        )
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LoopContext:
         return LoopContext()
@@ -42,6 +46,19 @@ class LoopContext:
     @property
     def run(self) -> Any:
         return self._run.get()
+
+    @property
+    def observer(self) -> Callable[[int, torch.Tensor], None] | None:
+        return self._observer.get()
+
+    @contextlib.contextmanager
+    def observing(self, observer: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+        """Within the block, the loop driver calls ``observer(t, h_t)`` after each pass t = 1 … T."""
+        token = self._observer.set(observer)
+        try:
+            yield
+        finally:
+            self._observer.reset(token)
 
     @contextlib.contextmanager
     def at_loop(self, t: int | None) -> Iterator[None]:

@@ -24,6 +24,9 @@ which positions still run (``halting.begin(t)``), freezes the others after the p
 (h ← where(running, h_new, h)) and folds h_{t+1} into the halting-weighted output, which
 is returned instead of h_T. Every pass still runs for the whole batch: halting masks,
 it never exits early.
+
+``observer(t, h_t)``, when given, sees every new state h_1 … h_T (for measurements such as
+the loop-state convergence ‖h_{t+1} − h_t‖ / ‖h_t‖); it must not change them.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def run_loops(
     grad_loops: int | None = None,
     checkpoint: bool = False,
     halting: ACTRun | None = None,
+    observer: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run the block ``n_loops`` times from h₀ = e; see the module docstring."""
     total = max_loops(n_loops)
@@ -86,4 +90,6 @@ def run_loops(
             active = (n_loops.to(h.device) > t).view(-1, *([1] * (h.dim() - 1)))
             h_next = torch.where(active, h_next, h)
         h = h_next
+        if observer is not None:
+            observer(t + 1, h.detach())
     return h if halting is None else halting.output(h.dtype)

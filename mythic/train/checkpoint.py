@@ -8,6 +8,7 @@ checkpoints or the new one, never a half-written folder):
     optimizer.pt            optimizer state, keyed by parameter name
     rng.pt                  python / numpy / torch (/ cuda) RNG states, one entry per rank
     state.json              step, scheduler state, data position, skipped-step counters
+    tokenizer.json, …       the run's tokenizer (``save_pretrained``); a resume must rebuild the same
 
 Tensors are whole (gathered from every rank by ``mythic.train.parallel``, whatever the run's
 ``train.parallel``). Only the last ``keep`` checkpoints are kept; ``latest_checkpoint`` picks
@@ -94,6 +95,7 @@ def save_checkpoint(
     optimizer: dict[str, Any],
     rng: list[dict[str, Any]],
     keep: int,
+    tokenizer: Any = None,
 ) -> Path:
     """Write ``root/step-NNNNNNN`` atomically, then drop all but the newest ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,8 @@ def save_checkpoint(
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(rng, tmp / "rng.pt")
         write_json(tmp / "state.json", state.to_json())
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -143,3 +147,13 @@ def check_trainable(named: dict[str, torch.nn.Parameter], tensors: dict[str, tor
                 f"checkpoint {where}: {name} has shape {tuple(tensors[name].shape)}, "
                 f"the model expects {tuple(param.shape)}"
             )
+
+
+def check_same_tokenizer(path: Path, tokenizer: Any) -> None:
+    """A resumed run must tokenize as the run did (a ``chars`` vocabulary follows its task files)."""
+    if not (path / "tokenizer_config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(path).get_vocab() != tokenizer.get_vocab():
+        raise MythicError(f"--resume: the tokenizer differs from the one saved in {path} (did the task files change?)")

@@ -15,6 +15,15 @@ Mixture: document number n comes from source i ~ Categorical(weights), drawn wit
 ``default_rng([seed, n, salt])``. File sources are shuffled per epoch with
 ``default_rng([seed, epoch, source index])`` and restart when exhausted (epoch + 1).
 
+Task files (``kind: tasks``, ``TaskStream``): one example a row, never packed (examples would
+attend to each other's prompts): ``prompt`` tokens (with the tokenizer's special tokens),
+``answer`` tokens and EOS, right-padded to the longest row of the global micro-batch; the
+labels are the answer tokens and EOS only (the prompt and the padding are -100). Right padding
+needs no attention mask: a causal model never lets a token see the padding after it. Examples
+are drawn from the sources by the same mixture rule; within a source, by difficulty group (see
+``TaskReader``), with an optional hop curriculum: ``difficulty_ramp`` raises the highest difficulty
+drawn linearly from the file's lowest to its highest over that many steps.
+
 Resume: ``state_dict()`` holds the document counter, each source's (epoch, position) and the
 packer's leftover tokens, so ``load_state_dict`` continues with exactly the same samples.
 All ranks read the same global stream; rank r of W takes rows [r·B, (r+1)·B) of each global
@@ -37,8 +46,10 @@ import numpy as np
 import torch
 
 from mythic.errors import MythicError
+from mythic.tasks.files import Task, read_tasks
+from mythic.tasks.tokenizer import CHARS, char_tokenizer
 from mythic.train.losses import IGNORE_INDEX
-from mythic.train.recipe import Data, FilesSource, HFSource, StdlibSource
+from mythic.train.recipe import Data, FilesSource, HFSource, StdlibSource, TasksSource
 
 Document = str | list[dict[str, Any]]
 SALT = 0xDA7A
@@ -50,10 +61,18 @@ class Batch:
     labels: torch.Tensor
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """``AutoTokenizer.from_pretrained(path)``; it must define an EOS token for packing."""
+def load_tokenizer(path: str | Path, data: Data | None = None) -> Any:
+    """``AutoTokenizer.from_pretrained(path)``, or ``chars``: a character tokenizer of ``data``'s task files.
+
+    It must define an EOS token (between packed documents, after every task answer).
+    """
     from transformers import AutoTokenizer
 
+    if str(path) == CHARS:
+        sources = [] if data is None else [s for s in data.sources if isinstance(s, TasksSource)]
+        if not sources:
+            raise MythicError("tokenizer: chars builds its vocabulary from task files: add a data source of kind tasks")
+        return char_tokenizer(task for source in sources for task in read_tasks(source.path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
@@ -214,6 +233,18 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[in
     return ids + [tokenizer.eos_token_id], mask + [True]
 
 
+def pick_source(seed: int, n: int, weights: np.ndarray) -> int:
+    """Which source document (or example) number ``n`` comes from: Categorical(weights), keyed by (seed, n)."""
+    if len(weights) == 1:
+        return 0
+    return int(np.random.default_rng([seed, n, SALT]).choice(len(weights), p=weights))
+
+
+def source_weights(spec: Data) -> np.ndarray:
+    weights = np.array([s.weight for s in spec.sources], dtype=np.float64)
+    return weights / weights.sum()
+
+
 class PackedStream:
     """The global stream of packed samples; see the module docstring."""
 
@@ -222,16 +253,14 @@ class PackedStream:
         self.tokenizer = tokenizer
         self.seed = seed
         self.readers = [SourceReader(source, i, seed) for i, source in enumerate(spec.sources)]
-        weights = np.array([s.weight for s in spec.sources], dtype=np.float64)
-        self.weights = weights / weights.sum()
+        self.weights = source_weights(spec)
         self.documents = 0
         self.samples = 0
         self.buffer: list[int] = []
         self.mask: list[bool] = []
 
     def _next_document(self) -> tuple[list[int], list[bool]]:
-        rng = np.random.default_rng([self.seed, self.documents, SALT])
-        source = int(rng.choice(len(self.readers), p=self.weights)) if len(self.readers) > 1 else 0
+        source = pick_source(self.seed, self.documents, self.weights)
         self.documents += 1
         document = self.readers[source].next_document()
         if isinstance(document, str):
@@ -253,8 +282,9 @@ class PackedStream:
         self.samples += 1
         return window[:length], labels
 
-    def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Batch:
-        """This rank's ``batch_size`` rows of the next global micro-batch of world_size·batch_size."""
+    def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1, step: int = 0) -> Batch:
+        """This rank's ``batch_size`` rows of the next global micro-batch of world_size·batch_size (``step``
+        is unused: text has no curriculum)."""
         rows = [self.next_sample() for _ in range(batch_size * world_size)]
         mine = rows[rank * batch_size : (rank + 1) * batch_size]
         return Batch(
@@ -278,3 +308,121 @@ class PackedStream:
         for reader, reader_state in zip(self.readers, state["sources"], strict=True):
             reader.load_state_dict(reader_state)
         self.buffer, self.mask = list(state["buffer"]), [bool(m) for m in state["mask"]]
+
+
+def encode_task(tokenizer: Any, task: Task) -> tuple[list[int], list[bool]]:
+    """Prompt tokens (with the tokenizer's special tokens), then answer tokens and EOS; only those are targets.
+
+    Prompt and answer are tokenized apart, as generation sees them: the prompt alone, then new tokens.
+    """
+    prompt = list(tokenizer(task.prompt)["input_ids"])
+    answer = list(tokenizer(task.answer, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    return prompt + answer, [False] * len(prompt) + [True] * len(answer)
+
+
+class TaskReader:
+    """The examples of one task file, grouped by difficulty, each group shuffled per epoch.
+
+    An example is drawn by choosing a group with probability ∝ its size among the groups at or below
+    the current difficulty cap (``default_rng([seed, n, index])`` for draw n), then taking that
+    group's next example (its order: ``default_rng([seed, epoch, index, difficulty])``). With no cap
+    this samples the file's own mix of difficulties.
+    """
+
+    def __init__(self, spec: TasksSource, index: int, seed: int) -> None:
+        self.spec, self.index, self.seed = spec, index, seed
+        groups: dict[int, list[Task]] = {}
+        for task in read_tasks(spec.path):
+            groups.setdefault(task.difficulty if task.difficulty is not None else 0, []).append(task)
+        self.difficulties = sorted(groups)
+        self.groups = [groups[d] for d in self.difficulties]
+        self.state = [[0, 0] for _ in self.groups]  # (epoch, position) per group
+        self._orders = [self._permutation(g) for g in range(len(self.groups))]
+
+    def _permutation(self, group: int) -> np.ndarray:
+        epoch = self.state[group][0]
+        key = [self.seed, epoch, self.index, self.difficulties[group]]
+        return np.random.default_rng(key).permutation(len(self.groups[group]))
+
+    def cap(self, step: int) -> int:
+        """The highest difficulty drawn at ``step``: it ramps linearly over ``difficulty_ramp`` steps."""
+        low, high = self.difficulties[0], self.difficulties[-1]
+        if not self.spec.difficulty_ramp:
+            return high
+        return min(high, low + (high - low + 1) * step // self.spec.difficulty_ramp)
+
+    def next_task(self, n: int, step: int) -> Task:
+        """Draw number ``n`` (a global counter) at optimizer step ``step``."""
+        allowed = [g for g, d in enumerate(self.difficulties) if d <= self.cap(step)]
+        sizes = np.array([len(self.groups[g]) for g in allowed], dtype=np.float64)
+        group = allowed[
+            int(np.random.default_rng([self.seed, n, self.index]).choice(len(allowed), p=sizes / sizes.sum()))
+        ]
+        epoch, position = self.state[group]
+        if position == len(self.groups[group]):
+            self.state[group] = [epoch + 1, 0]
+            self._orders[group] = self._permutation(group)
+        task = self.groups[group][self._orders[group][self.state[group][1]]]
+        self.state[group][1] += 1
+        return task
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"groups": [list(s) for s in self.state]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["groups"]) != len(self.groups):
+            raise MythicError(f"{self.spec.path}: the checkpoint's data state does not fit this task file")
+        self.state = [[int(e), int(p)] for e, p in state["groups"]]
+        self._orders = [self._permutation(g) for g in range(len(self.groups))]
+
+
+class TaskStream:
+    """Task-file examples as right-padded rows with answer-only labels; see the module docstring."""
+
+    def __init__(self, spec: Data, tokenizer: Any, seed: int) -> None:
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.readers = [TaskReader(source, i, seed) for i, source in enumerate(spec.sources)]
+        self.weights = source_weights(spec)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.samples = 0
+
+    def next_sample(self, step: int = 0) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of the next example, unpadded; labels already shifted (labels[i] = ids[i + 1])."""
+        source = pick_source(self.seed, self.samples, self.weights)
+        ids, mask = encode_task(self.tokenizer, self.readers[source].next_task(self.samples, step))
+        self.samples += 1
+        if len(ids) - 1 > self.spec.seq_len:
+            raise MythicError(
+                f"data.sources.{source}: an example has {len(ids) - 1} tokens, above data.seq_len={self.spec.seq_len}"
+            )
+        labels = [t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[1:], strict=True)]
+        return ids[:-1], labels
+
+    def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1, step: int = 0) -> Batch:
+        """This rank's rows of the next global micro-batch at optimizer ``step``, right-padded to its longest row."""
+        rows = [self.next_sample(step) for _ in range(batch_size * world_size)]
+        width = max(len(ids) for ids, _ in rows)
+        mine = rows[rank * batch_size : (rank + 1) * batch_size]
+        return Batch(
+            input_ids=torch.tensor([ids + [self.pad_id] * (width - len(ids)) for ids, _ in mine], dtype=torch.long),
+            labels=torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in mine], dtype=torch.long),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "sources": [reader.state_dict() for reader in self.readers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "buffer" in state or len(state["sources"]) != len(self.readers):
+            raise MythicError("the checkpoint's data state does not fit the recipe's task sources")
+        self.samples = int(state["samples"])
+        for reader, reader_state in zip(self.readers, state["sources"], strict=True):
+            reader.load_state_dict(reader_state)
+
+
+def make_stream(spec: Data, tokenizer: Any, seed: int) -> PackedStream | TaskStream:
+    """The training stream a recipe's data section asks for: task examples or packed text."""
+    if isinstance(spec.sources[0], TasksSource):
+        return TaskStream(spec, tokenizer, seed)
+    return PackedStream(spec, tokenizer, seed)

@@ -5,7 +5,8 @@
 - ``surgery``: load the HF base, then ``MythicForCausalLM.from_base(base, **surgery)`` in memory
 - ``openmythos``: ``MythosForCausalLM`` (the HF-native OpenMythos) built from scratch from
   ``MythosConfig(**config)``; all of it trains, its MoE balance / ACT ponder terms come back
-  as ``out.aux_losses``
+  as ``out.aux_losses``. Its tokenizer (a folder, or ``chars``: built from the task files) sets
+  the vocabulary size when the config gives none, and the EOS / padding ids generation uses.
 
 A 4-bit base uses ``transformers.BitsAndBytesConfig`` (nf4/fp4, double quant, compute dtype).
 Trainable set: the recurrence modules (``model.recurrence_parameters()``) and, optionally, a
@@ -29,7 +30,7 @@ from torch import nn
 from mythic.errors import MythicError
 from mythic.surgery import DTYPES
 from mythic.train.data import load_tokenizer
-from mythic.train.recipe import Lora, ModelSpec, OpenMythosModel, Quantization, Recipe, RetrofitModel
+from mythic.train.recipe import Data, Lora, ModelSpec, OpenMythosModel, Quantization, Recipe, RetrofitModel
 
 SURGERY_RESERVED = {"text_config", "base_name_or_path", "base_revision"}
 
@@ -63,8 +64,9 @@ def _load_kwargs(spec: RetrofitModel | Any, device: torch.device) -> dict[str, A
     return kwargs
 
 
-def build_model(spec: ModelSpec, device: torch.device, tokenizer_path: str | None = None) -> tuple[nn.Module, Any]:
-    """(model on ``device``, tokenizer) for a recipe's model section."""
+def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.Module, Any]:
+    """(model on ``device``, tokenizer) for a recipe's model section (``data.tokenizer`` overrides the model's)."""
+    tokenizer_path = data.tokenizer
     if isinstance(spec, OpenMythosModel):
         from mythic.models.openmythos import MythosConfig, MythosForCausalLM, MythosHFConfig
 
@@ -72,9 +74,20 @@ def build_model(spec: ModelSpec, device: torch.device, tokenizer_path: str | Non
         for key in spec.config:
             if key not in fields:
                 raise MythicError(f"recipe model.config.{key}: unknown MythosConfig field (expected one of {fields})")
-        config = MythosHFConfig.from_mythos(MythosConfig(**spec.config))
+        tokenizer = load_tokenizer(tokenizer_path or spec.tokenizer, data)
+        settings = {"vocab_size": len(tokenizer), **spec.config}
+        if settings["vocab_size"] < len(tokenizer):
+            raise MythicError(
+                f"recipe model.config.vocab_size: {settings['vocab_size']} is below the tokenizer's {len(tokenizer)}"
+            )
+        special = {
+            name: getattr(tokenizer, name)
+            for name in ("bos_token_id", "eos_token_id", "pad_token_id")
+            if getattr(tokenizer, name) is not None
+        }
+        config = MythosHFConfig.from_mythos(MythosConfig(**settings), **special)
         model = MythosForCausalLM(config).to(device=device, dtype=DTYPES[spec.dtype])
-        return model, load_tokenizer(tokenizer_path or spec.tokenizer)
+        return model, tokenizer
 
     from mythic.models.retrofit import MythicForCausalLM
 

@@ -138,10 +138,26 @@ class StdlibSource(Strict):
     weight: float = Field(1.0, gt=0)
 
 
-Source = Annotated[FilesSource | HFSource | StdlibSource, Field(discriminator="kind")]
+class TasksSource(Strict):
+    """A task file (``mythic tasks make``): one example a row, the loss on the answer tokens only.
+
+    ``difficulty_ramp``: a hop curriculum: over this many steps the highest difficulty drawn rises
+    linearly from the file's lowest to its highest (0: every difficulty from the start).
+    """
+
+    kind: Literal["tasks"]
+    path: str
+    weight: float = Field(1.0, gt=0)
+    difficulty_ramp: int = Field(0, ge=0)
+
+
+Source = Annotated[FilesSource | HFSource | StdlibSource | TasksSource, Field(discriminator="kind")]
 
 
 class Data(Strict):
+    """``seq_len``: tokens per packed row (task rows: the most an example may have). ``tokenizer``: a
+    folder, or ``chars`` (a character tokenizer of the task files); default: the model's own."""
+
     seq_len: int = Field(ge=2)
     sources: list[Source] = Field(min_length=1)
     tokenizer: str | None = None
@@ -151,6 +167,9 @@ class Data(Strict):
         total = sum(s.weight for s in self.sources)
         if len(self.sources) > 1 and abs(total - 1.0) > WEIGHT_TOLERANCE:
             raise ValueError(f"sources: the weights must sum to 1 (they sum to {total:g})")
+        tasks = [isinstance(s, TasksSource) for s in self.sources]
+        if any(tasks) and not all(tasks):
+            raise ValueError("sources: task files cannot be mixed with text sources (examples are not packed)")
         return self
 
 
@@ -370,6 +389,11 @@ class Recipe(Strict):
             raise ValueError("train.parallel: fsdp cannot shard a 4-bit base (bitsandbytes' packed weights); use ddp")
         if self.train.parallel == "fsdp" and self.train.mixed_precision == "fp16":
             raise ValueError("train.mixed_precision: fp16 needs a sharded gradient scaler under fsdp; use bf16")
+        tokenizers = [self.data.tokenizer, getattr(self.model, "tokenizer", None)]
+        if "chars" in tokenizers and not isinstance(self.data.sources[0], TasksSource):
+            raise ValueError("data.tokenizer: chars is built from task files: use data sources of kind tasks")
+        if "chars" in tokenizers and self.model.kind != "openmythos":
+            raise ValueError("data.tokenizer: chars is for from-scratch models; a retrofit keeps its base's tokenizer")
         if self.optim.warmup_steps > self.train.steps:
             raise ValueError(f"optim.warmup_steps: {self.optim.warmup_steps} exceeds train.steps")
         return self

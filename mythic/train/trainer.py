@@ -48,6 +48,7 @@ from mythic.io import atomic_dir
 from mythic.train import parallel
 from mythic.train.checkpoint import (
     TrainState,
+    check_same_tokenizer,
     check_trainable,
     latest_checkpoint,
     load_checkpoint,
@@ -56,7 +57,7 @@ from mythic.train.checkpoint import (
     set_rng_state,
 )
 from mythic.train.curriculum import Curriculum
-from mythic.train.data import PackedStream
+from mythic.train.data import make_stream
 from mythic.train.model import build_model, param_groups, select_trainable
 from mythic.train.objective import Objective
 from mythic.train.plots import plot_run
@@ -79,7 +80,7 @@ class TrainResult:
 
 
 def default_build(recipe: Recipe, device: torch.device) -> tuple[nn.Module, Any]:
-    return build_model(recipe.model, device, recipe.data.tokenizer)
+    return build_model(recipe.model, device, recipe.data)
 
 
 class MetricsLog:
@@ -126,10 +127,13 @@ def saves_whole_model(model: nn.Module, recipe: Recipe) -> bool:
     return not hasattr(model, "save_recurrence") or recipe.trainable.base
 
 
-def save_final(model: nn.Module, state: dict[str, torch.Tensor], target: Path, whole_model: bool) -> Path:
+def save_final(
+    model: nn.Module, state: dict[str, torch.Tensor], target: Path, whole_model: bool, tokenizer: Any
+) -> Path:
     """The run's result from whole tensors ``state``: ``save_pretrained`` of the whole model, or
-    ``save_recurrence`` plus any base LoRA tensors (``base_lora.safetensors``)."""
+    ``save_recurrence`` plus any base LoRA tensors (``base_lora.safetensors``); and the tokenizer."""
     with atomic_dir(target, force=True) as tmp:
+        tokenizer.save_pretrained(tmp)
         if whole_model:
             model.save_pretrained(tmp, state_dict=state)
         else:
@@ -206,7 +210,7 @@ def train(
         eps=recipe.optim.eps,
     )
     scheduler = make_scheduler(optimizer, recipe.optim, cfg.steps)
-    stream = PackedStream(recipe.data, tokenizer, recipe.seed)
+    stream = make_stream(recipe.data, tokenizer, recipe.seed)
     curriculum = Curriculum(recipe.curriculum, recipe.seed)
 
     start, skipped, streak = 0, 0, 0
@@ -214,6 +218,7 @@ def train(
     found = latest_checkpoint(ckpt_root) if resume else None
     if found is not None:
         check_same_recipe(run_dir / "recipe.yaml", recipe)
+        check_same_tokenizer(found, tokenizer)
         ckpt = load_checkpoint(found)
         check_trainable(trainable, ckpt.trainable, found)
         parallel.load_full_state(model, ckpt.trainable, optimizer, ckpt.optimizer)
@@ -253,7 +258,7 @@ def train(
         depths: list[int] = []
         finite = True
         for micro in range(cfg.grad_accum):
-            batch = stream.next_batch(batch_size, rank, world)
+            batch = stream.next_batch(batch_size, rank, world, step)
             depth = curriculum.sample(step, micro, batch_size, rank)
             depths += depth.per_sequence(batch_size)
             with accelerator.accumulate(objective), accelerator.autocast():
@@ -324,6 +329,7 @@ def train(
                     optimizer=optimizer_state,
                     rng=rng,
                     keep=recipe.checkpoint.keep,
+                    tokenizer=tokenizer,
                 )
             accelerator.wait_for_everyone()
 
@@ -332,7 +338,7 @@ def train(
     whole_model = saves_whole_model(inner, recipe)
     final_state = parallel.full_state(inner, None if whole_model else set(trainable))
     if main:
-        save_final(inner, final_state, final_dir, whole_model)
+        save_final(inner, final_state, final_dir, whole_model, tokenizer)
         if recipe.log.plot:
             plot = plot_run(metrics.read(), run_dir / "loss.png", title=recipe.name)
     accelerator.wait_for_everyone()

@@ -8,7 +8,9 @@ query compression), qk_rope_head_dim, qk_nope_head_dim, v_head_dim), rope_theta,
 lora_rank (per-loop Depth-LoRA rank, 0 disables it), act_threshold, dropout.
 
 Additions of this implementation: ``act`` (False: the loop output is h_T, no halting),
-``router_bias_rate`` (γ of the aux-loss-free balancing update), ``init_std``.
+``router_bias_rate`` (γ of the aux-loss-free balancing update), ``init_std`` (0.02 suits wide
+models; a tiny model learns far faster near 1/√dim), ``token_conv`` (kernel size of a causal
+depthwise convolution over the token embeddings, 0 = off; see ``model.TokenConv``).
 Prelude and coda layers use a dense SwiGLU FFN of width ``dense_dim`` = dim·4//3; the
 recurrent block uses the MoE. Each shared expert has width expert_dim · n_experts_per_tok.
 """
@@ -51,6 +53,7 @@ class MythosConfig:
     act: bool = True
     router_bias_rate: float = 1e-3
     init_std: float = 0.02
+    token_conv: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -61,7 +64,7 @@ class MythosConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise MythicError(f"MythosConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("prelude_layers", "coda_layers", "n_shared_experts", "lora_rank"):
+        for name in ("prelude_layers", "coda_layers", "n_shared_experts", "lora_rank", "token_conv"):
             if getattr(self, name) < 0:
                 raise MythicError(f"MythosConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.attn_type not in ATTN_TYPES:

@@ -58,6 +58,7 @@ class MythosHFConfig(PreTrainedConfig):
     act: bool = True
     router_bias_rate: float = 1e-3
     init_std: float = 0.02
+    token_conv: int = 0
     tie_word_embeddings: bool = True
     use_cache: bool = True
     bos_token_id: int | None = None

@@ -1,6 +1,6 @@
 """OpenMythos: a Recurrent-Depth Transformer trained from scratch.
 
-    x  = Embed(ids)
+    x  = Embed(ids)                       (+ TokenConv(x) when cfg.token_conv > 0)
     x  = Prelude(x)                       prelude_layers dense blocks, run once
     e  = RMSNorm(x)                       Parcae: normalised injection signal
     h₀ = e;  h_{t+1} = Block(Ā ⊙ h_t + B̄ e + γ ⊙ PE(t))       t = 0 … T−1, one MoE block
@@ -14,8 +14,9 @@ checkpointing, ACT masking). Ā is the shared ``LTIInjection`` (ρ(Ā) < 1 stric
 parameter value), per-loop Depth-LoRA hooks the attention's query and output
 projections, and the loop index reaches it through the model's ``LoopContext``.
 
-KV cache: a transformers ``DynamicCache`` with one slot per prelude layer (i), coda layer
-(P + j) and recurrent loop (P + C + t). Cached and uncached forward are the same code.
+KV cache: ``MythosCache``, a transformers ``DynamicCache`` with one slot per prelude layer (i),
+coda layer (P + j) and recurrent loop (P + C + t), plus the token convolution's last k − 1
+inputs. Cached and uncached forward are the same code.
 
 Initialisation: every Linear/Embedding/expert weight ~ N(0, init_std²), output
 projections (attention wo, FFN w2, experts' w2) ~ N(0, (init_std / √(2L))²) with L the
@@ -46,6 +47,67 @@ from mythic.recurrence.loop_embedding import LoopEmbedding
 from mythic.recurrence.rules import ParcaeRule
 
 Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+class MythosCache(DynamicCache):
+    """A ``DynamicCache`` that also keeps the token convolution's window: its last k − 1 inputs (B, k − 1, D)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_window: torch.Tensor | None = None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.conv_window is not None:
+            self.conv_window = self.conv_window.index_select(0, beam_idx.to(self.conv_window.device))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.conv_window is not None:
+            self.conv_window = self.conv_window[indices]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.conv_window is not None:
+            self.conv_window = self.conv_window.repeat_interleave(repeats, dim=0)
+
+
+class TokenConv(nn.Module):
+    """A causal depthwise convolution over the token embeddings, added to them:
+
+        y_t = x_t + Σ_{j=0}^{k−1} w_j ⊙ x_{t−j}          (per channel; x = 0 before the first token and at padding)
+
+    Every position sees its last k − 1 neighbours before any attention, so binding a token to
+    the ones before it (a variable to its value, what a previous-token head would otherwise have
+    to learn first) is linear from the first step: the short convolutions of H3 / Mamba and the
+    "Canon layers" of Allen-Zhu (2025). With a cache, the last k − 1 inputs are carried in
+    ``MythosCache.conv_window``, so decoding one token at a time gives the same result.
+    Weights ~ N(0, 0.2²).
+    """
+
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.empty(kernel, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.2)
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None, cache: MythosCache | None) -> torch.Tensor:
+        """``x`` (B, T, D); ``padding`` (B, T) 1 = token, 0 = padding (or None)."""
+        if padding is not None:
+            x = x * padding.unsqueeze(-1).to(x.dtype)
+        b, t, d = x.shape
+        window = cache.conv_window if cache is not None else None
+        if window is None:
+            window = x.new_zeros(b, self.kernel - 1, d)
+        full = torch.cat([window.to(x.dtype), x], dim=1)
+        if cache is not None:
+            cache.conv_window = full[:, full.shape[1] - (self.kernel - 1) :]
+        w = self.weight.to(x.dtype)
+        y = sum(w[j] * full[:, self.kernel - 1 - j : self.kernel - 1 - j + t] for j in range(self.kernel))
+        return x + y
 
 
 @dataclass
@@ -165,6 +227,7 @@ class Recurrent(nn.Module):
             grad_loops=grad_loops,
             checkpoint=checkpoint and cache is None,
             halting=halting,
+            observer=self.context.observer,
         )
         return h, halting
 
@@ -177,6 +240,7 @@ class OpenMythos(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.token_conv = TokenConv(cfg.dim, cfg.token_conv) if cfg.token_conv else None
         self.prelude = nn.ModuleList(Block(cfg, moe=False) for _ in range(cfg.prelude_layers))
         self.recurrent = Recurrent(cfg, first_slot=cfg.prelude_layers + cfg.coda_layers)
         self.coda = nn.ModuleList(Block(cfg, moe=False) for _ in range(cfg.coda_layers))
@@ -197,7 +261,7 @@ class OpenMythos(nn.Module):
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * (self.cfg.prelude_layers + self.cfg.coda_layers + 1))
         owners = self._recurrence_owners()
-        if any(module is m for m in owners):
+        if any(module is m for m in owners) or isinstance(module, TokenConv):
             module.reset_parameters()
         elif any(module is m for owner in owners for m in owner.modules()):
             return
@@ -243,9 +307,9 @@ class OpenMythos(nn.Module):
 
     # --------------------------------------------------------------------- forward
 
-    def new_cache(self) -> DynamicCache:
+    def new_cache(self) -> MythosCache:
         """An empty KV cache; slots for every (stage, layer, loop) are created on first use."""
-        return DynamicCache()
+        return MythosCache()
 
     def forward(
         self,
@@ -284,6 +348,11 @@ class OpenMythos(nn.Module):
         mask = AttentionMask.build(past, t, attention_mask, input_ids.device)
 
         x = self.embed(input_ids)
+        if self.token_conv is not None:
+            if cache is not None and not isinstance(cache, MythosCache):
+                raise MythicError("a model with token_conv needs its own cache: create it with model.new_cache()")
+            padding = attention_mask[:, past:] if attention_mask is not None else None
+            x = self.token_conv(x, padding, cache)
         for i, layer in enumerate(self.prelude):
             x, _ = layer(x, rope, mask, cache, i)
         stats: list[MoEStats] = []

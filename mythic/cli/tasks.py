@@ -1,0 +1,65 @@
+"""``mythic tasks make NAME --out DIR --seed S [options]``: write a generator's task files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mythic.errors import MythicError
+
+app = typer.Typer(help="Depth-reasoning task files: generate them (train/valid/test JSON lines).", no_args_is_help=True)
+
+HOPS_ONLY = ("vars", "roots")
+INDUCTION_ONLY = ("length", "symbols")
+
+
+@app.command("make")
+def make(
+    context: typer.Context,
+    name: Annotated[str, typer.Argument(help="Generator: hops (variable chains) or induction (p-hop induction).")],
+    out: Annotated[Path, typer.Option(help="Folder to write train.jsonl, valid.jsonl, test.jsonl and meta.json into.")],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed and options write the same files.")] = 0,
+    train_difficulty: Annotated[str, typer.Option(help="Difficulties of the train split, LOW-HIGH.")] = "1-4",
+    test_difficulty: Annotated[str, typer.Option(help="Difficulties of the valid and test splits, LOW-HIGH.")] = "1-12",
+    train_size: Annotated[int, typer.Option(help="Train examples (cycling through the train difficulties).")] = 20000,
+    valid_size: Annotated[int, typer.Option(help="Valid examples, for design choices and learning curves.")] = 1200,
+    test_size: Annotated[int, typer.Option(help="Test examples, held out: never used for choices.")] = 1200,
+    vars: Annotated[int, typer.Option(help="hops: assignments per prompt.")] = 16,
+    roots: Annotated[
+        int, typer.Option(help="hops: chains per prompt, each rooted in its own digit (chance = 1/roots).")
+    ] = 4,
+    length: Annotated[int, typer.Option(help="induction: letters per sequence.")] = 48,
+    symbols: Annotated[int, typer.Option(help="induction: alphabet size.")] = 4,
+    force: Annotated[bool, typer.Option(help="Replace the output folder.")] = False,
+) -> None:
+    """Write NAME's train / valid / test task files into --out (deterministic from --seed; no prompt in two splits)."""
+    from mythic.tasks import hops, induction
+    from mythic.tasks.make import generator, make, parse_difficulty_range
+
+    generator(name)
+    other = INDUCTION_ONLY if name == "hops" else HOPS_ONLY
+    given = [n for n in other if context.get_parameter_source(n).name != "DEFAULT"]
+    if given:
+        raise MythicError(f"--{given[0]} does not apply to the {name} generator")
+    options = hops.HopsOptions(vars, roots) if name == "hops" else induction.InductionOptions(length, symbols)
+    meta = make(
+        name,
+        out,
+        seed=seed,
+        train_difficulty=parse_difficulty_range(train_difficulty, "--train-difficulty"),
+        test_difficulty=parse_difficulty_range(test_difficulty, "--test-difficulty"),
+        sizes={"train": train_size, "valid": valid_size, "test": test_size},
+        options=options,
+        force=force,
+    )
+    table = Table(title=f"{name} (seed {seed}) → {out}")
+    for column in ("split", "examples", "difficulty"):
+        table.add_column(column)
+    for split in ("train", "valid", "test"):
+        low, high = meta["difficulty"][split]
+        table.add_row(f"{split}.jsonl", str(meta["sizes"][split]), f"{low}-{high}")
+    Console().print(table)

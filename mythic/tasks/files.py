@@ -1,0 +1,98 @@
+"""Task files: JSON lines of ``{"prompt": str, "answer": str, "difficulty": int}``.
+
+``difficulty`` is optional (absent: the example counts in no per-difficulty table); any other
+field is kept in ``Task.extra`` and otherwise ignored. Reading is strict: a line that is not a
+JSON object, a missing or non-string ``prompt`` / ``answer``, an empty answer, a difficulty that
+is not an integer, or a file without a single example is a one-line ``MythicError`` naming the
+file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mythic.errors import MythicError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One example: the model sees ``prompt`` and must produce ``answer``."""
+
+    prompt: str
+    answer: str
+    difficulty: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def matches(self, prediction: str) -> bool:
+        """Exact match after stripping surrounding whitespace from both sides."""
+        return prediction.strip() == self.answer.strip()
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"prompt": self.prompt, "answer": self.answer}
+        if self.difficulty is not None:
+            row["difficulty"] = self.difficulty
+        return row | self.extra
+
+
+def parse_task(row: Any, where: str) -> Task:
+    """A ``Task`` from one decoded JSON line; ``where`` names it in errors ("file line N")."""
+    if not isinstance(row, dict):
+        raise MythicError(f"{where}: expected a JSON object with prompt and answer")
+    for key in ("prompt", "answer"):
+        if key not in row:
+            raise MythicError(f"{where}: missing {key!r}")
+        if not isinstance(row[key], str):
+            raise MythicError(f"{where}: {key!r} must be a string, got {type(row[key]).__name__}")
+    if not row["answer"].strip():
+        raise MythicError(f"{where}: 'answer' is empty")
+    difficulty = row.get("difficulty")
+    if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, int)):
+        raise MythicError(f"{where}: 'difficulty' must be an integer, got {difficulty!r}")
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "answer", "difficulty")}
+    return Task(row["prompt"], row["answer"], difficulty, extra)
+
+
+def read_tasks(path: str | os.PathLike[str]) -> list[Task]:
+    """Every example of a task file (blank lines skipped); see the module docstring for the errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise MythicError(f"task file {path} not found")
+    tasks = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise MythicError(f"{where}: not valid JSON") from None
+            tasks.append(parse_task(row, where))
+    if not tasks:
+        raise MythicError(f"task file {path} holds no examples")
+    return tasks
+
+
+def write_tasks(path: str | os.PathLike[str], tasks: Iterable[Task]) -> int:
+    """Write ``tasks`` as JSON lines; returns how many."""
+    count = 0
+    with Path(path).open("w", encoding="utf-8") as f:
+        for task in tasks:
+            f.write(json.dumps(task.to_json()) + "\n")
+            count += 1
+    return count
+
+
+def write_predictions(path: str | os.PathLike[str], tasks: Iterable[Task], predictions: Iterable[str]) -> None:
+    """One JSON line per example: prompt, answer, difficulty, prediction and whether it matched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for task, prediction in zip(tasks, predictions, strict=True):
+            row = task.to_json() | {"prediction": prediction, "correct": task.matches(prediction)}
+            f.write(json.dumps(row) + "\n")

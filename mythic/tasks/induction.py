@@ -1,0 +1,80 @@
+"""``induction``: p-hop induction (Saunshi et al. 2025); the answer needs exactly p = ``difficulty`` hops.
+
+A prompt is p hop marks, a bar, and a sequence x_0 … x_{n−1} over ``symbols`` letters with no
+letter repeated back to back::
+
+    >>|abcabdbca        answer "a": from the last position (x_8 = a), hop twice
+
+One hop from position i: find the previous occurrence of x_i (the largest j < i with
+x_j = x_i) and move to j + 1, the letter that followed it; the answer is the letter reached
+after p hops from the last position. With no back-to-back repeats every hop moves strictly
+left (j + 1 < i), and each is one induction-head lookup, so a p-hop question needs p
+sequential lookups. The number of hops is written in unary, so a larger p is the same
+instruction repeated, not a new symbol. Sequences whose p hops would run off the start are
+redrawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mythic.errors import MythicError
+from mythic.tasks.files import Task
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+MARK, BAR = ">", "|"
+MAX_DRAWS = 1000
+
+
+@dataclass(frozen=True)
+class InductionOptions:
+    """``length``: letters per sequence; ``symbols``: alphabet size (≥ 3)."""
+
+    length: int = 48
+    symbols: int = 4
+
+    def check(self, max_difficulty: int) -> None:
+        if not 3 <= self.symbols <= len(LETTERS):
+            raise MythicError(f"--symbols must be in [3, {len(LETTERS)}], got {self.symbols}")
+        if self.length < 2 * max_difficulty + 2:
+            raise MythicError(f"{max_difficulty} hops need --length >= {2 * max_difficulty + 2}, got {self.length}")
+
+
+def hop_path(sequence: str, hops: int) -> list[int] | None:
+    """Positions visited by ``hops`` hops from the last letter (None when a hop has no previous occurrence)."""
+    path = [len(sequence) - 1]
+    for _ in range(hops):
+        i = path[-1]
+        j = sequence.rfind(sequence[i], 0, i)
+        if j < 0:
+            return None
+        path.append(j + 1)
+    return path
+
+
+def example(rng: np.random.Generator, difficulty: int, options: InductionOptions) -> Task:
+    """One p-hop question with p = ``difficulty``."""
+    alphabet = LETTERS[: options.symbols]
+    for _ in range(MAX_DRAWS):
+        letters = [alphabet[rng.integers(options.symbols)]]
+        while len(letters) < options.length:
+            shift = 1 + int(rng.integers(options.symbols - 1))
+            letters.append(alphabet[(alphabet.index(letters[-1]) + shift) % options.symbols])
+        sequence = "".join(letters)
+        path = hop_path(sequence, difficulty)
+        if path is not None:
+            return Task(f"{MARK * difficulty}{BAR}{sequence}", sequence[path[-1]], difficulty)
+    raise MythicError(f"could not draw a {difficulty}-hop sequence of length {options.length}: raise --length")
+
+
+def solve(prompt: str) -> tuple[str, int]:
+    """(answer, hops) by walking the hops; a malformed prompt is a MythicError."""
+    marks, sep, sequence = prompt.partition(BAR)
+    if not sep or set(marks) - {MARK} or not sequence:
+        raise MythicError(f"not an induction prompt ('>'*p + '|' + letters): {prompt!r}")
+    path = hop_path(sequence, len(marks))
+    if path is None:
+        raise MythicError(f"{len(marks)} hops run off the start of {prompt!r}")
+    return sequence[path[-1]], len(path) - 1

@@ -1,0 +1,250 @@
+"""Training and evaluating on task files: answer-only labels, the hop curriculum, exact resume, a char
+tokenizer saved with the run, ``mythic eval tasks`` on an OpenMythos and a retrofit result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from cli_runner import run_cli
+from test_train_helpers import make_tokenizer, tiny_recipe, write_corpus, write_tiny_base
+
+from mythic.errors import MythicError
+from mythic.eval.tasks import evaluate_tasks, loop_convergence, score
+from mythic.surgery import load_any, load_tokenizer
+from mythic.tasks import hops
+from mythic.tasks.files import Task, read_tasks, write_tasks
+from mythic.tasks.tokenizer import char_tokenizer
+from mythic.train.data import TaskStream
+from mythic.train.losses import IGNORE_INDEX
+from mythic.train.recipe import Data, load_recipe, validate_recipe
+from mythic.train.trainer import train
+
+TASKS = [Task("a=1;?a", "1", 1), Task("b=2;c=b;?c", "2", 2), Task("d=3;e=d;f=e;?f", "3", 3)]
+
+
+def task_data(tmp_path: Path, **source: object) -> Data:
+    write_tasks(tmp_path / "t.jsonl", TASKS)
+    return Data(seq_len=32, sources=[{"kind": "tasks", "path": str(tmp_path / "t.jsonl"), **source}])
+
+
+def test_rows_train_on_the_answer_and_eos_only(tmp_path: Path) -> None:
+    tokenizer = char_tokenizer(TASKS)
+    stream = TaskStream(task_data(tmp_path), tokenizer, seed=0)
+    batch = stream.next_batch(3)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    width = max(len(t.prompt) + 1 for t in TASKS)
+    assert batch.input_ids.shape == batch.labels.shape == (3, width)
+    seen = set()
+    for ids, labels in zip(batch.input_ids.tolist(), batch.labels.tolist(), strict=True):
+        prompt = tokenizer.decode([i for i in ids if i != pad])
+        task = next(t for t in TASKS if prompt.startswith(t.prompt))
+        seen.add(task.prompt)
+        n = len(task.prompt)
+        # position n-1 (the prompt's last token) predicts the answer, position n predicts EOS; the rest is ignored
+        assert labels[n - 1] == tokenizer.convert_tokens_to_ids(task.answer) and labels[n] == eos
+        assert all(x == IGNORE_INDEX for i, x in enumerate(labels) if i not in (n - 1, n))
+        assert ids[n] == tokenizer.convert_tokens_to_ids(task.answer) and all(x == pad for x in ids[n + 1 :])
+    assert len(seen) == 3  # one epoch draws every example once
+
+
+def test_difficulty_ramp_and_exact_resume(tmp_path: Path) -> None:
+    tokenizer = char_tokenizer(TASKS)
+    data = task_data(tmp_path, difficulty_ramp=30)
+    stream = TaskStream(data, tokenizer, seed=0)
+
+    def difficulties(step: int, n: int = 12) -> set[int]:
+        drawn = set()
+        for _ in range(n):
+            ids, _ = stream.next_sample(step)
+            drawn.add(tokenizer.decode(ids).count("="))  # a task above of difficulty d has d statements
+        return drawn
+
+    assert difficulties(0) == {1} and difficulties(10) == {1, 2} and difficulties(29) == {1, 2, 3}
+    state = json.loads(json.dumps(stream.state_dict()))
+    expected = [stream.next_batch(2, step=40).input_ids for _ in range(3)]
+    resumed = TaskStream(data, tokenizer, seed=0)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, resumed.next_batch(2, step=40).input_ids) for a in expected)
+
+
+def test_rows_longer_than_seq_len_are_refused(tmp_path: Path) -> None:
+    data = task_data(tmp_path)
+    stream = TaskStream(data.model_copy(update={"seq_len": 4}), char_tokenizer(TASKS), seed=0)
+    with pytest.raises(MythicError, match="above data.seq_len=4"):
+        stream.next_batch(3)
+
+
+def test_scoring_counts_exact_matches_with_their_standard_error() -> None:
+    tasks = [Task("p", "7", 1), Task("q", "8", 1), Task("r", "9", 2), Task("s", "1", 2), Task("t", "2")]
+    result = score(tasks, [" 7\n", "0", "9", "9", "2"])
+    acc = result["metrics"]["accuracy"]
+    assert acc["value"] == pytest.approx(0.6) and acc["n"] == 5
+    assert acc["stderr"] == pytest.approx((0.6 * 0.4 / 4) ** 0.5)  # √(p(1 − p)/(N − 1))
+    assert result["per_difficulty"]["1"]["accuracy"]["value"] == 0.5 and set(result["per_difficulty"]) == {"1", "2"}
+
+
+HOPS_RECIPE = {
+    "name": "hops-tiny",
+    "seed": 0,
+    "model": {
+        "kind": "openmythos",
+        "tokenizer": "chars",
+        "config": {
+            "dim": 32,
+            "n_heads": 4,
+            "n_kv_heads": 4,
+            "max_seq_len": 64,
+            "max_loop_iters": 4,
+            "prelude_layers": 1,
+            "coda_layers": 1,
+            "n_experts": 1,
+            "n_shared_experts": 0,
+            "n_experts_per_tok": 1,
+            "expert_dim": 42,
+            "lora_rank": 0,
+            "attn_type": "gqa",
+            "act": False,
+            "init_std": 0.18,
+            "token_conv": 4,
+        },
+    },
+    "data": {"seq_len": 24, "sources": [{"kind": "tasks", "path": "", "difficulty_ramp": 20}]},
+    "curriculum": {"kind": "stages", "max_loops": 4, "stages": [{"start": 0, "weights": {1: 0.5, 4: 0.5}}]},
+    "optim": {"lr": 3e-3, "warmup_steps": 5},
+    "train": {"steps": 60, "micro_batch": 16},
+    "checkpoint": {"every": 30, "keep": 1},
+    "log": {"every": 10, "plot": False},
+}
+
+
+def single_chains(n: int, seed: int) -> list[Task]:
+    """Chains without distractors ("c=4;a=c;?a"): one digit per prompt, so copying it is the whole task."""
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for i in range(n):
+        d = 1 + i % 3
+        names = [hops.VARIABLES[j] for j in rng.permutation(26)[:d]]
+        digit = hops.DIGITS[rng.integers(10)]
+        body = f"{names[0]}={digit};" + "".join(f"{names[k]}={names[k - 1]};" for k in range(1, d))
+        tasks.append(Task(f"{body}?{names[-1]}", digit, d))
+    return tasks
+
+
+@pytest.fixture(scope="module")
+def hops_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny from-scratch OpenMythos trained for 60 steps on chains of 1–3 lookups (a few seconds)."""
+    root = tmp_path_factory.mktemp("hops")
+    (root / "data").mkdir()
+    write_tasks(root / "data" / "train.jsonl", single_chains(600, seed=0))
+    write_tasks(root / "data" / "test.jsonl", single_chains(120, seed=1))
+    raw = json.loads(json.dumps(HOPS_RECIPE))
+    raw["data"]["sources"][0]["path"] = str(root / "data" / "train.jsonl")
+    raw["out_dir"] = str(root / "run")
+    torch.manual_seed(0)
+    train(validate_recipe(raw))
+    return root / "run", root / "data"
+
+
+def test_chars_openmythos_trains_saves_its_tokenizer_and_learns(hops_run: tuple[Path, Path]) -> None:
+    run, data = hops_run
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["ce"] < 0.6 * records[0]["ce"]
+    final = run / "final"
+    tokenizer = load_tokenizer(final)
+    assert tokenizer.get_vocab() == char_tokenizer(read_tasks(data / "train.jsonl")).get_vocab()
+    assert (run / "checkpoints" / "step-0000060" / "tokenizer.json").is_file()
+    model = load_any(final)
+    assert model.config.vocab_size == len(tokenizer) and model.config.eos_token_id == tokenizer.eos_token_id
+    results = evaluate_tasks(model, tokenizer, read_tasks(data / "test.jsonl"), loops=[1, 4])
+    assert [r["label"] for r in results["rows"]] == ["T=1", "T=4"]  # a from-scratch model has no base row
+    # 60 steps start to copy the prompt's digit (guessing: 1 in 10; 0.59 measured); lookups take minutes (mythic lab)
+    assert max(r["metrics"]["accuracy"]["value"] for r in results["rows"]) > 0.3
+
+
+def test_loop_convergence_reports_every_loop(hops_run: tuple[Path, Path]) -> None:
+    run, data = hops_run
+    model, tokenizer = load_any(run / "final"), load_tokenizer(run / "final")
+    tests = read_tasks(data / "test.jsonl")[:24]
+    change = loop_convergence(model, tokenizer, tests, 6)
+    assert set(change) == {"all", "1", "2", "3"} and all(len(v) == 5 for v in change.values())
+    assert all(v >= 0 and v == v for values in change.values() for v in values)
+
+
+def test_cli_eval_tasks_writes_json_table_heatmap(
+    hops_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    run, data = hops_run
+    out = tmp_path / "eval"
+    args = ("eval", "tasks", run / "final", data / "test.jsonl", "--loops", "1,2", "--limit", "30", "--out", out)
+    code, stdout, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    results = json.loads((out / "tasks.json").read_text())
+    assert results["examples"] == 30 and [r["label"] for r in results["rows"]] == ["T=1", "T=2"]
+    row = results["rows"][0]
+    assert set(row["per_difficulty"]) == {"1", "2", "3"} and 0.0 <= row["metrics"]["accuracy"]["value"] <= 1.0
+    predictions = [json.loads(x) for x in (out / "predictions" / "T1.jsonl").read_text().splitlines()]
+    assert len(predictions) == 30
+    assert sum(p["correct"] for p in predictions) / 30 == pytest.approx(row["metrics"]["accuracy"]["value"])
+    assert (out / "tasks.png").is_file() and (out / "tasks-heatmap.png").is_file() and "per difficulty" in stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ('{"prompt": "a", "answer": "1"}\nnot json\n', (), "line 2: not valid JSON"),
+        ('{"answer": "1"}\n', (), "missing 'prompt'"),
+        ('{"prompt": "a"}\n', (), "missing 'answer'"),
+        ("", (), "holds no examples"),
+        ('{"prompt": "a", "answer": "1", "difficulty": "x"}\n', (), "must be an integer"),
+        ('{"prompt": "a", "answer": "1"}\n', ("--loops", "0"), "--loops takes"),
+        ('{"prompt": "a", "answer": "1"}\n', ("--limit", "0"), "--limit must be at least 1"),
+    ],
+)
+def test_cli_eval_tasks_bad_input(
+    hops_run: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    content: str,
+    extra: tuple[str, ...],
+    message: str,
+) -> None:
+    run, _ = hops_run
+    (tmp_path / "bad.jsonl").write_text(content)
+    out = tmp_path / "eval"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "eval", "tasks", run / "final", tmp_path / "bad.jsonl", "--out", out, *extra
+    )
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_retrofit_rows_include_the_base(tmp_path: Path) -> None:
+    base = write_tiny_base(tmp_path / "base")
+    write_corpus(tmp_path / "corpus")
+    raw = tiny_recipe(base, tmp_path / "corpus", tmp_path / "run", train={"steps": 2, "micro_batch": 2})
+    write_tasks(tmp_path / "t.jsonl", [Task("w1 w2", "w3", 1), Task("w4 w5", "w6", 2)])
+    raw["data"] = {"seq_len": 8, "sources": [{"kind": "tasks", "path": str(tmp_path / "t.jsonl")}]}
+    train(validate_recipe(raw))
+    model, tokenizer = load_any(tmp_path / "run" / "final"), load_tokenizer(tmp_path / "run" / "final")
+    assert tokenizer.get_vocab() == make_tokenizer().get_vocab()
+    results = evaluate_tasks(model, tokenizer, read_tasks(tmp_path / "t.jsonl"), loops=[1, 3])
+    assert [r["label"] for r in results["rows"]] == ["base", "T=1", "T=3"]
+    assert results["difficulties"] == [1, 2]
+
+
+def test_recipe_rules_for_task_data(tmp_path: Path) -> None:
+    raw = json.loads(json.dumps(HOPS_RECIPE))
+    raw["data"]["sources"] = [{"kind": "stdlib"}]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(MythicError, match="chars is built from task files"):
+        load_recipe(tmp_path / "r.yaml")
+    raw["data"]["sources"] = [{"kind": "stdlib", "weight": 0.5}, {"kind": "tasks", "path": "x", "weight": 0.5}]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(MythicError, match="cannot be mixed"):
+        load_recipe(tmp_path / "r.yaml")

@@ -1,0 +1,183 @@
+"""Task files and generators: strict reading, deterministic disjoint splits, difficulty == lookups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_runner import run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoTokenizer
+
+from mythic.errors import MythicError
+from mythic.tasks import hops, induction
+from mythic.tasks.files import Task, read_tasks, write_tasks
+from mythic.tasks.make import GENERATORS, make, parse_difficulty_range
+from mythic.tasks.tokenizer import char_tokenizer
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1), difficulty=st.integers(1, 13), n_vars=st.integers(16, 26), roots=st.integers(2, 4)
+)
+def test_hops_needs_exactly_difficulty_lookups(seed: int, difficulty: int, n_vars: int, roots: int) -> None:
+    options = hops.HopsOptions(n_vars=n_vars, roots=roots)
+    task = hops.example(np.random.default_rng(seed), difficulty, options)
+    assert hops.solve(task.prompt) == (task.answer, difficulty)
+    assert len(task.prompt) == 4 * n_vars + 2
+    body = task.prompt.rpartition("?")[0]
+    digits = [c for c in body if c in hops.DIGITS]
+    assert len(digits) == roots == len(set(digits)) and task.answer in digits
+
+
+def test_hops_solver_refuses_broken_prompts() -> None:
+    for prompt in ("a=1;b=2;", "a=b;b=a;?a", "a=1;a=2;?a", "a=1;?c"):
+        with pytest.raises(MythicError):
+            hops.solve(prompt)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), difficulty=st.integers(1, 12))
+def test_induction_needs_exactly_difficulty_hops(seed: int, difficulty: int) -> None:
+    task = induction.example(np.random.default_rng(seed), difficulty, induction.InductionOptions())
+    assert induction.solve(task.prompt) == (task.answer, difficulty)
+    sequence = task.prompt.partition("|")[2]
+    assert all(a != b for a, b in zip(sequence, sequence[1:], strict=False))
+    assert task.prompt.startswith(">" * difficulty + "|")
+
+
+def test_induction_hop_by_hand() -> None:
+    # from the last 'a' (position 8): previous 'a' at 3 → position 4 ('b'); previous 'b' at 1 → position 2 ('c')
+    assert induction.hop_path("abcabdbca", 2) == [8, 4, 2]
+    assert induction.solve(">>|abcabdbca") == ("c", 2)
+    assert induction.solve(">|abcabdbca") == ("b", 1)
+
+
+def make_splits(out: Path, seed: int = 0, **kwargs: object) -> dict:
+    settings_ = dict(
+        seed=seed,
+        train_difficulty=(1, 4),
+        test_difficulty=(1, 12),
+        sizes={"train": 400, "valid": 60, "test": 120},
+    )
+    settings_.update(kwargs)
+    return make("hops", out, **settings_)
+
+
+def test_make_is_deterministic_disjoint_and_balanced(tmp_path: Path) -> None:
+    meta = make_splits(tmp_path / "a")
+    make_splits(tmp_path / "b")
+    make_splits(tmp_path / "c", seed=1)
+    for split in ("train", "valid", "test"):
+        assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
+        assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() != (tmp_path / "c" / f"{split}.jsonl").read_bytes()
+    splits = {s: read_tasks(tmp_path / "a" / f"{s}.jsonl") for s in ("train", "valid", "test")}
+    prompts = {s: {t.prompt for t in tasks} for s, tasks in splits.items()}
+    assert sum(len(p) for p in prompts.values()) == 580  # unique within and across splits
+    assert {t.difficulty for t in splits["train"]} == {1, 2, 3, 4}
+    assert [sum(t.difficulty == d for t in splits["test"]) for d in range(1, 13)] == [10] * 12
+    assert all(hops.solve(t.prompt) == (t.answer, t.difficulty) for tasks in splits.values() for t in tasks)
+    assert meta == json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["options"] == {"n_vars": 16, "roots": 4}
+
+
+def test_make_refuses_bad_requests_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(MythicError, match="unknown task generator"):
+        make("nope", tmp_path / "x", seed=0, train_difficulty=(1, 1), test_difficulty=(1, 1), sizes={})
+    with pytest.raises(MythicError, match="need --vars >= 16"):
+        make_splits(tmp_path / "x", test_difficulty=(1, 13), options=hops.HopsOptions(n_vars=15))
+    with pytest.raises(MythicError, match="distinct prompts"):  # 3 letters, length 4: at most 24 sequences exist
+        make(
+            "induction",
+            tmp_path / "x",
+            seed=0,
+            train_difficulty=(1, 1),
+            test_difficulty=(1, 1),
+            sizes={"train": 40, "valid": 0, "test": 20},
+            options=induction.InductionOptions(length=4, symbols=3),
+        )
+    assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
+    for text in ("0-3", "4-2", "a", "1-b"):
+        with pytest.raises(MythicError):
+            parse_difficulty_range(text, "--train-difficulty")
+    assert parse_difficulty_range("3", "--x") == (3, 3) and parse_difficulty_range("1-12", "--x") == (1, 12)
+    assert set(GENERATORS) == {"hops", "induction"}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", "line 2: not valid JSON"),
+        ('["a list"]', "line 2: expected a JSON object"),
+        ('{"answer": "1"}', "line 2: missing 'prompt'"),
+        ('{"prompt": "p"}', "line 2: missing 'answer'"),
+        ('{"prompt": "p", "answer": 3}', "'answer' must be a string"),
+        ('{"prompt": "p", "answer": "  "}', "'answer' is empty"),
+        ('{"prompt": "p", "answer": "1", "difficulty": "2"}', "'difficulty' must be an integer"),
+        ('{"prompt": "p", "answer": "1", "difficulty": 2.5}', "'difficulty' must be an integer"),
+        ('{"prompt": "p", "answer": "1", "difficulty": true}', "'difficulty' must be an integer"),
+    ],
+)
+def test_read_tasks_names_the_bad_line(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt": "a", "answer": "b"}\n' + line + "\n")
+    with pytest.raises(MythicError, match=message):
+        read_tasks(path)
+
+
+def test_read_tasks_keeps_extra_fields_and_refuses_empty_files(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(
+        '{"prompt": "a", "answer": " b ", "source": "x"}\n\n{"prompt": "c", "answer": "d", "difficulty": 3}\n'
+    )
+    first, second = read_tasks(path)
+    assert first == Task("a", " b ") and first.extra == {"source": "x"} and first.difficulty is None
+    assert second.difficulty == 3 and first.matches("b") and first.matches(" b\n") and not first.matches("bb")
+    write_tasks(tmp_path / "copy.jsonl", [first, second])
+    assert read_tasks(tmp_path / "copy.jsonl") == [first, second]
+    (tmp_path / "empty.jsonl").write_text("\n \n")
+    with pytest.raises(MythicError, match="holds no examples"):
+        read_tasks(tmp_path / "empty.jsonl")
+    with pytest.raises(MythicError, match="not found"):
+        read_tasks(tmp_path / "missing.jsonl")
+
+
+def test_char_tokenizer_round_trips_and_reloads(tmp_path: Path) -> None:
+    tokenizer = char_tokenizer([Task("b=a;a=7;?b", "7"), Task("x y\n", "z")])
+    text = "a=7;?b"
+    ids = tokenizer(text).input_ids
+    assert len(ids) == len(text) and tokenizer.decode(ids) == text
+    assert tokenizer.convert_ids_to_tokens(tokenizer("Q").input_ids) == ["<unk>"]
+    assert (
+        len(tokenizer) == 3 + len(set("b=a;7?x y\nz")) and tokenizer.eos_token_id == 1 and tokenizer.pad_token_id == 0
+    )
+    tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again.get_vocab() == tokenizer.get_vocab() and again(text).input_ids == ids
+    assert again.decode([*ids, again.eos_token_id], skip_special_tokens=True) == text
+
+
+def test_cli_make_and_its_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "hops"
+    args = ("tasks", "make", "hops", "--out", out, "--train-size", "40", "--valid-size", "12", "--test-size", "24")
+    code, stdout, _ = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and "train.jsonl" in stdout
+    assert len(read_tasks(out / "test.jsonl")) == 24 and len(read_tasks(out / "train.jsonl")) == 40
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and "already exists" in err
+    bad = [
+        ("tasks", "make", "nope", "--out", tmp_path / "n"),
+        ("tasks", "make", "hops", "--out", tmp_path / "n", "--length", "30"),
+        ("tasks", "make", "induction", "--out", tmp_path / "n", "--vars", "8"),
+        ("tasks", "make", "hops", "--out", tmp_path / "n", "--test-difficulty", "0-3"),
+        ("tasks", "make", "hops", "--out", tmp_path / "n", "--test-size", "0"),
+    ]
+    for command in bad:
+        code, _, err = run_cli(monkeypatch, capsys, *command)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "n").exists()
