@@ -148,7 +148,7 @@ def run_dir(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with torch.no_grad():
         for _, p in model.recurrence_parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        model.recurrence.rule.scale.value.fill_(0.5)
+        model.recurrence.rule.scale.set(0.5)
         model.recurrence.rule.gate.value.fill_(2.0)
     model.save_recurrence(run / "final")
     (run / "recipe.yaml").write_text(yaml.safe_dump({"name": "tiny", "model": {"kind": "retrofit"}}))
@@ -408,7 +408,7 @@ def test_smollm2_export_loads_without_mythic_and_generates_the_same_tokens(smoll
     model = load_checkpoint(ckpt)
     torch.manual_seed(0)
     with torch.no_grad():
-        model.recurrence.rule.scale.value.fill_(0.3)
+        model.recurrence.rule.scale.set(0.3)
         for _, p in model.recurrence_parameters():
             p.add_(torch.randn_like(p) * 0.01)
     model.save_recurrence(ckpt)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from mythic.errors import MythicError
-from mythic.models.openmythos import MythosConfig, OpenMythos, param_groups
+from mythic.models.openmythos import MythosConfig, OpenMythos
+from mythic.train.model import param_groups
 
 VOCAB = 97
 
@@ -214,18 +215,20 @@ def test_spectral_radius_stays_below_one_after_a_huge_optimizer_step(dtype: torc
     assert injection.get_A().max().to(torch.bfloat16).item() < 1.0
 
 
-def test_param_groups_put_norms_biases_and_stability_parameters_in_no_decay() -> None:
+def test_param_groups_decay_weight_matrices_only() -> None:
     model = model_for()
-    decay, no_decay = param_groups(model, 0.1)
+    decay, no_decay = param_groups(model, dict(model.named_parameters()), 0.1)
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
     injection = model.recurrent.injection
     for p in (injection.A_log, injection.dt_bias, injection.B, model.recurrent.embedding.gamma):
         assert id(p) in {id(q) for q in no_decay["params"]}
-    assert "recurrent.act.proj.bias" in no_decay_names
-    assert all(p.dim() >= 2 for p in decay["params"])
-    assert all("norm" not in names[id(p)] for p in decay["params"])
+    assert "recurrent.act.proj.bias" in no_decay_names and "recurrent.act.proj.weight" in decay_names
+    assert {"recurrent.block.ffn.w1", "recurrent.block.ffn.w2", "recurrent.block.ffn.w3", "embed.weight"} <= decay_names
+    assert any(".A" in n for n in decay_names) and any("lora" in n and n.endswith(".B") for n in decay_names)
+    assert all("norm" not in n for n in decay_names)
     assert sum(1 for n in no_decay_names if "norm" in n) == 2 * 3 + 2  # 3 blocks × 2, e_norm, final norm
     everything = decay["params"] + no_decay["params"]
     assert len(everything) == len({id(p) for p in everything}) == len(list(model.parameters()))
@@ -308,7 +311,7 @@ def test_config_errors_are_one_line_mythic_errors() -> None:
 
 def test_loss_goes_down_on_a_learnable_sequence() -> None:
     model = model_for("mla", perturb=False).train()
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=3e-3)
+    opt = torch.optim.AdamW(param_groups(model, dict(model.named_parameters()), 0.1), lr=3e-3)
     x = (torch.arange(17) * 7 % VOCAB).repeat(4, 1)
     losses = []
     for _ in range(15):

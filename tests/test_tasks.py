@@ -20,17 +20,18 @@ from mythic.tasks.tokenizer import char_tokenizer
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1), difficulty=st.integers(1, 13), n_vars=st.integers(16, 26), roots=st.integers(2, 4)
-)
-def test_hops_needs_exactly_difficulty_lookups(seed: int, difficulty: int, n_vars: int, roots: int) -> None:
-    options = hops.HopsOptions(n_vars=n_vars, roots=roots)
-    task = hops.example(np.random.default_rng(seed), difficulty, options)
+@given(seed=st.integers(0, 2**32 - 1), difficulty=st.integers(1, 8), roots=st.integers(2, 3))
+def test_hops_needs_exactly_difficulty_lookups(seed: int, difficulty: int, roots: int) -> None:
+    task = hops.example(np.random.default_rng(seed), difficulty, hops.HopsOptions(roots=roots, chain=8))
     assert hops.solve(task.prompt) == (task.answer, difficulty)
-    assert len(task.prompt) == 4 * n_vars + 2
-    body = task.prompt.rpartition("?")[0]
-    digits = [c for c in body if c in hops.DIGITS]
+    statements = task.prompt.rpartition("?")[0].split(";")[:-1]
+    digits = [rhs for _, rhs in (s.split("=") for s in statements) if rhs in hops.DIGITS]
     assert len(digits) == roots == len(set(digits)) and task.answer in digits
+    defined: set[str] = set()
+    for lhs, rhs in (s.split("=") for s in statements):  # program order: every variable is assigned before use
+        assert lhs not in defined and (rhs in hops.DIGITS or rhs in defined)
+        defined.add(lhs)
+    assert difficulty <= len(statements) <= roots * 8
 
 
 def test_hops_solver_refuses_broken_prompts() -> None:
@@ -60,8 +61,8 @@ def make_splits(out: Path, seed: int = 0, **kwargs: object) -> dict:
     settings_ = dict(
         seed=seed,
         train_difficulty=(1, 4),
-        test_difficulty=(1, 12),
-        sizes={"train": 400, "valid": 60, "test": 120},
+        test_difficulty=(1, 8),
+        sizes={"train": 400, "valid": 40, "test": 80},
     )
     settings_.update(kwargs)
     return make("hops", out, **settings_)
@@ -76,19 +77,21 @@ def test_make_is_deterministic_disjoint_and_balanced(tmp_path: Path) -> None:
         assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() != (tmp_path / "c" / f"{split}.jsonl").read_bytes()
     splits = {s: read_tasks(tmp_path / "a" / f"{s}.jsonl") for s in ("train", "valid", "test")}
     prompts = {s: {t.prompt for t in tasks} for s, tasks in splits.items()}
-    assert sum(len(p) for p in prompts.values()) == 580  # unique within and across splits
+    assert sum(len(p) for p in prompts.values()) == 520  # unique within and across splits
     assert {t.difficulty for t in splits["train"]} == {1, 2, 3, 4}
-    assert [sum(t.difficulty == d for t in splits["test"]) for d in range(1, 13)] == [10] * 12
+    assert [sum(t.difficulty == d for t in splits["test"]) for d in range(1, 9)] == [10] * 8
     assert all(hops.solve(t.prompt) == (t.answer, t.difficulty) for tasks in splits.values() for t in tasks)
     assert meta == json.loads((tmp_path / "a" / "meta.json").read_text())
-    assert meta["options"] == {"n_vars": 16, "roots": 4}
+    assert meta["options"] == {"roots": 3, "chain": 8}
 
 
 def test_make_refuses_bad_requests_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(MythicError, match="unknown task generator"):
         make("nope", tmp_path / "x", seed=0, train_difficulty=(1, 1), test_difficulty=(1, 1), sizes={})
-    with pytest.raises(MythicError, match="need --vars >= 16"):
-        make_splits(tmp_path / "x", test_difficulty=(1, 13), options=hops.HopsOptions(n_vars=15))
+    with pytest.raises(MythicError, match="need --chain >= 9"):
+        make_splits(tmp_path / "x", test_difficulty=(1, 9))
+    with pytest.raises(MythicError, match="at most 26"):
+        make_splits(tmp_path / "x", options=hops.HopsOptions(roots=4, chain=8))
     with pytest.raises(MythicError, match="distinct prompts"):  # 3 letters, length 4: at most 24 sequences exist
         make(
             "induction",
@@ -173,7 +176,7 @@ def test_cli_make_and_its_errors(
     bad = [
         ("tasks", "make", "nope", "--out", tmp_path / "n"),
         ("tasks", "make", "hops", "--out", tmp_path / "n", "--length", "30"),
-        ("tasks", "make", "induction", "--out", tmp_path / "n", "--vars", "8"),
+        ("tasks", "make", "induction", "--out", tmp_path / "n", "--roots", "2"),
         ("tasks", "make", "hops", "--out", tmp_path / "n", "--test-difficulty", "0-3"),
         ("tasks", "make", "hops", "--out", tmp_path / "n", "--test-size", "0"),
     ]

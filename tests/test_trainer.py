@@ -15,11 +15,12 @@ from tiny import tiny_base
 from transformers import AutoModelForCausalLM
 
 from mythic.errors import MythicError
+from mythic.eval.generation import row_mode
 from mythic.models.retrofit import MythicForCausalLM
 from mythic.train import losses
 from mythic.train.curriculum import Curriculum, Depth
 from mythic.train.model import add_lora, param_groups, select_trainable
-from mythic.train.objective import Objective, true_base
+from mythic.train.objective import Objective
 from mythic.train.recipe import FixedCurriculum, Lora, Loss, validate_recipe
 from mythic.train.trainer import MetricsLog, default_build, train
 
@@ -37,7 +38,7 @@ def wrapper(base_dir: Path, seed: int = 1) -> MythicForCausalLM:
     with torch.no_grad():  # wake the recurrence up so that T matters
         for _, p in model.recurrence_parameters():
             p.add_(torch.randn_like(p) * 0.3)
-        model.recurrence.rule.scale.value.fill_(0.4)
+        model.recurrence.rule.scale.set(0.4)
     return model
 
 
@@ -84,7 +85,9 @@ def test_dual_t_objective_matches_the_formulas(tiny: tuple[Path, Path]) -> None:
     assert abs(no_anchor["loss"].item() - (expected - kl).item()) < 1e-5
 
 
-def test_true_base_is_the_base_bit_for_bit(tiny: tuple[Path, Path]) -> None:
+def test_base_mode_is_the_base_bit_for_bit_for_every_user(tiny: tuple[Path, Path]) -> None:
+    """One definition of the base (recurrence, Depth-LoRA and the peft base LoRA off) for the KL anchor and
+    for eval's base row alike; eval used to keep the base LoRA on."""
     model = wrapper(tiny[0])
     add_lora(model, Lora(rank=4, target_modules=["q_proj", "down_proj"]))
     with torch.no_grad():
@@ -97,11 +100,13 @@ def test_true_base_is_the_base_bit_for_bit(tiny: tuple[Path, Path]) -> None:
     with torch.no_grad():
         base_logits = reference(ids).logits
         looped = model(ids, n_loops=3).logits
-        with true_base(model):
+        with model.base_mode():
             anchored = model(ids, n_loops=3).logits
+        with row_mode(model, None):
+            eval_base_row = model(ids).logits
         after = model(ids, n_loops=3).logits
     assert (looped - base_logits).abs().max().item() > 1e-2
-    assert torch.equal(anchored, base_logits)
+    assert torch.equal(anchored, base_logits) and torch.equal(eval_base_row, base_logits)
     assert torch.equal(after, looped)  # LoRA switched back on afterwards
 
 
@@ -153,7 +158,7 @@ def test_truncated_backprop_memory_and_gradients(tiny: tuple[Path, Path]) -> Non
     assert full8 > full4 * 1.3  # without truncation, saved activations grow with T
     assert trunc8 == trunc4  # with k = 2 backprop loops they do not depend on T
     assert ckpt8 == ckpt4 < trunc4  # per-loop checkpointing saves less still
-    scale = model.recurrence.rule.scale.value
+    scale = model.recurrence.rule.scale.logit
     model.zero_grad()
     Objective(model, Loss())(*batch(), curriculum(4, 2, False))["loss"].backward()
     grads = scale.grad.abs().sum(-1)
@@ -163,16 +168,26 @@ def test_truncated_backprop_memory_and_gradients(tiny: tuple[Path, Path]) -> Non
     assert scale.grad.abs().sum(-1)[1].item() > 0
 
 
-def test_lti_parameters_get_no_weight_decay(tiny: tuple[Path, Path]) -> None:
+def test_weight_decay_never_reaches_the_recurrence_stability_parameters(tiny: tuple[Path, Path]) -> None:
+    """Gate and LayerScale values are stored (n_loops, 1): the old shape rule (ndim >= 2) decayed them, so a
+    recipe with weight_decay > 0 pulled LayerScale to 0 and switched the loops off. Now decay follows the kind
+    of parameter: only the Depth-LoRA matrices of the recurrence decay."""
     model = wrapper(tiny[0])
     recipe = validate_recipe(tiny_recipe(tiny[0], tiny[1], Path("unused")))
     trainable = select_trainable(model, recipe)
     groups = param_groups(model, trainable, 0.1)
-    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
-    injection = model.recurrence.rule.injection
-    assert id(injection.A_log) in no_decay and id(injection.dt_bias) in no_decay
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0.0 for p in g["params"]}
+    assert {n for n, p in trainable.items() if id(p) in decayed} == {n for n in trainable if ".lora." in n}
     assert sum(len(g["params"]) for g in groups) == len(trainable)
     assert all(not p.requires_grad for n, p in model.named_parameters() if n not in trainable)
+    scale = model.recurrence.rule.scale.logit
+    before = scale.detach().clone()
+    optimizer = torch.optim.AdamW(groups, lr=0.1)
+    for _ in range(20):  # no gradient: only weight decay could move a parameter
+        for p in trainable.values():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+    assert torch.equal(scale.detach(), before)
 
 
 def test_dual_t_obeys_the_curriculum(tiny: tuple[Path, Path], tmp_path: Path) -> None:
@@ -365,7 +380,7 @@ def test_base_lora_on_moe_experts_trains_and_switches_off(tmp_path: Path) -> Non
     model.eval()
     with torch.no_grad():
         reference = tiny_base("qwen3_moe")(ids).logits
-        with true_base(model):
+        with model.base_mode():
             anchored = model(ids, n_loops=3).logits
         with_lora = model(ids, n_loops=1).logits
     assert torch.equal(anchored, reference)

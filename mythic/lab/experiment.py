@@ -43,7 +43,7 @@ class TaskFiles(Strict):
     generator: str
     seed: int = 0
     train_difficulty: str = "1-4"
-    test_difficulty: str = "1-12"
+    test_difficulty: str = "1-8"
     train_size: PositiveInt = 20000
     valid_size: int = Field(600, ge=0)
     test_size: PositiveInt = 1200

@@ -15,7 +15,8 @@ computes: bit-for-bit identical logits.
 
 The cache is a ``LoopCache`` (one KV slot per loop and block layer); the loop index
 reaches Depth-LoRA through a per-model ``LoopContext``. ``base_mode()`` switches all of
-the recurrence and LoRA off: the result is the base model (the KL-anchor target).
+the recurrence, the Depth-LoRA and any peft LoRA on the base off: the result is the base model
+(the eval base row and the KL-anchor target alike).
 
 Loop counts above ``max_loops`` (the trained maximum) run: the per-loop parameters of
 the last trained loop are reused for every deeper loop.
@@ -92,6 +93,11 @@ class MythicConfig(PreTrainedConfig):
             raise MythicError("max_loops and n_loops must be at least 1")
         if self.lora_rank < 0:
             raise MythicError("lora_rank must be >= 0 (0 disables Depth-LoRA)")
+        if not 0.0 < self.layerscale_init <= self.layerscale_max <= 1.0:
+            raise MythicError(
+                f"LayerScale needs 0 < layerscale_init <= layerscale_max <= 1, "
+                f"got {self.layerscale_init} and {self.layerscale_max}"
+            )
         drop = tuple(self.drop) if self.drop else None
         check_block(self.text_config, self.block_start, self.block_end, drop)
 
@@ -123,6 +129,7 @@ class Run:
     n_loops: LoopCount = 1
     grad_loops: int | None = None
     checkpoint: bool = False
+    past: int = 0
     calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
 
 
@@ -174,6 +181,8 @@ class BlockSlot(nn.Module):
         recurrence = self._recurrence[0]
 
         def step(x: torch.Tensor, t: int) -> torch.Tensor:
+            if cache is not None and t > 0:
+                cache.check_loop(t, run.past)
             with self.context.at_loop(t):
                 for layer, layer_args, layer_kwargs in calls:
                     if cache is not None:
@@ -272,9 +281,22 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
 
     @contextlib.contextmanager
     def base_mode(self) -> Iterator[None]:
-        """Switch every recurrence mechanism and the Depth-LoRA off: the model is the base."""
+        """The base model, the one definition every "base" uses (eval's base row, perplexity, lm-eval,
+        generate, the KL anchor): the recurrence, the Depth-LoRA and any peft LoRA on the base all off."""
+        try:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+        except ImportError:  # without peft there is no base LoRA to switch off
+            lora_layers = []
+        else:
+            lora_layers = [m for m in self.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
         with self.context.running(Run(loop=False)):
-            yield
+            for layer in lora_layers:
+                layer.enable_adapters(False)
+            try:
+                yield
+            finally:
+                for layer in lora_layers:
+                    layer.enable_adapters(True)
 
     def forward(
         self,
@@ -308,7 +330,8 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         if cache is not None and not isinstance(cache, LoopCache):
             raise MythicError("cache must be a LoopCache: create it with model.new_cache()")
         outer = self.context.run
-        run = outer if outer is not None and not outer.loop else Run(True, n_loops, grad_loops, checkpoint_loops)
+        past = cache.get_seq_length() if cache is not None else 0
+        run = outer if outer is not None and not outer.loop else Run(True, n_loops, grad_loops, checkpoint_loops, past)
         with self.context.running(run):
             return self.base(
                 input_ids=input_ids,

@@ -22,6 +22,8 @@ import torch
 from transformers import DynamicCache, PreTrainedConfig
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs
 
+from mythic.errors import MythicError
+
 
 class LoopCache(DynamicCache):
     """A DynamicCache with one slot per (loop, block layer)."""
@@ -43,6 +45,18 @@ class LoopCache(DynamicCache):
         while len(self.layers) <= idx:
             layer_class, layer_kwargs = self._block_layers[(len(self.layers) - self.n_base) % len(self._block_layers)]
             self.layers.append(layer_class(**layer_kwargs))
+
+    def check_loop(self, t: int, past: int) -> None:
+        """Pass t ≥ 1 may only extend slots that hold exactly the ``past`` tokens every base slot held
+        before this call: a loop count raised (or lowered, then raised) on a cache holding tokens would
+        attend to missing or stale keys, so it is refused."""
+        idx = self.slot(t, self.block_start)
+        held = self.layers[idx].get_seq_length() if idx < len(self.layers) else 0
+        if held != past:
+            raise MythicError(
+                f"the KV cache holds {held} tokens for loop {t} but {past} before it: keep n_loops the same "
+                "(or lower) for every call on one cache, or start a new cache"
+            )
 
     def at_loop(self, t: int) -> LoopCache | LoopSlots:
         return self if t == 0 else LoopSlots(self, t)

@@ -1,15 +1,20 @@
 """Identity-biased gate and per-loop LayerScale, combined into the residual mix.
 
     g_t   = sigmoid(bias_t)                       bias init 0 → g = 0.5 (−3 gave a dead gate)
-    ls_t  = clamp(scale_t, 0, ls_max)             init 0.05, ls_max 0.5
-    m_t   = clamp(ls_t · g_t, 0, 1)               the residual rule's mixing weight
+    ls_t  = ls_max · sigmoid(θ_t)                 init 0.05, ls_max 0.5 (0 < ls_max ≤ 1)
+    m_t   = ls_t · g_t  ∈ (0, 1)                  the residual rule's mixing weight
 
-Both are per loop, as a scalar or per channel. For a loop index beyond the trained
+Both are per loop, as a scalar or per channel, and smooth: every value inside the bounds has
+a nonzero gradient, so a parameter driven to a bound can come back (a hard clamp passed zero
+gradient there). A LayerScale initialised at its maximum (θ = +∞) is a fixed "always on" scale,
+for probes that repeat a layer exactly. For a loop index beyond the trained
 maximum the last trained loop's parameters are reused (clamped index), so any n_loops
 runs; extrapolated depth then repeats the deepest trained step.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -20,45 +25,53 @@ def loop_slot(t: int, n_slots: int) -> int:
     return min(t, n_slots - 1)
 
 
-class PerLoopParameter(nn.Module):
-    """A (n_loops, 1 | dim) parameter read by loop index with clamping."""
+class IdentityBiasedGate(nn.Module):
+    """g_t = sigmoid(bias_t); the parameter is ``value`` (the biases)."""
 
-    def __init__(self, n_loops: int, dim: int, per_channel: bool, init: float) -> None:
+    def __init__(self, n_loops: int, dim: int, per_channel: bool = False, bias_init: float = 0.0) -> None:
         super().__init__()
-        self.init = init
-        self.value = nn.Parameter(torch.full((n_loops, dim if per_channel else 1), float(init)))
+        self.init = bias_init
+        self.value = nn.Parameter(torch.full((n_loops, dim if per_channel else 1), float(bias_init)))
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
             self.value.fill_(self.init)
 
     def forward(self, t: int) -> torch.Tensor:
-        return self.value[loop_slot(t, self.value.shape[0])]
+        return torch.sigmoid(self.value[loop_slot(t, self.value.shape[0])])
 
 
-class IdentityBiasedGate(PerLoopParameter):
-    """g_t = sigmoid(bias_t)."""
-
-    def __init__(self, n_loops: int, dim: int, per_channel: bool = False, bias_init: float = 0.0) -> None:
-        super().__init__(n_loops, dim, per_channel, bias_init)
-
-    def forward(self, t: int) -> torch.Tensor:
-        return torch.sigmoid(super().forward(t))
+def scale_logit(value: float, max_value: float) -> float:
+    """θ with ls_max · sigmoid(θ) = value (+∞ at the maximum)."""
+    if not 0.0 < value <= max_value <= 1.0:
+        raise ValueError(f"LayerScale needs 0 < init <= max <= 1, got init {value} and max {max_value}")
+    ratio = value / max_value
+    return math.inf if ratio == 1.0 else math.log(ratio / (1.0 - ratio))
 
 
-class LayerScale(PerLoopParameter):
-    """ls_t = clamp(scale_t, 0, ls_max)."""
+class LayerScale(nn.Module):
+    """ls_t = ls_max · sigmoid(θ_t); the parameter is ``logit`` (θ), so a checkpoint of the clamped form does
+    not load into it silently."""
 
     def __init__(
         self, n_loops: int, dim: int, per_channel: bool = False, init: float = 0.05, max_value: float = 0.5
     ) -> None:
-        super().__init__(n_loops, dim, per_channel, init)
-        self.max_value = max_value
+        super().__init__()
+        self.init, self.max_value = init, max_value
+        self.logit = nn.Parameter(torch.full((n_loops, dim if per_channel else 1), scale_logit(init, max_value)))
+
+    def reset_parameters(self) -> None:
+        self.set(self.init)
+
+    @torch.no_grad()
+    def set(self, value: float) -> None:
+        """Every loop's ls to ``value`` (0 < value <= ls_max)."""
+        self.logit.fill_(scale_logit(value, self.max_value))
 
     def forward(self, t: int) -> torch.Tensor:
-        return super().forward(t).clamp(0.0, self.max_value)
+        return self.max_value * torch.sigmoid(self.logit[loop_slot(t, self.logit.shape[0])])
 
 
 def mix_weight(gate: IdentityBiasedGate, scale: LayerScale, t: int) -> torch.Tensor:
-    """m_t = clamp(ls_t · g_t, 0, 1)."""
-    return (scale(t) * gate(t)).clamp(0.0, 1.0)
+    """m_t = ls_t · g_t, inside (0, 1) because ls_max <= 1 and g < 1."""
+    return scale(t) * gate(t)

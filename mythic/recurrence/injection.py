@@ -1,18 +1,20 @@
 """LTI injection (Parcae's zero-order-hold discretisation), stable by construction.
 
     Δ  = softplus(dt_bias)                       (per channel, > 0)
-    Ā  = exp(−max(Δ · exp(A_log), ε))            (per channel, diagonal)
+    Ā  = exp(−(ε + Δ · exp(A_log)))              (per channel, diagonal)
     B̄  = Δ · B                                   (B diagonal by default, or a full matrix)
     inj(h, e) = Ā ⊙ h + B̄ e
 
-Spectral radius: Ā is diagonal, so ρ(Ā) = max Ā. The exponent is floored at
-ε = 2⁻⁷, hence Ā ≤ exp(−2⁻⁷) ≈ 0.99222, which stays strictly below 1 after rounding
-to bfloat16 (0.9921875) as well as in float32, for *every* parameter value: tiny or
-huge Δ, A_log = ±inf, and NaN (mapped to the floor). Prior art reached exactly 1.0 in
-fp32 at its clamp and earlier in bf16. Ā is computed in float32 and only then cast.
+Spectral radius: Ā is diagonal, so ρ(Ā) = max Ā. The exponent is ε = 2⁻⁷ plus a
+non-negative term, so it is at least ε in float32 arithmetic too, hence Ā ≤ exp(−2⁻⁷) ≈
+0.99222, which stays strictly below 1 after rounding to bfloat16 (0.9921875) as well as in
+float32, for *every* parameter value: tiny or huge Δ, A_log = ±inf, and NaN (mapped to a
+zero term). Prior art reached exactly 1.0 in fp32 at its clamp and earlier in bf16. The
+offset is smooth where a floor (max(·, ε)) would pass zero gradient to a rate below it.
+Ā is computed in float32 and only then cast.
 
-Initialisation follows Parcae: Ā ≈ 0.447 (Δ·exp(A_log) ≈ 0.805), B = 1.
-These parameters must get no weight decay: ``no_decay_parameters`` names them.
+Initialisation follows Parcae: Ā ≈ 0.447 (ε + Δ·exp(A_log) ≈ 0.805), B = 1.
+These parameters must get no weight decay (``mythic.train.model.param_groups`` exempts them).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ INIT_DECAY = math.log(1.0 / 0.447)
 
 
 def stable_decay(a_log: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:
-    """Ā = exp(−max(softplus(dt_bias)·exp(A_log), ε)) in float32, with NaN mapped to the floor."""
+    """Ā = exp(−(ε + softplus(dt_bias)·exp(A_log))) in float32, with a NaN term mapped to 0."""
     delta = F.softplus(dt_bias.float())
-    rate = torch.nan_to_num(delta * torch.exp(a_log.float()), nan=EPS_EXPONENT, posinf=math.inf)
-    return torch.exp(-rate.clamp(min=EPS_EXPONENT))
+    rate = torch.nan_to_num(delta * torch.exp(a_log.float()), nan=0.0, posinf=math.inf)
+    return torch.exp(-(EPS_EXPONENT + rate))
 
 
 class LTIInjection(nn.Module):
@@ -50,7 +52,7 @@ class LTIInjection(nn.Module):
     def reset_parameters(self) -> None:
         with torch.no_grad():
             self.A_log.zero_()
-            self.dt_bias.fill_(math.log(math.expm1(INIT_DECAY)))
+            self.dt_bias.fill_(math.log(math.expm1(INIT_DECAY - EPS_EXPONENT)))
             if self.full_b:
                 self.B.copy_(torch.eye(self.dim) * self.b_init)
             else:
@@ -68,7 +70,3 @@ class LTIInjection(nn.Module):
         delta = self.delta().to(e.dtype)
         be = e @ self.B.to(e.dtype).T if self.full_b else e * self.B.to(e.dtype)
         return a_bar * h + delta * be
-
-    def no_decay_parameters(self) -> list[nn.Parameter]:
-        """The stability parameters (A_log, dt_bias): weight decay would drag ρ(Ā) toward 1."""
-        return [self.A_log, self.dt_bias]

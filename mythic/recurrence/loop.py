@@ -13,9 +13,12 @@ retrofit wrapper and the from-scratch model — runs its recurrent block through
 depth, continuous depth-wise batching): the batch runs max(n) loops and a sequence whose
 depth is reached keeps its state (h ← where(t < n_b, h_new, h)).
 
-Truncated backprop through depth: with ``grad_loops = k`` the first T − k loops run under
-``torch.no_grad`` (their activations are not kept, so memory does not grow with them) and
-only the last k build a graph. ``checkpoint=True`` wraps each graph-building loop in
+Truncated backprop through depth: with ``grad_loops = k`` every sequence b backpropagates
+through its own last min(n_b, k) loops, t ∈ [n_b − k, n_b) (Parcae's rule): loops before
+min_b(n_b − k) run under ``torch.no_grad`` for the whole batch (their activations are not kept,
+so memory does not grow with them); in later loops a sequence that is still in its no-gradient
+part has its new state detached. A shallow sequence batched with a deep one therefore gets the
+same gradient as alone. ``checkpoint=True`` wraps each graph-building loop in
 non-reentrant activation checkpointing, which also works when h does not require grad.
 Never checkpoint while writing a KV cache: the recomputation would write it twice.
 
@@ -66,8 +69,15 @@ def run_loops(
 ) -> torch.Tensor:
     """Run the block ``n_loops`` times from h₀ = e; see the module docstring."""
     total = max_loops(n_loops)
-    first_grad = 0 if grad_loops is None else max(total - grad_loops, 0)
     per_sequence = isinstance(n_loops, torch.Tensor)
+    row_first = None  # per sequence: the first loop with gradient, n_b − k
+    if grad_loops is None:
+        first_grad = 0
+    elif per_sequence:
+        row_first = (n_loops.to(e.device) - grad_loops).clamp(min=0).view(-1, *([1] * (e.dim() - 1)))
+        first_grad = int(row_first.min())
+    else:
+        first_grad = max(total - grad_loops, 0)
 
     def one_loop(h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
         x = rule.enter(h, e, t)
@@ -86,6 +96,8 @@ def run_loops(
             if halting is not None:
                 h_next = torch.where(running.unsqueeze(-1), h_next, h)
                 halting.update(h_next, t)
+        if row_first is not None and t >= first_grad and torch.is_grad_enabled():
+            h_next = torch.where(row_first > t, h_next.detach(), h_next)
         if per_sequence:
             active = (n_loops.to(h.device) > t).view(-1, *([1] * (h.dim() - 1)))
             h_next = torch.where(active, h_next, h)

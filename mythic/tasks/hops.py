@@ -1,23 +1,23 @@
 """``hops``: variable chains with distractors; the answer needs exactly ``difficulty`` lookups.
 
-A prompt is a program of ``n_vars`` single-letter assignments, then a query::
+A prompt is a program of single-letter assignments, then a query::
 
-    f=3;x=7;k=f;b=k;m=x;q=b;?q          answer "3", difficulty 4 (q → b → k → f → 3)
+    f=3;x=7;k=f;b=k;m=x;q=b;w=q;?q          answer "3", difficulty 4 (q → b → k → f → 3)
 
 Each statement is ``lhs=rhs;`` with ``lhs`` a variable assigned exactly once and ``rhs`` a digit
 or a variable assigned on an earlier line, as in real code: the chains are interleaved in a
 uniformly random order that keeps every definition before its uses. (Program order is what lets
 a causal model resolve values forward: each line can read the already-resolved value of the line
-it refers to, one level per layer or loop.) The variables form ``roots`` chains, each rooted in a
-different digit:
-the queried chain v_d = v_{d−1}, …, v_2 = v_1, v_1 = digit has d statements, so resolving
-``?v_d`` takes exactly d lookups (find the statement of the current variable, read its right
-side; stop at a digit). The other n_vars − d variables are split at random into the other
-roots − 1 chains (each at least one statement): distractors that share no variable with the
-query's chain. Every prompt has the same length (4·n_vars + 2 characters) and the same number
-of digits (``roots``, all different) whatever its difficulty, so a harder question is neither
-a longer input nor an easier guess: answering with a digit seen in the prompt is right 1/roots
-of the time at every difficulty.
+it refers to, one level per layer or loop.)
+
+The variables form ``roots`` chains, each rooted in a different digit (v_1 = digit, v_2 = v_1,
+…). The query names the d-th variable of one chain, so resolving it takes exactly d lookups
+(find the statement of the current variable, read its right side; stop at a digit). Chain
+lengths are drawn the same way whatever d is: the queried chain has U[d, chain] statements (it
+continues past the query), every other chain U[1, chain]. So a question's difficulty is not
+readable from the prompt's shape (which chain is longest, whether the query ends a chain), and
+answering with a digit seen in the prompt is right about 1/roots of the time at every
+difficulty.
 
 ``solve`` is the brute-force check: it parses the prompt and follows the chain, returning
 (answer, lookups); the tests check lookups == difficulty for every generated example.
@@ -38,28 +38,26 @@ DIGITS = "0123456789"
 
 @dataclass(frozen=True)
 class HopsOptions:
-    """``n_vars``: statements per prompt; ``roots``: chains per prompt (one per digit, the query's among them)."""
+    """``roots``: chains per prompt (one per digit, the query's among them); ``chain``: the longest chain."""
 
-    n_vars: int = 16
-    roots: int = 4
+    roots: int = 3
+    chain: int = 8
 
     def check(self, max_difficulty: int) -> None:
         if not 2 <= self.roots <= len(DIGITS):
             raise MythicError(f"--roots must be in [2, {len(DIGITS)}], got {self.roots}")
-        if not self.roots <= self.n_vars <= len(VARIABLES):
-            raise MythicError(f"--vars must be in [{self.roots}, {len(VARIABLES)}], got {self.n_vars}")
-        if max_difficulty > self.n_vars - self.roots + 1:
-            need = max_difficulty + self.roots - 1
-            raise MythicError(f"hops of difficulty {max_difficulty} with {self.roots} roots need --vars >= {need}")
+        if self.chain < 1 or self.roots * self.chain > len(VARIABLES):
+            raise MythicError(f"--roots × --chain must be at most {len(VARIABLES)} (one letter per variable)")
+        if max_difficulty > self.chain:
+            raise MythicError(f"hops of difficulty {max_difficulty} need --chain >= {max_difficulty}")
 
 
 def example(rng: np.random.Generator, difficulty: int, options: HopsOptions) -> Task:
-    """One prompt whose query needs exactly ``difficulty`` lookups."""
-    names = [VARIABLES[i] for i in rng.permutation(len(VARIABLES))[: options.n_vars]]
+    """One program whose query needs exactly ``difficulty`` lookups."""
+    lengths = [int(rng.integers(difficulty, options.chain + 1))]
+    lengths += [int(rng.integers(1, options.chain + 1)) for _ in range(options.roots - 1)]
+    names = [VARIABLES[i] for i in rng.permutation(len(VARIABLES))[: sum(lengths)]]
     digits = [DIGITS[i] for i in rng.permutation(len(DIGITS))[: options.roots]]
-    others = options.n_vars - difficulty
-    cuts = np.sort(rng.choice(np.arange(1, others), size=options.roots - 2, replace=False)) if others > 1 else []
-    lengths = [difficulty, *np.diff([0, *cuts, others]).tolist()]
     chains, start = [], 0
     for length, digit in zip(lengths, digits, strict=True):
         chain = names[start : start + length]

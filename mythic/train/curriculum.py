@@ -14,9 +14,9 @@ LongTensor (B,) and the model runs max(n) loops, freezing each sequence at its o
 Otherwise one T is drawn per micro-batch and shared by all ranks, so data-parallel ranks
 do the same amount of work.
 
-Truncated backprop: with ``grad_loops = k`` the sample carries ``grad_loops = min(T_max, k)``
-(the first max(T − k, 0) loops run without gradient), and ``checkpoint_loops`` asks the model
-to checkpoint activations per loop.
+Truncated backprop: with ``grad_loops = k`` the sample carries k, and the loop driver gives every
+sequence its own last min(n_b, k) loops with gradient (the first max(n_b − k, 0) run without);
+``checkpoint_loops`` asks the model to checkpoint activations per loop.
 
 Determinism: every draw uses ``numpy.random.default_rng([seed, step, micro, rank, salt])``,
 a pure function of its key, so a resumed run samples exactly the same depths.
@@ -111,9 +111,6 @@ class Curriculum:
         if self.per_sequence:
             loops = self.draw(self.rng(step, micro, rank), step, batch_size)
             n_loops: LoopCount = torch.from_numpy(loops)
-            deepest = int(loops.max())
         else:
-            deepest = int(self.draw(self.rng(step, micro, 0), step, 1)[0])
-            n_loops = deepest
-        k = self.spec.grad_loops
-        return Depth(n_loops, None if k is None else min(deepest, k), self.spec.checkpoint_loops)
+            n_loops = int(self.draw(self.rng(step, micro, 0), step, 1)[0])
+        return Depth(n_loops, self.spec.grad_loops, self.spec.checkpoint_loops)

@@ -13,9 +13,13 @@ Trainable set: the recurrence modules (``model.recurrence_parameters()``) and, o
 peft LoRA on the frozen base (``target_modules`` for Linear layers, ``target_parameters``
 for 3-D MoE expert weights); everything else is frozen.
 
-Weight decay: none for 1-D parameters (gates, LayerScale, norms, biases) and none for any
-parameter a module lists in ``no_decay_parameters()`` (the LTI injection's A_log and dt_bias,
-whose decay would pull ρ(Ā) toward 1).
+Weight decay (``param_groups``, the one rule for the retrofit and the from-scratch model) is
+decided by what a parameter is, not its shape: the weight matrices of Linear, Embedding and
+convolution layers, the Depth-LoRA matrices (A_t, B_t) and the MoE expert matrices decay;
+everything else does not: norms, biases, and the recurrence's stability and mixing parameters
+(LTI A_log / dt_bias / B, gates, LayerScale, loop embedding γ, token convolution), whose decay
+would pull ρ(Ā) toward 1 or switch the loops off (gate and LayerScale values are stored
+(n_loops, 1): a shape rule decayed them).
 """
 
 from __future__ import annotations
@@ -160,11 +164,28 @@ def select_trainable(model: nn.Module, recipe: Recipe) -> dict[str, nn.Parameter
     return selected
 
 
+def decayed_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters that get weight decay (see the module docstring)."""
+    from mythic.models.openmythos.moe import MoE
+    from mythic.recurrence.depth_lora import LoRADelta
+
+    ids: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Embedding | nn.Conv1d):
+            ids.add(id(module.weight))
+        elif isinstance(module, LoRADelta):
+            ids.update((id(module.A), id(module.B)))
+        elif isinstance(module, MoE):
+            ids.update((id(module.w1), id(module.w2), id(module.w3)))
+    return ids
+
+
 def param_groups(model: nn.Module, trainable: dict[str, nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay for matrices, none for 1-D parameters and ``no_decay_parameters()``."""
-    exempt = {id(p) for m in model.modules() if hasattr(m, "no_decay_parameters") for p in m.no_decay_parameters()}
-    decay = [p for p in trainable.values() if p.ndim >= 2 and id(p) not in exempt]
-    no_decay = [p for p in trainable.values() if p.ndim < 2 or id(p) in exempt]
+    """AdamW groups: ``weight_decay`` for the decayed kinds of parameter, none for the rest; tied weights once."""
+    decayed = decayed_parameters(model)
+    unique = list({id(p): p for p in trainable.values()}.values())
+    decay = [p for p in unique if id(p) in decayed]
+    no_decay = [p for p in unique if id(p) not in decayed]
     groups = [{"params": no_decay, "weight_decay": 0.0}]
     if decay:
         groups.insert(0, {"params": decay, "weight_decay": weight_decay})

@@ -9,8 +9,8 @@ Dual-T:     L = ½(CE_lo + CE_hi) + α_m·ReLU(CE(T_hi) − CE_lo + m) + α_sd·
             CE_hi optionally focal: Σ w·ce / max(Σ w, 1), w = (1 − p_lo(y))^γ without gradient.
             The margin always compares plain CEs (the same token weights at both depths): a
             focal CE_hi against a plain CE_lo would measure the weighting, not the depth.
-KL anchor:  + α·KL(p_base ‖ p_model@T) on anchor steps, p_base from the *true* base
-            (``true_base``: recurrence, depth-LoRA and any peft LoRA switched off).
+KL anchor:  + α·KL(p_base ‖ p_model@T) on anchor steps, p_base from the base
+            (``model.base_mode()``: recurrence, depth-LoRA and any peft LoRA switched off).
 Model aux:  + Σ w_name · aux_name, averaged over the passes that returned it.
 
 The forward returns a dict of tensors: ``loss`` (with graph) and every term detached, plus
@@ -19,8 +19,6 @@ The forward returns a dict of tensors: ``loss`` (with graph) and every term deta
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -30,27 +28,6 @@ from mythic.errors import MythicError
 from mythic.train import losses
 from mythic.train.curriculum import Depth
 from mythic.train.recipe import Loss
-
-
-@contextlib.contextmanager
-def true_base(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` as its base: ``model.base_mode()`` plus every peft LoRA layer disabled."""
-    if not hasattr(model, "base_mode"):
-        raise MythicError("loss.kl_anchor needs a model with base_mode() (the retrofit wrapper)")
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # without peft there is no base LoRA to switch off
-        lora_layers = []
-    else:
-        lora_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
-    with model.base_mode():
-        for layer in lora_layers:
-            layer.enable_adapters(False)
-        try:
-            yield
-        finally:
-            for layer in lora_layers:
-                layer.enable_adapters(True)
 
 
 def logits_of(out: Any) -> torch.Tensor:
@@ -111,7 +88,9 @@ class Objective(nn.Module):
             seq_ce = torch.cat([losses.sequence_ce(lo.detach(), labels), losses.sequence_ce(main.detach(), labels)])
             seq_loops = torch.cat([torch.full((batch,), t_lo), hi_loops])
         if anchor and cfg.kl_anchor is not None:
-            with torch.no_grad(), true_base(self.model):
+            if not hasattr(self.model, "base_mode"):
+                raise MythicError("loss.kl_anchor needs a model with base_mode() (the retrofit wrapper)")
+            with torch.no_grad(), self.model.base_mode():
                 base = logits_of(self.model(input_ids, n_loops=1))
             terms["kl_anchor"] = cfg.kl_anchor.alpha * losses.kl_divergence(base, main, labels)
             loss = loss + terms["kl_anchor"]

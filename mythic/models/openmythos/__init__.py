@@ -3,13 +3,13 @@
     from mythic.models.openmythos import OpenMythos, MythosConfig
 
 ``config`` the configuration reference, ``attention`` GQA/MLA, ``moe`` the routed + shared
-experts, ``model`` the network, generation and optimizer groups, ``variants`` the
+experts, ``model`` the network and generation, ``variants`` the
 mythos_1b … mythos_1t configs and parameter counts, ``hf`` the transformers-native wrapper.
 """
 
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.hf import MythosForCausalLM, MythosHFConfig
-from mythic.models.openmythos.model import MythosOutput, OpenMythos, param_groups
+from mythic.models.openmythos.model import MythosOutput, OpenMythos
 from mythic.models.openmythos.variants import (
     count_parameters,
     mythos_1b,
@@ -35,5 +35,4 @@ __all__ = [
     "mythos_3b",
     "mythos_500b",
     "mythos_50b",
-    "param_groups",
 ]

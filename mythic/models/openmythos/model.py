@@ -290,10 +290,6 @@ class OpenMythos(nn.Module):
             if ffn is not None:
                 yield ffn.w2
 
-    def stability_parameters(self) -> list[nn.Parameter]:
-        """Parameters that must get no weight decay: LTI A_log/dt_bias, loop-embedding γ."""
-        return [*self.recurrent.injection.no_decay_parameters(), self.recurrent.embedding.gamma]
-
     def moe_modules(self) -> list[MoE]:
         return [m for m in self.modules() if isinstance(m, MoE)]
 
@@ -425,21 +421,3 @@ def sample(
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
-    """Two AdamW groups: decay on ≥ 2-D weights; none on norms, biases, embeddings' gains and
-    the stability parameters (LTI A_log/dt_bias, loop-embedding γ). Tied weights appear once.
-    """
-    inner = getattr(model, "model", model)
-    stable = {id(p) for p in inner.stability_parameters()} if isinstance(inner, OpenMythos) else set()
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (no_decay if p.dim() < 2 or id(p) in stable else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
