@@ -283,15 +283,12 @@ def base_lora_spec(ckpt: Path) -> dict[str, Any] | None:
 
 def attach_base_lora(model: MythicForCausalLM, folder: Path, spec: dict[str, Any]) -> Any:
     """Inject the peft LoRA ``spec`` into the model's base and load its tensors strictly; returns the tuner."""
-    from peft import LoraConfig, LoraModel
+    from peft import LoraModel
 
-    config = LoraConfig(
-        r=spec["rank"],
-        lora_alpha=spec["alpha"],
-        lora_dropout=spec.get("dropout", 0.0),
-        target_modules=spec.get("target_modules") or None,
-        target_parameters=spec.get("target_parameters") or None,
-    )
+    from mythic.train.model import lora_config
+    from mythic.train.recipe import Lora
+
+    config = lora_config(Lora(**spec))
     tuner = LoraModel(model.base, config, "default")
     tensors = load_file(folder / BASE_LORA)
     params = {name: p for name, p in model.named_parameters() if "lora_" in name}

@@ -44,7 +44,7 @@ from mythic.train.recipe import Lora
 
 COMMIT = "c0ffee" * 6 + "beef"
 IDS = [[5, 17, 42, 9, 88, 3, 61, 30]]
-LORA = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "gate_proj", "down_proj"]}
+LORA = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "gate_proj", "down_proj"], "layers": [0, 2]}
 
 CLEAN_LOAD = r"""
 import json, sys
@@ -164,6 +164,8 @@ def lora_run(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     (run / "recipe.yaml").write_text(yaml.safe_dump({"trainable": {"recurrence": True, "lora": LORA}}))
     model = load_checkpoint(run / "final")
     add_lora(model, Lora(**LORA))
+    adapted = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in model.named_parameters() if "lora_" in n}
+    assert adapted == {0, 2}  # trainable.lora.layers reaches peft's layers_to_transform
     torch.manual_seed(4)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from cli_runner import run_cli
-from test_train_helpers import make_tokenizer, tiny_recipe, write_corpus, write_tiny_base
+from test_train_helpers import HOPS_RECIPE, make_tokenizer, tiny_recipe, write_corpus, write_tiny_base
 
 from mythic.errors import MythicError
 from mythic.eval.tasks import evaluate_tasks, loop_convergence, score
@@ -86,40 +86,6 @@ def test_scoring_counts_exact_matches_with_their_standard_error() -> None:
     assert acc["value"] == pytest.approx(0.6) and acc["n"] == 5
     assert acc["stderr"] == pytest.approx((0.6 * 0.4 / 4) ** 0.5)  # √(p(1 − p)/(N − 1))
     assert result["per_difficulty"]["1"]["accuracy"]["value"] == 0.5 and set(result["per_difficulty"]) == {"1", "2"}
-
-
-HOPS_RECIPE = {
-    "name": "hops-tiny",
-    "seed": 0,
-    "model": {
-        "kind": "openmythos",
-        "tokenizer": "chars",
-        "config": {
-            "dim": 32,
-            "n_heads": 4,
-            "n_kv_heads": 4,
-            "max_seq_len": 64,
-            "max_loop_iters": 4,
-            "prelude_layers": 1,
-            "coda_layers": 1,
-            "n_experts": 1,
-            "n_shared_experts": 0,
-            "n_experts_per_tok": 1,
-            "expert_dim": 42,
-            "lora_rank": 0,
-            "attn_type": "gqa",
-            "act": False,
-            "init_std": 0.18,
-            "token_conv": 4,
-        },
-    },
-    "data": {"seq_len": 24, "sources": [{"kind": "tasks", "path": "", "difficulty_ramp": 20}]},
-    "curriculum": {"kind": "stages", "max_loops": 4, "stages": [{"start": 0, "weights": {1: 0.5, 4: 0.5}}]},
-    "optim": {"lr": 3e-3, "warmup_steps": 5},
-    "train": {"steps": 60, "micro_batch": 16},
-    "checkpoint": {"every": 30, "keep": 1},
-    "log": {"every": 10, "plot": False},
-}
 
 
 def single_chains(n: int, seed: int) -> list[Task]:

@@ -78,3 +78,38 @@ def tiny_recipe(base: Path, corpus: Path, out_dir: Path, **sections: Any) -> dic
     recipe["out_dir"] = str(out_dir)
     recipe.update(copy.deepcopy(sections))
     return recipe
+
+
+# A tiny from-scratch OpenMythos on task files with a char tokenizer (seconds on a CPU); set the source path.
+HOPS_RECIPE = {
+    "name": "hops-tiny",
+    "seed": 0,
+    "model": {
+        "kind": "openmythos",
+        "tokenizer": "chars",
+        "config": {
+            "dim": 32,
+            "n_heads": 4,
+            "n_kv_heads": 4,
+            "max_seq_len": 64,
+            "max_loop_iters": 4,
+            "prelude_layers": 1,
+            "coda_layers": 1,
+            "n_experts": 1,
+            "n_shared_experts": 0,
+            "n_experts_per_tok": 1,
+            "expert_dim": 42,
+            "lora_rank": 0,
+            "attn_type": "gqa",
+            "act": False,
+            "init_std": 0.18,
+            "token_conv": 4,
+        },
+    },
+    "data": {"seq_len": 24, "sources": [{"kind": "tasks", "path": "", "difficulty_ramp": 20}]},
+    "curriculum": {"kind": "stages", "max_loops": 4, "stages": [{"start": 0, "weights": {1: 0.5, 4: 0.5}}]},
+    "optim": {"lr": 3e-3, "warmup_steps": 5},
+    "train": {"steps": 60, "micro_batch": 16},
+    "checkpoint": {"every": 30, "keep": 1},
+    "log": {"every": 10, "plot": False},
+}

@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mythic.cli.options import parse_loops, parse_positive_ints, require_positive
+from mythic.cli.options import parse_ints, parse_loops, require_positive
 from mythic.errors import MythicError
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def humaneval(
     from mythic.eval.humaneval import load_problems
     from mythic.eval.sandbox import SandboxLimits
 
-    ks = sorted(set(parse_positive_ints(k, "--k")))
+    ks = sorted(set(parse_ints(k, "--k")))
     require_positive(samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, workers=workers)
     if samples > 1 and temperature <= 0:
         raise MythicError("--samples above 1 needs --temperature above 0 (greedy samples are identical)")

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mythic.cli.options import require_positive
+from mythic.cli.options import parse_ints, require_positive
 
 
 def _commit() -> str:
@@ -39,13 +39,23 @@ def lab(
         Path | None,
         typer.Option(help="Also write the report here (a .md file; its figures go to a folder beside it)."),
     ] = None,
+    arms: Annotated[
+        str | None,
+        typer.Option(help="Only these arms, comma-separated (e.g. looped,single); default: every arm of the file."),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Only these seeds, comma-separated (e.g. 0); default: the file's seeds.")
+    ] = None,
 ) -> None:
     """Train and evaluate every arm × seed of each experiment; report accuracy against loops with controls."""
-    from mythic.lab.experiment import load_experiment, run_experiment
-    from mythic.lab.results import aggregate, compare, points, write_report
+    from mythic.lab.experiment import load_experiment, run_experiment, select
+    from mythic.lab.results import accuracy_table, aggregate, compare, points, write_report
 
     require_positive(jobs=jobs)
-    loaded = [load_experiment(path) for path in experiments]  # every file is checked before any work starts
+    chosen_arms = [name.strip() for name in arms.split(",") if name.strip()] if arms is not None else None
+    chosen_seeds = parse_ints(seeds, "--seeds", minimum=0) if seeds is not None else None
+    # every file is checked before any work starts
+    loaded = [select(load_experiment(path), chosen_arms, chosen_seeds) for path in experiments]
     console = Console()
     sections = []
     command = shlex.join(["mythic", "lab", *map(str, sys.argv[2:])]) if len(sys.argv) > 2 else "mythic lab"
@@ -71,6 +81,12 @@ def lab(
         folder = experiment.run_dir / "report"
         sections.append((experiment, summary, claims, preamble))
         md = write_report(experiment, summary, claims, folder, preamble)
+        header, rows = accuracy_table(summary)
+        title = f"{experiment.name}: test accuracy (%, mean ± SE over {len(experiment.seeds)} seeds)"
+        accuracy = Table(*header, title=title)
+        for row in rows:
+            accuracy.add_row(*row)
+        console.print(accuracy)
         table = Table(title=f"{experiment.name}: claims (points, mean ± SE over seeds)")
         for column in ("claim", "band", "difference", "overlap"):
             table.add_column(column)

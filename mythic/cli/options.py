@@ -5,20 +5,21 @@ from __future__ import annotations
 from mythic.errors import MythicError
 
 
-def parse_positive_ints(text: str, option: str) -> list[int]:
-    """'1,2,4,8' → [1, 2, 4, 8]; every value a positive integer, else a one-line error naming ``option``."""
+def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
+    """'1,2,4,8' → [1, 2, 4, 8]; every value an integer ≥ ``minimum``, else a one-line error naming ``option``."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise MythicError(f"{option} takes a comma-separated list of positive integers, got {text!r}")
+    if not values or min(values) < minimum:
+        kind = "positive integers" if minimum == 1 else f"integers ≥ {minimum}"
+        raise MythicError(f"{option} takes a comma-separated list of {kind}, got {text!r}")
     return values
 
 
 def parse_loops(text: str) -> list[int]:
     """'1,2,4,8' → [1, 2, 4, 8] for --loops."""
-    return parse_positive_ints(text, "--loops")
+    return parse_ints(text, "--loops")
 
 
 def require_positive(**options: int) -> None:

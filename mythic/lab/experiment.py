@@ -51,7 +51,8 @@ class TaskFiles(Strict):
 
 
 class Arm(Strict):
-    """One model of the comparison: a recipe, its overrides, and the loop counts it is evaluated at."""
+    """One model of the comparison: a recipe (its path relative to the experiment file), its ``--set``
+    overrides, and the loop counts it is evaluated at (default: the experiment's)."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     recipe: str
@@ -107,12 +108,29 @@ def load_experiment(path: str | Path) -> Experiment:
         experiment = Experiment.model_validate(data)
     except ValidationError as err:
         raise MythicError(format_validation_error(err, data).replace("recipe ", "experiment ", 1)) from None
+    # a recipe path is relative to the experiment file, so the experiment runs from any folder
+    arms = [arm.model_copy(update={"recipe": str(path.parent / arm.recipe)}) for arm in experiment.arms]
+    experiment = experiment.model_copy(update={"arms": arms})
     generator(experiment.tasks.generator)
     parse_difficulty_range(experiment.tasks.train_difficulty, "tasks.train_difficulty")
     for name, band in experiment.bands.items():
         parse_difficulty_range(band, f"bands.{name}")
     for arm in experiment.arms:
         arm_recipe(experiment, arm, experiment.seeds[0])
+    return experiment
+
+
+def select(experiment: Experiment, arms: list[str] | None = None, seeds: list[int] | None = None) -> Experiment:
+    """The experiment restricted to some arms (kept in the file's order, so the first stays the main arm)
+    and to the given seeds; the runs keep their folders, so a later full call reuses them."""
+    if arms is not None:
+        known = [arm.name for arm in experiment.arms]
+        unknown = [name for name in arms if name not in known]
+        if unknown:
+            raise MythicError(f"--arms: {experiment.name} has no arm {unknown[0]!r} (it has {', '.join(known)})")
+        experiment = experiment.model_copy(update={"arms": [a for a in experiment.arms if a.name in arms]})
+    if seeds is not None:
+        experiment = experiment.model_copy(update={"seeds": list(dict.fromkeys(seeds))})
     return experiment
 
 

@@ -155,6 +155,18 @@ def points(m: dict[str, Any]) -> str:
     return f"{m['value'] * 100:.1f}{se}"
 
 
+def accuracy_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per arm and loop count, one column per band, in points ± SE."""
+    bands = list(summary["bands"])
+    header = ["arm", "row", *(f"{b} ({summary['bands'][b]})" for b in bands)]
+    rows = [
+        [name, row["label"], *(points(row["bands"][b]) if b in row["bands"] else "-" for b in bands)]
+        for name, arm in summary["arms"].items()
+        for row in arm["rows"]
+    ]
+    return header, rows
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -246,7 +258,6 @@ def report_section(
     plot_bands(summary, folder / "accuracy-vs-loops.png")
     plot_heatmap(main, folder / f"heatmap-{main_name}.png", f"{experiment.name}: {main_name}, mean over seeds")
     seeds = len(experiment.seeds)
-    bands = list(summary["bands"])
     h1, h2 = "#" * level, "#" * (level + 1)
     lines = [f"{h1} {experiment.name}", "", preamble.strip(), ""] if preamble else [f"{h1} {experiment.name}", ""]
     lines += [f"{h2} Arms", ""]
@@ -262,12 +273,8 @@ def report_section(
         f"{h2} Accuracy by difficulty band (%, mean ± SE over {seeds} seeds; test split)",
         "",
     ]
-    table = []
-    for name, arm in summary["arms"].items():
-        for row in arm["rows"]:
-            table.append([name, row["label"], *(points(row["bands"][b]) if b in row["bands"] else "-" for b in bands)])
-    header = ["arm", "row", *(f"{b} ({summary['bands'][b]})" for b in bands)]
-    lines += [markdown_table(header, table), "", f"![accuracy against loops]({prefix}accuracy-vs-loops.png)", ""]
+    lines += [markdown_table(*accuracy_table(summary)), ""]
+    lines += [f"![accuracy against loops]({prefix}accuracy-vs-loops.png)", ""]
     lines += [f"{h2} Claims, as measured (percentage points; SE = √(SE_a² + SE_b²))", ""]
     lines += [
         markdown_table(

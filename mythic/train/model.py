@@ -126,20 +126,27 @@ def plain_cpu_4bit(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def add_lora(model: nn.Module, spec: Lora) -> None:
-    """Inject a peft LoRA into the model's frozen base (adapter name ``default``)."""
-    from peft import LoraConfig, inject_adapter_in_model
+def lora_config(spec: Lora) -> Any:
+    """The peft ``LoraConfig`` of a recipe's ``trainable.lora`` (training and loading use this one)."""
+    from peft import LoraConfig
 
-    config = LoraConfig(
+    return LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         target_modules=spec.target_modules or None,
         target_parameters=spec.target_parameters or None,
+        layers_to_transform=spec.layers,
     )
+
+
+def add_lora(model: nn.Module, spec: Lora) -> None:
+    """Inject a peft LoRA into the model's frozen base (adapter name ``default``)."""
+    from peft import inject_adapter_in_model
+
     base = getattr(model, "base", model)
     try:
-        inject_adapter_in_model(config, base)
+        inject_adapter_in_model(lora_config(spec), base)
     except ValueError as err:
         raise MythicError(f"recipe trainable.lora: {str(err).splitlines()[0]}") from None
 

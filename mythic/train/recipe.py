@@ -79,13 +79,15 @@ ModelSpec = Annotated[RetrofitModel | SurgeryModel | OpenMythosModel, Field(disc
 
 
 class Lora(Strict):
-    """peft LoRA on the frozen base; ``target_parameters`` reaches 3-D MoE expert weights."""
+    """peft LoRA on the frozen base; ``target_parameters`` reaches 3-D MoE expert weights; ``layers``
+    restricts it to those decoder layers (peft's ``layers_to_transform``; default: every layer)."""
 
     rank: PositiveInt = 8
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=list)
     target_parameters: list[str] = Field(default_factory=list)
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _has_target(self) -> Lora:
