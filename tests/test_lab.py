@@ -71,7 +71,7 @@ def test_aggregate_and_claims_are_mean_and_seed_stderr() -> None:
     records += [record("single", s, 1, {1: [1, 0.9, 0.3, 0.3]}) for s in (2, 0, 1)]
     summary = aggregate(exp, records)
     arm = summary["arms"]["looped"]
-    assert arm["seeds"] == [0, 1, 2] and arm["trained_loops"] == 4 and arm["convergence"] is None
+    assert arm["seeds"] == [0, 1, 2] and arm["trained_loops"] == 4 and arm["dynamics"] is None
     t4, t8 = arm["rows"][2], arm["rows"][3]
     assert (t4["label"], t8["label"]) == ("T=4", "T=8")
     seeds_t4 = [0.35, 0.55, 0.45]  # mean of difficulties 3 and 4 (10 examples each)
@@ -174,7 +174,8 @@ def test_lab_trains_every_arm_and_seed_and_writes_the_report(
     results = json.loads((root / "report" / "results.json").read_text())
     looped = results["summary"]["arms"]["looped"]
     assert [r["label"] for r in looped["rows"]] == ["T=1", "T=2", "T=4"] and looped["seeds"] == [0, 1]
-    assert len(looped["convergence"]["all"]) == 3  # c_1 … c_3 from 4 loops
+    assert len(looped["dynamics"]["change"]["all"]) == 3 and len(looped["dynamics"]["rms"]["all"]) == 4  # 4 loops
+    assert (tmp_path / "docs" / "results" / "tiny" / "dynamics-looped.png").is_file()
     assert [r["label"] for r in results["summary"]["arms"]["single"]["rows"]] == ["T=1"]
     by_seed = [
         json.loads((root / "looped" / f"seed-{s}" / "eval.json").read_text())["results"]["rows"][0] for s in (0, 1)

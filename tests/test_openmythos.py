@@ -103,14 +103,10 @@ def test_mla_cache_holds_only_the_latent_and_one_shared_rope_key() -> None:
     sizes = dict(dim=128, n_heads=8, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=32)
     mla = cache_bytes_per_token(model_for("mla", perturb=False, **sizes))
     gqa = cache_bytes_per_token(model_for("gqa", perturb=False, dim=128, n_heads=8, n_kv_heads=2))
-    naive = (32 + 8 * 16) * 4  # the reference: latent + one RoPE key per head
-    assert mla == (32 + 16) * 4 == 192  # bytes per token per (layer, loop) slot, fp32
-    assert gqa == 2 * 2 * 16 * 4 == 256
-    assert naive == 640
-    assert naive / mla == pytest.approx(3.33, abs=0.01)
-    # At mythos_1b's attention sizes (values per token and slot): MLA 288, naive 768, GQA 1024, MHA 4096.
-    mla_1b, naive_1b, gqa_1b, mha_1b = 256 + 32, 256 + 16 * 32, 2 * 4 * 128, 2 * 16 * 128
-    assert (naive_1b / mla_1b, gqa_1b / mla_1b, mha_1b / mla_1b) == pytest.approx((2.67, 3.56, 14.22), abs=0.01)
+    # bytes per token per (layer, loop) slot, fp32: the latent (32) and ONE shared RoPE key (16) for MLA;
+    # 2 KV heads × (key + value) × 16 for GQA. A per-head RoPE key (the reference's layout) would be 32 + 8·16.
+    assert mla == (32 + 16) * 4
+    assert gqa == 2 * 2 * 16 * 4
 
 
 def test_more_loops_change_the_output_at_initialisation() -> None:
@@ -274,8 +270,20 @@ def test_checkpointed_and_truncated_loops() -> None:
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert float((grads[0] - grads[1]).abs().max()) == 0.0
     model.zero_grad()
+    model(x, 6, grad_loops=6).square().mean().backward()
+    every = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad()
+    model(x, 6).square().mean().backward()
+    untruncated = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.equal(every, untruncated)  # grad_loops ≥ n_loops is no truncation
+    model.zero_grad()
     model(x, 6, grad_loops=2).square().mean().backward()
-    assert model.recurrent.block.attn.wq.weight.grad is not None
+    truncated = model.recurrent.block.attn.wq.weight.grad
+    assert truncated is not None and float(truncated.abs().max()) > 0.0
+    model.zero_grad()
+    model(x, 6).square().mean().backward()
+    # the first four loops ran without gradient: the recurrent weights see a different, partial gradient
+    assert float((truncated - model.recurrent.block.attn.wq.weight.grad).abs().max()) > 1e-6
 
 
 def test_initialisation_scheme() -> None:
@@ -333,5 +341,6 @@ def test_bf16_autocast_training_step_stays_close_to_fp32() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, 3, return_aux=True)
     (out.logits.float().square().mean() + out.aux_losses["ponder"] + out.aux_losses["moe_balance"]).backward()
-    assert float((out.logits.detach().float() - reference).abs().max()) < 0.05
+    # measured 0.0042 on logits up to 1.7 (bf16 keeps 8 significant bits: 1.7 · 2⁻⁸ ≈ 0.0066 per rounding)
+    assert float((out.logits.detach().float() - reference).abs().max()) < 0.01
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)

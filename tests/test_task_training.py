@@ -14,12 +14,12 @@ from cli_runner import run_cli
 from test_train_helpers import HOPS_RECIPE, make_tokenizer, tiny_recipe, write_corpus, write_tiny_base
 
 from mythic.errors import MythicError
-from mythic.eval.tasks import evaluate_tasks, loop_convergence, score
+from mythic.eval.tasks import evaluate_tasks, loop_dynamics, score
 from mythic.surgery import load_any, load_tokenizer
 from mythic.tasks import hops
 from mythic.tasks.files import Task, read_tasks, write_tasks
 from mythic.tasks.tokenizer import char_tokenizer
-from mythic.train.data import TaskStream
+from mythic.train.data import TaskStream, encode_task
 from mythic.train.losses import IGNORE_INDEX
 from mythic.train.recipe import Data, load_recipe, validate_recipe
 from mythic.train.trainer import train
@@ -50,6 +50,24 @@ def test_rows_train_on_the_answer_and_eos_only(tmp_path: Path) -> None:
         assert all(x == IGNORE_INDEX for i, x in enumerate(labels) if i not in (n - 1, n))
         assert ids[n] == tokenizer.convert_tokens_to_ids(task.answer) and all(x == pad for x in ids[n + 1 :])
     assert len(seen) == 3  # one epoch draws every example once
+
+
+def test_intermediate_answers_label_the_token_that_ends_them() -> None:
+    task = Task("a=7;b=a;c=b;?=c", "7", 3, ((7, "7"), (11, "7")))
+    tokenizer = char_tokenizer([task])
+    ids, labels = encode_task(tokenizer, task)
+    assert tokenizer.decode(ids) == task.prompt + "7"  # the prompt, then the answer (EOS is only a label)
+    seven, eos = tokenizer.convert_tokens_to_ids("7"), tokenizer.eos_token_id
+    # characters 6 ('a' of b=a) and 10 ('b' of c=b) answer 7; the last prompt token answers 7, then EOS
+    expected = {6: seven, 10: seven, len(task.prompt) - 1: seven, len(task.prompt): eos}
+    assert labels == [expected.get(i, IGNORE_INDEX) for i in range(len(ids))]
+    with pytest.raises(MythicError, match="does not end a prompt token before the last one"):
+        encode_task(tokenizer, Task(task.prompt, "7", 3, ((len(task.prompt), "7"),)))  # the question's own position
+    words = make_tokenizer()
+    ids, labels = encode_task(words, Task("w1 w2 w3", "w4", 1, ((5, "w9"),)))
+    assert labels[ids.index(words.convert_tokens_to_ids("w2"))] == words.convert_tokens_to_ids("w9")
+    with pytest.raises(MythicError, match="character 1 of 'w1 w2 w3' does not end a prompt token"):
+        encode_task(words, Task("w1 w2 w3", "w4", 1, ((1, "w9"),)))  # inside the word w1
 
 
 def test_difficulty_ramp_and_exact_resume(tmp_path: Path) -> None:
@@ -132,13 +150,24 @@ def test_chars_openmythos_trains_saves_its_tokenizer_and_learns(hops_run: tuple[
     assert max(r["metrics"]["accuracy"]["value"] for r in results["rows"]) > 0.3
 
 
-def test_loop_convergence_reports_every_loop(hops_run: tuple[Path, Path]) -> None:
+def test_loop_dynamics_reports_every_loop(hops_run: tuple[Path, Path]) -> None:
     run, data = hops_run
     model, tokenizer = load_any(run / "final"), load_tokenizer(run / "final")
     tests = read_tasks(data / "test.jsonl")[:24]
-    change = loop_convergence(model, tokenizer, tests, 6)
-    assert set(change) == {"all", "1", "2", "3"} and all(len(v) == 5 for v in change.values())
-    assert all(v >= 0 and v == v for values in change.values() for v in values)
+    dynamics = loop_dynamics(model, tokenizer, tests, 6)
+    change, rms = dynamics["change"], dynamics["rms"]
+    assert set(change) == set(rms) == {"all", "1", "2", "3"}
+    assert all(len(v) == 5 for v in change.values()) and all(len(v) == 6 for v in rms.values())
+    # the same numbers by hand from the states the loop driver reports, for the first example
+    states: list[torch.Tensor] = []
+    enc = tokenizer([tests[0].prompt], return_tensors="pt")
+    with torch.no_grad(), model.model.recurrent.context.observing(lambda t, h: states.append(h[:, -1])):
+        model(**enc, n_loops=6, use_cache=False)
+    alone = loop_dynamics(model, tokenizer, tests[:1], 6)
+    h = torch.cat(states)
+    expected_change = ((h[1:] - h[:-1]).norm(dim=-1) / h[:-1].norm(dim=-1)).tolist()
+    assert alone["change"]["all"] == pytest.approx(expected_change, rel=1e-5)
+    assert alone["rms"]["all"] == pytest.approx((h.norm(dim=-1) / h.shape[-1] ** 0.5).tolist(), rel=1e-5)
 
 
 def test_cli_eval_tasks_writes_json_table_heatmap(

@@ -20,11 +20,19 @@ from mythic.tasks.tokenizer import char_tokenizer
 
 
 @settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), difficulty=st.integers(1, 8), roots=st.integers(2, 3))
-def test_hops_needs_exactly_difficulty_lookups(seed: int, difficulty: int, roots: int) -> None:
-    task = hops.example(np.random.default_rng(seed), difficulty, hops.HopsOptions(roots=roots, chain=8))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    difficulty=st.integers(1, 8),
+    roots=st.integers(2, 3),
+    intermediate=st.integers(0, 8),
+)
+def test_hops_needs_exactly_difficulty_lookups(seed: int, difficulty: int, roots: int, intermediate: int) -> None:
+    options = hops.HopsOptions(roots=roots, chain=8, intermediate=intermediate)
+    task = hops.example(np.random.default_rng(seed), difficulty, options)
     assert hops.solve(task.prompt) == (task.answer, difficulty)
-    statements = task.prompt.rpartition("?")[0].split(";")[:-1]
+    body, sep, query = task.prompt.rpartition("?=")
+    assert sep and query in hops.VARIABLES
+    statements = body.split(";")[:-1]
     digits = [rhs for _, rhs in (s.split("=") for s in statements) if rhs in hops.DIGITS]
     assert len(digits) == roots == len(set(digits)) and task.answer in digits
     defined: set[str] = set()
@@ -32,10 +40,19 @@ def test_hops_needs_exactly_difficulty_lookups(seed: int, difficulty: int, roots
         assert lhs not in defined and (rhs in hops.DIGITS or rhs in defined)
         defined.add(lhs)
     assert difficulty <= len(statements) <= roots * 8
+    # intermediate answers: at the end of every right-side variable that takes ≤ `intermediate` lookups, its value
+    expected = []
+    for end in range(3, len(body), 4):  # "x=y;" statements: the right side ends at 3, 7, 11, …
+        rhs = body[end - 1]
+        if rhs in hops.VARIABLES:
+            value, lookups = hops.solve(f"{body}?={rhs}")
+            if lookups <= intermediate:
+                expected.append((end, value))
+    assert list(task.intermediate) == expected
 
 
 def test_hops_solver_refuses_broken_prompts() -> None:
-    for prompt in ("a=1;b=2;", "a=b;b=a;?a", "a=1;a=2;?a", "a=1;?c"):
+    for prompt in ("a=1;b=2;", "a=b;b=a;?=a", "a=1;a=2;?=a", "a=1;?=c", "a=1;?a"):
         with pytest.raises(MythicError):
             hops.solve(prompt)
 
@@ -82,7 +99,7 @@ def test_make_is_deterministic_disjoint_and_balanced(tmp_path: Path) -> None:
     assert [sum(t.difficulty == d for t in splits["test"]) for d in range(1, 9)] == [10] * 8
     assert all(hops.solve(t.prompt) == (t.answer, t.difficulty) for tasks in splits.values() for t in tasks)
     assert meta == json.loads((tmp_path / "a" / "meta.json").read_text())
-    assert meta["options"] == {"roots": 3, "chain": 8}
+    assert meta["options"] == {"roots": 3, "chain": 8, "intermediate": 0}
 
 
 def test_make_refuses_bad_requests_and_leaves_nothing(tmp_path: Path) -> None:
@@ -122,6 +139,11 @@ def test_make_refuses_bad_requests_and_leaves_nothing(tmp_path: Path) -> None:
         ('{"prompt": "p", "answer": "1", "difficulty": "2"}', "'difficulty' must be an integer"),
         ('{"prompt": "p", "answer": "1", "difficulty": 2.5}', "'difficulty' must be an integer"),
         ('{"prompt": "p", "answer": "1", "difficulty": true}', "'difficulty' must be an integer"),
+        ('{"prompt": "pq", "answer": "1", "intermediate": [[2, "x"]]}', "'intermediate' must be a list of"),
+        ('{"prompt": "pq", "answer": "1", "intermediate": [[0, "x"]]}', "'intermediate' must be a list of"),
+        ('{"prompt": "pq", "answer": "1", "intermediate": [[1, ""]]}', "'intermediate' must be a list of"),
+        ('{"prompt": "pq", "answer": "1", "intermediate": [1, "x"]}', "'intermediate' must be a list of"),
+        ('{"prompt": "pq", "answer": "1", "intermediate": {"1": "x"}}', "'intermediate' must be a list of"),
     ],
 )
 def test_read_tasks_names_the_bad_line(tmp_path: Path, line: str, message: str) -> None:
@@ -139,8 +161,9 @@ def test_read_tasks_keeps_extra_fields_and_refuses_empty_files(tmp_path: Path) -
     first, second = read_tasks(path)
     assert first == Task("a", " b ") and first.extra == {"source": "x"} and first.difficulty is None
     assert second.difficulty == 3 and first.matches("b") and first.matches(" b\n") and not first.matches("bb")
-    write_tasks(tmp_path / "copy.jsonl", [first, second])
-    assert read_tasks(tmp_path / "copy.jsonl") == [first, second]
+    third = Task("a=1;?=a", "1", 1, ((3, "1"),))
+    write_tasks(tmp_path / "copy.jsonl", [first, second, third])
+    assert read_tasks(tmp_path / "copy.jsonl") == [first, second, third]
     (tmp_path / "empty.jsonl").write_text("\n \n")
     with pytest.raises(MythicError, match="holds no examples"):
         read_tasks(tmp_path / "empty.jsonl")

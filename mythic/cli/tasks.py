@@ -13,7 +13,7 @@ from mythic.errors import MythicError
 
 app = typer.Typer(help="Depth-reasoning task files: generate them (train/valid/test JSON lines).", no_args_is_help=True)
 
-HOPS_ONLY = ("roots", "chain")
+HOPS_ONLY = ("roots", "chain", "intermediate")
 INDUCTION_ONLY = ("length", "symbols")
 
 
@@ -30,6 +30,13 @@ def make(
     test_size: Annotated[int, typer.Option(help="Test examples, held out: never used for choices.")] = 1200,
     roots: Annotated[int, typer.Option(help="hops: chains per prompt, each from its own digit (chance 1/roots).")] = 3,
     chain: Annotated[int, typer.Option(help="hops: statements in the longest chain (>= the largest difficulty).")] = 8,
+    intermediate: Annotated[
+        int,
+        typer.Option(
+            help="hops: also supervise, at each right-side variable, its value when it takes at most this many "
+            "lookups (dense steps for training; set it to the largest train difficulty; 0: off)."
+        ),
+    ] = 0,
     length: Annotated[int, typer.Option(help="induction: letters per sequence.")] = 48,
     symbols: Annotated[int, typer.Option(help="induction: alphabet size.")] = 4,
     force: Annotated[bool, typer.Option(help="Replace the output folder.")] = False,
@@ -43,7 +50,10 @@ def make(
     given = [n for n in other if context.get_parameter_source(n).name != "DEFAULT"]
     if given:
         raise MythicError(f"--{given[0]} does not apply to the {name} generator")
-    options = hops.HopsOptions(roots, chain) if name == "hops" else induction.InductionOptions(length, symbols)
+    if name == "hops":
+        options = hops.HopsOptions(roots, chain, intermediate)
+    else:
+        options = induction.InductionOptions(length, symbols)
     meta = make(
         name,
         out,

@@ -9,13 +9,15 @@ the answer after stripping surrounding whitespace. Then
     accuracy          = mean of the 0/1 outcomes, SE = √(p(1 − p)/(N − 1))   (``stats.metric``)
     per difficulty d  = the same over the examples of difficulty d
 
-``loop_convergence`` measures how the loop state settles: one forward at ``n_loops`` with the
-loop driver's observer recording the state h_t at each prompt's last position, then
+``loop_dynamics`` measures how the loop state moves: one forward at ``n_loops`` with the loop
+driver's observer recording the state h_t at each prompt's last position, then, averaged per
+difficulty,
 
-    c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖        t = 1 … T − 1, averaged per difficulty
+    change  c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖        t = 1 … T − 1
+    rms     r_t = ‖h_t‖ / √dim                   t = 1 … T
 
-(h_t is the state after t passes of the block), so c_t → 0 means the state reached a fixed point
-and more loops change nothing.
+(h_t is the state after t passes of the block): c_t → 0 means the state reached a fixed point and
+more loops change nothing; r_t shows whether it settles, grows or shrinks on the way.
 """
 
 from __future__ import annotations
@@ -145,18 +147,18 @@ def loop_context(model: PreTrainedModel) -> LoopContext:
     raise MythicError("loop convergence needs a looped model (a mythic checkpoint or an OpenMythos model)")
 
 
-def loop_convergence(
+def loop_dynamics(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     tasks: Sequence[Task],
     n_loops: int,
     *,
     batch_size: int = 32,
-) -> dict[str, list[float]]:
-    """Mean c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖ (t = 1 … n_loops − 1) per difficulty ("all": every example)."""
+) -> dict[str, dict[str, list[float]]]:
+    """``{"change": {key: [c_1 … c_{T−1}]}, "rms": {key: [r_1 … r_T]}}``, key a difficulty or "all"."""
     context = loop_context(model)
     prepare_tokenizer(tokenizer)
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict[str, dict[str, torch.Tensor]] = {"change": {}, "rms": {}}
     counts: dict[str, int] = defaultdict(int)
     states: list[torch.Tensor] = []
     for batch in batches(tokenizer, tasks, batch_size):
@@ -165,9 +167,16 @@ def loop_convergence(
         with torch.no_grad(), context.observing(lambda t, h: states.append(h[:, -1].float())):
             model(**enc, n_loops=n_loops, use_cache=False)
         h = torch.stack(states, dim=1)
-        change = (h[:, 1:] - h[:, :-1]).norm(dim=-1) / h[:, :-1].norm(dim=-1).clamp(min=1e-12)
-        for i, row in zip(batch, change, strict=True):
-            for key in ("all", str(tasks[i].difficulty)) if tasks[i].difficulty is not None else ("all",):
-                sums[key] = sums.get(key, torch.zeros_like(row)) + row
+        norms = h.norm(dim=-1)
+        measures = {
+            "change": (h[:, 1:] - h[:, :-1]).norm(dim=-1) / norms[:, :-1].clamp(min=1e-12),
+            "rms": norms / h.shape[-1] ** 0.5,
+        }
+        for j, i in enumerate(batch):
+            keys = ("all", str(tasks[i].difficulty)) if tasks[i].difficulty is not None else ("all",)
+            for key in keys:
                 counts[key] += 1
-    return {key: (sums[key] / counts[key]).tolist() for key in sorted(sums, key=lambda k: (k != "all", len(k), k))}
+                for name, values in measures.items():
+                    sums[name][key] = sums[name].get(key, torch.zeros_like(values[j])) + values[j]
+    order = sorted(counts, key=lambda k: (k != "all", len(k), k))
+    return {name: {key: (totals[key] / counts[key]).tolist() for key in order} for name, totals in sums.items()}

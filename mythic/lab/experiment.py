@@ -7,7 +7,7 @@ plus ``--set`` overrides (the looped model and its controls). For every (arm, se
     RUN = OUT/<arm>/seed-<s>
     train  <arm.recipe> --set seed=<s> out_dir=RUN data.sources.0.path=DATA/train.jsonl <arm.set …>
     eval   RUN/final on DATA/test.jsonl at the arm's loop counts    → RUN/eval.json
-    state  ‖h_{t+1} − h_t‖ / ‖h_t‖ per loop and difficulty (looped arms) → inside RUN/eval.json
+    state  ‖h_{t+1} − h_t‖ / ‖h_t‖ and ‖h_t‖/√dim per loop and difficulty (looped arms) → inside RUN/eval.json
 
 A run that finished is skipped, an interrupted one resumes from its checkpoints; runs go to
 ``jobs`` worker processes, each with its share of the CPU threads. The test split is only ever
@@ -181,7 +181,7 @@ def run_job(experiment: Experiment, arm_name: str, seed: int, threads: int) -> d
     """Train (or resume) one arm × seed, then evaluate it on the test split; returns its eval record."""
     import torch
 
-    from mythic.eval.tasks import evaluate_tasks, loop_convergence
+    from mythic.eval.tasks import evaluate_tasks, loop_dynamics
     from mythic.surgery import load_any, load_tokenizer
     from mythic.tasks.files import read_tasks
     from mythic.train.trainer import train
@@ -206,7 +206,7 @@ def run_job(experiment: Experiment, arm_name: str, seed: int, threads: int) -> d
             row.pop("predictions")
         record = {"arm": arm.name, "seed": seed, "trained_loops": recipe.curriculum.max_loops, "results": results}
         if experiment.convergence_loops and max(loops) > 1:
-            record["convergence"] = loop_convergence(
+            record["dynamics"] = loop_dynamics(
                 model, tokenizer, tests, experiment.convergence_loops, batch_size=experiment.eval_batch_size
             )
     write_json(record_path, record)

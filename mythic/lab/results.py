@@ -2,10 +2,11 @@
 
 Aggregation, per arm, row (base / T=n) and band (a difficulty range): each seed's accuracy over
 the band's examples, then the mean over seeds with its standard error (``stats.metric``: the
-seeds' spread, not the examples'); the same per difficulty, and the loop-state convergence
-c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖. ``compare`` states the experiment's claims as measured differences,
-each with the standard error √(SE_a² + SE_b²) and whether the two seed intervals (mean ± SE)
-overlap (the main arm is the first):
+seeds' spread, not the examples'); the same per difficulty, and the loop-state dynamics
+c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖ and r_t = ‖h_t‖ / √dim (``eval.tasks.loop_dynamics``).
+``compare`` states the experiment's claims as measured differences, each with the standard
+error √(SE_a² + SE_b²) and whether the two seed intervals (mean ± SE) overlap (the main arm is
+the first):
 
 - depth extrapolation: the main arm at its best T above the trained maximum vs at that maximum;
 - overthinking: the main arm at the largest T vs at its best T;
@@ -70,12 +71,14 @@ def aggregate(experiment: Experiment, records: list[dict[str, Any]]) -> dict[str
                     "per_difficulty": per_difficulty,
                 }
             )
-        convergence = None
-        if all("convergence" in r for r in mine):
-            keys = mine[0]["convergence"].keys()
-            convergence = {
-                key: [metric([r["convergence"][key][t] for r in mine]) for t in range(len(mine[0]["convergence"][key]))]
-                for key in keys
+        dynamics = None
+        if all("dynamics" in r for r in mine):
+            dynamics = {
+                name: {
+                    key: [metric([r["dynamics"][name][key][t] for r in mine]) for t in range(len(values))]
+                    for key, values in curves.items()
+                }
+                for name, curves in mine[0]["dynamics"].items()
             }
         arms[arm.name] = {
             "description": arm.description,
@@ -83,7 +86,7 @@ def aggregate(experiment: Experiment, records: list[dict[str, Any]]) -> dict[str
             "trained_loops": mine[0]["trained_loops"],
             "difficulties": difficulties,
             "rows": rows,
-            "convergence": convergence,
+            "dynamics": dynamics,
         }
     return {"experiment": experiment.name, "bands": experiment.bands, "arms": arms}
 
@@ -226,19 +229,22 @@ def plot_heatmap(arm: dict[str, Any], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def plot_convergence(arm: dict[str, Any], path: Path, title: str) -> None:
-    """c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖ against t, one line per difficulty (log y)."""
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for key, values in arm["convergence"].items():
-        ax.plot(
-            range(1, len(values) + 1), [max(v["value"], 1e-8) for v in values], label=key, lw=2 if key == "all" else 1
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("loop t")
-    ax.set_ylabel("‖h_{t+1} − h_t‖ / ‖h_t‖")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, ncol=2, title="difficulty")
+def plot_dynamics(arm: dict[str, Any], path: Path, title: str) -> None:
+    """c_t (log y) and r_t against t, one line per difficulty, side by side."""
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
+    for ax, name, label in (
+        (left, "change", "‖h_{t+1} − h_t‖ / ‖h_t‖"),
+        (right, "rms", "‖h_t‖ / √dim"),
+    ):
+        for key, values in arm["dynamics"][name].items():
+            ys = [max(v["value"], 1e-8) for v in values]
+            ax.plot(range(1, len(ys) + 1), ys, label=key, lw=2 if key == "all" else 1)
+        ax.set_xlabel("loop t")
+        ax.set_ylabel(label)
+    left.set_yscale("log")
+    left.set_title(title, fontsize=9)
+    right.legend(fontsize=6, ncol=2, title="difficulty")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -293,17 +299,28 @@ def report_section(
     ]
     lines += [markdown_table(["difficulty", *(r["label"] for r in main["rows"])], per_difficulty), ""]
     lines += [f"![heatmap]({prefix}heatmap-{main_name}.png)", ""]
-    if main["convergence"] is not None:
-        plot_convergence(main, folder / f"convergence-{main_name}.png", f"{main_name}: loop-state convergence")
-        length = len(main["convergence"]["all"])
-        shown = [t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 31, 48, 63) if t <= length]
-        rows = [[key, *(f"{values[t - 1]['value']:.2e}" for t in shown)] for key, values in main["convergence"].items()]
+    if main["dynamics"] is not None:
+        plot_dynamics(main, folder / f"dynamics-{main_name}.png", f"{main_name}: loop state at the answer position")
+        change, rms = main["dynamics"]["change"], main["dynamics"]["rms"]
+        shown = [t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 31, 32) if t <= len(rms["all"])]
         lines += [
-            f"{h2} Loop-state convergence: {main_name} (c_t = ‖h_(t+1) − h_t‖ / ‖h_t‖ at the answer position)",
+            f"{h2} Loop state: {main_name} (at the answer position, mean over seeds)",
             "",
-            markdown_table(["difficulty", *(f"t={t}" for t in shown)], rows),
+            "c_t = ‖h_(t+1) − h_t‖ / ‖h_t‖ (0: a fixed point, more loops change nothing):",
             "",
-            f"![convergence]({prefix}convergence-{main_name}.png)",
+            markdown_table(
+                ["difficulty", *(f"t={t}" for t in shown if t <= len(change["all"]))],
+                [[k, *(f"{v[t - 1]['value']:.2e}" for t in shown if t <= len(v))] for k, v in change.items()],
+            ),
+            "",
+            "r_t = ‖h_t‖ / √dim:",
+            "",
+            markdown_table(
+                ["difficulty", *(f"t={t}" for t in shown)],
+                [[k, *(f"{v[t - 1]['value']:.3g}" for t in shown)] for k, v in rms.items()],
+            ),
+            "",
+            f"![loop state]({prefix}dynamics-{main_name}.png)",
             "",
         ]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ prelude output (the block's input in the base model).
     x_t = h_t
     h₁ = b₀ exactly (first pass is the base block, so a fresh wrapper at T = 1 is the base;
          the gate and LayerScale of loop index 0 are therefore never read when max_loops > 1)
-    h_{t+1} = h_t + m_t ⊙ ((b_t − h_t) + s · (Ā ⊙ h_t + B̄ e)),   m_t = clamp(ls_t · g_t, 0, 1)
+    h_{t+1} = h_t + m_t ⊙ ((b_t − h_t) + s · (Ā ⊙ h_t + B̄ e)),   m_t = ls_t · g_t ∈ (0, 1)
 
 ``parcae`` (Prairie et al.; used by the from-scratch OpenMythos model)
     x_t = Ā ⊙ h_t + B̄ e,   h_{t+1} = b_t

@@ -1,10 +1,13 @@
 """Task files: JSON lines of ``{"prompt": str, "answer": str, "difficulty": int}``.
 
-``difficulty`` is optional (absent: the example counts in no per-difficulty table); any other
-field is kept in ``Task.extra`` and otherwise ignored. Reading is strict: a line that is not a
-JSON object, a missing or non-string ``prompt`` / ``answer``, an empty answer, a difficulty that
-is not an integer, or a file without a single example is a one-line ``MythicError`` naming the
-file and line.
+``difficulty`` is optional (absent: the example counts in no per-difficulty table).
+``intermediate`` is optional too: ``[[end, answer], …]``, answers the model should already give
+at the end of ``prompt[:end]`` (0 < end < len(prompt)); training puts them in the loss beside the
+final answer (dense supervision of the steps), evaluation ignores them. Any other field is kept in
+``Task.extra`` and otherwise ignored. Reading is strict: a line that is not a JSON object, a missing
+or non-string ``prompt`` / ``answer``, an empty answer, a difficulty that is not an integer, a
+malformed ``intermediate``, or a file without a single example is a one-line ``MythicError``
+naming the file and line.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Task:
     prompt: str
     answer: str
     difficulty: int | None = None
+    intermediate: tuple[tuple[int, str], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def matches(self, prediction: str) -> bool:
@@ -36,6 +40,8 @@ class Task:
         row: dict[str, Any] = {"prompt": self.prompt, "answer": self.answer}
         if self.difficulty is not None:
             row["difficulty"] = self.difficulty
+        if self.intermediate:
+            row["intermediate"] = [list(pair) for pair in self.intermediate]
         return row | self.extra
 
 
@@ -53,8 +59,27 @@ def parse_task(row: Any, where: str) -> Task:
     difficulty = row.get("difficulty")
     if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, int)):
         raise MythicError(f"{where}: 'difficulty' must be an integer, got {difficulty!r}")
-    extra = {k: v for k, v in row.items() if k not in ("prompt", "answer", "difficulty")}
-    return Task(row["prompt"], row["answer"], difficulty, extra)
+    intermediate = parse_intermediate(row.get("intermediate", []), len(row["prompt"]), where)
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "answer", "difficulty", "intermediate")}
+    return Task(row["prompt"], row["answer"], difficulty, intermediate, extra)
+
+
+def parse_intermediate(value: Any, length: int, where: str) -> tuple[tuple[int, str], ...]:
+    """``[[end, answer], …]`` → pairs; each end an integer in (0, length), each answer a non-empty string."""
+    shape = f"{where}: 'intermediate' must be a list of [end, answer] pairs with 0 < end < len(prompt)"
+    if not isinstance(value, list):
+        raise MythicError(shape)
+    pairs = []
+    for pair in value:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise MythicError(shape)
+        end, answer = pair
+        if isinstance(end, bool) or not isinstance(end, int) or not 0 < end < length:
+            raise MythicError(shape)
+        if not isinstance(answer, str) or not answer.strip():
+            raise MythicError(shape)
+        pairs.append((end, answer))
+    return tuple(pairs)
 
 
 def read_tasks(path: str | os.PathLike[str]) -> list[Task]:

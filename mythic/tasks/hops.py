@@ -1,14 +1,16 @@
 """``hops``: variable chains with distractors; the answer needs exactly ``difficulty`` lookups.
 
-A prompt is a program of single-letter assignments, then a query::
+A prompt is a program of single-letter assignments, then a query written as one more statement
+whose left side is ``?``::
 
-    f=3;x=7;k=f;b=k;m=x;q=b;w=q;?q          answer "3", difficulty 4 (q → b → k → f → 3)
+    f=3;x=7;k=f;b=k;m=x;q=b;w=q;?=q          answer "3", difficulty 4 (q → b → k → f → 3)
 
 Each statement is ``lhs=rhs;`` with ``lhs`` a variable assigned exactly once and ``rhs`` a digit
 or a variable assigned on an earlier line, as in real code: the chains are interleaved in a
 uniformly random order that keeps every definition before its uses. (Program order is what lets
-a causal model resolve values forward: each line can read the already-resolved value of the line
-it refers to, one level per layer or loop.)
+a causal model resolve values forward: each variable on a right side can read the already
+resolved value of the statement that assigns it, one level per layer or loop. The query has the
+same form as a statement, so answering it is that same step once more.)
 
 The variables form ``roots`` chains, each rooted in a different digit (v_1 = digit, v_2 = v_1,
 …). The query names the d-th variable of one chain, so resolving it takes exactly d lookups
@@ -19,8 +21,14 @@ readable from the prompt's shape (which chain is longest, whether the query ends
 answering with a digit seen in the prompt is right about 1/roots of the time at every
 difficulty.
 
+``intermediate`` (option, default 0 = off): every right-side variable whose value takes at most
+that many lookups gets an intermediate answer at its position, its value (``b=k`` above: "3"
+right after the ``k``, 2 lookups). Set it to the train split's largest difficulty, so that no
+step deeper than the questions trained on is ever supervised.
+
 ``solve`` is the brute-force check: it parses the prompt and follows the chain, returning
-(answer, lookups); the tests check lookups == difficulty for every generated example.
+(answer, lookups); the tests check lookups == difficulty for every generated example, and every
+intermediate answer against the lookups of its variable.
 """
 
 from __future__ import annotations
@@ -34,14 +42,17 @@ from mythic.tasks.files import Task
 
 VARIABLES = "abcdefghijklmnopqrstuvwxyz"
 DIGITS = "0123456789"
+QUERY = "?"
 
 
 @dataclass(frozen=True)
 class HopsOptions:
-    """``roots``: chains per prompt (one per digit, the query's among them); ``chain``: the longest chain."""
+    """``roots``: chains per prompt (one per digit, the query's among them); ``chain``: the longest chain;
+    ``intermediate``: supervise right-side variables needing at most this many lookups (0: none)."""
 
     roots: int = 3
     chain: int = 8
+    intermediate: int = 0
 
     def check(self, max_difficulty: int) -> None:
         if not 2 <= self.roots <= len(DIGITS):
@@ -50,6 +61,8 @@ class HopsOptions:
             raise MythicError(f"--roots × --chain must be at most {len(VARIABLES)} (one letter per variable)")
         if max_difficulty > self.chain:
             raise MythicError(f"hops of difficulty {max_difficulty} need --chain >= {max_difficulty}")
+        if not 0 <= self.intermediate <= self.chain:
+            raise MythicError(f"--intermediate must be in [0, --chain], got {self.intermediate}")
 
 
 def example(rng: np.random.Generator, difficulty: int, options: HopsOptions) -> Task:
@@ -65,19 +78,21 @@ def example(rng: np.random.Generator, difficulty: int, options: HopsOptions) -> 
         start += length
     turns = rng.permutation([c for c, chain in enumerate(chains) for _ in chain])
     cursors = [0] * len(chains)
-    body = ""
+    body, intermediate = "", []
     for c in turns:
         lhs, rhs = chains[c][cursors[c]]
+        if rhs in VARIABLES and cursors[c] <= options.intermediate:  # rhs = chain[k − 1]: k = cursors[c] lookups
+            intermediate.append((len(body) + 3, digits[c]))
         cursors[c] += 1
         body += f"{lhs}={rhs};"
-    return Task(f"{body}?{names[difficulty - 1]}", digits[0], difficulty)
+    return Task(f"{body}{QUERY}={names[difficulty - 1]}", digits[0], difficulty, tuple(intermediate))
 
 
 def solve(prompt: str) -> tuple[str, int]:
     """(answer, lookups) by following the query's chain; a malformed or cyclic prompt is a MythicError."""
-    body, sep, query = prompt.rpartition("?")
+    body, sep, query = prompt.rpartition(f"{QUERY}=")
     if not sep or query not in VARIABLES or not query:
-        raise MythicError(f"not a hops prompt (no '?variable' query): {prompt!r}")
+        raise MythicError(f"not a hops prompt (no '{QUERY}=variable' query): {prompt!r}")
     table: dict[str, str] = {}
     for statement in filter(None, body.split(";")):
         lhs, eq, rhs = statement.partition("=")

@@ -310,14 +310,28 @@ class PackedStream:
         self.buffer, self.mask = list(state["buffer"]), [bool(m) for m in state["mask"]]
 
 
-def encode_task(tokenizer: Any, task: Task) -> tuple[list[int], list[bool]]:
-    """Prompt tokens (with the tokenizer's special tokens), then answer tokens and EOS; only those are targets.
+def encode_task(tokenizer: Any, task: Task) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one example, labels already shifted: labels[i] is what position i must predict.
 
-    Prompt and answer are tokenized apart, as generation sees them: the prompt alone, then new tokens.
+    The prompt's tokens (with the tokenizer's special tokens) then the answer's and EOS; the last prompt
+    token predicts the answer's first token, and so on to EOS. Each intermediate answer (end, text) puts
+    text's first token as the label of the prompt token that ends at character ``end`` (dense steps);
+    every other position is IGNORE_INDEX. Prompt and answer are tokenized apart, as generation sees them.
     """
-    prompt = list(tokenizer(task.prompt)["input_ids"])
+    encoded = tokenizer(task.prompt, return_offsets_mapping=bool(task.intermediate))
+    prompt = list(encoded["input_ids"])
     answer = list(tokenizer(task.answer, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-    return prompt + answer, [False] * len(prompt) + [True] * len(answer)
+    labels = [IGNORE_INDEX] * (len(prompt) - 1) + answer
+    if task.intermediate:
+        ends = {end: i for i, (start, end) in enumerate(encoded["offset_mapping"]) if end > start}
+        for end, text in task.intermediate:
+            if ends.get(end, len(prompt) - 1) == len(prompt) - 1:
+                raise MythicError(
+                    f"intermediate answer at character {end} of {task.prompt!r} does not end a prompt token "
+                    "before the last one"
+                )
+            labels[ends[end]] = tokenizer(text, add_special_tokens=False)["input_ids"][0]
+    return (prompt + answer)[:-1], labels
 
 
 class TaskReader:
@@ -391,14 +405,13 @@ class TaskStream:
     def next_sample(self, step: int = 0) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of the next example, unpadded; labels already shifted (labels[i] = ids[i + 1])."""
         source = pick_source(self.seed, self.samples, self.weights)
-        ids, mask = encode_task(self.tokenizer, self.readers[source].next_task(self.samples, step))
+        ids, labels = encode_task(self.tokenizer, self.readers[source].next_task(self.samples, step))
         self.samples += 1
-        if len(ids) - 1 > self.spec.seq_len:
+        if len(ids) > self.spec.seq_len:
             raise MythicError(
-                f"data.sources.{source}: an example has {len(ids) - 1} tokens, above data.seq_len={self.spec.seq_len}"
+                f"data.sources.{source}: an example has {len(ids)} tokens, above data.seq_len={self.spec.seq_len}"
             )
-        labels = [t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[1:], strict=True)]
-        return ids[:-1], labels
+        return ids, labels
 
     def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1, step: int = 0) -> Batch:
         """This rank's rows of the next global micro-batch at optimizer ``step``, right-padded to its longest row."""
