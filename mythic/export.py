@@ -65,6 +65,7 @@ import mythic
 from mythic.errors import MythicError
 from mythic.hub import hub_endpoint, read_manifest
 from mythic.io import atomic_dir, check_free_space, quiet_transformers, write_json
+from mythic.lora import lora_config
 from mythic.models.retrofit import RECURRENCE_FILE, MythicConfig, MythicForCausalLM, config_fingerprint
 from mythic.surgery import DTYPES, base_revision, load_checkpoint, load_on_base, load_tokenizer
 
@@ -285,10 +286,7 @@ def attach_base_lora(model: MythicForCausalLM, folder: Path, spec: dict[str, Any
     """Inject the peft LoRA ``spec`` into the model's base and load its tensors strictly; returns the tuner."""
     from peft import LoraModel
 
-    from mythic.train.model import lora_config
-    from mythic.train.recipe import Lora
-
-    config = lora_config(Lora(**spec))
+    config = lora_config(spec)
     tuner = LoraModel(model.base, config, "default")
     tensors = load_file(folder / BASE_LORA)
     params = {name: p for name, p in model.named_parameters() if "lora_" in name}

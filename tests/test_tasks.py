@@ -196,7 +196,13 @@ def test_cli_make_and_its_errors(
     assert len(read_tasks(out / "test.jsonl")) == 24 and len(read_tasks(out / "train.jsonl")) == 40
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2 and "already exists" in err
+    code, _, err = run_cli(monkeypatch, capsys, *args[:4], tmp_path / "i", "--intermediate", "4", *args[5:])
+    assert code == 0, err
+    train = read_tasks(tmp_path / "i" / "train.jsonl")
+    assert sum(len(t.intermediate) for t in train) > len(train)  # several steps per program
     bad = [
+        ("tasks", "make", "hops", "--out", tmp_path / "n", "--intermediate", "9"),
+        ("tasks", "make", "induction", "--out", tmp_path / "n", "--intermediate", "2"),
         ("tasks", "make", "nope", "--out", tmp_path / "n"),
         ("tasks", "make", "hops", "--out", tmp_path / "n", "--length", "30"),
         ("tasks", "make", "induction", "--out", tmp_path / "n", "--roots", "2"),

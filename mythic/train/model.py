@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mythic.errors import MythicError
+from mythic.lora import lora_config
 from mythic.surgery import DTYPES
 from mythic.train.data import load_tokenizer
 from mythic.train.recipe import Data, Lora, ModelSpec, OpenMythosModel, Quantization, Recipe, RetrofitModel
@@ -126,27 +127,13 @@ def plain_cpu_4bit(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def lora_config(spec: Lora) -> Any:
-    """The peft ``LoraConfig`` of a recipe's ``trainable.lora`` (training and loading use this one)."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=spec.rank,
-        lora_alpha=spec.alpha,
-        lora_dropout=spec.dropout,
-        target_modules=spec.target_modules or None,
-        target_parameters=spec.target_parameters or None,
-        layers_to_transform=spec.layers,
-    )
-
-
 def add_lora(model: nn.Module, spec: Lora) -> None:
     """Inject a peft LoRA into the model's frozen base (adapter name ``default``)."""
     from peft import inject_adapter_in_model
 
     base = getattr(model, "base", model)
     try:
-        inject_adapter_in_model(lora_config(spec), base)
+        inject_adapter_in_model(lora_config(spec.model_dump()), base)
     except ValueError as err:
         raise MythicError(f"recipe trainable.lora: {str(err).splitlines()[0]}") from None
 
