@@ -303,14 +303,15 @@ def report_section(
         plot_dynamics(main, folder / f"dynamics-{main_name}.png", f"{main_name}: loop state at the answer position")
         change, rms = main["dynamics"]["change"], main["dynamics"]["rms"]
         shown = [t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 31, 32) if t <= len(rms["all"])]
+        steps = [t for t in shown if t <= len(change["all"])]  # c_t stops one loop before r_t
         lines += [
             f"{h2} Loop state: {main_name} (at the answer position, mean over seeds)",
             "",
             "c_t = ‖h_(t+1) − h_t‖ / ‖h_t‖ (0: a fixed point, more loops change nothing):",
             "",
             markdown_table(
-                ["difficulty", *(f"t={t}" for t in shown if t <= len(change["all"]))],
-                [[k, *(f"{v[t - 1]['value']:.2e}" for t in shown if t <= len(v))] for k, v in change.items()],
+                ["difficulty", *(f"t={t}" for t in steps)],
+                [[k, *(f"{v[t - 1]['value']:.2e}" for t in steps)] for k, v in change.items()],
             ),
             "",
             "r_t = ‖h_t‖ / √dim:",
