@@ -191,8 +191,9 @@ def test_lab_trains_every_arm_and_seed_and_writes_the_report(
     code, _, err = run_cli(monkeypatch, capsys, "lab", "lab/exp.yaml", "--arms", "looped", "--seeds", "1")
     assert code == 0, err
     assert (root / "looped" / "seed-0" / "eval.json").stat().st_mtime_ns == stamp  # finished runs are reused
-    subset = json.loads((root / "report" / "results.json").read_text())["summary"]["arms"]
-    assert list(subset) == ["looped"] and subset["looped"]["seeds"] == [1]
+    subset = json.loads((root / "report" / "results.json").read_text())
+    assert list(subset["summary"]["arms"]) == ["looped"] and subset["summary"]["arms"]["looped"]["seeds"] == [1]
+    assert subset["claims"] and all(c["stderr"] is None and c["overlap"] is None for c in subset["claims"])  # 1 seed
     for option, value, message in [("--arms", "looped,nope", "has no arm 'nope'"), ("--seeds", "x", "--seeds takes")]:
         code, _, err = run_cli(monkeypatch, capsys, "lab", "lab/exp.yaml", option, value)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1

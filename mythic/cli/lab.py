@@ -49,7 +49,7 @@ def lab(
 ) -> None:
     """Train and evaluate every arm × seed of each experiment; report accuracy against loops with controls."""
     from mythic.lab.experiment import load_experiment, run_experiment, select
-    from mythic.lab.results import accuracy_table, aggregate, compare, points, write_report
+    from mythic.lab.results import accuracy_table, aggregate, compare, overlap_text, points, write_report
 
     require_positive(jobs=jobs)
     chosen_arms = [name.strip() for name in arms.split(",") if name.strip()] if arms is not None else None
@@ -82,7 +82,8 @@ def lab(
         sections.append((experiment, summary, claims, preamble))
         md = write_report(experiment, summary, claims, folder, preamble)
         header, rows = accuracy_table(summary)
-        title = f"{experiment.name}: test accuracy (%, mean ± SE over {len(experiment.seeds)} seeds)"
+        seeds = len(experiment.seeds)
+        title = f"{experiment.name}: test accuracy (%, mean ± SE over {seeds} seed{'s' if seeds > 1 else ''})"
         accuracy = Table(*header, title=title)
         for row in rows:
             accuracy.add_row(*row)
@@ -91,7 +92,7 @@ def lab(
         for column in ("claim", "band", "difference", "overlap"):
             table.add_column(column)
         for claim in claims:
-            table.add_row(claim["claim"], claim["band"], points(claim), "yes" if claim["overlap"] else "no")
+            table.add_row(claim["claim"], claim["band"], points(claim), overlap_text(claim))
         console.print(table)
         console.print(f"report: {md}")
     if report is not None:

@@ -92,13 +92,18 @@ def aggregate(experiment: Experiment, records: list[dict[str, Any]]) -> dict[str
 
 
 def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """a − b with SE √(SE_a² + SE_b²), and whether the intervals mean ± SE overlap."""
-    sa, sb = a["stderr"] or 0.0, b["stderr"] or 0.0
-    return {
-        "value": a["value"] - b["value"],
-        "stderr": math.sqrt(sa**2 + sb**2),
-        "overlap": abs(a["value"] - b["value"]) <= sa + sb,
-    }
+    """a − b with SE √(SE_a² + SE_b²), and whether the intervals mean ± SE overlap (both None when a side
+    has no SE: one seed measures no spread)."""
+    value = a["value"] - b["value"]
+    sa, sb = a["stderr"], b["stderr"]
+    if sa is None or sb is None:
+        return {"value": value, "stderr": None, "overlap": None}
+    return {"value": value, "stderr": math.sqrt(sa**2 + sb**2), "overlap": abs(value) <= sa + sb}
+
+
+def overlap_text(claim: dict[str, Any]) -> str:
+    """The overlap column: yes / no, or '-' without standard errors."""
+    return "-" if claim["overlap"] is None else "yes" if claim["overlap"] else "no"
 
 
 def best_row(rows: list[dict[str, Any]], band: str, allowed: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
@@ -285,10 +290,7 @@ def report_section(
     lines += [
         markdown_table(
             ["claim", "band", "rows", "difference", "seed intervals overlap"],
-            [
-                [c["claim"], c["band"], " vs ".join(c["rows"]), points(c), "yes" if c["overlap"] else "no"]
-                for c in claims
-            ],
+            [[c["claim"], c["band"], " vs ".join(c["rows"]), points(c), overlap_text(c)] for c in claims],
         ),
         "",
         f"{h2} Per difficulty: {main_name} (%, mean ± SE over seeds)",
