@@ -6,7 +6,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
+from mythic.eval.generation import loop_rows, loops_meter, row_label, row_mode
 from mythic.models.retrofit import MythicForCausalLM
+from mythic.recurrence.exit import AdaptiveDepth
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> torch.Tensor:
@@ -23,12 +25,13 @@ def complete_at_loops(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompt: str,
-    loops: list[int],
+    loops: list[int | AdaptiveDepth],
     max_new_tokens: int,
     chat: bool = True,
     with_base: bool = True,
-) -> list[tuple[str, str]]:
-    """[(label, completion)] for the base (recurrence off) and each loop count, greedy."""
+) -> list[tuple[str, float | None, str]]:
+    """[(label, mean loops per generated token, completion)] for the base (recurrence off) and each
+    loop count (fixed, or adaptive ``auto:MAX``), greedy."""
     ids = encode_prompt(tokenizer, prompt, chat)
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
 
@@ -38,11 +41,12 @@ def complete_at_loops(
     if not isinstance(model, MythicForCausalLM):
         if loops != [1]:
             raise MythicError("--loops needs a mythic checkpoint: a plain base model has no loops")
-        return [("base", decode(model.generate(ids, **settings)))]
-    rows = []
-    if with_base:
-        with model.base_mode():
-            rows.append(("base", decode(model.generate(ids, **settings))))
-    for n in loops:
-        rows.append((f"T={n}", decode(model.generate(ids, n_loops=n, **settings))))
+        return [("base", None, decode(model.generate(ids, **settings)))]
+    rows: list[tuple[str, float | None, str]] = []
+    for n_loops in loop_rows(model, loops)[0 if with_base else 1 :]:
+        with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered:
+            text = decode(model.generate(ids, **settings, **loop_kwargs))
+            used = metered()
+        mean = float(used[0]) if used is not None else (None if n_loops is None else float(n_loops))
+        rows.append((row_label(n_loops), mean, text))
     return rows

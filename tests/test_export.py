@@ -194,7 +194,7 @@ def test_bundle_is_mythic_source_with_only_imports_and_registration_edited() -> 
             else:
                 assert line in bundle_lines, f"{name}: {line!r} is missing from the bundle"
                 kept += 1
-    assert kept > 900 and removed < 30
+    assert kept > 900 and removed < 0.03 * kept, "only import lines are edited"
     assert source.count("raise ImportError('this path needs the mythic package") == 1
 
 

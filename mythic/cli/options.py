@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mythic.errors import MythicError
+from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth, parse_depth, parse_exit
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
@@ -17,8 +23,39 @@ def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
     return values
 
 
-def parse_loops(text: str) -> list[int]:
-    """'1,2,4,8' → [1, 2, 4, 8] for --loops."""
+def parse_loops(text: str, exit_rule: str = DEFAULT_EXIT) -> list[int | AdaptiveDepth]:
+    """'1,2,4,auto:16' → [1, 2, 4, AdaptiveDepth(16, …)] for --loops; ``exit_rule`` is --exit."""
+    depths = [parse_depth(part, exit_rule) for part in text.split(",") if part.strip()]
+    if not depths:
+        raise MythicError(f"--loops takes positive integers or auto[:MAX], got {text!r}")
+    parse_exit(exit_rule)
+    return depths
+
+
+KV_SHARE_HELP = (
+    "Keys and values of loops beyond the first: 'none' (each loop its own slots) or 'last' (one shared slot "
+    "per block layer holding each token's last loop, as Ouro; cache memory stops growing with the loop count)."
+)
+
+
+def parse_kv_share(value: str) -> str | None:
+    """--kv-share none | last → None | "last"; a one-line error otherwise."""
+    if value not in ("none", "last"):
+        raise MythicError(f"--kv-share takes none or last, got {value!r}")
+    return None if value == "none" else value
+
+
+def apply_kv_share(model: PreTrainedModel, value: str | None) -> None:
+    """Set a looped model's ``config.kv_share`` (a parsed --kv-share); a plain base cannot share loops."""
+    if value is None:
+        return
+    if not hasattr(model.config, "kv_share"):
+        raise MythicError("--kv-share needs a looped model (a mythic checkpoint or an OpenMythos model)")
+    model.config.kv_share = value
+
+
+def parse_counts(text: str) -> list[int]:
+    """'1,2,4,8' → [1, 2, 4, 8] for a --loops that takes fixed loop counts only."""
     return parse_ints(text, "--loops")
 
 

@@ -12,7 +12,9 @@ Prompting, for base and instruct models:
 Prompts are sorted by length and left-padded into batches; greedy unless a temperature is given
 (then nucleus sampling, top-p 0.95). A row of the evaluation is the base (``n_loops=None``:
 ``base_mode()`` for a retrofit, the plain model otherwise) or a loop count passed to
-``generate`` as ``n_loops`` (a retrofit or a from-scratch OpenMythos; ``loop_rows`` says which).
+``generate`` as ``n_loops`` (a retrofit or a from-scratch OpenMythos; ``loop_rows`` says which):
+a fixed T, or an ``AdaptiveDepth`` (``auto:MAX``, each token looping until its exit criterion
+fires; ``loops_meter`` reads the loops it used).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from mythic.errors import MythicError
 from mythic.eval.humaneval import Problem
 from mythic.models.openmythos import MythosForCausalLM
 from mythic.models.retrofit import MythicForCausalLM
+from mythic.recurrence.depth_lora import LoopContext
+from mythic.recurrence.exit import AdaptiveDepth
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
@@ -55,22 +59,79 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
-def row_label(n_loops: int | None) -> str:
+Depth = int | AdaptiveDepth | None  # a row: fixed T, adaptive (auto:MAX), or the base (None)
+
+
+def row_label(n_loops: Depth) -> str:
+    if isinstance(n_loops, AdaptiveDepth):
+        return n_loops.label
     return "base" if n_loops is None else f"T={n_loops}"
 
 
-def loop_rows(model: PreTrainedModel, loops: Sequence[int]) -> list[int | None]:
-    """The rows an evaluation runs: the base (None) and each loop count for a retrofit, each loop
-    count for a from-scratch OpenMythos (it has no base), the base alone for a plain model."""
+def row_file(label: str) -> str:
+    """A row label as a file name stem: ``T=4`` → ``T4``, ``auto:16`` → ``auto-16``."""
+    return label.replace("=", "").replace(":", "-")
+
+
+def row_fields(n_loops: Depth) -> dict[str, Any]:
+    """A row's identity in the JSON: label and n_loops (None for the base, "auto" plus max_loops and
+    exit for an adaptive row)."""
+    if isinstance(n_loops, AdaptiveDepth):
+        return {"label": n_loops.label, "n_loops": "auto", "max_loops": n_loops.max_loops, "exit": n_loops.rule}
+    return {"label": row_label(n_loops), "n_loops": n_loops}
+
+
+def trained_loops(model: PreTrainedModel) -> int:
+    """The loop count a looped model was built for: ``auto``'s default MAX."""
     if isinstance(model, MythicForCausalLM):
-        return [None, *loops]
+        return model.config.max_loops
+    return model.config.max_loop_iters
+
+
+def loop_rows(model: PreTrainedModel, loops: Sequence[int | AdaptiveDepth]) -> list[Depth]:
+    """The rows an evaluation runs: the base (None) and each loop count for a retrofit, each loop
+    count for a from-scratch OpenMythos (it has no base), the base alone for a plain model;
+    ``auto`` without a MAX gets the model's trained maximum."""
+    if not isinstance(model, MythicForCausalLM | MythosForCausalLM):
+        return [None]
+    rows = [n.bounded(trained_loops(model)) if isinstance(n, AdaptiveDepth) else n for n in loops]
+    halting = isinstance(model, MythosForCausalLM) and model.config.act
+    if not halting and any(isinstance(n, AdaptiveDepth) and n.criterion == "act" for n in rows):
+        raise MythicError("--exit act needs a model with a halting head (OpenMythos with act: true)")
+    return [None, *rows] if isinstance(model, MythicForCausalLM) else rows
+
+
+def loop_context(model: PreTrainedModel) -> LoopContext:
+    """The per-model context through which the loop driver reports states and loops used."""
+    if isinstance(model, MythicForCausalLM):
+        return model.context
     if isinstance(model, MythosForCausalLM):
-        return list(loops)
-    return [None]
+        return model.model.recurrent.context
+    raise MythicError("loop measurements need a looped model (a mythic checkpoint or an OpenMythos model)")
 
 
 @contextlib.contextmanager
-def row_mode(model: PreTrainedModel, n_loops: int | None) -> Iterator[dict[str, Any]]:
+def loops_meter(model: PreTrainedModel, n_loops: Depth) -> Iterator[Callable[[], torch.Tensor | None]]:
+    """Yields a function giving the loops each row used per generated token (B,) since the last call:
+    the adaptive forwards' metered counts (their last position, which picks the next token) averaged
+    over the calls, T for a fixed row, None for the base."""
+    if not isinstance(n_loops, AdaptiveDepth):
+        yield lambda: None
+        return
+    with loop_context(model).metering() as used:
+
+        def take() -> torch.Tensor | None:
+            if not used:
+                return None
+            mean = torch.stack(used).float().mean(0)
+            used.clear()
+            return mean
+
+        yield take
+
+
+@contextlib.contextmanager
+def row_mode(model: PreTrainedModel, n_loops: Depth) -> Iterator[dict[str, Any]]:
     """Generate kwargs for a row: base mode (recurrence and LoRA off) or ``n_loops``."""
     if n_loops is None:
         with model.base_mode() if isinstance(model, MythicForCausalLM) else contextlib.nullcontext():
@@ -125,7 +186,7 @@ def generate_samples(
     problems: Sequence[Problem],
     out: Path,
     *,
-    n_loops: int | None = None,
+    n_loops: Depth = None,
     samples: int = 1,
     temperature: float = 0.0,
     max_new_tokens: int = 512,
@@ -136,7 +197,8 @@ def generate_samples(
 ) -> list[dict[str, Any]]:
     """Generate ``samples`` completions per problem into ``out`` (JSONL), skipping those already there.
 
-    Each line: task_id, sample, completion, reply (the raw decoded text), tokens, seconds.
+    Each line: task_id, sample, completion, reply (the raw decoded text), tokens, seconds, and for a
+    looped row loops (per generated token: T, or the adaptive row's metered mean).
     Returns every sample of ``problems`` in ``out`` after the run.
 
     Batches are cut from every (problem, sample) pair, longest prompt first, whatever is already
@@ -162,7 +224,12 @@ def generate_samples(
     else:
         settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", encoding="utf-8") as sink, row_mode(model, n_loops) as loop_kwargs, torch.no_grad():
+    with (
+        out.open("a", encoding="utf-8") as sink,
+        row_mode(model, n_loops) as loop_kwargs,
+        loops_meter(model, n_loops) as metered,
+        torch.no_grad(),
+    ):
         for b, batch in todo:
             enc = tokenizer(
                 [prompts[p.task_id] for p, _ in batch],
@@ -176,7 +243,8 @@ def generate_samples(
             output = model.generate(**enc, **settings, **loop_kwargs, stopping_criteria=StoppingCriteriaList(stop))
             seconds = (time.perf_counter() - began) / len(batch)
             new = output[:, enc.input_ids.shape[1] :]
-            for (problem, i), ids in zip(batch, new, strict=True):
+            used = metered()
+            for j, ((problem, i), ids) in enumerate(zip(batch, new, strict=True)):
                 if (problem.task_id, i) in done:
                     continue
                 reply = tokenizer.decode(ids, skip_special_tokens=True)
@@ -189,6 +257,8 @@ def generate_samples(
                     "tokens": int((ids != tokenizer.pad_token_id).sum()),
                     "seconds": round(seconds, 4),
                 }
+                if n_loops is not None:
+                    record["loops"] = float(used[j]) if used is not None else float(n_loops)
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
                 if on_sample is not None:

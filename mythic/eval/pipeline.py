@@ -13,6 +13,7 @@ the first loop row (``gained``: problems it solves more often, ``lost``: less of
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 import time
@@ -26,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.eval import perplexity as ppl
-from mythic.eval.generation import generate_samples, loop_rows, read_done, row_label
+from mythic.eval.generation import Depth, generate_samples, loop_rows, read_done, row_fields, row_file, row_label
 from mythic.eval.humaneval import (
     Outcome,
     Problem,
@@ -37,6 +38,7 @@ from mythic.eval.humaneval import (
 )
 from mythic.eval.sandbox import SandboxLimits, detect_isolation, isolation_report
 from mythic.io import write_json
+from mythic.recurrence.exit import AdaptiveDepth
 
 
 def _phase(progress: Progress | None, description: str, total: int, done: int = 0) -> Callable[..., None] | None:
@@ -50,7 +52,8 @@ def _phase(progress: Progress | None, description: str, total: int, done: int = 
 @dataclass(frozen=True)
 class GenerationSettings:
     """Everything a completion depends on (a resumed run must use the same). ``batch_size`` only
-    for sampled runs (their draws depend on the batches; greedy completions do not)."""
+    for sampled runs (their draws depend on the batches; greedy completions do not); ``exit`` only
+    when an adaptive row is asked for."""
 
     model: str
     chat: bool = False
@@ -60,20 +63,21 @@ class GenerationSettings:
     problems: str = "human-eval"
     dtype: str = "float32"
     batch_size: int | None = None
+    exit: str | None = None
+    kv_share: str | None = None
 
 
 def _diffs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    looped = [r for r in rows if r["n_loops"] is not None]
+    looped = [r for r in rows if r["n_loops"] is not None]  # fixed and adaptive rows
     base = [r for r in rows if r["n_loops"] is None]
     pairs = [(base[0], r) for r in looped if base] + [(looped[0], r) for r in looped[1:]]
     return [{"from": a["label"], "to": b["label"], **solved_diff(a["per_problem"], b["per_problem"])} for a, b in pairs]
 
 
-def _row(label: str, n_loops: int | None, outcomes: list[Outcome], ks: Sequence[int]) -> dict[str, Any]:
+def _row(n_loops: Depth, outcomes: list[Outcome], ks: Sequence[int]) -> dict[str, Any]:
     summary = summarize(outcomes, ks)
     return {
-        "label": label,
-        "n_loops": n_loops,
+        **row_fields(n_loops),
         "metrics": summary["pass"],
         "per_problem": summary["per_problem"],
         "verdicts": [asdict(o) for o in outcomes],
@@ -102,7 +106,7 @@ def humaneval_with_model(
     problems: Sequence[Problem],
     out: Path,
     *,
-    loops: Sequence[int],
+    loops: Sequence[int | AdaptiveDepth],
     samples: int = 1,
     temperature: float = 0.0,
     ks: Sequence[int] = (1,),
@@ -120,7 +124,7 @@ def humaneval_with_model(
     rows = []
     for n_loops in loop_rows(model, loops):
         label = row_label(n_loops)
-        path = out / "completions" / f"{label.replace('=', '')}.jsonl"
+        path = out / "completions" / f"{row_file(label)}.jsonl"
         wanted = {p.task_id for p in problems}
         already = sum(s["task_id"] in wanted and s["sample"] < samples for s in read_done(path))
         got = generate_samples(
@@ -138,9 +142,12 @@ def humaneval_with_model(
             on_sample=_phase(progress, f"generating {label}", len(problems) * samples, already),
         )
         outcomes = score_samples(problems, got, limits, workers, _phase(progress, f"scoring {label}", len(got)))
-        row = _row(label, n_loops, outcomes, ks)
+        row = _row(n_loops, outcomes, ks)
         row["mean_tokens"] = statistics.fmean(s["tokens"] for s in got)
         row["seconds"] = round(sum(s["seconds"] for s in got), 2)
+        row["tokens_per_second"] = round(sum(s["tokens"] for s in got) / max(row["seconds"], 1e-9), 2)
+        if n_loops is not None:
+            row["mean_loops"] = round(statistics.fmean(s.get("loops", math.nan) for s in got), 3)
         rows.append(row)
     return {
         "task": "humaneval",
@@ -168,7 +175,7 @@ def humaneval_from_file(
     got = read_samples(completions, problems)
     started = time.perf_counter()
     outcomes = score_samples(problems, got, limits, workers, _phase(progress, f"scoring {completions.name}", len(got)))
-    row = _row(completions.stem, None, outcomes, ks)
+    row = {**_row(None, outcomes, ks), "label": completions.stem}
     row["seconds"] = round(time.perf_counter() - started, 2)
     return {
         "task": "humaneval",

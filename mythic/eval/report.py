@@ -1,11 +1,13 @@
 """Result rows → a rich table, a per-problem diff table, a JSON file and a PNG plot against loops.
 
 A results dict (``humaneval``, ``perplexity`` and ``tasks`` alike) has ``rows``: one per evaluated
-setting, ``{"label": "base" | "T=n", "n_loops": None | n, "metrics": {name: {"value", "stderr"}}, ...}``
-plus row extras (``mean_tokens``, ``seconds``); the plot draws one metric against n_loops with its
-standard error as error bars and the base row as a horizontal line with a ±1 SE band. Task results
-add ``per_difficulty`` to every row: a table of rows × difficulties and a heatmap of accuracy
-(difficulty × row).
+setting, ``{"label": "base" | "T=n" | "auto:MAX", "n_loops": None | n | "auto", "metrics": {name:
+{"value", "stderr"}}, ...}`` plus row extras (``mean_loops``, ``tokens_per_second``, ``mean_tokens``,
+``seconds``; an adaptive row also ``max_loops`` and ``exit``); the plot draws one metric against
+n_loops with its standard error as error bars, each adaptive row as a star at its mean loops, and
+the base row as a horizontal line with a ±1 SE band. Task results add ``per_difficulty`` to every
+row: a table of rows × difficulties (with the adaptive rows' mean loops per difficulty) and a
+heatmap of accuracy (difficulty × row).
 """
 
 from __future__ import annotations
@@ -31,16 +33,27 @@ def results_table(results: dict[str, Any], title: str) -> Table:
     """One line per row; metric columns in the order of the first row, then the extras."""
     rows = results["rows"]
     metrics = list(rows[0]["metrics"]) if rows else []
-    extras = [k for k in ("mean_tokens", "tokens", "seconds") if rows and k in rows[0]]
+    extras = [
+        k
+        for k in ("mean_loops", "tokens_per_second", "mean_tokens", "tokens", "seconds")
+        if any(k in row for row in rows)
+    ]
     table = Table(title=title)
     table.add_column("row")
     for name in [*metrics, *extras]:
-        table.add_column(name.replace("_", " "), justify="right")
+        table.add_column(name.replace("_", " ").replace("tokens per second", "tokens/s"), justify="right")
     for row in rows:
         cells = [_fmt(row["metrics"][m], m.startswith("pass@") or m == "accuracy") for m in metrics]
-        cells += [f"{row[k]:.1f}" if isinstance(row[k], float) else str(row[k]) for k in extras]
-        table.add_row(row["label"], *cells)
+        cells += [_extra(row.get(k)) for k in extras]
+        label = f"{row['label']} {row['exit']}" if "exit" in row else row["label"]
+        table.add_row(label, *cells)
     return table
+
+
+def _extra(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def difficulty_table(results: dict[str, Any], metric: str = "accuracy") -> Table:
@@ -56,6 +69,20 @@ def difficulty_table(results: dict[str, Any], metric: str = "accuracy") -> Table
             se = f" ± {m['stderr'] * 100:.0f}" if m["stderr"] is not None else ""
             cells.append(f"{m['value'] * 100:.0f}{se}")
         table.add_row(str(d), *cells)
+    return table
+
+
+def loops_table(results: dict[str, Any]) -> Table | None:
+    """Difficulties × adaptive rows: the mean loops each spent per generated token (None without adaptive rows)."""
+    adaptive = [row for row in results["rows"] if row["n_loops"] == "auto"]
+    if not adaptive or not results["difficulties"]:
+        return None
+    table = Table(title="mean loops per generated token, adaptive rows")
+    table.add_column("difficulty", justify="right")
+    for row in adaptive:
+        table.add_column(f"{row['label']} {row['exit']}", justify="right")
+    for d in results["difficulties"]:
+        table.add_row(str(d), *(f"{row['per_difficulty'][str(d)]['mean_loops']:.2f}" for row in adaptive))
     return table
 
 
@@ -91,7 +118,8 @@ def diff_table(results: dict[str, Any]) -> Table:
 
 def plot(results: dict[str, Any], metric: str, path: str | Path, title: str) -> None:
     """``metric`` against loops (log2 axis) with SE bars; the base row as a horizontal line and band."""
-    loop_rows = [r for r in results["rows"] if r["n_loops"] is not None]
+    loop_rows = [r for r in results["rows"] if isinstance(r["n_loops"], int)]
+    adaptive = [r for r in results["rows"] if r["n_loops"] == "auto" and r.get("mean_loops") is not None]
     base = next((r for r in results["rows"] if r["n_loops"] is None), None)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -104,7 +132,20 @@ def plot(results: dict[str, Any], metric: str, path: str | Path, title: str) -> 
             capsize=3,
             label="mythic",
         )
+    for row in adaptive:
+        ax.errorbar(
+            [row["mean_loops"]],
+            [row["metrics"][metric]["value"]],
+            yerr=[row["metrics"][metric]["stderr"] or 0.0],
+            marker="*",
+            markersize=12,
+            capsize=3,
+            linestyle="none",
+            label=f"{row['label']} {row['exit']} (at its mean loops)",
+        )
+    if loop_rows or adaptive:
         ax.set_xscale("log", base=2)
+    if loop_rows:
         ax.set_xticks([r["n_loops"] for r in loop_rows], [str(r["n_loops"]) for r in loop_rows])
     if base is not None:
         value, se = base["metrics"][metric]["value"], base["metrics"][metric]["stderr"] or 0.0

@@ -9,6 +9,14 @@ the answer after stripping surrounding whitespace. Then
     accuracy          = mean of the 0/1 outcomes, SE = √(p(1 − p)/(N − 1))   (``stats.metric``)
     per difficulty d  = the same over the examples of difficulty d
 
+A row may be adaptive (``auto:MAX`` with an exit rule, ``recurrence/exit.py``): each token stops
+looping when its criterion fires. Every row also reports ``tokens_per_second`` (tokens generated,
+each prompt's up to its EOS, over the row's wall-clock seconds) and, for looped rows,
+``mean_loops``: the loops spent per generated token (T for a fixed row; for an adaptive row the
+loops of the position that picks each next token, averaged over a prompt's generate steps — a
+prompt that already ended keeps being counted until its whole batch ends), overall and per
+difficulty.
+
 ``loop_dynamics`` measures how the loop state moves: one forward at ``n_loops`` with the loop
 driver's observer recording the state h_t at each prompt's last position, then, averaged per
 difficulty,
@@ -25,18 +33,24 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
-from mythic.eval.generation import loop_rows, row_label, row_mode
+from mythic.eval.generation import Depth, loop_context, loop_rows, loops_meter, row_fields, row_label, row_mode
 from mythic.eval.stats import metric
-from mythic.models.openmythos import MythosForCausalLM
-from mythic.models.retrofit import MythicForCausalLM
-from mythic.recurrence.depth_lora import LoopContext
 from mythic.tasks.files import Task
+
+
+class Prediction(NamedTuple):
+    """One row's answers (in task order), loops used per generated token per task (None for the base),
+    and the number of tokens generated (each row up to its EOS)."""
+
+    answers: list[str]
+    loops: list[float | None]
+    tokens: int
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -62,16 +76,19 @@ def predict(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     tasks: Sequence[Task],
-    n_loops: int | None,
+    n_loops: Depth,
     *,
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
-) -> list[str]:
-    """The greedy answer to every prompt at one row (``n_loops``; None = the base), in ``tasks`` order."""
+) -> Prediction:
+    """The greedy answer to every prompt at one row (``n_loops``; None = the base), in ``tasks`` order,
+    with the loops each prompt used per generated token and the tokens generated."""
     prepare_tokenizer(tokenizer)
     budget = answer_budget(tokenizer, tasks)
     answers = [""] * len(tasks)
-    with row_mode(model, n_loops) as loop_kwargs, torch.no_grad():
+    loops: list[float | None] = [float(n_loops) if isinstance(n_loops, int) else None] * len(tasks)
+    tokens = 0
+    with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered, torch.no_grad():
         for batch in batches(tokenizer, tasks, batch_size):
             enc = tokenizer([tasks[i].prompt for i in batch], return_tensors="pt", padding=True).to(model.device)
             output = model.generate(
@@ -85,24 +102,51 @@ def predict(
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
-            for i, ids in zip(batch, output[:, enc.input_ids.shape[1] :], strict=True):
+            new = output[:, enc.input_ids.shape[1] :]
+            tokens += new_tokens(new, tokenizer)
+            used = metered()
+            for j, (i, ids) in enumerate(zip(batch, new, strict=True)):
                 answers[i] = tokenizer.decode(ids, skip_special_tokens=True)
+                if used is not None:
+                    loops[i] = float(used[j])
             if on_batch is not None:
                 on_batch(len(batch))
-    return answers
+    return Prediction(answers, loops, tokens)
 
 
-def score(tasks: Sequence[Task], predictions: Sequence[str]) -> dict[str, Any]:
-    """Accuracy overall and per difficulty (keys are the difficulties as strings, sorted)."""
+def new_tokens(new: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens generated per row up to and including its first EOS (the padding after it not counted), summed."""
+    if tokenizer.eos_token_id is None:
+        return new.numel()
+    is_eos = new == tokenizer.eos_token_id
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full_like(is_eos[:, 0], new.shape[1]).long())
+    return int(first.sum())
+
+
+def score(
+    tasks: Sequence[Task], predictions: Sequence[str], loops: Sequence[float | None] | None = None
+) -> dict[str, Any]:
+    """Accuracy overall and per difficulty (keys are the difficulties as strings, sorted), and the
+    mean loops per generated token beside each when ``loops`` are known."""
     correct = [float(t.matches(p)) for t, p in zip(tasks, predictions, strict=True)]
-    by_difficulty: dict[int, list[float]] = defaultdict(list)
-    for task, ok in zip(tasks, correct, strict=True):
+    used = list(loops) if loops is not None and None not in loops else None
+    by_difficulty: dict[int, list[int]] = defaultdict(list)
+    for i, task in enumerate(tasks):
         if task.difficulty is not None:
-            by_difficulty[task.difficulty].append(ok)
-    return {
-        "metrics": {"accuracy": metric(correct)},
-        "per_difficulty": {str(d): {"accuracy": metric(v)} for d, v in sorted(by_difficulty.items())},
-    }
+            by_difficulty[task.difficulty].append(i)
+
+    def summary(indices: Sequence[int]) -> dict[str, Any]:
+        out: dict[str, Any] = {"accuracy": metric([correct[i] for i in indices])}
+        if used is not None:
+            out["mean_loops"] = round(sum(used[i] for i in indices) / len(indices), 3)
+        return out
+
+    overall = summary(range(len(tasks)))
+    result: dict[str, Any] = {"metrics": {"accuracy": overall["accuracy"]}}
+    if used is not None:
+        result["mean_loops"] = overall["mean_loops"]
+    result["per_difficulty"] = {str(d): summary(v) for d, v in sorted(by_difficulty.items())}
+    return result
 
 
 def evaluate_tasks(
@@ -121,7 +165,7 @@ def evaluate_tasks(
     for n_loops in loop_rows(model, loops):
         label = row_label(n_loops)
         started = time.perf_counter()
-        predictions = predict(
+        prediction = predict(
             model,
             tokenizer,
             tasks,
@@ -130,21 +174,13 @@ def evaluate_tasks(
             on_batch=on_row(label, len(tasks)) if on_row is not None else None,
         )
         seconds = time.perf_counter() - started
-        row = {"label": label, "n_loops": n_loops, **score(tasks, predictions)}
+        row = {**row_fields(n_loops), **score(tasks, prediction.answers, prediction.loops)}
         row["seconds"] = round(seconds, 2)
-        row["predictions"] = predictions
+        row["tokens_per_second"] = round(prediction.tokens / seconds, 2)
+        row["predictions"] = prediction.answers
         rows.append(row)
     difficulties = sorted({t.difficulty for t in tasks if t.difficulty is not None})
     return {"task": "tasks", "examples": len(tasks), "difficulties": difficulties, "rows": rows}
-
-
-def loop_context(model: PreTrainedModel) -> LoopContext:
-    """The per-model context through which the loop driver reports its states."""
-    if isinstance(model, MythicForCausalLM):
-        return model.context
-    if isinstance(model, MythosForCausalLM):
-        return model.model.recurrent.context
-    raise MythicError("loop convergence needs a looped model (a mythic checkpoint or an OpenMythos model)")
 
 
 def loop_dynamics(

@@ -7,6 +7,7 @@ plus ``--set`` overrides (the looped model and its controls). For every (arm, se
     RUN = OUT/<arm>/seed-<s>
     train  <arm.recipe> --set seed=<s> out_dir=RUN data.sources.0.path=DATA/train.jsonl <arm.set …>
     eval   RUN/final on DATA/test.jsonl at the arm's loop counts    → RUN/eval.json
+           (an ``auto:MAX`` entry is an adaptive row with the experiment's ``exit`` rule)
     state  ‖h_{t+1} − h_t‖ / ‖h_t‖ and ‖h_t‖/√dim per loop and difficulty (looped arms) → inside RUN/eval.json
 
 A run that finished is skipped, an interrupted one resumes from its checkpoints; runs go to
@@ -31,6 +32,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from mythic.errors import MythicError
 from mythic.io import write_json
+from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth, parse_depth, parse_exit
 from mythic.tasks.make import generator, make, parse_difficulty_range
 from mythic.train.recipe import Recipe, Strict, format_validation_error, load_recipe
 
@@ -57,7 +59,7 @@ class Arm(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     recipe: str
     set: list[str] = Field(default_factory=list)
-    loops: list[PositiveInt] | None = None
+    loops: list[PositiveInt | str] | None = None
     description: str = ""
 
 
@@ -66,7 +68,8 @@ class Experiment(Strict):
     out_dir: str | None = None
     tasks: TaskFiles
     seeds: list[int] = Field(min_length=1)
-    loops: list[PositiveInt] = Field(min_length=1)
+    loops: list[PositiveInt | str] = Field(min_length=1)
+    exit: str = DEFAULT_EXIT
     bands: dict[str, str] = Field(min_length=1)
     convergence_loops: PositiveInt | None = None
     arms: list[Arm] = Field(min_length=1)
@@ -79,6 +82,12 @@ class Experiment(Strict):
             raise ValueError("arms: every arm needs its own name")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: a seed is listed twice")
+        try:
+            parse_exit(self.exit)
+            for arm in [None, *self.arms]:
+                self.arm_loops(arm)
+        except MythicError as err:
+            raise ValueError(f"loops: {err}") from None
         return self
 
     @property
@@ -89,8 +98,10 @@ class Experiment(Strict):
     def data_dir(self) -> Path:
         return self.run_dir / "data"
 
-    def arm_loops(self, arm: Arm) -> list[int]:
-        return list(arm.loops or self.loops)
+    def arm_loops(self, arm: Arm | None) -> list[int | AdaptiveDepth]:
+        """The rows an arm is evaluated at: loop counts, and ``auto:MAX`` entries with the experiment's ``exit``."""
+        entries = (arm.loops if arm is not None else None) or self.loops
+        return [n if isinstance(n, int) else parse_depth(n, self.exit) for n in entries]
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -205,7 +216,7 @@ def run_job(experiment: Experiment, arm_name: str, seed: int, threads: int) -> d
         for row in results["rows"]:
             row.pop("predictions")
         record = {"arm": arm.name, "seed": seed, "trained_loops": recipe.curriculum.max_loops, "results": results}
-        if experiment.convergence_loops and max(loops) > 1:
+        if experiment.convergence_loops and max(n if isinstance(n, int) else 2 for n in loops) > 1:
             record["dynamics"] = loop_dynamics(
                 model, tokenizer, tests, experiment.convergence_loops, batch_size=experiment.eval_batch_size
             )

@@ -10,7 +10,11 @@ the first):
 
 - depth extrapolation: the main arm at its best T above the trained maximum vs at that maximum;
 - overthinking: the main arm at the largest T vs at its best T;
+- adaptive depth: each ``auto:MAX`` row of the main arm vs its best fixed T;
 - controls: the main arm at the trained maximum vs each control at its best row.
+
+An adaptive row also carries its mean loops per generated token (overall and per difficulty),
+mean ± SE over seeds.
 
 ``write_report`` renders it all: ``results.json``, a Markdown page and its PNG figures.
 """
@@ -63,14 +67,19 @@ def aggregate(experiment: Experiment, records: list[dict[str, Any]]) -> dict[str
                 str(d): metric([row["per_difficulty"][str(d)]["accuracy"]["value"] for row in seed_rows])
                 for d in difficulties
             }
-            rows.append(
-                {
-                    "label": label,
-                    "n_loops": seed_rows[0]["n_loops"],
-                    "bands": per_band,
-                    "per_difficulty": per_difficulty,
+            row = {
+                "label": label,
+                "n_loops": seed_rows[0]["n_loops"],
+                "bands": per_band,
+                "per_difficulty": per_difficulty,
+            }
+            if seed_rows[0]["n_loops"] == "auto":
+                row["exit"] = seed_rows[0]["exit"]
+                row["mean_loops"] = metric([r["mean_loops"] for r in seed_rows])
+                row["loops_per_difficulty"] = {
+                    str(d): metric([r["per_difficulty"][str(d)]["mean_loops"] for r in seed_rows]) for d in difficulties
                 }
-            )
+            rows.append(row)
         dynamics = None
         if all("dynamics" in r for r in mine):
             dynamics = {
@@ -118,7 +127,8 @@ def compare(summary: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     main_name, main = next(iter(arms.items()))
     trained = main["trained_loops"]
-    looped = [r for r in main["rows"] if r["n_loops"] is not None]
+    looped = [r for r in main["rows"] if isinstance(r["n_loops"], int)]
+    adaptive = [r for r in main["rows"] if r["n_loops"] == "auto"]
     at_trained = next((r for r in looped if r["n_loops"] == trained), None)
     claims = []
     for band in summary["bands"]:
@@ -143,6 +153,16 @@ def compare(summary: dict[str, Any]) -> list[dict[str, Any]]:
                     **difference(last["bands"][band], best["bands"][band]),
                 }
             )
+        for auto in adaptive:
+            if best is not None and band in auto["bands"]:
+                claims.append(
+                    {
+                        "claim": f"{main_name}: {auto['label']} {auto['exit']} (adaptive) vs best T",
+                        "band": band,
+                        "rows": [auto["label"], best["label"]],
+                        **difference(auto["bands"][band], best["bands"][band]),
+                    }
+                )
         for name, arm in list(arms.items())[1:]:
             control = best_row(arm["rows"], band, lambda r: True)
             if at_trained is not None and control is not None and band in at_trained["bands"]:
@@ -168,11 +188,18 @@ def accuracy_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     bands = list(summary["bands"])
     header = ["arm", "row", *(f"{b} ({summary['bands'][b]})" for b in bands)]
     rows = [
-        [name, row["label"], *(points(row["bands"][b]) if b in row["bands"] else "-" for b in bands)]
+        [name, row_title(row), *(points(row["bands"][b]) if b in row["bands"] else "-" for b in bands)]
         for name, arm in summary["arms"].items()
         for row in arm["rows"]
     ]
     return header, rows
+
+
+def row_title(row: dict[str, Any]) -> str:
+    """A row's label; an adaptive row's with its exit rule and mean loops ('auto:32 kl:0.001, 4.2 loops')."""
+    if row["n_loops"] != "auto":
+        return row["label"]
+    return f"{row['label']} {row['exit']}, {row['mean_loops']['value']:.1f} loops"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -188,7 +215,18 @@ def plot_bands(summary: dict[str, Any], path: Path) -> None:
     axes = fig.subplots(1, len(bands), squeeze=False)[0]
     for ax, band in zip(axes, bands, strict=True):
         for name, arm in summary["arms"].items():
-            rows = [r for r in arm["rows"] if r["n_loops"] is not None and band in r["bands"]]
+            rows = [r for r in arm["rows"] if isinstance(r["n_loops"], int) and band in r["bands"]]
+            for r in arm["rows"]:
+                if r["n_loops"] == "auto" and band in r["bands"]:
+                    ax.plot(
+                        [r["mean_loops"]["value"]],
+                        [r["bands"][band]["value"]],
+                        marker="*",
+                        markersize=12,
+                        linestyle="none",
+                        color=f"C{list(summary['arms']).index(name)}",
+                        label=f"{name} {r['label']} {r['exit']} (at its mean loops)",
+                    )
             base = next((r for r in arm["rows"] if r["n_loops"] is None and band in r["bands"]), None)
             if len(rows) > 1:
                 ax.errorbar(
@@ -301,6 +339,20 @@ def report_section(
     ]
     lines += [markdown_table(["difficulty", *(r["label"] for r in main["rows"])], per_difficulty), ""]
     lines += [f"![heatmap]({prefix}heatmap-{main_name}.png)", ""]
+    adaptive = [r for r in main["rows"] if r["n_loops"] == "auto"]
+    if adaptive:
+        lines += [
+            f"{h2} Adaptive depth: {main_name}, loops used per generated token (mean ± SE over seeds)",
+            "",
+            markdown_table(
+                ["difficulty", *(row_title(r).split(",")[0] for r in adaptive)],
+                [
+                    [str(d), *(f"{r['loops_per_difficulty'][str(d)]['value']:.2f}" for r in adaptive)]
+                    for d in main["difficulties"]
+                ],
+            ),
+            "",
+        ]
     if main["dynamics"] is not None:
         plot_dynamics(main, folder / f"dynamics-{main_name}.png", f"{main_name}: loop state at the answer position")
         change, rms = main["dynamics"]["change"], main["dynamics"]["rms"]

@@ -92,3 +92,14 @@ def check_block(config: PreTrainedConfig, start: int, end: int, drop: tuple[int,
     shared_from = n - (getattr(text, "num_kv_shared_layers", 0) or 0)
     if start < shared_from < end:
         raise MythicError(f"block {start}:{end} straddles the KV-sharing start at layer {shared_from}")
+
+
+def final_norm(model: PreTrainedModel) -> nn.Module:
+    """The base's final norm, beside its decoder-layer list (``model.model.norm`` and the like)."""
+    owner = model
+    for name in family_of(model.config).layers_path.split(".")[:-1]:
+        owner = getattr(owner, name)
+    norm = getattr(owner, "norm", None)
+    if not isinstance(norm, nn.Module):
+        raise MythicError(f"{type(model).__name__} has no final norm beside its decoder layers")
+    return norm

@@ -18,6 +18,12 @@ reaches Depth-LoRA through a per-model ``LoopContext``. ``base_mode()`` switches
 the recurrence, the Depth-LoRA and any peft LoRA on the base off: the result is the base model
 (the eval base row and the KL-anchor target alike).
 
+``n_loops`` may be an ``AdaptiveDepth`` (``exit.py``): each position stops when its criterion
+fires, with the fill-forward keys and values in the cache (an uncached call uses a throwaway
+one); the ``kl`` criterion reads the loop state through the base's final norm and head.
+``config.kv_share = "last"`` keeps one KV slot per block layer for every loop beyond the first
+(``cache.SharedPass``), a serving setting that changes no parameter.
+
 Loop counts above ``max_loops`` (the trained maximum) run: the per-loop parameters of
 the last trained loop are reused for every deeper loop.
 
@@ -32,7 +38,7 @@ import contextlib
 import copy
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +52,12 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mythic.errors import MythicError
-from mythic.models.families import check_block, decoder_layers, family_of
+from mythic.models.families import check_block, decoder_layers, family_of, final_norm
 from mythic.recurrence import RULES
-from mythic.recurrence.cache import LoopCache
+from mythic.recurrence.cache import FillForward, LoopCache, SharedPass, check_kv_share
 from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
-from mythic.recurrence.loop import LoopCount, run_loops
+from mythic.recurrence.exit import AdaptiveDepth, ExitRun
+from mythic.recurrence.loop import LoopCount, max_loops, run_loops
 from mythic.recurrence.loop_embedding import LoopEmbedding
 from mythic.recurrence.rules import ConcatRule, ParcaeRule, ResidualRule, UpdateRule
 
@@ -84,6 +91,7 @@ class MythicConfig(PreTrainedConfig):
     loop_embedding: bool = False
     base_name_or_path: str | None = None
     base_revision: str | None = None
+    kv_share: str | None = None
 
     def validate_surgery(self) -> None:
         """One-line errors for impossible settings; called before any model is built."""
@@ -98,6 +106,7 @@ class MythicConfig(PreTrainedConfig):
                 f"LayerScale needs 0 < layerscale_init <= layerscale_max <= 1, "
                 f"got {self.layerscale_init} and {self.layerscale_max}"
             )
+        check_kv_share(self.kv_share)
         drop = tuple(self.drop) if self.drop else None
         check_block(self.text_config, self.block_start, self.block_end, drop)
 
@@ -126,10 +135,12 @@ class Run:
     """Settings of one forward call, read by the block slots through the LoopContext."""
 
     loop: bool
-    n_loops: LoopCount = 1
+    n_loops: LoopCount | AdaptiveDepth = 1
     grad_loops: int | None = None
     checkpoint: bool = False
     past: int = 0
+    readout: Callable[[torch.Tensor], torch.Tensor] | None = None
+    kv_share: bool = False
     calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
 
 
@@ -180,26 +191,52 @@ class BlockSlot(nn.Module):
         cache = kwargs.get("cache")
         recurrence = self._recurrence[0]
 
+        n_loops, early_exit = run.n_loops, None
+        if run.kv_share and isinstance(n_loops, torch.Tensor):
+            raise MythicError("kv_share needs one loop count for the whole batch, not per-sequence depths")
+        if isinstance(n_loops, AdaptiveDepth):
+            if n_loops.criterion == "act":
+                raise MythicError("--exit act needs a model with a halting head; a retrofit has none")
+            early_exit = ExitRun(n_loops, hidden_states, readout=run.readout, fill=lambda t: cache_view(t).fill())
+            n_loops = n_loops.max_loops
+        total = max_loops(n_loops)
+
+        def cache_view(t: int) -> Any:
+            if cache is None:
+                return None
+            if run.kv_share and t > 0:
+                view = SharedPass(cache, lambda j: cache.slot(1, j), store=t == total - 1)
+            else:
+                view = cache.at_loop(t)
+            if early_exit is None:
+                return view
+            return FillForward(view, t, early_exit.frozen(t), early_exit.written)
+
         def step(x: torch.Tensor, t: int) -> torch.Tensor:
             if cache is not None and t > 0:
-                cache.check_loop(t, run.past)
+                cache.check_loop(min(t, 1) if run.kv_share else t, run.past)
+            view = cache_view(t)
             with self.context.at_loop(t):
                 for layer, layer_args, layer_kwargs in calls:
-                    if cache is not None:
-                        layer_kwargs = {**layer_kwargs, "cache": cache.at_loop(t)}
+                    if view is not None:
+                        layer_kwargs = {**layer_kwargs, "cache": view}
                     x = layer(x, *layer_args, **layer_kwargs)
             return x
 
-        return run_loops(
+        h = run_loops(
             step,
             recurrence.rule,
             hidden_states,
-            run.n_loops,
+            n_loops,
             embedding=recurrence.embedding,
             grad_loops=run.grad_loops,
             checkpoint=run.checkpoint,
+            early_exit=early_exit,
             observer=self.context.observer,
         )
+        if early_exit is not None:
+            self.context.record_loops(early_exit.steps[:, -1])
+        return h
 
 
 class MythicForCausalLM(PreTrainedModel, GenerationMixin):
@@ -319,11 +356,14 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         recomputes each loop's activations in backward (training without a cache).
         """
         n_loops = self.config.n_loops if n_loops is None else n_loops
-        if (n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1:
+        adaptive = isinstance(n_loops, AdaptiveDepth)
+        if not adaptive and ((n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1):
             raise MythicError(f"n_loops must be >= 1, got {n_loops}")
         if use_cache is None:
             use_cache = not self.training and bool(getattr(self.base.config, "use_cache", True))
-        if use_cache and cache is None:
+        if adaptive and cache is None:
+            cache = self.new_cache()  # the fill-forward keys and values live in a cache, even uncached
+        elif use_cache and cache is None:
             cache = self.new_cache()
         if checkpoint_loops and cache is not None:
             raise MythicError("checkpoint_loops needs use_cache=False: recomputation would write the KV cache twice")
@@ -331,19 +371,29 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             raise MythicError("cache must be a LoopCache: create it with model.new_cache()")
         outer = self.context.run
         past = cache.get_seq_length() if cache is not None else 0
-        run = outer if outer is not None and not outer.loop else Run(True, n_loops, grad_loops, checkpoint_loops, past)
+        run = outer
+        if outer is None or outer.loop:
+            check_kv_share(self.config.kv_share)
+            run = Run(True, n_loops, grad_loops, checkpoint_loops, past, self.readout, self.config.kv_share == "last")
         with self.context.running(run):
-            return self.base(
+            out = self.base(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 cache=cache,
                 inputs_embeds=inputs_embeds,
                 labels=labels,
-                use_cache=use_cache,
+                use_cache=use_cache or adaptive,
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
+        if adaptive and not use_cache:
+            out.past_key_values = None
+        return out
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits read straight off a loop state: the base's final norm and head (the logit lens)."""
+        return self.base.get_output_embeddings()(final_norm(self.base)(h))
 
     def _prepare_cache_for_generation(
         self, generation_config: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any

@@ -12,10 +12,20 @@ sliding-window, KV-sharing dummy), so any loop count works without sizing the ca
 front. The loop driver hands each pass a ``LoopSlots`` view whose ``update`` remaps the
 attention module's ``layer_idx``; everything else (sequence length, masks, beam
 reordering, cropping) is the DynamicCache's own.
+
+Adaptive exit (``exit.py``): ``FillForward`` gives positions that have exited the keys and values
+of their last computed pass at every later pass (those of pass t − 1, themselves filled forward
+if they had exited before), and appends those entries to the slots of a pass that is skipped.
+
+KV sharing across loops (``SharedPass``, ``kv_share: last``): every pass beyond the first uses one
+slot per block layer, which keeps each token's last-pass keys and values; a loop count then costs
+(L + k)/L of the T = 1 cache instead of (L + (T − 1)·k)/L. Ouro reports it near-lossless; its
+cost here is measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,7 +51,7 @@ class LoopCache(DynamicCache):
         k = self.block_end - self.block_start
         return self.n_base + (t - 1) * k + (layer_idx - self.block_start)
 
-    def _ensure(self, idx: int) -> None:
+    def ensure_slot(self, idx: int) -> None:
         while len(self.layers) <= idx:
             layer_class, layer_kwargs = self._block_layers[(len(self.layers) - self.n_base) % len(self._block_layers)]
             self.layers.append(layer_class(**layer_kwargs))
@@ -77,8 +87,88 @@ class LoopSlots:
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.cache.slot(self.t, layer_idx)
-        self.cache._ensure(idx)
+        self.cache.ensure_slot(idx)
         return self.cache.update(key_states, value_states, idx, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cache, name)
+
+
+Written = dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+class FillForward:
+    """The cache as seen by pass t of an adaptive-depth forward (see ``exit.py``).
+
+    ``update`` writes as usual, except that ``frozen`` positions (B, q) get the keys and values
+    this forward wrote for them at pass t − 1 (their last computed pass, or filled forward
+    already) instead of those just computed from their frozen state. Every write is recorded in
+    ``written[(t, layer_idx − offset)]`` (the forward's own entries: a sliding-window layer's
+    storage may already have dropped some); ``offset`` makes the key the same block layer at
+    every pass (t when each pass has its own consecutive slot indices, 0 when the indices repeat
+    and the view remaps them). ``fill`` writes a skipped pass: every layer's entries of pass t − 1.
+    """
+
+    def __init__(
+        self, cache: DynamicCache | LoopSlots, t: int, frozen: torch.Tensor | None, written: Written, offset: int = 0
+    ) -> None:
+        self.cache, self.t, self.frozen, self.written, self.offset = cache, t, frozen, written, offset
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = layer_idx - self.offset
+        if self.frozen is not None:
+            prev_keys, prev_values = self.written[(self.t - 1, layer)]
+            mask = self.frozen.view(self.frozen.shape[0], 1, self.frozen.shape[1], 1)
+            key_states = torch.where(mask, prev_keys, key_states)
+            value_states = torch.where(mask, prev_values, value_states)
+        self.written[(self.t, layer)] = (key_states, value_states)
+        return self.cache.update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def fill(self) -> None:
+        """Pass t is skipped: append every layer's pass t − 1 entries as its own."""
+        for t, layer in [key for key in self.written if key[0] == self.t - 1]:
+            keys, values = self.written[(t, layer)]
+            self.written[(self.t, layer)] = (keys, values)
+            self.cache.update(keys, values, layer + self.offset)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cache, name)
+
+
+KV_SHARE = (None, "last")
+
+
+def check_kv_share(value: str | None) -> None:
+    """One-line error for a ``kv_share`` setting other than None (every pass its own slots) or "last"."""
+    if value not in KV_SHARE:
+        raise MythicError(f"kv_share must be 'last' or unset, got {value!r}")
+
+
+class SharedPass:
+    """KV sharing across loops (``kv_share: last``, Ouro): the cache as seen by pass t ≥ 1, which
+    reads and writes one slot shared by every pass beyond the first (``shared(layer_idx)``).
+
+    The pass attends to the stored tokens' entries — those of their last pass — followed by this
+    call's tokens' entries of pass t; only the last pass (``store``) appends its entries, so the
+    slot holds one pass's keys per token whatever the loop count."""
+
+    def __init__(self, cache: DynamicCache, shared: Callable[[int], int], store: bool) -> None:
+        self.cache, self.shared, self.store = cache, shared, store
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.shared(layer_idx)
+        if self.store:
+            if isinstance(self.cache, LoopCache):
+                self.cache.ensure_slot(idx)
+            return self.cache.update(key_states, value_states, idx, *args, **kwargs)
+        layer = self.cache.layers[idx] if idx < len(self.cache.layers) else None
+        if layer is None or getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+            return key_states, value_states
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cache, name)

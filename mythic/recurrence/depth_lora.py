@@ -26,8 +26,9 @@ from mythic.recurrence.gates import loop_slot
 
 
 class LoopContext:
-    """Per-model context: the current loop index (for Depth-LoRA), the current run settings, and an
-    optional observer the loop driver hands every new state to (``observer(t, h_t)``)."""
+    """Per-model context: the current loop index (for Depth-LoRA), the current run settings, an
+    optional observer the loop driver hands every new state to (``observer(t, h_t)``), and an
+    optional meter of the loops adaptive-depth forwards used (``metering``)."""
 
     def __init__(self) -> None:
         self._loop: ContextVar[int | None] = ContextVar(f"mythic_loop_{id(self)}", default=None)
@@ -35,6 +36,7 @@ class LoopContext:
         self._observer: ContextVar[Callable[[int, torch.Tensor], None] | None] = ContextVar(
             f"mythic_observer_{id(self)}", default=None
         )
+        self._meter: ContextVar[list[torch.Tensor] | None] = ContextVar(f"mythic_meter_{id(self)}", default=None)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LoopContext:
         return LoopContext()
@@ -59,6 +61,22 @@ class LoopContext:
             yield
         finally:
             self._observer.reset(token)
+
+    @contextlib.contextmanager
+    def metering(self) -> Iterator[list[torch.Tensor]]:
+        """Within the block, every adaptive-depth forward appends the loops its last position used (B,)."""
+        used: list[torch.Tensor] = []
+        token = self._meter.set(used)
+        try:
+            yield used
+        finally:
+            self._meter.reset(token)
+
+    def record_loops(self, steps: torch.Tensor) -> None:
+        """Called by the model after an adaptive-depth forward, with the last position's loop counts."""
+        used = self._meter.get()
+        if used is not None:
+            used.append(steps.detach().cpu())
 
     @contextlib.contextmanager
     def at_loop(self, t: int | None) -> Iterator[None]:

@@ -28,6 +28,12 @@ which positions still run (``halting.begin(t)``), freezes the others after the p
 is returned instead of h_T. Every pass still runs for the whole batch: halting masks,
 it never exits early.
 
+Adaptive exit (``early_exit``, an ``ExitRun`` from ``exit.py``): positions leave when their criterion
+fires; the driver freezes them like halted ones (and ANDs the two masks when both are given),
+and when no position runs pass t it stops there (``early_exit.stop`` writes the skipped passes'
+fill-forward cache entries). The step function reads ``early_exit.frozen(t)`` to give exited positions
+the keys and values of their last computed pass.
+
 ``observer(t, h_t)``, when given, sees every new state h_1 … h_T (for measurements such as
 the loop-state convergence ‖h_{t+1} − h_t‖ / ‖h_t‖); it must not change them.
 """
@@ -45,6 +51,7 @@ from mythic.recurrence.loop_embedding import LoopEmbedding
 from mythic.recurrence.rules import UpdateRule
 
 if TYPE_CHECKING:
+    from mythic.recurrence.exit import ExitRun
     from mythic.recurrence.halting import ACTRun
 
 LoopCount = int | torch.Tensor
@@ -65,6 +72,7 @@ def run_loops(
     grad_loops: int | None = None,
     checkpoint: bool = False,
     halting: ACTRun | None = None,
+    early_exit: ExitRun | None = None,
     observer: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run the block ``n_loops`` times from h₀ = e; see the module docstring."""
@@ -88,14 +96,22 @@ def run_loops(
     h = e
     for t in range(total):
         running = halting.begin(t) if halting is not None else None
+        if early_exit is not None:
+            running = early_exit.begin(t, running)
+            if early_exit.done(t):
+                early_exit.stop(t, total)
+                break
         with torch.no_grad() if t < first_grad else contextlib.nullcontext():
             if checkpoint and torch.is_grad_enabled():
                 h_next = activation_checkpoint(one_loop, h, e, t, use_reentrant=False)
             else:
                 h_next = one_loop(h, e, t)
-            if halting is not None:
+            if running is not None:
                 h_next = torch.where(running.unsqueeze(-1), h_next, h)
+            if halting is not None:
                 halting.update(h_next, t)
+            if early_exit is not None:
+                early_exit.update(h, h_next, t)
         if row_first is not None and t >= first_grad and torch.is_grad_enabled():
             h_next = torch.where(row_first > t, h_next.detach(), h_next)
         if per_sequence:

@@ -12,6 +12,8 @@ prelude output (the block's input in the base model).
 
 ``parcae`` (Prairie et al.; used by the from-scratch OpenMythos model)
     x_t = Ā ⊙ h_t + B̄ e,   h_{t+1} = b_t
+    with ``state_norm``: x_t = Ā ⊙ RMSNorm(h_t) + B̄ e, so the share of the input signal e in the
+    block's input cannot fade as ‖h_t‖ grows with the loop count.
 
 ``concat`` (retrofitted recurrence / Huginn)
     x_t = W [h_t ; e],   h_{t+1} = b_t,   W ∈ R^{d×2d} initialised to [0 | I] so that x₀ = e
@@ -66,14 +68,15 @@ class ResidualRule(UpdateRule):
 
 
 class ParcaeRule(UpdateRule):
-    """Inject before the block: x = Ā ⊙ h + B̄ e."""
+    """Inject before the block: x = Ā ⊙ h + B̄ e (h RMS-normalised first with ``state_norm``)."""
 
-    def __init__(self, dim: int, full_b: bool = False) -> None:
+    def __init__(self, dim: int, full_b: bool = False, state_norm: bool = False) -> None:
         super().__init__()
         self.injection = LTIInjection(dim, full_b=full_b)
+        self.state_norm = nn.RMSNorm(dim, eps=1e-6) if state_norm else None
 
     def enter(self, h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
-        return self.injection(h, e)
+        return self.injection(h if self.state_norm is None else self.state_norm(h), e)
 
 
 class ConcatRule(UpdateRule):

@@ -16,6 +16,9 @@ do the same amount of work.
 
 Truncated backprop: with ``grad_loops = k`` the sample carries k, and the loop driver gives every
 sequence its own last min(n_b, k) loops with gradient (the first max(n_b − k, 0) run without);
+``grad_loops: uniform`` draws k ~ U{1, …, max_b n_b} afresh for every micro-batch (Bansal et al.
+2022's progressive loss: the block must improve on a state it did not shape, whatever loop it
+starts from, rather than learn one fixed T-step trajectory);
 ``checkpoint_loops`` asks the model to checkpoint activations per loop.
 
 Determinism: every draw uses ``numpy.random.default_rng([seed, step, micro, rank, salt])``,
@@ -88,8 +91,10 @@ class Curriculum:
     def per_sequence(self) -> bool:
         return bool(getattr(self.spec, "per_sequence", False))
 
-    def rng(self, step: int, micro: int, rank: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, step, micro, rank, self.SALT])
+    def rng(self, step: int, micro: int, rank: int, stream: int = 0) -> np.random.Generator:
+        """The generator for one draw; ``stream`` 0 draws depths, 1 draws ``grad_loops: uniform``."""
+        key = [self.seed, step, micro, rank, self.SALT]
+        return np.random.default_rng(key + [stream] if stream else key)
 
     def draw(self, rng: np.random.Generator, step: int, size: int) -> np.ndarray:
         """``size`` loop counts in [1, max_loops] for ``step``."""
@@ -113,4 +118,9 @@ class Curriculum:
             n_loops: LoopCount = torch.from_numpy(loops)
         else:
             n_loops = int(self.draw(self.rng(step, micro, 0), step, 1)[0])
-        return Depth(n_loops, self.spec.grad_loops, self.spec.checkpoint_loops)
+        grad_loops = self.spec.grad_loops
+        if grad_loops == "uniform":
+            deepest = int(n_loops.max()) if isinstance(n_loops, torch.Tensor) else n_loops
+            rng = self.rng(step, micro, rank if self.per_sequence else 0, stream=1)
+            grad_loops = int(rng.integers(1, deepest + 1))
+        return Depth(n_loops, grad_loops, self.spec.checkpoint_loops)

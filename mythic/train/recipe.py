@@ -182,7 +182,7 @@ class CurriculumBase(Strict):
     """Shared by every curriculum: the loop-axis bound and truncated backprop settings."""
 
     max_loops: PositiveInt = 8
-    grad_loops: PositiveInt | None = None
+    grad_loops: PositiveInt | Literal["uniform"] | None = None
     checkpoint_loops: bool = False
 
     def _check_loops(self, loops: list[int], where: str) -> None:

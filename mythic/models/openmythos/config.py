@@ -10,7 +10,8 @@ lora_rank (per-loop Depth-LoRA rank, 0 disables it), act_threshold, dropout.
 Additions of this implementation: ``act`` (False: the loop output is h_T, no halting),
 ``router_bias_rate`` (γ of the aux-loss-free balancing update), ``init_std`` (0.02 suits wide
 models; a tiny model learns far faster near 1/√dim), ``token_conv`` (kernel size of a causal
-depthwise convolution over the token embeddings, 0 = off; see ``model.TokenConv``).
+depthwise convolution over the token embeddings, 0 = off; see ``model.TokenConv``),
+``state_norm`` (RMS-normalise the loop state before the injection: x_t = Ā ⊙ RMSNorm(h_t) + B̄ e).
 Prelude and coda layers use a dense SwiGLU FFN of width ``dense_dim`` = dim·4//3; the
 recurrent block uses the MoE. Each shared expert has width expert_dim · n_experts_per_tok.
 """
@@ -54,6 +55,7 @@ class MythosConfig:
     router_bias_rate: float = 1e-3
     init_std: float = 0.02
     token_conv: int = 0
+    state_norm: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.model import MythosOutput, OpenMythos
+from mythic.recurrence.cache import check_kv_share
 from mythic.recurrence.loop import LoopCount
 
 
@@ -59,6 +60,8 @@ class MythosHFConfig(PreTrainedConfig):
     router_bias_rate: float = 1e-3
     init_std: float = 0.02
     token_conv: int = 0
+    state_norm: bool = False
+    kv_share: str | None = None
     tie_word_embeddings: bool = True
     use_cache: bool = True
     bos_token_id: int | None = None
@@ -126,6 +129,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         checkpoint_loops: bool = False,
         **kwargs: Any,
     ) -> MythosCausalLMOutput:
+        check_kv_share(self.config.kv_share)
         if use_cache is None:
             use_cache = not self.training and self.config.use_cache
         if use_cache and cache is None:
@@ -142,6 +146,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
             grad_loops=grad_loops,
             checkpoint_loops=checkpoint_loops,
             logits_to_keep=logits_to_keep,
+            kv_share=self.config.kv_share == "last",
         )
         loss = None
         if labels is not None:

@@ -4,6 +4,7 @@
     x  = Prelude(x)                       prelude_layers dense blocks, run once
     e  = RMSNorm(x)                       Parcae: normalised injection signal
     h₀ = e;  h_{t+1} = Block(Ā ⊙ h_t + B̄ e + γ ⊙ PE(t))       t = 0 … T−1, one MoE block
+                                          (Ā ⊙ RMSNorm(h_t) with cfg.state_norm)
     h  = ACT-weighted Σ_t w_t h_{t+1}     (or h_T when cfg.act is False)
     y  = Head(RMSNorm(Coda(h)))           coda_layers dense blocks, head tied to Embed
 
@@ -16,7 +17,8 @@ projections, and the loop index reaches it through the model's ``LoopContext``.
 
 KV cache: ``MythosCache``, a transformers ``DynamicCache`` with one slot per prelude layer (i),
 coda layer (P + j) and recurrent loop (P + C + t), plus the token convolution's last k − 1
-inputs. Cached and uncached forward are the same code.
+inputs; with ``kv_share`` the loops t ≥ 1 share slot P + C + 1. Cached and uncached forward are
+the same code.
 
 Initialisation: every Linear/Embedding/expert weight ~ N(0, init_std²), output
 projections (attention wo, FFN w2, experts' w2) ~ N(0, (init_std / √(2L))²) with L the
@@ -27,8 +29,9 @@ number of physical blocks; norms 1; the recurrence modules use their own
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +42,9 @@ from mythic.errors import MythicError
 from mythic.models.openmythos.attention import LORA_TARGETS, AttentionMask, make_attention, rope_cos_sin
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.moe import MoE, MoEStats, SwiGLU
+from mythic.recurrence.cache import FillForward, SharedPass
 from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
+from mythic.recurrence.exit import AdaptiveDepth, ExitRun
 from mythic.recurrence.halting import ACTHalting, ACTRun
 from mythic.recurrence.injection import LTIInjection
 from mythic.recurrence.loop import LoopCount, max_loops, run_loops
@@ -175,7 +180,7 @@ class Recurrent(nn.Module):
         self.first_slot = first_slot
         self.block = Block(cfg, moe=True)
         self.e_norm = nn.RMSNorm(cfg.dim, eps=1e-6)
-        self.rule = ParcaeRule(cfg.dim)
+        self.rule = ParcaeRule(cfg.dim, state_norm=cfg.state_norm)
         self.embedding = LoopEmbedding(cfg.dim)
         self.act = ACTHalting(cfg.dim, cfg.act_threshold, cfg.max_loop_iters) if cfg.act else None
         self.context = LoopContext()
@@ -187,10 +192,24 @@ class Recurrent(nn.Module):
     def injection(self) -> LTIInjection:
         return self.rule.injection
 
+    def cache_view(
+        self, cache: DynamicCache | None, t: int, total: int, early_exit: ExitRun | None, kv_share: bool
+    ) -> Any:
+        """What pass t of ``total`` writes its keys and values through: the cache, its shared slot for
+        passes beyond the first (``kv_share``), and the fill-forward view of an adaptive run."""
+        if cache is None:
+            return None
+        view: Any = cache
+        if kv_share and t >= 1:
+            view = SharedPass(cache, lambda i: self.first_slot + 1, store=t == total - 1)
+        if early_exit is not None:
+            view = FillForward(view, t, early_exit.frozen(t), early_exit.written, offset=self.first_slot + t)
+        return view
+
     def forward(
         self,
         x: torch.Tensor,
-        n_loops: LoopCount,
+        n_loops: LoopCount | AdaptiveDepth,
         rope: Rope,
         mask: AttentionMask,
         cache: DynamicCache | None,
@@ -198,23 +217,44 @@ class Recurrent(nn.Module):
         stats: list[MoEStats],
         grad_loops: int | None = None,
         checkpoint: bool = False,
-    ) -> tuple[torch.Tensor, ACTRun | None]:
-        """The loops over the prelude output ``x``; ``past`` = tokens already in ``cache``."""
+        readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        kv_share: bool = False,
+    ) -> tuple[torch.Tensor, ACTRun | None, ExitRun | None]:
+        """The loops over the prelude output ``x``; ``past`` = tokens already in ``cache``.
+
+        ``n_loops`` may be an ``AdaptiveDepth`` (then ``cache`` must be given: the fill-forward keys
+        and values live there, and ``readout`` gives the ``kl`` criterion its logits)."""
         e = self.e_norm(x)
+        early_exit = None
+        if isinstance(n_loops, AdaptiveDepth):
+            if n_loops.criterion == "act" and self.act is None:
+                raise MythicError("--exit act needs a model with a halting head (OpenMythos with act: true)")
+            depth, n_loops = n_loops, n_loops.max_loops
+            early_exit = ExitRun(
+                depth, e, readout=readout, fill=lambda t: self.cache_view(cache, t, total, early_exit, kv_share).fill()
+            )
+        if kv_share and isinstance(n_loops, torch.Tensor):
+            raise MythicError("kv_share needs one loop count for the whole batch, not per-sequence depths")
+        total = max_loops(n_loops)
         halting = self.act.start(e, n_loops) if self.act is not None else None
 
         def step(h: torch.Tensor, t: int) -> torch.Tensor:
             slot = self.first_slot + t
-            if cache is not None and cache.get_seq_length(slot) != past:
+            held = self.first_slot + min(t, 1) if kv_share else slot
+            if cache is not None and cache.get_seq_length(held) != past:
                 raise MythicError(
-                    f"the KV cache has {cache.get_seq_length(slot)} tokens for loop {t} but {past} before it: "
-                    "keep n_loops the same (or lower) for every call on one cache"
+                    f"the KV cache has {cache.get_seq_length(held)} tokens for loop {t} but {past} before it: "
+                    "keep n_loops (and kv_share) the same for every call on one cache"
                 )
-            token_mask = halting.running(t) if halting is not None else None
+            if early_exit is not None:
+                token_mask = early_exit.masks[t]
+            else:
+                token_mask = halting.running(t) if halting is not None else None
             if token_mask is None and isinstance(n_loops, torch.Tensor):
                 token_mask = (n_loops.to(h.device) > t).unsqueeze(1).expand(h.shape[:2])
+            view = self.cache_view(cache, t, total, early_exit, kv_share)
             with self.context.at_loop(t):
-                h, moe_stats = self.block(h, rope, mask, cache, slot, token_mask)
+                h, moe_stats = self.block(h, rope, mask, view, slot, token_mask)
             stats.append(moe_stats)
             return h
 
@@ -227,9 +267,10 @@ class Recurrent(nn.Module):
             grad_loops=grad_loops,
             checkpoint=checkpoint and cache is None,
             halting=halting,
+            early_exit=early_exit,
             observer=self.context.observer,
         )
-        return h, halting
+        return h, halting, early_exit
 
 
 class OpenMythos(nn.Module):
@@ -310,7 +351,7 @@ class OpenMythos(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        n_loops: LoopCount | None = None,
+        n_loops: LoopCount | AdaptiveDepth | None = None,
         *,
         cache: DynamicCache | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -319,15 +360,19 @@ class OpenMythos(nn.Module):
         grad_loops: int | None = None,
         checkpoint_loops: bool = False,
         logits_to_keep: int = 0,
+        kv_share: bool = False,
     ) -> torch.Tensor | MythosOutput:
         """Logits (B, T, V), or a ``MythosOutput`` with ``return_aux``.
 
-        ``n_loops``: int or LongTensor (B,) of per-sequence depths (default max_loop_iters).
+        ``n_loops``: int or LongTensor (B,) of per-sequence depths (default max_loop_iters), or an
+        ``AdaptiveDepth``. ``kv_share``: every pass beyond the first keeps one KV slot (``SharedPass``).
         ``cache``: a ``DynamicCache`` continued in place. ``attention_mask`` (B, past + T):
         1 for tokens, 0 for padding; positions then count tokens only.
         """
         n_loops = self.cfg.max_loop_iters if n_loops is None else n_loops
-        if (n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1:
+        if isinstance(n_loops, AdaptiveDepth):
+            cache = self.new_cache() if cache is None else cache  # fill-forward keys live in a cache
+        elif (n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1:
             raise MythicError(f"n_loops must be >= 1, got {n_loops}")
         b, t = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
@@ -352,7 +397,11 @@ class OpenMythos(nn.Module):
         for i, layer in enumerate(self.prelude):
             x, _ = layer(x, rope, mask, cache, i)
         stats: list[MoEStats] = []
-        x, halting = self.recurrent(x, n_loops, rope, mask, cache, past, stats, grad_loops, checkpoint_loops)
+        x, halting, early_exit = self.recurrent(
+            x, n_loops, rope, mask, cache, past, stats, grad_loops, checkpoint_loops, self.readout, kv_share
+        )
+        if early_exit is not None:
+            self.recurrent.context.record_loops(early_exit.steps[:, -1])
         for j, layer in enumerate(self.coda):
             x, _ = layer(x, rope, mask, cache, self.cfg.prelude_layers + j)
         logits = self.head(self.norm(x[:, -logits_to_keep:]))
@@ -362,10 +411,15 @@ class OpenMythos(nn.Module):
                 self.recurrent.block.ffn.expert_load.add_(torch.stack([s.load for s in stats]).sum(0))
         if not return_aux:
             return logits
-        aux = {"moe_balance": torch.stack([s.balance_loss for s in stats[: max_loops(n_loops)]]).mean()}
+        passes = n_loops.max_loops if isinstance(n_loops, AdaptiveDepth) else max_loops(n_loops)
+        aux = {"moe_balance": torch.stack([s.balance_loss for s in stats[:passes]]).mean()}
         if halting is not None:
             aux["ponder"] = halting.ponder_cost()
         return MythosOutput(logits, aux, halting.steps if halting is not None else None)
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits read straight off a loop state: Head(Norm(h)), the coda skipped (the logit lens)."""
+        return self.head(self.norm(h))
 
     # -------------------------------------------------------------------- generate
 

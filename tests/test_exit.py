@@ -1,0 +1,337 @@
+"""Adaptive depth (``n_loops = AdaptiveDepth``): what an adaptive run computes, on both model kinds.
+
+- a criterion that never fires computes fixed T = MAX bit for bit;
+- with exits forced at chosen loops per position, decoding token by token (fill-forward keys and
+  values in the cache) equals one uncached forward over the whole sequence that applies the
+  same rule, and a pass nobody runs is skipped;
+- the loops used are metered; bad settings are one-line errors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_retrofit import ids, wrap
+
+from mythic.cli.options import parse_loops
+from mythic.errors import MythicError
+from mythic.models.openmythos import OpenMythos
+from mythic.models.openmythos.config import MythosConfig
+from mythic.recurrence.exit import AdaptiveDepth, ExitRun, parse_exit
+
+
+def tiny_mythos(attn_type: str = "gqa", act: bool = False) -> OpenMythos:
+    torch.manual_seed(0)
+    cfg = MythosConfig(
+        vocab_size=64,
+        dim=32,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=64,
+        max_loop_iters=4,
+        prelude_layers=1,
+        coda_layers=1,
+        n_experts=4,
+        n_shared_experts=1,
+        n_experts_per_tok=2,
+        expert_dim=16,
+        lora_rank=2,
+        attn_type=attn_type,
+        kv_lora_rank=16,
+        q_lora_rank=0,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        act=act,
+        init_std=0.2,
+    )
+    return OpenMythos(cfg).eval()
+
+
+class Forced:
+    """Exit after a chosen number of passes per (row, absolute position); ``offset`` = tokens already cached."""
+
+    def __init__(self, depth: torch.Tensor) -> None:
+        self.depth = depth
+        self.offset = 0
+        self.passes: list[int] = []
+
+    def __call__(self, h: torch.Tensor, h_next: torch.Tensor, t: int) -> torch.Tensor:
+        self.passes.append(t)
+        q = h.shape[1]
+        return t + 1 >= self.depth[:, self.offset : self.offset + q]
+
+
+@pytest.fixture
+def forced(monkeypatch: pytest.MonkeyPatch):
+    """Install a ``Forced`` criterion into every ExitRun created while the test runs."""
+
+    def install(depth: torch.Tensor) -> Forced:
+        rule = Forced(depth)
+        original = ExitRun.__init__
+
+        def init(self, spec, e, **kwargs):
+            original(self, spec, e, **kwargs, fires=rule)
+
+        monkeypatch.setattr(ExitRun, "__init__", init)
+        return rule
+
+    return install
+
+
+NEVER = AdaptiveDepth(6, "convergence", 1e-30)
+
+
+@pytest.mark.parametrize("attn_type", ["gqa", "mla"])
+def test_openmythos_criterion_that_never_fires_is_fixed_depth_bit_for_bit(attn_type: str) -> None:
+    model = tiny_mythos(attn_type)
+    x = ids(length=10) % 64
+    with torch.no_grad():
+        assert (model(x, NEVER) - model(x, 6)).abs().max().item() == 0.0
+        fixed = model.generate(x, 6, n_loops=6, temperature=0)
+        adaptive = model.generate(x, 6, n_loops=NEVER, temperature=0)
+    assert torch.equal(fixed, adaptive)
+
+
+@pytest.mark.parametrize("family", ["llama", "deepseek_v2", "gemma4_text"])
+def test_retrofit_criterion_that_never_fires_is_fixed_depth_bit_for_bit(family: str) -> None:
+    _, model = wrap(family, perturb=True)
+    x = ids(length=10)
+    with torch.no_grad():
+        fixed = model(x, n_loops=6, use_cache=False).logits
+        assert (model(x, n_loops=NEVER, use_cache=False).logits - fixed).abs().max().item() == 0.0
+    assert torch.equal(
+        model.generate(x, max_new_tokens=5, do_sample=False, n_loops=6),
+        model.generate(x, max_new_tokens=5, do_sample=False, n_loops=NEVER),
+    )
+
+
+def depths(batch: int, length: int, max_loops: int) -> torch.Tensor:
+    """A different exit loop for every (row, position), between 1 and max_loops."""
+    pos = torch.arange(length)
+    return 1 + (pos.view(1, -1) * 5 + torch.arange(batch).view(-1, 1) * 3) % max_loops
+
+
+def decode_pieces(model, x: torch.Tensor, rule: Forced, depth: AdaptiveDepth, split: int, retrofit: bool):
+    cache = model.new_cache()
+    pieces = []
+    for start, end in [(0, split), *((i, i + 1) for i in range(split, x.shape[1]))]:
+        rule.offset = start
+        if retrofit:
+            pieces.append(model(x[:, start:end], n_loops=depth, cache=cache, use_cache=True).logits)
+        else:
+            pieces.append(model(x[:, start:end], depth, cache=cache))
+    return torch.cat(pieces, 1)
+
+
+@pytest.mark.parametrize("attn_type", ["gqa", "mla"])
+def test_openmythos_forced_exits_decode_equals_one_uncached_forward(forced, attn_type: str) -> None:
+    model = tiny_mythos(attn_type)
+    x = ids(length=12) % 64
+    depth = AdaptiveDepth(5, "convergence", 0.01)
+    rule = forced(depths(2, 12, 5))
+    with torch.no_grad():
+        full = model(x, depth)
+        fixed = model(x, 5)
+        pieces = decode_pieces(model, x, rule, depth, split=7, retrofit=False)
+    assert (full - pieces).abs().max().item() <= 1e-5
+    assert (full - fixed).abs().max().item() > 1e-3, "the forced exits must change the answer"
+
+
+@pytest.mark.parametrize("family", ["llama", "deepseek_v2", "gemma4_text"])
+def test_retrofit_forced_exits_decode_equals_one_uncached_forward(forced, family: str) -> None:
+    _, model = wrap(family, perturb=True)
+    x = ids(length=12)
+    depth = AdaptiveDepth(5, "convergence", 0.01)
+    rule = forced(depths(2, 12, 5))
+    with torch.no_grad():
+        full = model(x, n_loops=depth, use_cache=False).logits
+        fixed = model(x, n_loops=5, use_cache=False).logits
+        pieces = decode_pieces(model, x, rule, depth, split=7, retrofit=True)
+    assert (full - pieces).abs().max().item() <= 1e-5
+    assert (full - fixed).abs().max().item() > 1e-3, "the forced exits must change the answer"
+
+
+def test_fill_forward_keys_are_the_last_computed_pass(forced) -> None:
+    """Positions that exited present their last computed pass's keys at every later pass, and a
+    pass that no position runs is skipped (not computed) but still gets its cache entries."""
+    model = tiny_mythos()
+    x = ids(batch=1, length=6) % 64
+    rule = forced(torch.tensor([[1, 3, 2, 1, 2, 2]]))
+    cache = model.new_cache()
+    with torch.no_grad(), model.recurrent.context.metering() as used:
+        model(x, AdaptiveDepth(5, "convergence", 0.01), cache=cache)
+    first = model.recurrent.first_slot
+    keys = [cache.layers[first + t].keys[0] for t in range(5)]  # (H, S, D) per pass
+    for pos, exit_after in enumerate([1, 3, 2, 1, 2, 2]):
+        for t in range(exit_after, 5):
+            assert torch.equal(keys[t][:, pos], keys[exit_after - 1][:, pos])
+        if exit_after > 1:
+            assert not torch.equal(keys[exit_after - 1][:, pos], keys[exit_after - 2][:, pos])
+    assert max(rule.passes) == 2, "passes 3 and 4 ran for nobody and were skipped"
+    assert [u.tolist() for u in used] == [[2]], "the last position's loops are metered"
+
+
+def test_convergence_criterion_exits_where_the_change_falls_below_eps() -> None:
+    spec = AdaptiveDepth(8, "convergence", 0.1)
+    h0 = torch.ones(1, 3, 4)
+    run = ExitRun(spec, h0)
+    h1 = h0 * torch.tensor([1.05, 1.5, 1.0]).view(1, 3, 1)  # changes 0.05, 0.5, 0.0
+    run.begin(0)
+    run.update(h0, h1, 0)
+    assert run.running.tolist() == [[False, True, False]]
+    assert run.steps.tolist() == [[1, 1, 1]]
+    run.begin(1)
+    run.update(h1, h1 * 2, 1)
+    assert run.steps.tolist() == [[1, 2, 1]]
+    assert run.frozen(1).tolist() == [[True, False, True]]
+
+
+def test_kl_criterion_compares_successive_readouts() -> None:
+    spec = AdaptiveDepth(8, "kl", 1e-3)
+    readout = torch.nn.Identity()
+    h0 = torch.zeros(1, 2, 5)
+    run = ExitRun(spec, h0, readout=readout)
+    h1 = torch.tensor([[[0.0, 0, 0, 0, 0], [3.0, 0, 0, 0, 0]]])
+    run.begin(0)
+    run.update(h0, h1, 0)
+    assert run.running.all(), "no KL before two readouts exist"
+    h2 = torch.tensor([[[0.0, 0, 0, 0, 0.001], [0.0, 3, 0, 0, 0]]])
+    run.begin(1)
+    run.update(h1, h2, 1)
+    assert run.running.tolist() == [[False, True]]
+
+
+def test_act_exit_on_openmythos_uses_the_halting_head_and_stops_when_all_halted() -> None:
+    model = tiny_mythos(act=True)
+    with torch.no_grad():
+        model.recurrent.act.proj.bias.fill_(10.0)  # p ≈ 1: every position halts after its first pass
+        x = ids(length=8) % 64
+        with model.recurrent.context.metering() as used:
+            out = model(x, AdaptiveDepth(6, "act", None))
+        assert (out - model(x, 1)).abs().max().item() <= 1e-5
+    assert used[0].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("auto:0", "MAX >= 1"),
+        ("auto:x", "integer MAX"),
+        ("0", "positive integers"),
+        ("two", "positive integers"),
+        ("", "positive integers"),
+    ],
+)
+def test_bad_loops_are_one_line_errors(text: str, message: str) -> None:
+    with pytest.raises(MythicError, match=message):
+        parse_loops(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("convergence:0", "EPS > 0"),
+        ("convergence:-1", "EPS > 0"),
+        ("kl:nan", "EPS > 0"),
+        ("kl:abc", "needs a number"),
+        ("kl", "needs a number"),
+        ("act:0.5", "no EPS"),
+        ("patience:3", "unknown criterion"),
+    ],
+)
+def test_bad_exit_rules_are_one_line_errors(text: str, message: str) -> None:
+    with pytest.raises(MythicError, match=message):
+        parse_exit(text)
+
+
+def test_act_exit_needs_a_halting_head() -> None:
+    x = ids(length=5) % 64
+    with pytest.raises(MythicError, match="halting head"):
+        tiny_mythos(act=False)(x, AdaptiveDepth(4, "act", None))
+    _, retrofit = wrap("llama")
+    with pytest.raises(MythicError, match="halting head"):
+        retrofit(ids(length=5), n_loops=AdaptiveDepth(4, "act", None))
+
+
+def test_parse_loops_mixes_fixed_and_adaptive_rows() -> None:
+    rows = parse_loops("1,4,auto:16,auto", "kl:0.001")
+    assert rows[:2] == [1, 4]
+    assert rows[2] == AdaptiveDepth(16, "kl", 0.001)
+    assert rows[3].max_loops is None and rows[3].bounded(8).max_loops == 8
+    assert rows[2].label == "auto:16" and rows[2].rule == "kl:0.001"
+
+
+def test_kv_share_keeps_the_last_pass_per_token_and_decodes_from_it() -> None:
+    """With kv_share the cache keeps, beyond the first loop, one slot holding each token's last-pass
+    keys; a decoded token's pass t attends to them. Reference: the unshared cache with the slots of
+    passes 1 … T − 2 overwritten by those of pass T − 1."""
+    model = tiny_mythos()
+    x = ids(length=10) % 64
+    first = model.recurrent.first_slot
+    with torch.no_grad():
+        shared, plain = model.new_cache(), model.new_cache()
+        a = model(x[:, :9], 4, cache=shared, kv_share=True)
+        b = model(x[:, :9], 4, cache=plain)
+        assert (a - b).abs().max().item() == 0.0, "within one forward nothing is shared"
+        assert len(shared.layers) == first + 2 and len(plain.layers) == first + 4
+        assert torch.equal(shared.layers[first + 1].keys, plain.layers[first + 3].keys)
+        for t in (1, 2):
+            plain.layers[first + t].keys = plain.layers[first + 3].keys.clone()
+            plain.layers[first + t].values = plain.layers[first + 3].values.clone()
+        step_shared = model(x[:, 9:], 4, cache=shared, kv_share=True)
+        step_reference = model(x[:, 9:], 4, cache=plain)
+        fresh = model.new_cache()
+        model(x[:, :9], 4, cache=fresh)
+        step_plain = model(x[:, 9:], 4, cache=fresh)
+    assert (step_shared - step_reference).abs().max().item() <= 1e-6
+    assert (step_shared - step_plain).abs().max().item() > 1e-4, "sharing changes what a decoded token sees"
+
+
+def test_kv_share_with_two_loops_or_fewer_changes_nothing() -> None:
+    model = tiny_mythos()
+    x = ids(batch=1, length=8) % 64
+    with torch.no_grad():
+        for n in (1, 2):
+            shared, plain = model.new_cache(), model.new_cache()
+            outs = []
+            for cache, share in ((shared, True), (plain, False)):
+                pieces = [model(x[:, :5], n, cache=cache, kv_share=share)]
+                pieces += [model(x[:, i : i + 1], n, cache=cache, kv_share=share) for i in range(5, 8)]
+                outs.append(torch.cat(pieces, 1))
+            assert (outs[0] - outs[1]).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("family", ["llama", "deepseek_v2"])
+def test_retrofit_kv_share_cache_holds_two_slot_sets_and_matches_its_reference(family: str) -> None:
+    _, model = wrap(family, perturb=True)
+    x = ids(length=10)
+    model.config.kv_share = "last"
+    with torch.no_grad():
+        shared = model.new_cache()
+        model(x[:, :9], n_loops=4, cache=shared, use_cache=True)
+        assert shared.n_loop_slots == 2, "loop 0 in the base's slots, every later loop in one set"
+        step_shared = model(x[:, 9:], n_loops=4, cache=shared, use_cache=True).logits
+        model.config.kv_share = None
+        plain = model.new_cache()
+        model(x[:, :9], n_loops=4, cache=plain, use_cache=True)
+        for j in range(model.config.block_start, model.config.block_end):
+            last = plain.layers[plain.slot(3, j)]
+            for t in (1, 2):
+                plain.layers[plain.slot(t, j)].keys = last.keys.clone()
+                plain.layers[plain.slot(t, j)].values = last.values.clone()
+        step_reference = model(x[:, 9:], n_loops=4, cache=plain, use_cache=True).logits
+    assert (step_shared - step_reference).abs().max().item() <= 1e-5
+
+
+def test_kv_share_with_an_exit_that_never_fires_is_fixed_depth_kv_share() -> None:
+    _, model = wrap("llama", perturb=True)
+    model.config.kv_share = "last"
+    x = ids(length=8)
+    assert torch.equal(
+        model.generate(x, max_new_tokens=5, do_sample=False, n_loops=6),
+        model.generate(x, max_new_tokens=5, do_sample=False, n_loops=NEVER),
+    )
+    model.config.kv_share = "first"
+    with pytest.raises(MythicError, match="kv_share must be 'last'"):
+        model(x, n_loops=2)
