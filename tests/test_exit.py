@@ -66,9 +66,10 @@ class Forced:
 def forced(monkeypatch: pytest.MonkeyPatch):
     """Install a ``Forced`` criterion into every ExitRun created while the test runs."""
 
+    original = ExitRun.__init__
+
     def install(depth: torch.Tensor) -> Forced:
         rule = Forced(depth)
-        original = ExitRun.__init__
 
         def init(self, spec, e, **kwargs):
             original(self, spec, e, **kwargs, fires=rule)
@@ -335,3 +336,35 @@ def test_kv_share_with_an_exit_that_never_fires_is_fixed_depth_kv_share() -> Non
     model.config.kv_share = "first"
     with pytest.raises(MythicError, match="kv_share must be 'last'"):
         model(x, n_loops=2)
+
+
+@pytest.mark.parametrize("attn_type", ["gqa", "mla"])
+def test_passes_for_the_running_tokens_only_equal_the_masked_passes(
+    forced, monkeypatch: pytest.MonkeyPatch, attn_type: str
+) -> None:
+    """Computing a pass for the running tokens alone (gathered, padded per row) gives what the full
+    masked pass gives, prefill and decode, rows with no running token included."""
+    from mythic.models.openmythos import model as modeling
+
+    model = tiny_mythos(attn_type)
+    x = ids(batch=3, length=12) % 64
+    depth = AdaptiveDepth(6, "convergence", 0.01)
+    exits = depths(3, 12, 6)
+    exits[2] = 1  # the last row stops after one loop everywhere: no running token at later passes
+    outs = []
+    for share in (0.0, 2.0):  # never compact, always compact
+        monkeypatch.setattr(modeling, "COMPACT_BELOW", share)
+        rule = forced(exits)
+        with torch.no_grad():
+            outs.append((model(x, depth), decode_pieces(model, x, rule, depth, split=8, retrofit=False)))
+    (full_masked, pieces_masked), (full_compact, pieces_compact) = outs
+    assert (full_masked - full_compact).abs().max().item() <= 1e-5
+    assert (pieces_masked - pieces_compact).abs().max().item() <= 1e-5
+    assert (full_compact - pieces_compact).abs().max().item() <= 1e-5
+
+
+def test_running_index_pads_rows_with_a_computed_or_an_exited_token() -> None:
+    from mythic.models.openmythos.model import running_index
+
+    running = torch.tensor([[False, True, False, True], [False, False, False, False], [True, False, False, False]])
+    assert running_index(running).tolist() == [[1, 3], [0, 0], [0, 0]]

@@ -137,6 +137,30 @@ class FillForward:
         return getattr(self.cache, name)
 
 
+class Compacted:
+    """The cache as seen by a pass computed for a subset of the new tokens (adaptive exit): ``update``
+    gets keys and values for the tokens ``index`` (B, R) of ``length`` and scatters them into
+    full-length tensors for ``inner`` — a ``FillForward`` view, which puts the exited tokens' own
+    entries in every other place (padding indices must point at exited tokens or repeat a computed
+    one)."""
+
+    def __init__(self, inner: FillForward, index: torch.Tensor, length: int) -> None:
+        self.inner, self.index, self.length = inner, index, length
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.update(self._scatter(key_states), self._scatter(value_states), layer_idx, *args, **kwargs)
+
+    def _scatter(self, states: torch.Tensor) -> torch.Tensor:
+        b, h, _, d = states.shape
+        full = states.new_zeros(b, h, self.length, d)
+        return full.scatter(2, self.index.view(b, 1, -1, 1).expand(b, h, -1, d), states)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 KV_SHARE = (None, "last")
 
 

@@ -42,7 +42,7 @@ from mythic.errors import MythicError
 from mythic.models.openmythos.attention import LORA_TARGETS, AttentionMask, make_attention, rope_cos_sin
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.moe import MoE, MoEStats, SwiGLU
-from mythic.recurrence.cache import FillForward, SharedPass
+from mythic.recurrence.cache import Compacted, FillForward, SharedPass
 from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
 from mythic.recurrence.exit import AdaptiveDepth, ExitRun
 from mythic.recurrence.halting import ACTHalting, ACTRun
@@ -172,6 +172,25 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.ffn_norm(x))), None
 
 
+COMPACT_BELOW = 0.75  # compute a pass for the running tokens only when fewer than this share still run
+
+
+def compact(frozen: torch.Tensor) -> bool:
+    """Whether a pass with these exited tokens (B, q) is worth gathering its running tokens for."""
+    running = (~frozen).sum(1).max()
+    return bool(running < COMPACT_BELOW * frozen.shape[1])
+
+
+def running_index(running: torch.Tensor) -> torch.Tensor:
+    """(B, R) positions of each row's running tokens, R = the most any row has; a row with fewer
+    repeats its first running token, a row with none points at its token 0 (exited)."""
+    width = int(running.sum(1).max())
+    order = torch.argsort((~running).to(torch.int8), dim=1, stable=True)[:, :width]
+    first = order[:, :1]
+    valid = torch.arange(width, device=running.device).unsqueeze(0) < running.sum(1, keepdim=True)
+    return torch.where(valid, order, first)
+
+
 class Recurrent(nn.Module):
     """The looped MoE block and its recurrence modules; ``injection`` is the LTI Ā/B̄."""
 
@@ -191,6 +210,31 @@ class Recurrent(nn.Module):
     @property
     def injection(self) -> LTIInjection:
         return self.rule.injection
+
+    def compacted(
+        self,
+        x: torch.Tensor,
+        running: torch.Tensor,
+        rope: Rope,
+        mask: AttentionMask,
+        view: FillForward,
+        slot: int,
+        past: int,
+    ) -> tuple[torch.Tensor, MoEStats | None]:
+        """The block over the running tokens only (``running`` (B, q)); the others' outputs are x."""
+        index = running_index(running)
+        width = x.shape[-1]
+        picked = x.gather(1, index.unsqueeze(-1).expand(-1, -1, width))
+        rope_rows = tuple(
+            r.expand(x.shape[0], *r.shape[1:]).gather(
+                2, index.view(x.shape[0], 1, -1, 1).expand(-1, r.shape[1], -1, r.shape[-1])
+            )
+            for r in rope
+        )
+        out, moe_stats = self.block(
+            picked, rope_rows, mask.rows(index, past, x.shape[1]), Compacted(view, index, x.shape[1]), slot
+        )
+        return x.scatter(1, index.unsqueeze(-1).expand(-1, -1, width), out), moe_stats
 
     def cache_view(
         self, cache: DynamicCache | None, t: int, total: int, early_exit: ExitRun | None, kv_share: bool
@@ -253,8 +297,12 @@ class Recurrent(nn.Module):
             if token_mask is None and isinstance(n_loops, torch.Tensor):
                 token_mask = (n_loops.to(h.device) > t).unsqueeze(1).expand(h.shape[:2])
             view = self.cache_view(cache, t, total, early_exit, kv_share)
+            frozen = early_exit.frozen(t) if early_exit is not None else None
             with self.context.at_loop(t):
-                h, moe_stats = self.block(h, rope, mask, view, slot, token_mask)
+                if frozen is not None and compact(frozen):
+                    h, moe_stats = self.compacted(h, ~frozen, rope, mask, view, slot, past)
+                else:
+                    h, moe_stats = self.block(h, rope, mask, view, slot, token_mask)
             stats.append(moe_stats)
             return h
 
