@@ -47,7 +47,7 @@ def streamed(model: Any, tokenizer: Any, task: Task, n_loops: int) -> tuple[bool
     """(answer correct, answer CE, cache bytes after the prompt) with every token fed alone."""
     prompt = tokenizer(task.prompt).input_ids
     answer = tokenizer(task.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    cache = model.model.new_cache() if hasattr(model.model, "new_cache") else model.new_cache()
+    cache = model.new_cache() if hasattr(model, "new_cache") else model.model.new_cache()
 
     def step(token: int) -> torch.Tensor:
         out = model(input_ids=torch.tensor([[token]]), cache=cache, n_loops=n_loops, use_cache=True)

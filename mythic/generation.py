@@ -7,6 +7,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.eval.generation import loop_rows, loops_meter, row_label, row_mode
+from mythic.models.openmythos import MythosForCausalLM
 from mythic.models.retrofit import MythicForCausalLM
 from mythic.recurrence.exit import AdaptiveDepth
 
@@ -30,20 +31,20 @@ def complete_at_loops(
     chat: bool = True,
     with_base: bool = True,
 ) -> list[tuple[str, float | None, str]]:
-    """[(label, mean loops per generated token, completion)] for the base (recurrence off) and each
-    loop count (fixed, or adaptive ``auto:MAX``), greedy."""
+    """[(label, mean loops per generated token, completion)] for the base (recurrence off; a retrofit
+    only) and each loop count (fixed, or adaptive ``auto:MAX``), greedy."""
     ids = encode_prompt(tokenizer, prompt, chat)
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
 
     def decode(out: torch.Tensor) -> str:
         return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
-    if not isinstance(model, MythicForCausalLM):
+    if not isinstance(model, MythicForCausalLM | MythosForCausalLM):
         if loops != [1]:
-            raise MythicError("--loops needs a mythic checkpoint: a plain base model has no loops")
+            raise MythicError("--loops needs a looped model: a plain base model has no loops")
         return [("base", None, decode(model.generate(ids, **settings)))]
     rows: list[tuple[str, float | None, str]] = []
-    for n_loops in loop_rows(model, loops)[0 if with_base else 1 :]:
+    for n_loops in [n for n in loop_rows(model, loops) if with_base or n is not None]:
         with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered:
             text = decode(model.generate(ids, **settings, **loop_kwargs))
             used = metered()

@@ -261,6 +261,11 @@ def test_parse_loops_mixes_fixed_and_adaptive_rows() -> None:
     assert rows[2] == AdaptiveDepth(16, "kl", 0.001)
     assert rows[3].max_loops is None and rows[3].bounded(8).max_loops == 8
     assert rows[2].label == "auto:16" and rows[2].rule == "kl:0.001"
+    model = tiny_mythos()  # max_loop_iters=4: auto without MAX loops at most 4 times
+    with torch.no_grad():
+        x = ids(length=6) % 64
+        never = AdaptiveDepth(None, "convergence", 1e-30)
+        assert (model(x, never) - model(x, 4)).abs().max().item() == 0.0
 
 
 def test_kv_share_keeps_the_last_pass_per_token_and_decodes_from_it() -> None:

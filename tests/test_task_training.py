@@ -298,3 +298,14 @@ def test_recipe_rules_for_task_data(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(MythicError, match="cannot be mixed"):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_cli_generate_on_an_openmythos_checkpoint_shows_fixed_and_adaptive_rows(
+    hops_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    run, _ = hops_run
+    args = ("generate", "--ckpt", run / "final", "--loops", "2,auto:3", "--exit", "kl:1e-30", "--max-new-tokens", "2")
+    code, stdout, err = run_cli(monkeypatch, capsys, *args, "c=4;a=c;?=a")
+    assert code == 0, err
+    assert "T=2" in stdout and "auto:3" in stdout and "base" not in stdout, "a from-scratch model has no base row"
+    assert "3.00" in stdout, "an exit that never fires uses MAX loops for every token"

@@ -357,14 +357,14 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         """
         n_loops = self.config.n_loops if n_loops is None else n_loops
         adaptive = isinstance(n_loops, AdaptiveDepth)
+        if adaptive:
+            n_loops = n_loops.bounded(self.config.max_loops)
         if not adaptive and ((n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1):
             raise MythicError(f"n_loops must be >= 1, got {n_loops}")
         if use_cache is None:
             use_cache = not self.training and bool(getattr(self.base.config, "use_cache", True))
-        if adaptive and cache is None:
-            cache = self.new_cache()  # the fill-forward keys and values live in a cache, even uncached
-        elif use_cache and cache is None:
-            cache = self.new_cache()
+        if (use_cache or adaptive) and cache is None:
+            cache = self.new_cache()  # an adaptive run's fill-forward keys live in a cache, even uncached
         if checkpoint_loops and cache is not None:
             raise MythicError("checkpoint_loops needs use_cache=False: recomputation would write the KV cache twice")
         if cache is not None and not isinstance(cache, LoopCache):

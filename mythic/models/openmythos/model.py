@@ -419,6 +419,7 @@ class OpenMythos(nn.Module):
         """
         n_loops = self.cfg.max_loop_iters if n_loops is None else n_loops
         if isinstance(n_loops, AdaptiveDepth):
+            n_loops = n_loops.bounded(self.cfg.max_loop_iters)
             cache = self.new_cache() if cache is None else cache  # fill-forward keys live in a cache
         elif (n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1:
             raise MythicError(f"n_loops must be >= 1, got {n_loops}")
