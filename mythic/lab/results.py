@@ -195,6 +195,12 @@ def accuracy_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
+def loops_text(m: dict[str, Any]) -> str:
+    """Mean loops as '4.26 ± 0.31' (no ± with one seed)."""
+    se = f" ± {m['stderr']:.2f}" if m.get("stderr") is not None else ""
+    return f"{m['value']:.2f}{se}"
+
+
 def row_title(row: dict[str, Any]) -> str:
     """A row's label; an adaptive row's with its exit rule and mean loops ('auto:32 kl:0.001, 4.2 loops')."""
     if row["n_loops"] != "auto":
@@ -345,9 +351,9 @@ def report_section(
             f"{h2} Adaptive depth: {main_name}, loops used per generated token (mean ± SE over seeds)",
             "",
             markdown_table(
-                ["difficulty", *(row_title(r).split(",")[0] for r in adaptive)],
+                ["difficulty", *(f"{r['label']} {r['exit']}" for r in adaptive)],
                 [
-                    [str(d), *(f"{r['loops_per_difficulty'][str(d)]['value']:.2f}" for r in adaptive)]
+                    [str(d), *(loops_text(r["loops_per_difficulty"][str(d)]) for r in adaptive)]
                     for d in main["difficulties"]
                 ],
             ),

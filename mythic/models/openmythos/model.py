@@ -477,7 +477,7 @@ class OpenMythos(nn.Module):
         self,
         input_ids: torch.Tensor,
         max_new_tokens: int,
-        n_loops: LoopCount | None = None,
+        n_loops: LoopCount | AdaptiveDepth | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
         eos_token_id: int | None = None,
@@ -487,7 +487,9 @@ class OpenMythos(nn.Module):
 
         ``temperature=0`` is greedy. A sequence that emitted ``eos_token_id`` is padded with
         it, and generation stops once every sequence has. ``n_loops`` may be a LongTensor (B,)
-        (continuous depth-wise batching). Longer than ``max_seq_len`` is refused (MythicError).
+        (continuous depth-wise batching) or an ``AdaptiveDepth`` (each token loops until its exit
+        criterion fires; a step stops looping once every token of the batch has exited). Longer
+        than ``max_seq_len`` is refused (MythicError).
         """
         if temperature < 0:
             raise MythicError(f"temperature must be >= 0, got {temperature}")
