@@ -164,7 +164,7 @@ def main() -> None:
     tasks = read_tasks(args.tasks)[: args.limit]
     depths = loop_rows(model, [*parse_counts(args.loops), *parse_loops(args.auto, args.exit_rule)])
     results = measure(model, tokenizer, tasks, depths, parse_counts(args.batch_sizes), args.rounds)
-    console = Console()
+    console = Console(width=140)
     for batch_size, rows in results.items():
         console.print(table(rows, int(batch_size)))
     first = next(iter(results.values()))

@@ -110,7 +110,7 @@ def main() -> None:
             f"{r['cache_bytes'] / 1024:.1f}",
             f"{r['cache_bytes'] / one:.2f}×",
         )
-    Console().print(table)
+    Console(width=140).print(table)
     args.json.write_text(json.dumps({"model": str(args.model), "tasks": str(args.tasks), "rows": rows}, indent=2))
 
 
