@@ -6,6 +6,7 @@
   ``tiny_llama_dir`` as ``TINY_REPO``.
 - ``smollm2_dir``: the converted SmolLM2-135M-Instruct folder, built once and cached under
   ``~/.cache/mythic/smollm2-135m`` (``$MYTHIC_CACHE`` if set); for slow tests.
+- ``sandbox_exclusive``: the test runs while no other test runs a sandbox (``sandboxlock.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from hubserver import TINY_REPO, StandInHub
+from sandboxlock import exclusive
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -24,6 +26,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # One intra-op thread per xdist worker: two workers with a thread per core each oversubscribe a
     # 2-core machine, and torch's spinning threads then make small-tensor tests tens of times slower.
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def sandbox_exclusive() -> Iterator[None]:
+    with exclusive():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,8 @@ from mythic.eval.sandbox import SandboxLimits
 from mythic.models.retrofit import MythicForCausalLM
 from mythic.surgery import load_any, load_tokenizer, surgery
 
-# Sandbox runs are told apart by uid only: keep every test that starts them in one xdist worker.
-pytestmark = pytest.mark.xdist_group("sandbox")
+# Sandbox runs are told apart by uid only: one sandbox-running test at a time (sandboxlock.py).
+pytestmark = pytest.mark.usefixtures("sandbox_exclusive")
 
 # --- problems and estimators -------------------------------------------------------------------
 

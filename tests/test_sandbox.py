@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sandboxlock import exclusive
 
 from mythic.eval.humaneval import Outcome, Problem, score_samples
 from mythic.eval.sandbox import (
@@ -27,8 +28,8 @@ from mythic.eval.sandbox import (
 )
 from mythic.eval.sandbox_child import decode, encode
 
-# Sandbox runs are told apart by uid only: keep every test that starts them in one xdist worker.
-pytestmark = pytest.mark.xdist_group("sandbox")
+# Sandbox runs are told apart by uid only: one sandbox-running test at a time (sandboxlock.py).
+pytestmark = pytest.mark.usefixtures("sandbox_exclusive")
 
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.completion"))
 ADD = Problem(
@@ -98,7 +99,9 @@ def hostile_run() -> dict[str, object]:
         }
         for i, p in enumerate(runnable)
     ]
-    outcomes = score_samples([ADD], samples, LIMITS, workers=2)
+    with exclusive():  # module-scoped: it takes the lock itself
+        outcomes = score_samples([ADD], samples, LIMITS, workers=2)
+        leftover = sandbox_processes()
     stop.set()
     thread.join()
     server.close()
@@ -107,7 +110,7 @@ def hostile_run() -> dict[str, object]:
         "outcomes": {p.stem: o for p, o in zip(runnable, outcomes, strict=True)},
         "sentinel_dir": sentinel_dir,
         "connections": connections,
-        "leftover": sandbox_processes(),
+        "leftover": leftover,
     }
     for f in sentinel_dir.iterdir():
         f.unlink()

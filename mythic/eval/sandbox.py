@@ -243,16 +243,35 @@ def _command(isolation: str, wd: Path, slot: int, child: list[str]) -> list[str]
     return ["unshare", *spaces, "--", *setup, *child]
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
+Process = tuple[int, str]  # (pid, start time): a pid that cannot be mistaken for a later process
+
+
+def _namespace_init(proc: subprocess.Popen[bytes]) -> Process | None:
+    """The PID namespace's init that ``unshare --fork`` starts, read as soon as it exists.
+
+    Read at start, not at the end: a program that kills ``unshare`` (its parent or its process
+    group) leaves the init reparented elsewhere, and the namespace still being torn down.
+    """
+    give_up = time.monotonic() + 2.0
+    while proc.poll() is None and time.monotonic() < give_up:
+        try:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        except OSError:
+            return None
+        if children:
+            pid = int(children[0])
+            started = _start_time(pid)
+            return (pid, started) if started is not None else None
+        time.sleep(0.001)
+    return None
+
+
+def _kill(proc: subprocess.Popen[bytes], init: Process | None) -> None:
     """SIGKILL the run's process group; in the namespace modes also wait for the PID namespace to die.
 
-    ``unshare`` forks the namespace's init (the child program); when that init dies the kernel kills
-    everything else in the namespace, escaped sessions included, before the init becomes a zombie.
+    When the namespace's init (``init``, from ``_namespace_init``) dies, the kernel kills everything
+    else in the namespace, escaped sessions included, before the init becomes a zombie.
     """
-    try:
-        init = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
-    except (OSError, IndexError, ValueError):
-        init = None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -261,13 +280,23 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.005)
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (its parent may be slow to reap it)."""
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def _alive(process: Process) -> bool:
+    """True while the process exists (the same one: same start time) and is not a zombie."""
+    pid, started = process
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[19] == started and fields[0] != "Z"
 
 
 def _remove_tree(path: Path) -> None:
@@ -301,6 +330,7 @@ def sandboxed_function(
     req_r, req_w = os.pipe()
     resp_r, resp_w = os.pipe()
     proc: subprocess.Popen[bytes] | None = None
+    init: Process | None = None
     try:
         (wd / "program.py").write_text(program, encoding="utf-8")
         shutil.copyfile(sandbox_child.__file__, wd / "runner.py")
@@ -320,6 +350,7 @@ def sandboxed_function(
                 pass_fds=(req_r, resp_w),
                 start_new_session=True,
             )
+        init = None if isolation == "rlimits" else _namespace_init(proc)
         os.close(req_r)
         os.close(resp_w)
         req_r = resp_w = -1
@@ -332,7 +363,7 @@ def sandboxed_function(
         yield fn
     finally:
         if proc is not None:
-            _kill(proc)
+            _kill(proc, init)
         for fd in (req_r, req_w, resp_r, resp_w):
             if fd >= 0:
                 os.close(fd)
