@@ -112,9 +112,9 @@ def loop_context(model: PreTrainedModel) -> LoopContext:
 
 @contextlib.contextmanager
 def loops_meter(model: PreTrainedModel, n_loops: Depth) -> Iterator[Callable[[], torch.Tensor | None]]:
-    """Yields a function giving the loops each row used per generated token (B,) since the last call:
+    """Yields a function giving the loops each row used per generated token (B,) since its last call:
     the adaptive forwards' metered counts (their last position, which picks the next token) averaged
-    over the calls, T for a fixed row, None for the base."""
+    over the calls; None for a fixed row or the base (nothing to measure)."""
     if not isinstance(n_loops, AdaptiveDepth):
         yield lambda: None
         return
