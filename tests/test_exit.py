@@ -11,41 +11,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_openmythos import tiny
 from test_retrofit import ids, wrap
 
 from mythic.cli.options import parse_loops
 from mythic.errors import MythicError
 from mythic.models.openmythos import OpenMythos
-from mythic.models.openmythos.config import MythosConfig
 from mythic.recurrence.exit import AdaptiveDepth, ExitRun, parse_exit
 
 
 def tiny_mythos(attn_type: str = "gqa", act: bool = False) -> OpenMythos:
     torch.manual_seed(0)
-    cfg = MythosConfig(
-        vocab_size=64,
-        dim=32,
-        n_heads=4,
-        n_kv_heads=2,
-        max_seq_len=64,
-        max_loop_iters=4,
-        prelude_layers=1,
-        coda_layers=1,
-        n_experts=4,
-        n_shared_experts=1,
-        n_experts_per_tok=2,
-        expert_dim=16,
-        lora_rank=2,
-        attn_type=attn_type,
-        kv_lora_rank=16,
-        q_lora_rank=0,
-        qk_rope_head_dim=8,
-        qk_nope_head_dim=8,
-        v_head_dim=8,
-        act=act,
-        init_std=0.2,
-    )
-    return OpenMythos(cfg).eval()
+    return OpenMythos(tiny(attn_type, act=act, init_std=0.2)).eval()
 
 
 class Forced:
