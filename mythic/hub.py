@@ -46,6 +46,7 @@ from safetensors import SafetensorError, safe_open
 
 from mythic.errors import MythicError
 from mythic.io import atomic_dir, check_free_space, sha256_file, write_json
+from mythic.progress import Progress
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct"
 EMBEDDED_ALIAS = "smollm2-135m"
@@ -57,9 +58,6 @@ ALIASES = {
 MANIFEST = "mythic-manifest.json"
 INDEX = "model.safetensors.index.json"
 LATEST = Path("base") / "LATEST"
-
-Progress = Callable[[int, int, str], None]
-"""Called as ``progress(done, total, what)``; bytes for downloads, steps for the embedded build."""
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,6 @@
 """Phase 0, before any training (``mythic sanity``): can this base be loaded, does it talk, which block loops best?
 
-Memory estimate, before anything is loaded, from a meta-device skeleton of the base's config
-(parameter counts only):
-
-    bf16 / fp32 / fp16       n · itemsize bytes per tensor
-    4-bit (--4bit)           nf4, double quant, bf16 compute (bitsandbytes); a quantised tensor of n values takes
-                             ⌈n/2⌉ (nibbles) + ⌈n/64⌉ (uint8 absmax per 64-block) + 4·⌈n/16384⌉ (fp32 absmax per
-                             256 blocks) + 1092 (code books, offset) bytes; quantised are the weights of every
-                             nn.Linear but the output head (what transformers converts to Linear4bit) and every
-                             3-D parameter (fused MoE experts, which Linear4bit never sees: they go through
-                             ``bitsandbytes.nn.parametrize.replace_parameter_4bit``); everything else is bf16
-    activations              B·S·(12·V + 16·H·itemsize) for the probe forward (float32 logits, a few hidden
-                             states), plus the largest 3-D parameter dequantised to bf16 (4-bit only)
-
-A 4-bit base is loaded on the CPU first, with its Linear layers quantised and its 3-D expert weights still
-bf16 (the host "load peak"); the 3-D parameters are then quantised module by module on the target device and
-the model moves there. The load is refused with a one-line error when the need exceeds the free GPU memory
-(``torch.cuda.mem_get_info``) or the available RAM (``psutil``).
-
-bitsandbytes' packed CPU kernel (taken on AVX512-BF16 CPUs under ``no_grad``) asserts unless a Linear4bit has
-``out_features % 32 == 0`` and ``in_features % 64 == 0``; other Linear4bit modules get
-``support_avx512bf16_for_cpu = False``, bitsandbytes' generic dequantise-then-matmul path.
+The memory estimate, the 4-bit load and its CPU fix are ``mythic.quant``'s (shared with ``mythic train``).
 
 The report:
 
@@ -41,9 +21,7 @@ The report:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
-import re
 import resource
 import sysconfig
 import time
@@ -54,52 +32,30 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
-from mythic.generation import encode_prompt
+from mythic.eval.generate import encode_prompt
 from mythic.io import quiet_transformers, write_json
+from mythic.loading import DTYPES, check_base_dir, load_base_config, load_tokenizer, parse_dtype
 from mythic.models.families import check_block, decoder_layers, family_of
 from mythic.models.retrofit import MythicForCausalLM
-from mythic.surgery import (
-    DTYPES,
-    check_base_dir,
-    check_dtype,
-    identity_probe,
-    load_base_config,
-    load_base_model,
-    load_tokenizer,
+from mythic.progress import Progress
+from mythic.quant import (
+    MemoryEstimate,
+    check_fits,
+    count_quantized,
+    estimate_memory,
+    load_base,
+    unquantized_parameters,
 )
+from mythic.surgery import identity_probe
 
 SAMPLE_FILES = ("textwrap.py", "heapq.py", "fractions.py", "shlex.py", "statistics.py")
 PROBE_LOOPS = (1, 2, 4)
 REPEAT = dict(rule="residual", gate_bias_init=30.0, layerscale_init=1.0, layerscale_max=1.0, inject_scale=0.0)
 """The residual rule turned into a plain repeat: g = sigmoid(30) = 1.0 in float32, ls = 1, so m_t = 1; s = 0."""
 PROMPT = "Write a Python function that checks whether a number is prime."
-CPU_PACKED_OUT, CPU_PACKED_IN = 32, 64
-QUANT_CONSTANT_BYTES = 256 * 4 + 16 * 4 + 4
-
-Progress = Callable[[int, int, str], None]
-"""Called as ``progress(done, total, what)`` over the steps of the run."""
-
-
-@dataclass
-class MemoryEstimate:
-    """Bytes a load will need; see the module docstring."""
-
-    device: str
-    quantized: bool
-    weights: int
-    activations: int
-    load_peak: int
-    available: int
-    host_available: int
-    parameters: int
-    quantized_parameters: int
-
-    @property
-    def need(self) -> int:
-        return self.weights + self.activations
 
 
 @dataclass
@@ -178,196 +134,6 @@ def choose_candidates(config: Any, layers: str | None, scan: bool) -> tuple[list
         except MythicError as err:
             skipped.append(f"layer {i}: {err}")
     return blocks, skipped
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-def quantized_tensor_bytes(n: int) -> int:
-    """Bytes of one nf4 double-quant tensor of n values (module docstring)."""
-    return math.ceil(n / 2) + math.ceil(n / 64) + 4 * math.ceil(n / (64 * 256)) + QUANT_CONSTANT_BYTES
-
-
-def skeleton(config: Any) -> PreTrainedModel:
-    """The base's module tree on the meta device: names, shapes and counts, no memory."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
-    model.tie_weights()
-    return model
-
-
-def _quantizable(model: PreTrainedModel) -> tuple[set[str], set[str]]:
-    """(Linear weights transformers converts to Linear4bit, 3-D parameters) by parameter name."""
-    from transformers.quantizers.base import get_keys_to_not_convert
-
-    kept = set(get_keys_to_not_convert(model)) | set(getattr(model, "_keep_in_fp32_modules", None) or [])
-    linear = {
-        f"{name}.weight"
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not any(name == k or name.startswith(f"{k}.") for k in kept)
-    }
-    cubes = {name for name, p in model.named_parameters() if p.ndim == 3}
-    return linear, cubes
-
-
-def available_memory(device: str) -> tuple[int, int]:
-    """(free bytes on ``device``, available host RAM)."""
-    import psutil
-
-    host = int(psutil.virtual_memory().available)
-    if device.startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return int(free), host
-    return host, host
-
-
-def estimate_memory(
-    config: Any, *, quantize: bool, dtype: torch.dtype, device: str, rows: int, seq_len: int
-) -> MemoryEstimate:
-    """What loading and probing the base will take; see the module docstring."""
-    model = skeleton(config)
-    linear, cubes = _quantizable(model) if quantize else (set(), set())
-    itemsize = torch.tensor([], dtype=torch.bfloat16 if quantize else dtype).element_size()
-    seen: dict[int, tuple[str, int]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        seen.setdefault(id(p), (name, p.numel()))
-    weights = load_peak = quantized = total = 0
-    largest_cube = 0
-    for name, n in seen.values():
-        total += n
-        if name in linear or name in cubes:
-            quantized += n
-            weights += quantized_tensor_bytes(n)
-            load_peak += quantized_tensor_bytes(n) if name in linear else n * itemsize
-            largest_cube = max(largest_cube, n if name in cubes else 0)
-        else:
-            weights += n * itemsize
-            load_peak += n * itemsize
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    text = config.get_text_config(decoder=True)
-    activations = rows * seq_len * (12 * text.vocab_size + 16 * text.hidden_size * itemsize) + 2 * largest_cube
-    free, host = available_memory(device)
-    return MemoryEstimate(
-        device=device,
-        quantized=quantize,
-        weights=weights + buffers,
-        activations=activations,
-        load_peak=load_peak + buffers if quantize else 0,
-        available=free,
-        host_available=host,
-        parameters=total,
-        quantized_parameters=quantized,
-    )
-
-
-def check_fits(estimate: MemoryEstimate) -> None:
-    """One-line refusal when the base will not fit the device (or, for a 4-bit load, the host)."""
-    gb = 1e9
-    where = "free GPU memory" if estimate.device.startswith("cuda") else "available RAM"
-    if estimate.need > estimate.available:
-        raise MythicError(
-            f"the base needs about {estimate.need / gb:.2f} GB on {estimate.device} "
-            f"(weights {estimate.weights / gb:.2f} GB + activations {estimate.activations / gb:.2f} GB), "
-            f"only {estimate.available / gb:.2f} GB {where}" + ("" if estimate.quantized else "; try --4bit")
-        )
-    if estimate.quantized and estimate.load_peak > estimate.host_available:
-        raise MythicError(
-            f"loading the 4-bit base needs about {estimate.load_peak / gb:.2f} GB of RAM before its expert weights "
-            f"are quantised, only {estimate.host_available / gb:.2f} GB available"
-        )
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def quantization_config() -> Any:
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-
-
-def quantize_cubes(model: nn.Module, device: str) -> int:
-    """nf4-quantise every 3-D parameter on ``device``, module by module; returns how many."""
-    from bitsandbytes.nn.parametrize import replace_parameter_4bit
-
-    count = 0
-    for module in list(model.modules()):
-        names = [name for name, p in module.named_parameters(recurse=False) if p.ndim == 3]
-        if not names:
-            continue
-        module.to(device)
-        for name in names:
-            replace_parameter_4bit(module, name, compress_statistics=True, quant_type="nf4")
-            count += 1
-    return count
-
-
-def fix_cpu_packing(model: nn.Module) -> list[str]:
-    """Send Linear4bit modules the packed CPU kernel cannot take to the generic path; returns their names."""
-    import bitsandbytes as bnb
-
-    fixed = []
-    for name, module in model.named_modules():
-        if isinstance(module, bnb.nn.Linear4bit) and (
-            module.out_features % CPU_PACKED_OUT or module.in_features % CPU_PACKED_IN
-        ):
-            module.support_avx512bf16_for_cpu = False
-            fixed.append(name)
-    return fixed
-
-
-def load_base(
-    base_dir: Path, *, quantize: bool, dtype: torch.dtype, device: str
-) -> tuple[PreTrainedModel, list[str], int]:
-    """(model in eval mode, Linear4bit modules on the generic CPU path, 3-D parameters quantised)."""
-    if not quantize:
-        model = load_base_model(base_dir, dtype=dtype, device_map={"": device})
-        return model.eval(), [], 0
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise MythicError("--4bit needs bitsandbytes: pip install 'mythic[quant]'")
-    model = load_base_model(
-        base_dir, quantization_config=quantization_config(), dtype=torch.bfloat16, device_map={"": "cpu"}
-    )
-    cubes = quantize_cubes(model, device)
-    model = model.to(device)
-    generic = fix_cpu_packing(model) if device == "cpu" else []
-    return model.eval(), generic, cubes
-
-
-def _group(name: str) -> str:
-    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
-
-
-def unquantized_parameters(model: PreTrainedModel) -> list[dict[str, Any]]:
-    """Parameters left in bf16 by a 4-bit load, grouped by name pattern, with the reason."""
-    import bitsandbytes as bnb
-
-    owners = {id(p): module for module in model.modules() for p in module.parameters(recurse=False)}
-    head = model.get_output_embeddings()
-    groups: dict[str, dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        module = owners[id(p)]
-        if isinstance(p, bnb.nn.Params4bit) or ".parametrizations." in name:
-            continue
-        if module is head:
-            why = "output head (or the embedding tied to it): transformers keeps it unquantised"
-        elif isinstance(module, nn.Embedding):
-            why = "embedding: bitsandbytes quantises nn.Linear only"
-        elif p.ndim == 1:
-            why = "1-D (norm weight or bias)"
-        else:
-            why = f"{p.ndim}-D parameter outside nn.Linear"
-        group = groups.setdefault(_group(name), {"name": _group(name), "tensors": 0, "values": 0, "why": why})
-        group["tensors"] += 1
-        group["values"] += p.numel()
-    return sorted(groups.values(), key=lambda g: -g["values"])
 
 
 # ----------------------------------------------------------------------------- probes
@@ -493,7 +259,7 @@ def sanity(
     started = time.perf_counter()
     base_dir = Path(base_dir)
     check_base_dir(base_dir)
-    check_dtype(dtype)
+    dtype = parse_dtype(dtype)
     if rows < 1 or seq_len < 2:
         raise MythicError("the held-out sample needs at least 1 row of at least 2 tokens")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -542,7 +308,7 @@ def sanity(
         load_seconds=round(load_seconds, 2),
         peak_memory=peak,
         peak_memory_kind=peak_kind,
-        quantized_modules=_count_quantized(model) + cubes if quantize else 0,
+        quantized_modules=count_quantized(model) + cubes if quantize else 0,
         generic_cpu_path=generic,
         unquantized=unquantized_parameters(model) if quantize else [],
         generation=generation,
@@ -558,9 +324,3 @@ def sanity(
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json(out, report.to_json())
     return report
-
-
-def _count_quantized(model: nn.Module) -> int:
-    import bitsandbytes as bnb
-
-    return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())

@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny sharded Llama folder, a stand-in hub serving it, the real SmolLM2-135M.
 
 - ``tiny_llama_dir``: a random 2-layer ``LlamaForCausalLM`` (seed 0) saved with ``save_pretrained``
-  in 3 safetensors shards plus ``model.safetensors.index.json``, and a word-level tokenizer.
+  in 3 safetensors shards plus ``model.safetensors.index.json``, and a word-level tokenizer
+  (``tiny.write_tiny_base``).
 - ``hub``: a ``StandInHub`` on 127.0.0.1 (``HF_ENDPOINT`` points at it) that serves
   ``tiny_llama_dir`` as ``TINY_REPO``.
 - ``smollm2_dir``: the converted SmolLM2-135M-Instruct folder, built once and cached under
@@ -19,8 +20,7 @@ import pytest
 import torch
 from hubserver import TINY_REPO, StandInHub
 from sandboxlock import exclusive
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tiny import write_tiny_base
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One intra-op thread per xdist worker: two workers with a thread per core each oversubscribe a
@@ -36,25 +36,8 @@ def sandbox_exclusive() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder, max_shard_size="40KB")
-    vocab = {word: i for i, word in enumerate(["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    tokenizer.save_pretrained(folder)
-    return folder
+    """``tiny.write_tiny_base`` with 2 layers, its weights sharded (the fetch tests serve several files)."""
+    return write_tiny_base(tmp_path_factory.mktemp("tiny-llama"), layers=2, max_shard_size="40KB")
 
 
 @pytest.fixture

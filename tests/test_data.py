@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_train_helpers import make_tokenizer
+from tiny import make_tokenizer
 
 from mythic.errors import MythicError
 from mythic.train.data import PackedStream, encode_chat, stdlib_files

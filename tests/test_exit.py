@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_openmythos import tiny
 from test_retrofit import ids, wrap
+from tiny import tiny_mythos
 
 from mythic.cli.options import parse_loops
 from mythic.errors import MythicError
@@ -20,9 +20,9 @@ from mythic.models.openmythos import OpenMythos
 from mythic.recurrence.exit import AdaptiveDepth, ExitRun, parse_exit
 
 
-def tiny_mythos(attn_type: str = "gqa", act: bool = False) -> OpenMythos:
+def mythos_model(attn_type: str = "gqa", act: bool = False) -> OpenMythos:
     torch.manual_seed(0)
-    return OpenMythos(tiny(attn_type, act=act, init_std=0.2)).eval()
+    return OpenMythos(tiny_mythos(attn_type, act=act, init_std=0.2)).eval()
 
 
 class Forced:
@@ -62,7 +62,7 @@ NEVER = AdaptiveDepth(6, "convergence", 1e-30)
 
 @pytest.mark.parametrize("attn_type", ["gqa", "mla"])
 def test_openmythos_criterion_that_never_fires_is_fixed_depth_bit_for_bit(attn_type: str) -> None:
-    model = tiny_mythos(attn_type)
+    model = mythos_model(attn_type)
     x = ids(length=10) % 64
     with torch.no_grad():
         assert (model(x, NEVER) - model(x, 6)).abs().max().item() == 0.0
@@ -104,7 +104,7 @@ def decode_pieces(model, x: torch.Tensor, rule: Forced, depth: AdaptiveDepth, sp
 
 @pytest.mark.parametrize("attn_type", ["gqa", "mla"])
 def test_openmythos_forced_exits_decode_equals_one_uncached_forward(forced, attn_type: str) -> None:
-    model = tiny_mythos(attn_type)
+    model = mythos_model(attn_type)
     x = ids(length=12) % 64
     depth = AdaptiveDepth(5, "convergence", 0.01)
     rule = forced(depths(2, 12, 5))
@@ -133,7 +133,7 @@ def test_retrofit_forced_exits_decode_equals_one_uncached_forward(forced, family
 def test_fill_forward_keys_are_the_last_computed_pass(forced) -> None:
     """Positions that exited present their last computed pass's keys at every later pass, and a
     pass that no position runs is skipped (not computed) but still gets its cache entries."""
-    model = tiny_mythos()
+    model = mythos_model()
     x = ids(batch=1, length=6) % 64
     rule = forced(torch.tensor([[1, 3, 2, 1, 2, 2]]))
     cache = model.new_cache()
@@ -181,7 +181,7 @@ def test_kl_criterion_compares_successive_readouts() -> None:
 
 
 def test_act_exit_on_openmythos_uses_the_halting_head_and_stops_when_all_halted() -> None:
-    model = tiny_mythos(act=True)
+    model = mythos_model(act=True)
     with torch.no_grad():
         model.recurrent.act.proj.bias.fill_(10.0)  # p ≈ 1: every position halts after its first pass
         x = ids(length=8) % 64
@@ -226,7 +226,7 @@ def test_bad_exit_rules_are_one_line_errors(text: str, message: str) -> None:
 def test_act_exit_needs_a_halting_head() -> None:
     x = ids(length=5) % 64
     with pytest.raises(MythicError, match="halting head"):
-        tiny_mythos(act=False)(x, AdaptiveDepth(4, "act", None))
+        mythos_model(act=False)(x, AdaptiveDepth(4, "act", None))
     _, retrofit = wrap("llama")
     with pytest.raises(MythicError, match="halting head"):
         retrofit(ids(length=5), n_loops=AdaptiveDepth(4, "act", None))
@@ -238,7 +238,7 @@ def test_parse_loops_mixes_fixed_and_adaptive_rows() -> None:
     assert rows[2] == AdaptiveDepth(16, "kl", 0.001)
     assert rows[3].max_loops is None and rows[3].bounded(8).max_loops == 8
     assert rows[2].label == "auto:16" and rows[2].rule == "kl:0.001"
-    model = tiny_mythos()  # max_loop_iters=4: auto without MAX loops at most 4 times
+    model = mythos_model()  # max_loop_iters=4: auto without MAX loops at most 4 times
     with torch.no_grad():
         x = ids(length=6) % 64
         never = AdaptiveDepth(None, "convergence", 1e-30)
@@ -249,7 +249,7 @@ def test_kv_share_keeps_the_last_pass_per_token_and_decodes_from_it() -> None:
     """With kv_share the cache keeps, beyond the first loop, one slot holding each token's last-pass
     keys; a decoded token's pass t attends to them. Reference: the unshared cache with the slots of
     passes 1 … T − 2 overwritten by those of pass T − 1."""
-    model = tiny_mythos()
+    model = mythos_model()
     x = ids(length=10) % 64
     first = model.recurrent.first_slot
     with torch.no_grad():
@@ -272,7 +272,7 @@ def test_kv_share_keeps_the_last_pass_per_token_and_decodes_from_it() -> None:
 
 
 def test_kv_share_with_two_loops_or_fewer_changes_nothing() -> None:
-    model = tiny_mythos()
+    model = mythos_model()
     x = ids(batch=1, length=8) % 64
     with torch.no_grad():
         for n in (1, 2):
@@ -328,7 +328,7 @@ def test_passes_for_the_running_tokens_only_equal_the_masked_passes(
     masked pass gives, prefill and decode, rows with no running token included."""
     from mythic.models.openmythos import model as modeling
 
-    model = tiny_mythos(attn_type)
+    model = mythos_model(attn_type)
     x = ids(batch=3, length=12) % 64
     depth = AdaptiveDepth(6, "convergence", 0.01)
     exits = depths(3, 12, 6)

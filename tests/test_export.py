@@ -22,23 +22,17 @@ import yaml
 from cli_runner import run_cli
 from hubserver_upload import UploadHub
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tiny import save_tiny_base
 
 from mythic.errors import MythicError
-from mythic.export import (
-    BASE_LORA,
-    MODELING_FILE,
-    bundle_order,
-    bundle_source,
-    export,
-    load_light,
-    push_to_hub,
-)
+from mythic.export.bundle import MODELING_FILE, bundle_order, bundle_source
+from mythic.export.exporter import export
+from mythic.export.push import push_to_hub
 from mythic.hub import download_repo, write_manifest
 from mythic.io import sha256_file
+from mythic.loading import BASE_LORA, load_checkpoint, load_light, save_base_lora
 from mythic.models.retrofit import RECURRENCE_FILE, MythicForCausalLM
-from mythic.surgery import load_checkpoint, surgery
+from mythic.surgery import surgery
 from mythic.train.model import add_lora
 from mythic.train.recipe import Lora
 
@@ -161,7 +155,6 @@ def lora_run(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     """The same run with a trained peft LoRA on the base (as the trainer saves it), and the unmerged model."""
     run = tmp_path_factory.mktemp("runs") / "lora-run"
     shutil.copytree(run_dir / "final", run / "final")
-    (run / "recipe.yaml").write_text(yaml.safe_dump({"trainable": {"recurrence": True, "lora": LORA}}))
     model = load_checkpoint(run / "final")
     add_lora(model, Lora(**LORA))
     adapted = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in model.named_parameters() if "lora_" in n}
@@ -171,9 +164,8 @@ def lora_run(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn_like(p) * 0.1)
-    save_file(
-        {n: p.detach().contiguous() for n, p in model.named_parameters() if "lora_" in n}, run / "final" / BASE_LORA
-    )
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    save_base_lora(run / "final", lora, Lora(**LORA).model_dump())
     return run, model.eval()
 
 
@@ -426,3 +418,38 @@ def test_a_training_checkpoint_with_a_base_lora_loads_it_strictly(lora_run: tupl
     x = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (loaded(x, n_loops=2).logits - trained(x, n_loops=2).logits).abs().max().item() == 0.0
+
+
+def test_a_base_lora_without_its_spec_is_refused_not_guessed(
+    lora_run: tuple[Path, MythicForCausalLM], tmp_path: Path
+) -> None:
+    run, _ = lora_run
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "final", bare)
+    (bare / "base_lora.json").unlink()
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"trainable": {"recurrence": True, "lora": LORA}}))
+    with pytest.raises(MythicError, match=r"has base_lora\.safetensors but no base_lora\.json"):
+        MythicForCausalLM.from_pretrained(bare)
+
+
+@pytest.mark.parametrize(
+    ("source", "refusal"),
+    [
+        ("import mythic.errors as errors\n", r"mythic\.fake line 1: `import mythic\.errors`"),
+        ("def f():\n    import mythic.io\n", r"mythic\.fake line 2: `import mythic\.io`"),
+        ("from mythic.recurrence import rules\n", r"`from mythic\.recurrence import rules` imports a module"),
+        ("from . import errors\n", r"mythic\.fake line 1: a relative import"),
+    ],
+)
+def test_the_bundler_refuses_imports_it_cannot_rewrite(
+    source: str, refusal: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mythic.export.bundle as bundle
+
+    real = bundle._module_source
+    monkeypatch.setattr(bundle, "_module_source", lambda name: source if name == "mythic.fake" else real(name))
+    with pytest.raises(RuntimeError, match=refusal):
+        bundle.bundle_order("mythic.fake")
+    fine = "from mythic.recurrence import RULES\nfrom mythic.errors import MythicError\n"
+    monkeypatch.setattr(bundle, "_module_source", lambda name: fine if name == "mythic.fake" else real(name))
+    assert bundle.bundle_order("mythic.fake") == ["mythic.recurrence", "mythic.errors", "mythic.fake"]

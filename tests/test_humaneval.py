@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from mythic.cli.eval import app
 from mythic.errors import MythicError
 from mythic.eval import pipeline
-from mythic.eval.generation import extract_code, generate_samples, read_done, truncate_at_stop
+from mythic.eval.completions import extract_code, generate_samples, read_done, truncate_at_stop
 from mythic.eval.humaneval import (
     Problem,
     load_problems,
@@ -29,8 +29,9 @@ from mythic.eval.humaneval import (
     solved_diff,
 )
 from mythic.eval.sandbox import SandboxLimits
+from mythic.loading import load_any, load_tokenizer
 from mythic.models.retrofit import MythicForCausalLM
-from mythic.surgery import load_any, load_tokenizer, surgery
+from mythic.surgery import surgery
 
 # Sandbox runs are told apart by uid only: one sandbox-running test at a time (sandboxlock.py).
 pytestmark = pytest.mark.usefixtures("sandbox_exclusive")
@@ -279,7 +280,7 @@ def test_a_resumed_sampled_run_draws_what_an_uninterrupted_one_draws(tiny_llama_
         (["--workers", "0"], "--workers must be at least 1"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--samples", "2"], "--samples above 1 needs --temperature above 0"),
-        (["--base", ".", "--dtype", "bf16"], "--dtype must be one of float32, bfloat16, float16"),
+        (["--base", ".", "--dtype", "int8"], "--dtype must be one of float32, bfloat16, float16, fp32, bf16, fp16"),
     ],
 )
 def test_bad_eval_options_are_one_line_errors(

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_mythos
 
 from mythic.errors import MythicError
 from mythic.models.openmythos import MythosConfig, OpenMythos
@@ -16,21 +17,10 @@ from mythic.train.model import param_groups
 VOCAB = 97
 
 
-def tiny(attn: str = "gqa", **overrides: object) -> MythosConfig:
-    settings = dict(
-        vocab_size=VOCAB, dim=64, n_heads=4, n_kv_heads=2, max_seq_len=64, max_loop_iters=4,
-        prelude_layers=1, coda_layers=1, n_experts=6, n_shared_experts=1, n_experts_per_tok=2,
-        expert_dim=16, lora_rank=4, attn_type=attn, kv_lora_rank=16, q_lora_rank=24,
-        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
-    )  # fmt: skip
-    settings.update(overrides)
-    return MythosConfig(**settings)
-
-
 def model_for(attn: str = "gqa", perturb: bool = True, seed: int = 0, **overrides: object) -> OpenMythos:
     """A tiny model; ``perturb`` wakes the recurrence up (LoRA, loop embedding, varied ACT halting)."""
     torch.manual_seed(seed)
-    model = OpenMythos(tiny(attn, **overrides)).eval()
+    model = OpenMythos(tiny_mythos(attn, **overrides)).eval()
     if perturb:
         with torch.no_grad():
             for p in model.recurrent.lora.parameters():
@@ -288,7 +278,7 @@ def test_checkpointed_and_truncated_loops() -> None:
 
 def test_initialisation_scheme() -> None:
     torch.manual_seed(0)
-    model = OpenMythos(tiny(dim=256, n_heads=8, vocab_size=2000, max_loop_iters=16))
+    model = OpenMythos(tiny_mythos(dim=256, n_heads=8, vocab_size=2000, max_loop_iters=16))
     assert model.embed.weight.std().item() == pytest.approx(0.02, rel=0.02)
     assert model.head.weight is model.embed.weight
     out_std = 0.02 / math.sqrt(2 * 3)
@@ -305,16 +295,16 @@ def test_initialisation_scheme() -> None:
 
 def test_config_errors_are_one_line_mythic_errors() -> None:
     with pytest.raises(MythicError, match="attn_type"):
-        tiny(attn_type="mha")
+        tiny_mythos(attn_type="mha")
     with pytest.raises(MythicError, match="n_kv_heads"):
-        tiny(n_kv_heads=3)
+        tiny_mythos(n_kv_heads=3)
     with pytest.raises(MythicError, match="n_experts_per_tok"):
-        tiny(n_experts_per_tok=7)
+        tiny_mythos(n_experts_per_tok=7)
     with pytest.raises(MythicError, match="no field 'depth'"):
         MythosConfig.from_dict({"depth": 3})
     with pytest.raises(MythicError, match="n_loops"):
         model_for()(ids(), 0)
-    assert MythosConfig.from_dict(tiny().to_dict()) == tiny()
+    assert MythosConfig.from_dict(tiny_mythos().to_dict()) == tiny_mythos()
 
 
 def test_loss_goes_down_on_a_learnable_sequence() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_mythos
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from mythic.models.openmythos import MythosConfig, MythosForCausalLM, MythosHFConfig
@@ -26,12 +27,7 @@ REFERENCE_SIZES = {
 
 def hf_model(attn: str = "mla", seed: int = 0) -> MythosForCausalLM:
     torch.manual_seed(seed)
-    cfg = MythosConfig(
-        vocab_size=90, dim=48, n_heads=4, n_kv_heads=2, max_seq_len=64, max_loop_iters=4,
-        prelude_layers=1, coda_layers=1, n_experts=4, n_shared_experts=1, n_experts_per_tok=2,
-        expert_dim=16, lora_rank=4, attn_type=attn, kv_lora_rank=16, q_lora_rank=0,
-        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
-    )  # fmt: skip
+    cfg = tiny_mythos(attn, vocab_size=90, dim=48, n_experts=4, q_lora_rank=0, v_head_dim=8)
     model = MythosForCausalLM(MythosHFConfig.from_mythos(cfg)).eval()
     with torch.no_grad():
         for p in model.model.recurrent.lora.parameters():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tiny import tiny_mythos
 
-from mythic.models.openmythos import MythosConfig, OpenMythos
+from mythic.models.openmythos import OpenMythos
 from mythic.models.openmythos.moe import MoE
 
 
@@ -111,10 +112,9 @@ def _skewed_load_ratio(balance: bool, seed: int, updates: int = 150) -> float:
     """max/mean expert load of a toy model whose router favours experts 0 and 1 (their rows ×4),
     after ``updates`` forward batches with or without the bias update (weights fixed)."""
     torch.manual_seed(seed)
-    cfg = MythosConfig(
-        vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=32, max_loop_iters=2,
-        prelude_layers=1, coda_layers=0, n_experts=8, n_shared_experts=0, n_experts_per_tok=2,
-        expert_dim=16, lora_rank=0, attn_type="gqa", router_bias_rate=0.003, act=False,
+    cfg = tiny_mythos(
+        vocab_size=64, dim=32, max_seq_len=32, max_loop_iters=2, coda_layers=0, n_experts=8,
+        n_shared_experts=0, lora_rank=0, router_bias_rate=0.003, act=False,
     )  # fmt: skip
     model = OpenMythos(cfg).train()  # loads are counted in training mode (no dropout here: nothing random)
     moe = model.recurrent.block.ffn

@@ -18,7 +18,8 @@ from mythic.cli.eval import app
 from mythic.errors import MythicError
 from mythic.eval import perplexity as ppl
 from mythic.eval import pipeline
-from mythic.surgery import load_any, load_tokenizer, surgery
+from mythic.loading import load_any, load_tokenizer
+from mythic.surgery import surgery
 
 TEXT = " ".join(f"w{(i * 7) % 61}" for i in range(70))
 

@@ -51,9 +51,9 @@ def test_shipped_recipes_validate(name: str) -> None:
 def test_v6h_and_v6k_encode_the_prior_runs() -> None:
     v6h = load_recipe(ROOT / "recipes" / "v6H.yaml")
     v6k = load_recipe(ROOT / "recipes" / "v6K.yaml")
-    assert v6h.model.surgery["rule"] == "residual"
-    assert (v6h.model.surgery["layerscale_init"], v6h.model.surgery["layerscale_max"]) == (0.05, 0.5)
-    assert v6h.model.surgery["gate_bias_init"] == 0.0
+    assert v6h.model.surgery.rule == "residual"
+    assert (v6h.model.surgery.layerscale_init, v6h.model.surgery.layerscale_max) == (0.05, 0.5)
+    assert v6h.model.surgery.gate_bias_init == 0.0
     assert (v6h.loss.kl_anchor.alpha, v6h.loss.kl_anchor.every) == (0.5, 2)
     assert (v6h.loss.margin.alpha, v6h.loss.margin.m) == (0.10, 0.02)
     assert (v6h.loss.dual_t.t_lo, v6h.curriculum.loops, v6h.train.steps) == (1, 4, 400)
@@ -69,6 +69,22 @@ def test_v6h_and_v6k_encode_the_prior_runs() -> None:
         ({"train": {"steps": "many"}}, "recipe train.steps: Input should be a valid integer"),
         ({"model": {"kind": "zzz"}}, "recipe model.kind: expected one of 'retrofit', 'surgery', 'openmythos'"),
         ({"model": {"kind": "retrofit"}}, "recipe model.checkpoint: required field is missing"),
+        (
+            {"model": {"kind": "surgery", "base": "b", "surgery": {"layerscale_int": 0.1}}},
+            "recipe model.surgery.layerscale_int: unknown key",
+        ),
+        (
+            {"model": {"kind": "surgery", "base": "b", "surgery": {"max_loops": "many"}}},
+            "recipe model.surgery.max_loops: Input should be a valid integer",
+        ),
+        (
+            {"model": {"kind": "openmythos", "config": {"dimm": 64}, "tokenizer": "t"}},
+            "recipe model.config.dimm: unknown key",
+        ),
+        (
+            {"model": {"kind": "openmythos", "config": {"attn_type": "xyz"}, "tokenizer": "t"}},
+            "recipe model.config: MythosConfig.attn_type must be one of",
+        ),
         ({"data": {"seq_len": 8, "sources": [{"kind": "stdlib", "wieght": 1}]}}, "recipe data.sources.0.wieght:"),
         (
             {"curriculum": {"kind": "stages", "stages": [{"start": 0, "weights": {1: 0.5, 2: 0.4}}]}},

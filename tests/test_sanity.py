@@ -13,20 +13,10 @@ from tiny import save_tiny_base
 from transformers import AutoConfig
 
 from mythic.errors import MythicError
+from mythic.loading import load_tokenizer
 from mythic.models.families import decoder_layers
-from mythic.sanity import (
-    choose_candidates,
-    default_candidates,
-    estimate_memory,
-    fix_cpu_packing,
-    heldout_sample,
-    load_base,
-    parse_candidates,
-    quantized_tensor_bytes,
-    sanity,
-    unquantized_parameters,
-)
-from mythic.surgery import load_tokenizer
+from mythic.quant import estimate_memory, fix_cpu_packing, load_base, quantized_tensor_bytes, unquantized_parameters
+from mythic.sanity import choose_candidates, default_candidates, heldout_sample, parse_candidates, sanity
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +78,10 @@ def test_refuses_before_loading_when_the_base_does_not_fit(llama_dir: Path, monk
         raise AssertionError("the base must not be loaded")
 
     monkeypatch.setattr("mythic.sanity.load_base", never)
-    monkeypatch.setattr("mythic.sanity.available_memory", lambda device: (10_000, 10_000))
+    monkeypatch.setattr("mythic.quant.available_memory", lambda device: (10_000, 10_000))
     with pytest.raises(MythicError, match=r"needs about 0\.00 GB on cpu .* only 0\.00 GB available RAM; try --4bit"):
         sanity(llama_dir, rows=1, seq_len=8)
-    monkeypatch.setattr("mythic.sanity.available_memory", lambda device: (10**12, 10_000))
+    monkeypatch.setattr("mythic.quant.available_memory", lambda device: (10**12, 10_000))
     with pytest.raises(MythicError, match=r"loading the 4-bit base needs about .* GB of RAM"):
         sanity(llama_dir, quantize=True, rows=1, seq_len=8)
 

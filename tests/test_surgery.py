@@ -78,7 +78,7 @@ def test_loading_is_strict_about_loops_tensors_hidden_size_and_base_revision(ckp
     config = json.loads((longer / "config.json").read_text())
     config["max_loops"] = 8
     (longer / "config.json").write_text(json.dumps(config))
-    with pytest.raises(MythicError, match=r"tensor recurrence\.\S+ has shape \(4, 1\) .* implies \(8, 1\)"):
+    with pytest.raises(MythicError, match=r"tensor recurrence\.\S+ has shape \(4, 1\) .* expects \(8, 1\)"):
         MythicForCausalLM.from_pretrained(longer)
 
     missing = _copy_ckpt(ckpt, tmp_path / "missing")
@@ -166,8 +166,8 @@ def test_missing_base_and_foreign_architecture_are_refused(
 def test_generate_prints_completions_side_by_side(
     ckpt: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mythic.generation import complete_at_loops
-    from mythic.surgery import load_tokenizer
+    from mythic.eval.generate import complete_at_loops
+    from mythic.loading import load_tokenizer
 
     code, stdout, _ = run_cli(
         monkeypatch, capsys, "generate", "--ckpt", ckpt, "--loops", "1,2", "--max-new-tokens", "8", "hello"

@@ -11,11 +11,12 @@ import pytest
 import torch
 import yaml
 from cli_runner import run_cli
-from test_train_helpers import HOPS_RECIPE, make_tokenizer, tiny_recipe, write_corpus, write_tiny_base
+from test_train_helpers import HOPS_RECIPE, tiny_recipe, write_corpus
+from tiny import make_tokenizer, write_tiny_base
 
 from mythic.errors import MythicError
 from mythic.eval.tasks import evaluate_tasks, loop_dynamics, score
-from mythic.surgery import load_any, load_tokenizer
+from mythic.loading import load_any, load_tokenizer
 from mythic.tasks import hops
 from mythic.tasks.files import Task, read_tasks, write_tasks
 from mythic.tasks.tokenizer import char_tokenizer

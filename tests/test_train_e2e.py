@@ -18,7 +18,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_train_helpers import make_tokenizer, tiny_recipe, write_corpus, write_tiny_base
+from test_train_helpers import tiny_recipe, write_corpus
+from tiny import make_tokenizer, write_tiny_base
 
 from mythic.models.openmythos import MythosForCausalLM
 

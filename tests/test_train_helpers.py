@@ -1,7 +1,6 @@
 """Shared builders for the training tests (no tests here): a tiny base folder, a corpus, a recipe.
 
-``write_tiny_base`` saves a random 4-layer Llama (vocab 64) and a word-level tokenizer whose
-words are ``w0 … w60`` plus ``<unk> <s> </s>``, with a small chat template. ``write_corpus``
+The tiny base itself is ``tiny.write_tiny_base``. ``write_corpus``
 writes text files of counting sequences (learnable, so the loss falls within a few steps).
 ``tiny_recipe`` is a raw recipe mapping for that base and corpus; tests override parts of it.
 """
@@ -11,41 +10,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 from typing import Any
-
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-    "{% if add_generation_prompt %}assistant : {% endif %}"
-)
-
-
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def write_tiny_base(folder: Path, layers: int = 4) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def write_corpus(folder: Path, n_docs: int = 12) -> Path:

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_helpers import make_tokenizer, tiny_recipe, write_corpus, write_tiny_base
-from tiny import tiny_base
+from test_train_helpers import tiny_recipe, write_corpus
+from tiny import make_tokenizer, tiny_base, write_tiny_base
 from transformers import AutoModelForCausalLM
 
 from mythic.errors import MythicError
-from mythic.eval.generation import row_mode
+from mythic.eval.rows import row_mode
 from mythic.models.retrofit import MythicForCausalLM
 from mythic.train import losses
 from mythic.train.curriculum import Curriculum, Depth
@@ -229,7 +231,7 @@ def test_resume_is_bit_identical(tiny: tuple[Path, Path], tmp_path: Path) -> Non
 
     partial = validate_recipe(tiny_recipe(tiny[0], tiny[1], tmp_path / "part"))
     with pytest.raises(Interrupt):
-        train(partial, progress=stop_at_3)
+        train(partial, on_step=stop_at_3)
     with pytest.raises(MythicError, match="already holds a run: pass --resume"):
         train(partial)
     changed = partial.model_copy(update={"seed": partial.seed + 1})
@@ -272,7 +274,7 @@ def test_non_finite_steps_are_skipped_then_stop(tiny: tuple[Path, Path], tmp_pat
         poison["on"] = done + 1 in bad_steps
 
     with pytest.raises(MythicError) as err:
-        train(recipe, build=build, progress=progress)
+        train(recipe, build=build, on_step=progress)
     message = str(err.value)
     assert message.startswith("2 non-finite steps in a row (loss or gradient), stopped at step 6;")
     assert message.endswith("step-0000004")
@@ -339,8 +341,8 @@ def test_training_every_base_weight_saves_the_whole_model(tiny: tuple[Path, Path
 def test_unknown_surgery_setting_and_missing_tracker(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     raw = tiny_recipe(tiny[0], tiny[1], tmp_path / "run")
     raw["model"]["surgery"]["layerscale_int"] = 0.1
-    with pytest.raises(MythicError, match=r"^recipe model.surgery.layerscale_int: unknown surgery setting"):
-        train(validate_recipe(raw))
+    with pytest.raises(MythicError, match=r"^recipe model.surgery.layerscale_int: unknown key"):
+        validate_recipe(raw)
     raw = tiny_recipe(tiny[0], tiny[1], tmp_path / "run2", log={"trackers": ["wandb"]})
     if importlib.util.find_spec("wandb") is None:
         with pytest.raises(MythicError, match=r"^recipe log.trackers: wandb is not installed \(pip install wandb\)$"):
@@ -449,5 +451,42 @@ def test_openmythos_recipe_trains_with_its_aux_terms(tiny: tuple[Path, Path], tm
     state = loaded.state_dict()
     assert all(torch.equal(state[k], v) for k, v in trained.items() if k in state)
     raw["model"]["config"]["dimm"] = 3
-    with pytest.raises(MythicError, match=r"^recipe model.config.dimm: unknown MythosConfig field"):
-        train(validate_recipe(raw | {"out_dir": str(tmp_path / "run2")}))
+    with pytest.raises(MythicError, match=r"^recipe model.config.dimm: unknown key"):
+        validate_recipe(raw | {"out_dir": str(tmp_path / "run2")})
+
+
+def test_a_4bit_moe_base_has_its_experts_quantised_as_sanity_estimates(tmp_path: Path) -> None:
+    from tiny import save_tiny_base
+
+    from mythic.quant import quantizable, skeleton, unquantized_parameters
+
+    base_dir = tmp_path / "moe"
+    save_tiny_base(base_dir, "qwen3_moe")
+    raw = tiny_recipe(base_dir, write_corpus(tmp_path / "corpus"), tmp_path / "run")
+    raw["model"]["quantization"] = {"kind": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    raw["data"]["tokenizer"] = str(base_dir)
+    raw["train"]["steps"] = 2
+    models: list[torch.nn.Module] = []
+
+    def build(r: object, device: torch.device) -> tuple[torch.nn.Module, object]:
+        model, tok = default_build(r, device)
+        models.append(model)
+        return model, tok
+
+    result = train(validate_recipe(raw), build=build)
+    base = models[0].base
+    assert not [g for g in unquantized_parameters(base) if g["why"].startswith("3-D")]
+
+    def unwrapped(name: str) -> str:  # the looped block's layers sit in a BlockSlot (``.layer``)
+        return re.sub(r"\.layers\.(\d+)\.layer\.", r".layers.\1.", name)
+
+    linear = {unwrapped(n) for n, p in base.named_parameters() if type(p).__name__ == "Params4bit"}
+    cubes = {
+        unwrapped(n.replace(".parametrizations.", ".").removesuffix(".original"))
+        for n, _ in base.named_parameters()
+        if ".parametrizations." in n
+    }
+    expected_linear, expected_cubes = quantizable(skeleton(AutoModelForCausalLM.from_pretrained(base_dir).config))
+    assert (linear, cubes) == (expected_linear, expected_cubes), "train quantises what sanity estimates"
+    assert len(cubes) == 6 * 2, "gate_up_proj and down_proj of the experts of 6 layers"
+    assert result.skipped_steps == 0 and math.isfinite(result.metrics["loss"])

@@ -1,9 +1,23 @@
-"""Tiny random base models of every supported family, built from configs (no download)."""
+"""The tests' one factory of tiny models, built from configs (no download): a random base of every
+supported family (``tiny_base``, ``save_tiny_base``) and the word-level Llama the training tests learn
+on (``write_tiny_base``), and the config of a tiny from-scratch OpenMythos (``tiny_mythos``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from mythic.models.openmythos import MythosConfig
 
 COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, max_position_embeddings=256)
 
@@ -79,9 +93,6 @@ def tiny_base(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) ->
 
 def tiny_tokenizer():
     """A character-level fast tokenizer over printable ASCII (ids < 128), with a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
     vocab.update({chr(c): c - 29 for c in range(32, 127)})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
@@ -98,3 +109,49 @@ def save_tiny_base(folder, family: str = "llama", with_tokenizer: bool = True):
     if with_tokenizer:
         tiny_tokenizer().save_pretrained(folder)
     return model
+
+
+WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def write_tiny_base(folder: Path, layers: int = 4, max_shard_size: str | None = None) -> Path:
+    """A random Llama (vocab 64, hidden 32) and ``make_tokenizer``'s word-level tokenizer, whose words are
+    ``w0 … w60`` plus ``<unk> <s> </s>``, with a small chat template: the training tests' base."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def tiny_mythos(attn: str = "gqa", **overrides: object) -> MythosConfig:
+    """A tiny OpenMythos config (GQA or MLA, 6 experts top-2, Depth-LoRA rank 4); ``overrides`` replace fields."""
+    settings = dict(
+        vocab_size=97, dim=64, n_heads=4, n_kv_heads=2, max_seq_len=64, max_loop_iters=4,
+        prelude_layers=1, coda_layers=1, n_experts=6, n_shared_experts=1, n_experts_per_tok=2,
+        expert_dim=16, lora_rank=4, attn_type=attn, kv_lora_rank=16, q_lora_rank=24,
+        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
+    )  # fmt: skip
+    settings.update(overrides)
+    return MythosConfig(**settings)

@@ -85,10 +85,10 @@ def _progress(console: Console) -> Progress:
 def _load(
     model_dir: Path | None, base: Path | None, dtype: str, console: Console
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from mythic.loading import default_device, load_any, load_tokenizer, parse_dtype
     from mythic.models.retrofit import MythicForCausalLM
-    from mythic.surgery import check_dtype, default_device, load_any, load_tokenizer
 
-    check_dtype(dtype)
+    dtype = parse_dtype(dtype)
     if (model_dir is None) == (base is None):
         raise MythicError("give exactly one model: a checkpoint folder, or --base DIR")
     path = model_dir or base
@@ -155,7 +155,7 @@ def humaneval(
             raise MythicError(f"--completions scores a file as it is; {names} only apply to generation")
         with _progress(console) as progress:
             results = pipeline.humaneval_from_file(
-                completions, chosen, ks=ks, limits=limits, workers=workers, progress=progress
+                completions, chosen, ks=ks, limits=limits, workers=workers, bars=progress
             )
     else:
         model, tokenizer = _load(model_dir, base, dtype, console)
@@ -190,7 +190,7 @@ def humaneval(
                 seed=seed,
                 limits=limits,
                 workers=workers,
-                progress=progress,
+                bars=progress,
             )
         results["model"] = source
     title = f"HumanEval ({results['problems']} problems, {results['samples']} sample(s) each)"
@@ -221,7 +221,7 @@ def tasks(
 ) -> None:
     """Exact-match accuracy on a task file at each loop count (and of the base, for a retrofit), per difficulty."""
     from mythic.eval import report
-    from mythic.eval.generation import row_file
+    from mythic.eval.rows import row_file
     from mythic.eval.tasks import evaluate_tasks
     from mythic.io import atomic_dir
     from mythic.tasks.files import read_tasks, write_predictions
@@ -299,7 +299,7 @@ def perplexity(
             seq_len=seq_len,
             max_tokens=max_tokens,
             batch_size=batch_size,
-            progress=progress,
+            bars=progress,
         )
     results["model"] = str((model_dir or base).resolve())
     results["data"] = data

@@ -54,9 +54,9 @@ def export(
 
     GGUF / llama.cpp is out of scope: llama.cpp has no recurrent-depth support.
     """
-    from mythic.export import export as run_export
-    from mythic.export import parse_dtype
-    from mythic.export import push_to_hub as run_push
+    from mythic.export.exporter import export as run_export
+    from mythic.export.push import push_to_hub as run_push
+    from mythic.loading import parse_dtype
 
     if private and not push_to_hub:
         raise MythicError("--private only applies with --push-to-hub")
@@ -70,7 +70,7 @@ def export(
             light=light,
             merge_lora=merge_lora,
             force=force,
-            progress=lambda stage: status.update(f"{stage} …"),
+            progress=lambda done, total, stage: status.update(f"{stage} ({done + 1}/{total}) …"),
         )
     table = Table(title=f"export → {report.out}", show_header=False)
     table.add_row("kind", report.kind)

@@ -36,8 +36,8 @@ def generate(
     base: Annotated[bool, typer.Option(help="Also show the base model (recurrence off).")] = True,
 ) -> None:
     """Greedy completions of PROMPT at each loop count, printed next to each other."""
-    from mythic.generation import complete_at_loops
-    from mythic.surgery import load_any, load_tokenizer
+    from mythic.eval.generate import complete_at_loops
+    from mythic.loading import load_any, load_tokenizer
 
     counts = parse_loops(loops, exit_rule)
     sharing = parse_kv_share(kv_share)

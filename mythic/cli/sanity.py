@@ -47,7 +47,8 @@ def sanity(
     candidate looped 2 and 4 times untrained (held-out loss, hidden-state norm growth); recommends a block.
     """
     from mythic.hub import default_base_dir
-    from mythic.sanity import PROMPT, MemoryEstimate
+    from mythic.quant import MemoryEstimate
+    from mythic.sanity import PROMPT
     from mythic.sanity import sanity as run_sanity
 
     base_dir = base if base is not None else default_base_dir()

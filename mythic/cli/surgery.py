@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mythic.cli.options import parse_range
 from mythic.errors import MythicError
+from mythic.models.retrofit import MythicConfig
 from mythic.recurrence import RULES
 
 
@@ -23,32 +24,48 @@ def surgery(
     out: Annotated[
         Path | None, typer.Option(help="Checkpoint folder to write (default: ckpts/<base>-b<S>-<E>).")
     ] = None,
-    max_loops: Annotated[int, typer.Option(help="Trained loop maximum: the number of per-loop parameter sets.")] = 8,
-    loops: Annotated[int, typer.Option(help="Default n_loops stored in the checkpoint's config.")] = 1,
-    rule: Annotated[str, typer.Option(help=f"Update rule: {', '.join(RULES)}.")] = "residual",
+    max_loops: Annotated[
+        int, typer.Option(help="Trained loop maximum: the number of per-loop parameter sets.")
+    ] = MythicConfig.max_loops,
+    loops: Annotated[
+        int, typer.Option(help="Default n_loops stored in the checkpoint's config.")
+    ] = MythicConfig.n_loops,
+    rule: Annotated[str, typer.Option(help=f"Update rule: {', '.join(RULES)}.")] = MythicConfig.rule,
     drop: Annotated[
         str | None,
         typer.Option(help="Also drop layers A:B between prelude and block (retrofit-paper surgery)."),
     ] = None,
-    lora_rank: Annotated[int, typer.Option(help="Depth-LoRA rank on the block's q/o projections (0: off).")] = 8,
-    lora_alpha: Annotated[float, typer.Option(help="Depth-LoRA alpha (scaling alpha/rank).")] = 16.0,
-    inject_scale: Annotated[float, typer.Option(help="Residual rule: weight s of the LTI injection.")] = 0.01,
-    layerscale_init: Annotated[float, typer.Option(help="Initial per-loop LayerScale.")] = 0.05,
-    layerscale_max: Annotated[float, typer.Option(help="Upper clamp of the LayerScale.")] = 0.5,
-    gate_bias_init: Annotated[float, typer.Option(help="Initial gate bias (sigmoid(0) = 0.5).")] = 0.0,
-    loop_embedding: Annotated[bool, typer.Option(help="Add a sinusoidal loop-index embedding.")] = False,
+    lora_rank: Annotated[
+        int, typer.Option(help="Depth-LoRA rank on the block's q/o projections (0: off).")
+    ] = MythicConfig.lora_rank,
+    lora_alpha: Annotated[float, typer.Option(help="Depth-LoRA alpha (scaling alpha/rank).")] = MythicConfig.lora_alpha,
+    inject_scale: Annotated[
+        float, typer.Option(help="Residual rule: weight s of the LTI injection.")
+    ] = MythicConfig.inject_scale,
+    layerscale_init: Annotated[float, typer.Option(help="Initial per-loop LayerScale.")] = MythicConfig.layerscale_init,
+    layerscale_max: Annotated[
+        float, typer.Option(help="Upper bound of the LayerScale (ls = max·sigmoid(θ)).")
+    ] = MythicConfig.layerscale_max,
+    gate_bias_init: Annotated[
+        float, typer.Option(help="Initial gate bias (sigmoid(0) = 0.5).")
+    ] = MythicConfig.gate_bias_init,
+    loop_embedding: Annotated[
+        bool, typer.Option(help="Add a sinusoidal loop-index embedding.")
+    ] = MythicConfig.loop_embedding,
     dtype: Annotated[str, typer.Option(help="dtype to load the base in: float32, bfloat16, float16.")] = "float32",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
-    """Build the looped wrapper, check T=1 identity with the base, and write a checkpoint folder."""
+    """Build the looped wrapper, check T=1 identity with the base, and write a checkpoint folder.
+
+    Every default is MythicConfig's own default."""
     from mythic.hub import default_base_dir
-    from mythic.surgery import check_dtype
+    from mythic.loading import parse_dtype
     from mythic.surgery import surgery as run_surgery
 
     if (layer is None) == (block is None):
         raise MythicError("give exactly one of --layer N or --block START:END")
     span = (layer, layer + 1) if layer is not None else parse_range(block or "", "--block")
-    check_dtype(dtype)
+    dtype = parse_dtype(dtype)
     base_dir = base if base is not None else default_base_dir()
     target = out if out is not None else Path("ckpts") / f"{base_dir.name}-b{span[0]}-{span[1]}"
     console = Console()

@@ -53,7 +53,7 @@ def train(
                 tps=f"{record['tokens_per_s']:.0f}",
             )
 
-        result = run_training(spec, resume=resume, progress=on_step)
+        result = run_training(spec, resume=resume, on_step=on_step)
     if not is_main:
         return
     table = Table(title=f"{spec.name}: step {result.steps}", show_header=True)

@@ -40,7 +40,7 @@ class MythicLM(HFLM):
         device: str = "cpu",
         **kwargs: Any,
     ) -> None:
-        from mythic.surgery import load_any, load_tokenizer
+        from mythic.loading import load_any, load_tokenizer
 
         model = load_any(Path(pretrained), dtype=dtype).to(device)
         if n_loops is not None and not isinstance(model, MythicForCausalLM):

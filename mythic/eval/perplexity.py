@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
-from mythic.eval.generation import row_mode
+from mythic.eval.rows import row_mode
 from mythic.io import read_jsonl
 
 

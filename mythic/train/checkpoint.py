@@ -12,7 +12,7 @@ checkpoints or the new one, never a half-written folder):
 
 Tensors are whole (gathered from every rank by ``mythic.train.parallel``, whatever the run's
 ``train.parallel``). Only the last ``keep`` checkpoints are kept; ``latest_checkpoint`` picks
-the highest step. Loading is strict: ``check_trainable`` refuses a missing, unexpected or
+the highest step. Loading is strict: ``check_trainable`` (``mythic.tensors``) refuses a missing, unexpected or
 mis-shaped tensor before anything is copied, never a silent partial load.
 """
 
@@ -32,6 +32,8 @@ from safetensors.torch import load_file, save_file
 
 from mythic.errors import MythicError
 from mythic.io import atomic_dir, write_json
+from mythic.loading import load_tokenizer
+from mythic.tensors import check_tensors
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -123,7 +125,8 @@ class Checkpoint:
     rng: list[dict[str, Any]]
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
+def read_checkpoint(path: Path) -> Checkpoint:
+    """A training checkpoint folder as written by ``save_checkpoint``; unreadable files are a one-line error."""
     try:
         raw = json.loads((path / "state.json").read_text())
         trainable = load_file(path / "trainable.safetensors")
@@ -136,24 +139,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def check_trainable(named: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor], where: Path) -> None:
     """A checkpoint's tensors must be exactly the model's trainable parameters: every name, every shape."""
-    missing = sorted(set(named) - set(tensors))
-    unexpected = sorted(set(tensors) - set(named))
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise MythicError(f"checkpoint {where} does not fit the model's trainable parameters: {detail}")
-    for name, param in named.items():
-        if tuple(tensors[name].shape) != tuple(param.shape):
-            raise MythicError(
-                f"checkpoint {where}: {name} has shape {tuple(tensors[name].shape)}, "
-                f"the model expects {tuple(param.shape)}"
-            )
+    check_tensors(named, tensors, f"checkpoint {where}")
 
 
 def check_same_tokenizer(path: Path, tokenizer: Any) -> None:
     """A resumed run must tokenize as the run did (a ``chars`` vocabulary follows its task files)."""
     if not (path / "tokenizer_config.json").is_file():
         return
-    from transformers import AutoTokenizer
-
-    if AutoTokenizer.from_pretrained(path).get_vocab() != tokenizer.get_vocab():
+    if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
         raise MythicError(f"--resume: the tokenizer differs from the one saved in {path} (did the task files change?)")

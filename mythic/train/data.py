@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from mythic.errors import MythicError
+from mythic.loading import load_tokenizer
 from mythic.tasks.files import Task, read_tasks
 from mythic.tasks.tokenizer import CHARS, char_tokenizer
 from mythic.train.losses import IGNORE_INDEX
@@ -61,22 +62,18 @@ class Batch:
     labels: torch.Tensor
 
 
-def load_tokenizer(path: str | Path, data: Data | None = None) -> Any:
-    """``AutoTokenizer.from_pretrained(path)``, or ``chars``: a character tokenizer of ``data``'s task files.
+def recipe_tokenizer(path: str | Path, data: Data | None = None) -> Any:
+    """The tokenizer a recipe names: a model folder's (``mythic.loading.load_tokenizer``), or ``chars``:
+    a character tokenizer of ``data``'s task files.
 
     It must define an EOS token (between packed documents, after every task answer).
     """
-    from transformers import AutoTokenizer
-
     if str(path) == CHARS:
         sources = [] if data is None else [s for s in data.sources if isinstance(s, TasksSource)]
         if not sources:
             raise MythicError("tokenizer: chars builds its vocabulary from task files: add a data source of kind tasks")
         return char_tokenizer(task for source in sources for task in read_tasks(source.path))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
-        raise MythicError(f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
+    tokenizer = load_tokenizer(Path(path))
     if tokenizer.eos_token_id is None:
         raise MythicError(f"the tokenizer in {path} has no EOS token (needed between packed documents)")
     return tokenizer

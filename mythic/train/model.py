@@ -8,7 +8,9 @@
   as ``out.aux_losses``. Its tokenizer (a folder, or ``chars``: built from the task files) sets
   the vocabulary size when the config gives none, and the EOS / padding ids generation uses.
 
-A 4-bit base uses ``transformers.BitsAndBytesConfig`` (nf4/fp4, double quant, compute dtype).
+A 4-bit base is loaded as ``mythic sanity`` loads it (``mythic.quant``): Linear layers through
+``transformers.BitsAndBytesConfig`` (nf4/fp4, double quant, compute dtype), then the 3-D MoE expert
+weights quantised too, so its memory is what sanity estimated.
 Trainable set: the recurrence modules (``model.recurrence_parameters()``) and, optionally, a
 peft LoRA on the frozen base (``target_modules`` for Linear layers, ``target_parameters``
 for 3-D MoE expert weights); everything else is frozen.
@@ -24,7 +26,6 @@ would pull ρ(Ā) toward 1 or switch the loops off (gate and LayerScale values a
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -32,39 +33,20 @@ import torch
 from torch import nn
 
 from mythic.errors import MythicError
+from mythic.loading import DTYPES, load_base_model
 from mythic.lora import lora_config
-from mythic.surgery import DTYPES
-from mythic.train.data import load_tokenizer
-from mythic.train.recipe import Data, Lora, ModelSpec, OpenMythosModel, Quantization, Recipe, RetrofitModel
-
-SURGERY_RESERVED = {"text_config", "base_name_or_path", "base_revision"}
-
-
-def quantization_config(spec: Quantization) -> Any:
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=spec.kind,
-        bnb_4bit_use_double_quant=spec.double_quant,
-        bnb_4bit_compute_dtype=DTYPES[spec.compute_dtype],
-    )
+from mythic.models.openmythos import MythosConfig, MythosForCausalLM, MythosHFConfig
+from mythic.models.retrofit import MythicForCausalLM
+from mythic.quant import finish_4bit, quantization_config
+from mythic.train.data import recipe_tokenizer
+from mythic.train.recipe import Data, Lora, ModelSpec, OpenMythosModel, Recipe, RetrofitModel, SurgeryModel
 
 
-def check_surgery_keys(settings: dict[str, Any]) -> None:
-    """Surgery settings must be ``MythicConfig`` fields (a PreTrainedConfig would swallow typos)."""
-    from mythic.models.retrofit import MythicConfig
-
-    allowed = sorted(set(MythicConfig.__annotations__) - SURGERY_RESERVED)
-    for key in settings:
-        if key not in allowed:
-            raise MythicError(f"recipe model.surgery.{key}: unknown surgery setting (expected one of {allowed})")
-
-
-def _load_kwargs(spec: RetrofitModel | Any, device: torch.device) -> dict[str, Any]:
+def _load_kwargs(spec: RetrofitModel | SurgeryModel, device: torch.device) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"dtype": DTYPES[spec.dtype]}
     if spec.quantization is not None:
-        kwargs["quantization_config"] = quantization_config(spec.quantization)
+        q = spec.quantization
+        kwargs["quantization_config"] = quantization_config(q.kind, q.double_quant, DTYPES[q.compute_dtype])
         kwargs["device_map"] = {"": device}
     return kwargs
 
@@ -73,14 +55,8 @@ def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.M
     """(model on ``device``, tokenizer) for a recipe's model section (``data.tokenizer`` overrides the model's)."""
     tokenizer_path = data.tokenizer
     if isinstance(spec, OpenMythosModel):
-        from mythic.models.openmythos import MythosConfig, MythosForCausalLM, MythosHFConfig
-
-        fields = [f.name for f in dataclasses.fields(MythosConfig)]
-        for key in spec.config:
-            if key not in fields:
-                raise MythicError(f"recipe model.config.{key}: unknown MythosConfig field (expected one of {fields})")
-        tokenizer = load_tokenizer(tokenizer_path or spec.tokenizer, data)
-        settings = {"vocab_size": len(tokenizer), **spec.config}
+        tokenizer = recipe_tokenizer(tokenizer_path or spec.tokenizer, data)
+        settings = {"vocab_size": len(tokenizer), **spec.config.model_dump(exclude_none=True)}
         if settings["vocab_size"] < len(tokenizer):
             raise MythicError(
                 f"recipe model.config.vocab_size: {settings['vocab_size']} is below the tokenizer's {len(tokenizer)}"
@@ -94,8 +70,6 @@ def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.M
         model = MythosForCausalLM(config).to(device=device, dtype=DTYPES[spec.dtype])
         return model, tokenizer
 
-    from mythic.models.retrofit import MythicForCausalLM
-
     kwargs = _load_kwargs(spec, device)
     if isinstance(spec, RetrofitModel):
         if not Path(spec.checkpoint).is_dir():
@@ -103,28 +77,17 @@ def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.M
         model = MythicForCausalLM.from_pretrained(spec.checkpoint, **kwargs)
         base_path = tokenizer_path or model.config.base_name_or_path or spec.checkpoint
     else:
-        from transformers import AutoModelForCausalLM
-
-        check_surgery_keys(spec.surgery)
         if not Path(spec.base).is_dir():
             raise MythicError(f"recipe model.base: {spec.base} is not a folder (run mythic fetch base first)")
-        base = AutoModelForCausalLM.from_pretrained(spec.base, **kwargs)
-        settings = {"base_name_or_path": str(spec.base), **spec.surgery}
+        base = load_base_model(Path(spec.base), **kwargs)
+        settings = {"base_name_or_path": str(spec.base), **spec.surgery.model_dump()}
         model = MythicForCausalLM.from_base(base, **settings)
         base_path = tokenizer_path or spec.base
     if spec.quantization is None:
         model = model.to(device)
-    elif device.type == "cpu":
-        plain_cpu_4bit(model)
-    return model, load_tokenizer(base_path)
-
-
-def plain_cpu_4bit(model: nn.Module) -> None:
-    """bitsandbytes' packed CPU 4-bit path fails on widths that are not a multiple of its block
-    size; its plain path works for every width."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+    else:
+        finish_4bit(model.base, device, spec.quantization.kind, spec.quantization.double_quant)
+    return model, recipe_tokenizer(base_path)
 
 
 def add_lora(model: nn.Module, spec: Lora) -> None:

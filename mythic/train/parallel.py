@@ -89,6 +89,10 @@ def full_state(model: nn.Module, trainable: set[str] | None = None) -> dict[str,
     copies: write them out before training on."""
     if trainable is None:
         return get_model_state_dict(model, options=GATHER)
+    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+        # Whole already. torch's state-dict walk also visits the frozen base, which a 4-bit base with
+        # quantised expert parametrizations cannot give (bitsandbytes' state-dict hooks).
+        return {n: p.detach().cpu() for n, p in model.named_parameters() if n in trainable}
     state = get_model_state_dict(model, options=GATHER_TRAINABLE)
     return {k: v for k, v in state.items() if k in trainable}
 

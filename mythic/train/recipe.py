@@ -7,7 +7,9 @@ schedule, the batch shape, checkpoint/logging cadence and the seed. The schema i
 of pydantic v2 models with ``extra="forbid"``, so an unknown key, a wrong type, a missing
 required field or an impossible value (negative lr, curriculum weights that do not sum
 to 1, a loop count above ``curriculum.max_loops``) becomes one ``MythicError`` line naming
-the key path and the expected form.
+the key path and the expected form. ``model.surgery`` and ``model.config`` are typed from the
+model's own config classes (``MythicConfig``, ``MythosConfig``: ``config_section``), and an
+OpenMythos config is checked by ``MythosConfig`` itself, all before anything is loaded.
 
 ``--set key=value`` overrides are applied to the raw YAML before validation: the key is
 a dotted path (list items by index, ``data.sources.0.weight=0.5``) and the value is parsed
@@ -16,14 +18,18 @@ as YAML (``optim.lr=1e-4``, ``loss.focal=null``, ``curriculum.stages=[...]``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from mythic.errors import MythicError
+from mythic.models.openmythos.config import MythosConfig
+from mythic.models.retrofit import MythicConfig
 
 DType = Literal["float32", "bfloat16", "float16"]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -37,6 +43,27 @@ class Strict(BaseModel):
 
 
 # ----------------------------------------------------------------------------- model
+
+
+def config_section(name: str, source: type, leave_out: set[str], optional: set[str]) -> type[Strict]:
+    """A recipe section with the fields of the config class ``source`` itself: the same names, types and
+    defaults, so a recipe cannot drift from the model's config (``optional`` fields default to None:
+    filled in later; ``leave_out``: fields a recipe must not set)."""
+    namespace = vars(sys.modules[source.__module__])
+    defaults = {f.name: f.default for f in dataclasses.fields(source)}
+    fields: dict[str, Any] = {}
+    for key, annotation in source.__annotations__.items():
+        if key in leave_out:
+            continue
+        kind = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307 - own source
+        fields[key] = (kind | None, None) if key in optional else (kind, defaults[key])
+    return create_model(name, __base__=Strict, __doc__=f"``{source.__name__}``'s own fields.", **fields)
+
+
+SurgerySettings = config_section(
+    "SurgerySettings", MythicConfig, leave_out={"text_config", "base_name_or_path", "base_revision"}, optional=set()
+)
+OpenMythosSettings = config_section("OpenMythosSettings", MythosConfig, leave_out=set(), optional={"vocab_size"})
 
 
 class Quantization(Strict):
@@ -61,18 +88,28 @@ class SurgeryModel(Strict):
 
     kind: Literal["surgery"]
     base: str
-    surgery: dict[str, Any] = Field(default_factory=dict)
+    surgery: SurgerySettings = Field(default_factory=SurgerySettings)
     dtype: DType = "float32"
     quantization: Quantization | None = None
 
 
 class OpenMythosModel(Strict):
-    """A from-scratch OpenMythos model built from ``MythosConfig(**config)``; every weight trains."""
+    """A from-scratch OpenMythos model built from ``MythosConfig(**config)``; every weight trains.
+    ``config.vocab_size`` left out: the tokenizer's size."""
 
     kind: Literal["openmythos"]
-    config: dict[str, Any]
+    config: OpenMythosSettings
     tokenizer: str
     dtype: DType = "float32"
+
+    @model_validator(mode="after")
+    def _check_config(self) -> OpenMythosModel:
+        settings = self.config.model_dump(exclude_none=True)
+        try:
+            MythosConfig(**settings)
+        except MythicError as err:
+            raise MythicError(f"recipe model.config: {err}") from None
+        return self
 
 
 ModelSpec = Annotated[RetrofitModel | SurgeryModel | OpenMythosModel, Field(discriminator="kind")]

@@ -40,18 +40,18 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
-from safetensors.torch import save_file
 from torch import nn
 
 from mythic.errors import MythicError
 from mythic.io import atomic_dir
+from mythic.loading import save_base_lora
 from mythic.train import parallel
 from mythic.train.checkpoint import (
     TrainState,
     check_same_tokenizer,
     check_trainable,
     latest_checkpoint,
-    load_checkpoint,
+    read_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -61,10 +61,11 @@ from mythic.train.data import make_stream
 from mythic.train.model import build_model, param_groups, select_trainable
 from mythic.train.objective import Objective
 from mythic.train.plots import plot_run
-from mythic.train.recipe import Recipe, recipe_to_yaml
+from mythic.train.recipe import Lora, Recipe, recipe_to_yaml
 from mythic.train.schedule import make_scheduler
 
-ProgressFn = Callable[[int, int, dict[str, float]], None]
+OnStep = Callable[[int, int, dict[str, float]], None]
+"""Called on the main process after every step as ``on_step(done, total, record)``."""
 BuildFn = Callable[[Recipe, torch.device], tuple[nn.Module, Any]]
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -128,19 +129,25 @@ def saves_whole_model(model: nn.Module, recipe: Recipe) -> bool:
 
 
 def save_final(
-    model: nn.Module, state: dict[str, torch.Tensor], target: Path, whole_model: bool, tokenizer: Any
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    target: Path,
+    whole_model: bool,
+    tokenizer: Any,
+    lora: Lora | None,
 ) -> Path:
     """The run's result from whole tensors ``state``: ``save_pretrained`` of the whole model, or
-    ``save_recurrence`` plus any base LoRA tensors (``base_lora.safetensors``); and the tokenizer."""
+    ``save_recurrence`` plus the base LoRA's tensors and spec (``mythic.loading.save_base_lora``);
+    and the tokenizer."""
     with atomic_dir(target, force=True) as tmp:
         tokenizer.save_pretrained(tmp)
         if whole_model:
             model.save_pretrained(tmp, state_dict=state)
         else:
             model.save_recurrence(tmp, state)
-            lora = {n: t.contiguous() for n, t in state.items() if "lora_" in n}
-            if lora:
-                save_file(lora, tmp / "base_lora.safetensors")
+            tensors = {n: t for n, t in state.items() if "lora_" in n}
+            if tensors and lora is not None:
+                save_base_lora(tmp, tensors, lora.model_dump())
     return target
 
 
@@ -168,179 +175,250 @@ def check_same_recipe(saved: Path, recipe: Recipe) -> None:
             raise MythicError(f"--resume: the recipe's {key} differs from the run's ({saved}); start a new run instead")
 
 
-def train(
-    recipe: Recipe,
-    *,
-    resume: bool = False,
-    build: BuildFn = default_build,
-    progress: ProgressFn | None = None,
-) -> TrainResult:
-    """Run (or resume) the recipe's training; see the module docstring."""
-    run_dir = recipe.run_dir
-    check_run_dir(run_dir, resume)
-    check_trackers(recipe.log.trackers)
-    cfg = recipe.train
+@dataclass
+class Training:
+    """Everything the steps of one run share: built by ``setup``, advanced by ``train_step``."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    model: nn.Module
+    objective: nn.Module
+    optimizer: Any
+    torch_optimizer: torch.optim.Optimizer
+    scheduler: Any
+    stream: Any
+    curriculum: Curriculum
+    trainable: dict[str, nn.Parameter]
+    tokenizer: Any
+    metrics: MetricsLog
+    start: int = 0
+    skipped: int = 0
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.recipe.run_dir / "checkpoints"
+
+
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    """accelerate for this recipe: processes from torchrun / ``accelerate launch``, mixed precision,
+    gradient accumulation, trackers (FSDP comes from ``train.parallel``, never accelerate's settings)."""
     accelerator = Accelerator(
         cpu=not torch.accelerator.is_available(),  # lets torchrun on a CPU-only machine run DDP over gloo
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=recipe.train.mixed_precision,
+        gradient_accumulation_steps=recipe.train.grad_accum,
         log_with=list(recipe.log.trackers) or None,
-        project_dir=str(run_dir),
+        project_dir=str(recipe.run_dir),
         device_placement=False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
     if accelerator.distributed_type == DistributedType.FSDP:
         raise MythicError("launch without accelerate's FSDP settings: set train.parallel: fsdp in the recipe instead")
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
-    set_seed(recipe.seed)
+    return accelerator
 
-    fsdp = cfg.parallel == "fsdp" and world > 1
+
+def setup(recipe: Recipe, build: BuildFn) -> Training:
+    """Model, trainable set (sharded under FSDP), objective, optimizer, scheduler, data and curriculum."""
+    check_trackers(recipe.log.trackers)
+    accelerator = make_accelerator(recipe)
+    set_seed(recipe.seed)
+    fsdp = recipe.train.parallel == "fsdp" and accelerator.num_processes > 1
     model, tokenizer = build(recipe, torch.device("cpu") if fsdp else accelerator.device)
     trainable = select_trainable(model, recipe)
     model.train()
     if fsdp:
         parallel.shard(model, accelerator.device)
         trainable = {n: p for n, p in model.named_parameters() if n in trainable}  # now the sharded ones
-    objective = Objective(model, recipe.loss)
     optimizer = torch.optim.AdamW(
         param_groups(model, trainable, recipe.optim.weight_decay),
         lr=recipe.optim.lr,
         betas=recipe.optim.betas,
         eps=recipe.optim.eps,
     )
-    scheduler = make_scheduler(optimizer, recipe.optim, cfg.steps)
-    stream = make_stream(recipe.data, tokenizer, recipe.seed)
-    curriculum = Curriculum(recipe.curriculum, recipe.seed)
+    return Training(
+        recipe=recipe,
+        accelerator=accelerator,
+        model=model,
+        objective=Objective(model, recipe.loss),
+        optimizer=optimizer,
+        torch_optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, recipe.optim, recipe.train.steps),
+        stream=make_stream(recipe.data, tokenizer, recipe.seed),
+        curriculum=Curriculum(recipe.curriculum, recipe.seed),
+        trainable=trainable,
+        tokenizer=tokenizer,
+        metrics=MetricsLog(recipe.run_dir / "metrics.jsonl"),
+    )
 
-    start, skipped, streak = 0, 0, 0
-    ckpt_root = run_dir / "checkpoints"
-    found = latest_checkpoint(ckpt_root) if resume else None
-    if found is not None:
-        check_same_recipe(run_dir / "recipe.yaml", recipe)
-        check_same_tokenizer(found, tokenizer)
-        ckpt = load_checkpoint(found)
-        check_trainable(trainable, ckpt.trainable, found)
-        parallel.load_full_state(model, ckpt.trainable, optimizer, ckpt.optimizer)
-        scheduler.load_state_dict(ckpt.state.scheduler)
-        stream.load_state_dict(ckpt.state.data)
-        start, skipped = ckpt.state.step, ckpt.state.skipped_steps
-        if len(ckpt.rng) != world:
-            raise MythicError(f"{found} was written by {len(ckpt.rng)} processes; resume it with as many, not {world}")
-        set_rng_state(ckpt.rng[rank])
-    torch_optimizer = optimizer
-    if fsdp:
-        optimizer = accelerator.prepare(optimizer)
+
+def resume_from_latest(run: Training) -> None:
+    """Continue from the newest checkpoint exactly: weights, optimizer, scheduler, data position, every
+    rank's RNG; refused under a changed recipe, tokenizer or process count."""
+    found = latest_checkpoint(run.checkpoints)
+    if found is None:
+        return
+    recipe, world = run.recipe, run.accelerator.num_processes
+    check_same_recipe(recipe.run_dir / "recipe.yaml", recipe)
+    check_same_tokenizer(found, run.tokenizer)
+    ckpt = read_checkpoint(found)
+    check_trainable(run.trainable, ckpt.trainable, found)
+    parallel.load_full_state(run.model, ckpt.trainable, run.optimizer, ckpt.optimizer)
+    run.scheduler.load_state_dict(ckpt.state.scheduler)
+    run.stream.load_state_dict(ckpt.state.data)
+    run.start, run.skipped = ckpt.state.step, ckpt.state.skipped_steps
+    if len(ckpt.rng) != world:
+        raise MythicError(f"{found} was written by {len(ckpt.rng)} processes; resume it with as many, not {world}")
+    set_rng_state(ckpt.rng[run.accelerator.process_index])
+
+
+def prepare(run: Training) -> None:
+    """Hand the objective and optimizer to accelerate (FSDP: the optimizer only), write recipe.yaml,
+    cut metrics.jsonl back to the resumed step, start the trackers."""
+    recipe, accelerator = run.recipe, run.accelerator
+    if recipe.train.parallel == "fsdp" and accelerator.num_processes > 1:
+        run.optimizer = accelerator.prepare(run.optimizer)
     else:
-        objective, optimizer = accelerator.prepare(objective, optimizer)
-
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-        metrics.truncate(start)
+        run.objective, run.optimizer = accelerator.prepare(run.objective, run.optimizer)
+    if accelerator.is_main_process:
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        (recipe.run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+        run.metrics.truncate(run.start)
     if recipe.log.trackers:
         accelerator.init_trackers(recipe.name, config={"recipe": recipe_to_yaml(recipe)})
     accelerator.wait_for_everyone()
 
-    inner = accelerator.unwrap_model(objective).model
-    params = list(trainable.values())
-    clip = recipe.optim.grad_clip or math.inf
-    kl = recipe.loss.kl_anchor
-    batch_size, seq_len = cfg.micro_batch, recipe.data.seq_len
-    record: dict[str, Any] = {}
-    for step in range(start, cfg.steps):
-        began = time.perf_counter()
-        anchor = kl is not None and step % kl.every == 0
-        lr = scheduler.get_last_lr()[0]
-        totals: dict[str, float] = defaultdict(float)
-        per_t: dict[int, list[float]] = defaultdict(list)
-        depths: list[int] = []
-        finite = True
-        for micro in range(cfg.grad_accum):
-            batch = stream.next_batch(batch_size, rank, world, step)
-            depth = curriculum.sample(step, micro, batch_size, rank)
-            depths += depth.per_sequence(batch_size)
-            with accelerator.accumulate(objective), accelerator.autocast():
-                out = objective(
-                    batch.input_ids.to(accelerator.device), batch.labels.to(accelerator.device), depth, anchor
-                )
-                accelerator.backward(out["loss"])
-            finite = finite and bool(torch.isfinite(out["loss"].detach()))
-            for name, value in out.items():
-                if name not in ("seq_ce", "seq_loops"):
-                    totals[name] += float(value.detach()) / cfg.grad_accum
-            for ce, t in zip(out["seq_ce"].tolist(), out["seq_loops"].tolist(), strict=True):
-                per_t[int(t)].append(ce)
-        grad_norm = float(parallel.whole(accelerator.clip_grad_norm_(params, clip)))
-        bad_here = torch.tensor(0.0 if finite and math.isfinite(grad_norm) else 1.0, device=accelerator.device)
-        bad = bool(accelerator.reduce(bad_here, reduction="sum") > 0)
-        router: dict[str, float] = {}
-        if not bad:
-            optimizer.step()
-            if hasattr(inner, "update_router_bias"):  # OpenMythos' aux-loss-free MoE balancing
-                router = inner.update_router_bias()
-        optimizer.zero_grad()
-        scheduler.step()
-        skipped, streak = (skipped + 1, streak + 1) if bad else (skipped, 0)
-        done = step + 1
 
-        keys = sorted(totals)
-        reduced = accelerator.reduce(torch.tensor([totals[k] for k in keys], device=accelerator.device), "mean")
-        elapsed = time.perf_counter() - began
-        tokens = batch_size * seq_len * cfg.grad_accum * world
-        record = {"step": done, **dict(zip(keys, reduced.tolist(), strict=True))}
-        record |= {f"ce_T{t}": sum(v) / len(v) for t, v in sorted(per_t.items())}
-        record |= {
-            "T": sum(depths) / len(depths),
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens": tokens,
-            "tokens_per_s": tokens / max(elapsed, 1e-9),
-            "skipped": int(bad),
-            "skipped_total": skipped,
-        }
-        if done % recipe.log.every == 0 or done == cfg.steps:
-            if hasattr(inner, "recurrence_stats"):
-                with parallel.gathered(inner):
-                    record |= {f"rec/{k}": v for k, v in inner.recurrence_stats().items()}
-            record |= {f"router/{k}": v for k, v in router.items()}
-            if main:
-                metrics.append(record)
-            if recipe.log.trackers:
-                accelerator.log(record, step=done)
-        if progress is not None and main:
-            progress(done, cfg.steps, record)
+def train_step(run: Training, step: int) -> tuple[dict[str, Any], bool]:
+    """One optimizer step of ``grad_accum`` micro-batches: (its metrics record, whether it was skipped)."""
+    recipe, accelerator, cfg = run.recipe, run.accelerator, run.recipe.train
+    rank, world = accelerator.process_index, accelerator.num_processes
+    began = time.perf_counter()
+    kl = recipe.loss.kl_anchor
+    anchor = kl is not None and step % kl.every == 0
+    lr = run.scheduler.get_last_lr()[0]
+    totals: dict[str, float] = defaultdict(float)
+    per_t: dict[int, list[float]] = defaultdict(list)
+    depths: list[int] = []
+    finite = True
+    for micro in range(cfg.grad_accum):
+        batch = run.stream.next_batch(cfg.micro_batch, rank, world, step)
+        depth = run.curriculum.sample(step, micro, cfg.micro_batch, rank)
+        depths += depth.per_sequence(cfg.micro_batch)
+        with accelerator.accumulate(run.objective), accelerator.autocast():
+            out = run.objective(
+                batch.input_ids.to(accelerator.device), batch.labels.to(accelerator.device), depth, anchor
+            )
+            accelerator.backward(out["loss"])
+        finite = finite and bool(torch.isfinite(out["loss"].detach()))
+        for name, value in out.items():
+            if name not in ("seq_ce", "seq_loops"):
+                totals[name] += float(value.detach()) / cfg.grad_accum
+        for ce, t in zip(out["seq_ce"].tolist(), out["seq_loops"].tolist(), strict=True):
+            per_t[int(t)].append(ce)
+    clip = recipe.optim.grad_clip or math.inf
+    grad_norm = float(parallel.whole(accelerator.clip_grad_norm_(list(run.trainable.values()), clip)))
+    bad_here = torch.tensor(0.0 if finite and math.isfinite(grad_norm) else 1.0, device=accelerator.device)
+    bad = bool(accelerator.reduce(bad_here, reduction="sum") > 0)
+    router: dict[str, float] = {}
+    if not bad:
+        run.optimizer.step()
+        if hasattr(run.model, "update_router_bias"):  # OpenMythos' aux-loss-free MoE balancing
+            router = run.model.update_router_bias()
+    run.optimizer.zero_grad()
+    run.scheduler.step()
+    run.skipped += int(bad)
+
+    keys = sorted(totals)
+    reduced = accelerator.reduce(torch.tensor([totals[k] for k in keys], device=accelerator.device), "mean")
+    tokens = cfg.micro_batch * recipe.data.seq_len * cfg.grad_accum * world
+    record = {"step": step + 1, **dict(zip(keys, reduced.tolist(), strict=True))}
+    record |= {f"ce_T{t}": sum(v) / len(v) for t, v in sorted(per_t.items())}
+    record |= {
+        "T": sum(depths) / len(depths),
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": tokens,
+        "tokens_per_s": tokens / max(time.perf_counter() - began, 1e-9),
+        "skipped": int(bad),
+        "skipped_total": run.skipped,
+    }
+    record |= {f"router/{k}": v for k, v in router.items()}
+    return record, bad
+
+
+def log_step(run: Training, record: dict[str, Any]) -> None:
+    """Every ``log.every`` steps and at the end: recurrence stats, then metrics.jsonl and the trackers."""
+    done, recipe = record["step"], run.recipe
+    if done % recipe.log.every and done != recipe.train.steps:
+        return
+    if hasattr(run.model, "recurrence_stats"):
+        with parallel.gathered(run.model):
+            record |= {f"rec/{k}": v for k, v in run.model.recurrence_stats().items()}
+    if run.accelerator.is_main_process:
+        run.metrics.append(record)
+    if recipe.log.trackers:
+        run.accelerator.log(record, step=done)
+
+
+def save_step(run: Training, done: int) -> None:
+    """A checkpoint of whole tensors (gathered from every rank) at ``done``; keeps the newest ``keep``."""
+    rng = gather_object([rng_state()])
+    tensors = parallel.full_state(run.model, set(run.trainable))
+    optimizer_state = parallel.full_optimizer_state(run.model, run.torch_optimizer)
+    if run.accelerator.is_main_process:
+        save_checkpoint(
+            run.checkpoints,
+            TrainState(done, run.scheduler.state_dict(), run.stream.state_dict(), run.skipped),
+            trainable=tensors,
+            optimizer=optimizer_state,
+            rng=rng,
+            keep=run.recipe.checkpoint.keep,
+            tokenizer=run.tokenizer,
+        )
+    run.accelerator.wait_for_everyone()
+
+
+def finish(run: Training, record: dict[str, Any]) -> TrainResult:
+    """``final/`` from whole tensors, the loss plot, trackers closed."""
+    recipe = run.recipe
+    final_dir = recipe.run_dir / "final"
+    plot = None
+    whole_model = saves_whole_model(run.model, recipe)
+    final_state = parallel.full_state(run.model, None if whole_model else set(run.trainable))
+    if run.accelerator.is_main_process:
+        save_final(run.model, final_state, final_dir, whole_model, run.tokenizer, recipe.trainable.lora)
+        if recipe.log.plot:
+            plot = plot_run(run.metrics.read(), recipe.run_dir / "loss.png", title=recipe.name)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return TrainResult(recipe.run_dir, final_dir, recipe.train.steps, run.skipped, record, plot)
+
+
+def train(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    build: BuildFn = default_build,
+    on_step: OnStep | None = None,
+) -> TrainResult:
+    """Run (or resume) the recipe's training; see the module docstring."""
+    check_run_dir(recipe.run_dir, resume)
+    run = setup(recipe, build)
+    if resume:
+        resume_from_latest(run)
+    prepare(run)
+    cfg, streak, record = recipe.train, 0, {}
+    for step in range(run.start, cfg.steps):
+        record, bad = train_step(run, step)
+        streak = streak + 1 if bad else 0
+        log_step(run, record)
+        done = step + 1
+        if on_step is not None and run.accelerator.is_main_process:
+            on_step(done, cfg.steps, record)
         if streak >= cfg.max_bad_steps:
-            accelerator.end_training()
-            last = latest_checkpoint(ckpt_root)
+            run.accelerator.end_training()
+            last = latest_checkpoint(run.checkpoints)
             where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise MythicError(f"{streak} non-finite steps in a row (loss or gradient), stopped at step {done}; {where}")
         if (done % recipe.checkpoint.every == 0 or done == cfg.steps) and streak == 0:
-            rng = gather_object([rng_state()])
-            tensors = parallel.full_state(inner, set(trainable))
-            optimizer_state = parallel.full_optimizer_state(inner, torch_optimizer)
-            if main:
-                state = TrainState(done, scheduler.state_dict(), stream.state_dict(), skipped)
-                save_checkpoint(
-                    ckpt_root,
-                    state,
-                    trainable=tensors,
-                    optimizer=optimizer_state,
-                    rng=rng,
-                    keep=recipe.checkpoint.keep,
-                    tokenizer=tokenizer,
-                )
-            accelerator.wait_for_everyone()
-
-    final_dir = run_dir / "final"
-    plot = None
-    whole_model = saves_whole_model(inner, recipe)
-    final_state = parallel.full_state(inner, None if whole_model else set(trainable))
-    if main:
-        save_final(inner, final_state, final_dir, whole_model, tokenizer)
-        if recipe.log.plot:
-            plot = plot_run(metrics.read(), run_dir / "loss.png", title=recipe.name)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(run_dir, final_dir, cfg.steps, skipped, record, plot)
+            save_step(run, done)
+    return finish(run, record)

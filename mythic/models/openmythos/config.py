@@ -58,9 +58,9 @@ class MythosConfig:
     state_norm: bool = False
 
     def __post_init__(self) -> None:
-        self.validate()
+        self.check()
 
-    def validate(self) -> None:
+    def check(self) -> None:
         """One-line ``MythicError`` for an impossible configuration."""
         positive = ("vocab_size", "dim", "n_heads", "max_seq_len", "max_loop_iters", "n_experts", "expert_dim")
         for name in positive:

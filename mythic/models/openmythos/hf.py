@@ -29,44 +29,22 @@ from mythic.recurrence.loop import LoopCount
 
 
 @strict
-class MythosHFConfig(PreTrainedConfig):
-    """``MythosConfig``'s fields as a transformers config (model_type ``openmythos``)."""
+class MythosHFConfig(PreTrainedConfig, MythosConfig):
+    """``MythosConfig`` as a transformers config (model_type ``openmythos``): its fields and checks are
+    inherited, not repeated; added are the serving options (``kv_share``) and the token ids."""
 
     model_type = "openmythos"
 
-    vocab_size: int = 32000
-    dim: int = 2048
-    n_heads: int = 16
-    n_kv_heads: int = 4
-    max_seq_len: int = 4096
-    max_loop_iters: int = 16
-    prelude_layers: int = 2
-    coda_layers: int = 2
-    n_experts: int = 64
-    n_shared_experts: int = 2
-    n_experts_per_tok: int = 4
-    expert_dim: int = 512
-    lora_rank: int = 16
-    attn_type: str = "mla"
-    kv_lora_rank: int = 512
-    q_lora_rank: int = 1536
-    qk_rope_head_dim: int = 64
-    qk_nope_head_dim: int = 128
-    v_head_dim: int = 128
-    rope_theta: float = 500000.0
-    act_threshold: float = 0.99
-    dropout: float = 0.0
-    act: bool = True
-    router_bias_rate: float = 1e-3
-    init_std: float = 0.02
-    token_conv: int = 0
-    state_norm: bool = False
     kv_share: str | None = None
     tie_word_embeddings: bool = True
     use_cache: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self.check()
 
     @classmethod
     def from_mythos(cls, cfg: MythosConfig, **kwargs: Any) -> MythosHFConfig:

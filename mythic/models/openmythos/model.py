@@ -326,7 +326,7 @@ class OpenMythos(nn.Module):
 
     def __init__(self, cfg: MythosConfig) -> None:
         super().__init__()
-        cfg.validate()
+        cfg.check()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.token_conv = TokenConv(cfg.dim, cfg.token_conv) if cfg.token_conv else None

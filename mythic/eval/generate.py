@@ -6,7 +6,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
-from mythic.eval.generation import loop_rows, loops_meter, row_label, row_mode
+from mythic.eval.rows import loop_rows, loops_meter, row_label, row_mode
 from mythic.models.openmythos import MythosForCausalLM
 from mythic.models.retrofit import MythicForCausalLM
 from mythic.recurrence.exit import AdaptiveDepth

@@ -10,20 +10,15 @@ Prompting, for base and instruct models:
   otherwise it is treated as the function body.
 
 Prompts are sorted by length and left-padded into batches; greedy unless a temperature is given
-(then nucleus sampling, top-p 0.95). A row of the evaluation is the base (``n_loops=None``:
-``base_mode()`` for a retrofit, the plain model otherwise) or a loop count passed to
-``generate`` as ``n_loops`` (a retrofit or a from-scratch OpenMythos; ``loop_rows`` says which):
-a fixed T, or an ``AdaptiveDepth`` (``auto:MAX``, each token looping until its exit criterion
-fires; ``loops_meter`` reads the loops it used).
+(then nucleus sampling, top-p 0.95). The row (base, fixed T or adaptive) is set by ``mythic.eval.rows``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 from mythic.errors import MythicError
 from mythic.eval.humaneval import Problem
-from mythic.models.openmythos import MythosForCausalLM
-from mythic.models.retrofit import MythicForCausalLM
-from mythic.recurrence.depth_lora import LoopContext
-from mythic.recurrence.exit import AdaptiveDepth
+from mythic.eval.rows import Depth, loops_meter, row_mode
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
@@ -57,89 +49,6 @@ class StopOnStrings(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
-
-
-Depth = int | AdaptiveDepth | None  # a row: fixed T, adaptive (auto:MAX), or the base (None)
-
-
-def row_label(n_loops: Depth) -> str:
-    if isinstance(n_loops, AdaptiveDepth):
-        return n_loops.label
-    return "base" if n_loops is None else f"T={n_loops}"
-
-
-def row_file(label: str) -> str:
-    """A row label as a file name stem: ``T=4`` → ``T4``, ``auto:16`` → ``auto-16``."""
-    return label.replace("=", "").replace(":", "-")
-
-
-def row_fields(n_loops: Depth) -> dict[str, Any]:
-    """A row's identity in the JSON: label and n_loops (None for the base, "auto" plus max_loops and
-    exit for an adaptive row)."""
-    if isinstance(n_loops, AdaptiveDepth):
-        return {"label": n_loops.label, "n_loops": "auto", "max_loops": n_loops.max_loops, "exit": n_loops.rule}
-    return {"label": row_label(n_loops), "n_loops": n_loops}
-
-
-def trained_loops(model: PreTrainedModel) -> int:
-    """The loop count a looped model was built for: ``auto``'s default MAX."""
-    if isinstance(model, MythicForCausalLM):
-        return model.config.max_loops
-    return model.config.max_loop_iters
-
-
-def loop_rows(model: PreTrainedModel, loops: Sequence[int | AdaptiveDepth]) -> list[Depth]:
-    """The rows an evaluation runs: the base (None) and each loop count for a retrofit, each loop
-    count for a from-scratch OpenMythos (it has no base), the base alone for a plain model;
-    ``auto`` without a MAX gets the model's trained maximum."""
-    if not isinstance(model, MythicForCausalLM | MythosForCausalLM):
-        return [None]
-    rows = [n.bounded(trained_loops(model)) if isinstance(n, AdaptiveDepth) else n for n in loops]
-    halting = isinstance(model, MythosForCausalLM) and model.config.act
-    if not halting and any(isinstance(n, AdaptiveDepth) and n.criterion == "act" for n in rows):
-        raise MythicError("--exit act needs a model with a halting head (OpenMythos with act: true)")
-    return [None, *rows] if isinstance(model, MythicForCausalLM) else rows
-
-
-def loop_context(model: PreTrainedModel) -> LoopContext:
-    """The per-model context through which the loop driver reports states and loops used."""
-    if isinstance(model, MythicForCausalLM):
-        return model.context
-    if isinstance(model, MythosForCausalLM):
-        return model.model.recurrent.context
-    raise MythicError("loop measurements need a looped model (a mythic checkpoint or an OpenMythos model)")
-
-
-@contextlib.contextmanager
-def loops_meter(model: PreTrainedModel, n_loops: Depth) -> Iterator[Callable[[], torch.Tensor | None]]:
-    """Yields a function giving the loops each row used per generated token (B,) since its last call:
-    the adaptive forwards' metered counts (their last position, which picks the next token) averaged
-    over the calls; None for a fixed row or the base (nothing to measure)."""
-    if not isinstance(n_loops, AdaptiveDepth):
-        yield lambda: None
-        return
-    with loop_context(model).metering() as used:
-
-        def take() -> torch.Tensor | None:
-            if not used:
-                return None
-            mean = torch.stack(used).float().mean(0)
-            used.clear()
-            return mean
-
-        yield take
-
-
-@contextlib.contextmanager
-def row_mode(model: PreTrainedModel, n_loops: Depth) -> Iterator[dict[str, Any]]:
-    """Generate kwargs for a row: base mode (recurrence and LoRA off) or ``n_loops``."""
-    if n_loops is None:
-        with model.base_mode() if isinstance(model, MythicForCausalLM) else contextlib.nullcontext():
-            yield {}
-    elif not isinstance(model, MythicForCausalLM | MythosForCausalLM):
-        raise MythicError("loop counts need a mythic checkpoint; a plain base only has the base row")
-    else:
-        yield {"n_loops": n_loops}
 
 
 def build_prompt(tokenizer: PreTrainedTokenizerBase, problem: Problem, chat: bool) -> str:

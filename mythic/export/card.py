@@ -1,0 +1,99 @@
+"""The model card (README.md) of an export: base, recurrence settings, how to load, recipe and evals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mythic.models.retrofit import MythicConfig
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k, v in row.items() if not isinstance(v, dict | list)))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def eval_table(data: Any) -> str:
+    """A markdown table of an eval JSON: a list of rows, a dict of rows, or a dict of numbers."""
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return _markdown_table(data)
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        return _markdown_table([{"": key, **row} for key, row in data.items()])
+    if isinstance(data, dict):
+        flat = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
+        return _markdown_table([{"metric": k, "value": v} for k, v in flat.items()])
+    return f"```\n{json.dumps(data, indent=2)}\n```"
+
+
+def model_card(
+    config: MythicConfig,
+    *,
+    base_repo: str | None,
+    base_commit: str | None,
+    kind: str,
+    recipe: Path | None,
+    evals: list[Path],
+    merged_lora: bool,
+) -> str:
+    """README.md: base, recurrence settings, how to load, the recipe and the eval tables when present."""
+    block = f"{config.block_start}:{config.block_end}"
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    if base_repo:
+        front.append(f"base_model: {base_repo}")
+    front += ["tags:", "- mythic", "- recurrent-depth", "---", ""]
+    body = [
+        f"# {(base_repo or str(config.base_name_or_path)).rsplit('/', 1)[-1]} with recurrent depth (mythic)",
+        "",
+        f"Layers {block} (half-open) of the base run `n_loops` times with the `{config.rule}` update rule; "
+        "`n_loops=1` computes the base model.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base | {base_repo or config.base_name_or_path} |",
+        f"| base revision | {base_commit or config.base_revision or 'unknown'} |",
+        f"| looped block | {block} |",
+        f"| update rule | {config.rule} |",
+        f"| trained loops (max_loops) | {config.max_loops} |",
+        f"| default n_loops | {config.n_loops} |",
+        f"| Depth-LoRA rank / alpha | {config.lora_rank} / {config.lora_alpha} |",
+        f"| base LoRA merged | {'yes' if merged_lora else 'no'} |",
+        "",
+        "## Use",
+        "",
+    ]
+    if kind == "full":
+        body += [
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER_OR_REPO", trust_remote_code=True)',
+            'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER_OR_REPO")',
+            'ids = tokenizer("def fib(n):", return_tensors="pt").input_ids',
+            "out = model.generate(ids, max_new_tokens=64, do_sample=False, n_loops=4)",
+            "```",
+            "",
+            "`modeling_mythic.py` holds the whole model (generated from mythic's source); "
+            "only transformers is needed. GGUF / llama.cpp cannot run it: llama.cpp has no recurrent-depth support.",
+        ]
+    else:
+        body += [
+            "A light export: only the recurrence (and LoRA) weights. Fetch the base named in `base.json`, then:",
+            "",
+            "```python",
+            "from mythic.loading import load_light",
+            "",
+            'model = load_light("THIS_FOLDER", base_dir="base/FOLDER")',
+            "```",
+        ]
+    if recipe is not None:
+        body += ["", "## Recipe", "", "```yaml", recipe.read_text().rstrip(), "```"]
+    for path in evals:
+        body += ["", f"## Evaluation: {path.name}", "", eval_table(json.loads(path.read_text()))]
+    return "\n".join(front + body) + "\n"
