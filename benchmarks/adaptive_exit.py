@@ -32,9 +32,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mythic.cli.options import parse_counts, parse_loops
-from mythic.eval.generation import loop_rows, row_fields
+from mythic.eval.rows import loop_rows, row_fields
 from mythic.eval.tasks import predict, score
-from mythic.surgery import load_any, load_tokenizer
+from mythic.loading import load_any, load_tokenizer
 from mythic.tasks.files import read_tasks
 
 

@@ -21,9 +21,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mythic.eval.generation import generate_samples
+from mythic.eval.completions import generate_samples
 from mythic.eval.humaneval import load_problems
-from mythic.surgery import load_any, load_tokenizer, surgery
+from mythic.loading import load_any, load_tokenizer
+from mythic.surgery import surgery
 
 LOOPS = (1, 8)
 BATCHES = (1, 8)

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from mythic.cli.options import parse_counts
 from mythic.eval.stats import metric
-from mythic.surgery import load_any, load_tokenizer
+from mythic.loading import load_any, load_tokenizer
 from mythic.tasks.files import Task, read_tasks
 
 
