@@ -255,3 +255,19 @@ def test_raising_n_loops_on_a_cache_that_holds_tokens_is_refused(family: str) ->
         assert bool(torch.isfinite(lower).all())
         with pytest.raises(MythicError, match="holds 8 tokens for loop 2 but 9 before it"):
             model(x[:, 9:10], n_loops=3, cache=cache, use_cache=True)
+
+
+def test_the_recurrence_is_built_where_the_base_lives_and_the_base_is_not_reinitialised() -> None:
+    with torch.device("meta"):
+        meta = tiny_base("llama")
+    wrapped = MythicForCausalLM.from_base(meta, block_start=1, block_end=3, max_loops=2)
+    assert {p.device.type for _, p in wrapped.recurrence_parameters()} == {"meta"}
+    base = tiny_base("llama")
+    fresh = torch.nn.Linear(64, 64, bias=False)  # a module the base's own init never flagged (e.g. swapped in)
+    torch.nn.init.constant_(fresh.weight, 0.125)
+    base.model.layers[0].mlp.gate_proj = torch.nn.Linear(64, 96, bias=False)
+    base.model.layers[0].self_attn.o_proj = fresh
+    before = [(p, p.clone()) for p in base.parameters()]
+    MythicForCausalLM.from_base(base, block_start=1, block_end=3, max_loops=2)
+    assert all(torch.equal(p, saved) for p, saved in before)
+    assert float(fresh.weight.min()) == float(fresh.weight.max()) == 0.125

@@ -310,3 +310,32 @@ def test_cli_generate_on_an_openmythos_checkpoint_shows_fixed_and_adaptive_rows(
     assert code == 0, err
     assert "T=2" in stdout and "auto:3" in stdout and "base" not in stdout, "a from-scratch model has no base row"
     assert "3.00" in stdout, "an exit that never fires uses MAX loops for every token"
+
+
+@pytest.mark.slow
+def test_compiled_training_and_generation_match_eager(
+    hops_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    run, data = hops_run
+    raw = json.loads(json.dumps(HOPS_RECIPE))
+    raw["data"]["sources"][0]["path"] = str(data / "train.jsonl")
+    raw["train"]["steps"] = 6
+    raw["log"]["every"] = 1
+    losses = []
+    for compiled in (False, True):
+        raw["train"]["compile"] = compiled
+        raw["out_dir"] = str(tmp_path / f"run-{compiled}")
+        torch.manual_seed(0)
+        train(validate_recipe(raw))
+        records = [
+            json.loads(line) for line in (tmp_path / f"run-{compiled}" / "metrics.jsonl").read_text().splitlines()
+        ]
+        losses.append([r["loss"] for r in records])
+    assert len(losses[0]) == 6 and max(abs(a - b) for a, b in zip(*losses, strict=True)) <= 1e-4
+    args = ("generate", "--ckpt", run / "final", "--loops", "1,3", "--max-new-tokens", "3")
+    outputs = []
+    for extra in ((), ("--compile",)):
+        code, stdout, err = run_cli(monkeypatch, capsys, *args, *extra, "c=4;a=c;?=a")
+        assert code == 0, err
+        outputs.append(stdout)
+    assert outputs[0] == outputs[1]

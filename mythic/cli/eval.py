@@ -18,7 +18,9 @@ from rich.progress import (
 )
 
 from mythic.cli.options import (
+    COMPILE_HELP,
     KV_SHARE_HELP,
+    apply_compile,
     apply_kv_share,
     parse_counts,
     parse_ints,
@@ -57,6 +59,7 @@ ExitOpt = Annotated[
     ),
 ]
 DtypeOpt = Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16 or float16.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)]
 GENERATION_ONLY = (
     "loops",
     "exit_rule",
@@ -67,6 +70,7 @@ GENERATION_ONLY = (
     "batch_size",
     "seed",
     "dtype",
+    "compile_model",
 )
 
 
@@ -83,7 +87,7 @@ def _progress(console: Console) -> Progress:
 
 
 def _load(
-    model_dir: Path | None, base: Path | None, dtype: str, console: Console
+    model_dir: Path | None, base: Path | None, dtype: str, console: Console, compile_model: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from mythic.loading import default_device, load_any, load_tokenizer, parse_dtype
     from mythic.models.retrofit import MythicForCausalLM
@@ -97,6 +101,7 @@ def _load(
         tokenizer = load_tokenizer(path)
     if base is not None and isinstance(model, MythicForCausalLM):
         raise MythicError(f"{base} is a mythic checkpoint; pass it without --base")
+    apply_compile(model, compile_model)
     return model, tokenizer
 
 
@@ -127,6 +132,7 @@ def humaneval(
     memory_mb: Annotated[int, typer.Option(help="Address-space limit per sandboxed process (MiB).")] = 512,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     dtype: DtypeOpt = "float32",
+    compile_model: CompileOpt = False,
     out: Annotated[Path, typer.Option(help="Results folder (completions JSONL resume from it).")] = Path(
         "out/humaneval"
     ),
@@ -151,14 +157,15 @@ def humaneval(
             raise MythicError("--completions scores a file; give no model with it")
         given = [n for n in GENERATION_ONLY if context.get_parameter_source(n).name != "DEFAULT"]
         if given:
-            names = ", ".join("--" + n.replace("_", "-") for n in given)
+            flags = {p.name: p.opts[0] for p in context.command.params}
+            names = ", ".join(flags[n] for n in given)
             raise MythicError(f"--completions scores a file as it is; {names} only apply to generation")
         with _progress(console) as progress:
             results = pipeline.humaneval_from_file(
                 completions, chosen, ks=ks, limits=limits, workers=workers, bars=progress
             )
     else:
-        model, tokenizer = _load(model_dir, base, dtype, console)
+        model, tokenizer = _load(model_dir, base, dtype, console, compile_model)
         apply_kv_share(model, sharing)
         source = str((model_dir or base).resolve())
         settings = pipeline.GenerationSettings(
@@ -214,6 +221,7 @@ def tasks(
     limit: Annotated[int | None, typer.Option(help="Only the first N examples of the file.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call (left-padded).")] = 32,
     dtype: DtypeOpt = "float32",
+    compile_model: CompileOpt = False,
     out: Annotated[
         Path, typer.Option(help="Results folder: tasks.json, tasks.png, tasks-heatmap.png, predictions/.")
     ] = Path("out/tasks"),
@@ -235,7 +243,7 @@ def tasks(
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
     examples = read_tasks(task_file)[:limit]
     console = Console()
-    model, tokenizer = _load(model_dir, None, dtype, console)
+    model, tokenizer = _load(model_dir, None, dtype, console, compile_model)
     apply_kv_share(model, sharing)
     with _progress(console) as progress:
 
@@ -275,6 +283,7 @@ def perplexity(
     max_tokens: Annotated[int | None, typer.Option(help="Use at most N tokens.")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward.")] = 4,
     dtype: DtypeOpt = "float32",
+    compile_model: CompileOpt = False,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("out/perplexity"),
     force: Annotated[bool, typer.Option(help="Replace the results folder.")] = False,
 ) -> None:
@@ -289,7 +298,7 @@ def perplexity(
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
     texts = load_texts(data, field=field, split=split, max_docs=max_docs)
     console = Console()
-    model, tokenizer = _load(model_dir, base, dtype, console)
+    model, tokenizer = _load(model_dir, base, dtype, console, compile_model)
     with _progress(console) as progress:
         results = pipeline.perplexity_with_model(
             model,

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mythic.cli.options import KV_SHARE_HELP, apply_kv_share, parse_kv_share, parse_loops
+from mythic.cli.options import COMPILE_HELP, KV_SHARE_HELP, apply_compile, apply_kv_share, parse_kv_share, parse_loops
 from mythic.recurrence.exit import DEFAULT_EXIT
 
 
@@ -34,6 +34,7 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per completion.")] = 64,
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template.")] = True,
     base: Annotated[bool, typer.Option(help="Also show the base model (recurrence off).")] = True,
+    compile_model: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Greedy completions of PROMPT at each loop count, printed next to each other."""
     from mythic.eval.generate import complete_at_loops
@@ -46,6 +47,7 @@ def generate(
         model = load_any(ckpt)
         tokenizer = load_tokenizer(ckpt)
     apply_kv_share(model, sharing)
+    apply_compile(model, compile_model)
     rows = complete_at_loops(model, tokenizer, prompt, counts, max_new_tokens, chat=chat, with_base=base)
     table = Table(title=prompt, show_lines=True)
     table.add_column("loops", justify="right")

@@ -54,6 +54,18 @@ def apply_kv_share(model: PreTrainedModel, value: str | None) -> None:
     model.config.kv_share = value
 
 
+COMPILE_HELP = (
+    "torch.compile the model's forward (inductor, dynamic shapes: one graph for every cache length). The first "
+    "calls compile, which takes minutes on a CPU; it pays off on long runs."
+)
+
+
+def apply_compile(model: PreTrainedModel, compile_model: bool) -> None:
+    """``--compile``: compile the model's forward in place (its parameters and state dict keep their names)."""
+    if compile_model:
+        model.compile(dynamic=True)
+
+
 def parse_counts(text: str) -> list[int]:
     """'1,2,4,8' → [1, 2, 4, 8] for a --loops that takes fixed loop counts only."""
     return parse_ints(text, "--loops")

@@ -270,10 +270,13 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             targets = tuple(config.lora_targets or self.family.lora_targets)
             if not self.recurrence.lora.attach(block, targets, self.context):
                 raise MythicError(f"no Depth-LoRA target {targets} found in the block's layers")
+        self.recurrence.to(base.get_input_embeddings().weight.device)  # where the base lives
         for j in range(start, end):
             layers[j] = BlockSlot(layers[j], j == end - 1, self.context, self.recurrence)
         if base.generation_config is not None:
             self.generation_config = copy.deepcopy(base.generation_config)
+        for module in base.modules():  # the base comes initialised (loaded or built): post_init must not touch it
+            module._is_hf_initialized = True
         self.post_init()
 
     def _drop_layers(self, layers: nn.ModuleList) -> None:

@@ -4,10 +4,9 @@
 
 The delta is added by a forward hook on the original module, so the base module (a
 plain ``nn.Linear``, a bitsandbytes ``Linear4bit``, a peft layer) is never replaced and
-keeps its parameter names. The loop index t reaches the hook through ``LoopContext``, a
-``contextvars.ContextVar`` owned by one model: nothing is shared between models, threads
-or asyncio tasks. Outside the loop driver (t is None) the hook adds nothing, which is
-how ``base_mode`` switches the LoRA off. Loops past the trained maximum reuse the last
+keeps its parameter names. The loop index t reaches the hook through ``LoopContext``, owned
+by one model: nothing is shared between models or threads. Outside the loop driver (t is None)
+the hook adds nothing, which is how ``base_mode`` switches the LoRA off. Loops past the trained maximum reuse the last
 loop's A, B.
 """
 
@@ -28,71 +27,78 @@ from mythic.recurrence.gates import loop_slot
 class LoopContext:
     """Per-model context: the current loop index (for Depth-LoRA), the current run settings, an
     optional observer the loop driver hands every new state to (``observer(t, h_t)``), and an
-    optional meter of the loops adaptive-depth forwards used (``metering``)."""
+    optional meter of the loops adaptive-depth forwards used (``metering``).
+
+    Each value is set for the extent of a ``with`` block. In eager mode it lives in a
+    ``ContextVar`` (one per value and model), so two threads running one model never see each
+    other's loop; under ``torch.compile``, which cannot trace ContextVars, it is a plain attribute
+    read at trace time (the loop index is a constant of the traced graph).
+    """
+
+    NAMES = ("loop", "run", "observer", "meter")
 
     def __init__(self) -> None:
-        self._loop: ContextVar[int | None] = ContextVar(f"mythic_loop_{id(self)}", default=None)
-        self._run: ContextVar[Any] = ContextVar(f"mythic_run_{id(self)}", default=None)
-        self._observer: ContextVar[Callable[[int, torch.Tensor], None] | None] = ContextVar(
-            f"mythic_observer_{id(self)}", default=None
-        )
-        self._meter: ContextVar[list[torch.Tensor] | None] = ContextVar(f"mythic_meter_{id(self)}", default=None)
+        self._vars: dict[str, ContextVar[Any]] = {
+            name: ContextVar(f"mythic_{name}_{id(self)}", default=None) for name in self.NAMES
+        }
+        self._traced: dict[str, Any] = dict.fromkeys(self.NAMES)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LoopContext:
         return LoopContext()
 
-    @property
-    def loop(self) -> int | None:
-        return self._loop.get()
-
-    @property
-    def run(self) -> Any:
-        return self._run.get()
-
-    @property
-    def observer(self) -> Callable[[int, torch.Tensor], None] | None:
-        return self._observer.get()
+    def _get(self, name: str) -> Any:
+        return self._traced[name] if torch.compiler.is_compiling() else self._vars[name].get()
 
     @contextlib.contextmanager
-    def observing(self, observer: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
-        """Within the block, the loop driver calls ``observer(t, h_t)`` after each pass t = 1 … T."""
-        token = self._observer.set(observer)
+    def _setting(self, name: str, value: Any) -> Iterator[None]:
+        if torch.compiler.is_compiling():
+            previous = self._traced[name]
+            self._traced[name] = value
+            try:
+                yield
+            finally:
+                self._traced[name] = previous
+            return
+        token = self._vars[name].set(value)
         try:
             yield
         finally:
-            self._observer.reset(token)
+            self._vars[name].reset(token)
+
+    @property
+    def loop(self) -> int | None:
+        return self._get("loop")
+
+    @property
+    def run(self) -> Any:
+        return self._get("run")
+
+    @property
+    def observer(self) -> Callable[[int, torch.Tensor], None] | None:
+        return self._get("observer")
+
+    def observing(self, observer: Callable[[int, torch.Tensor], None]) -> contextlib.AbstractContextManager[None]:
+        """Within the block, the loop driver calls ``observer(t, h_t)`` after each pass t = 1 … T."""
+        return self._setting("observer", observer)
 
     @contextlib.contextmanager
     def metering(self) -> Iterator[list[torch.Tensor]]:
         """Within the block, every adaptive-depth forward appends the loops its last position used (B,)."""
         used: list[torch.Tensor] = []
-        token = self._meter.set(used)
-        try:
+        with self._setting("meter", used):
             yield used
-        finally:
-            self._meter.reset(token)
 
     def record_loops(self, steps: torch.Tensor) -> None:
         """Called by the model after an adaptive-depth forward, with the last position's loop counts."""
-        used = self._meter.get()
+        used = self._get("meter")
         if used is not None:
             used.append(steps.detach().cpu())
 
-    @contextlib.contextmanager
-    def at_loop(self, t: int | None) -> Iterator[None]:
-        token = self._loop.set(t)
-        try:
-            yield
-        finally:
-            self._loop.reset(token)
+    def at_loop(self, t: int | None) -> contextlib.AbstractContextManager[None]:
+        return self._setting("loop", t)
 
-    @contextlib.contextmanager
-    def running(self, run: Any) -> Iterator[None]:
-        token = self._run.set(run)
-        try:
-            yield
-        finally:
-            self._run.reset(token)
+    def running(self, run: Any) -> contextlib.AbstractContextManager[None]:
+        return self._setting("run", run)
 
 
 class LoRADelta(nn.Module):

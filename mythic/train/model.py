@@ -8,9 +8,10 @@
   as ``out.aux_losses``. Its tokenizer (a folder, or ``chars``: built from the task files) sets
   the vocabulary size when the config gives none, and the EOS / padding ids generation uses.
 
-A 4-bit base is loaded as ``mythic sanity`` loads it (``mythic.quant``): Linear layers through
-``transformers.BitsAndBytesConfig`` (nf4/fp4, double quant, compute dtype), then the 3-D MoE expert
-weights quantised too, so its memory is what sanity estimated.
+A 4-bit base is loaded as ``mythic sanity`` loads it (``mythic.quant``): on the CPU, its Linear layers
+through ``transformers.BitsAndBytesConfig`` (nf4/fp4, double quant, compute dtype), then its 3-D MoE
+expert weights quantised module by module on the device, so that the device never holds them in bf16
+and its memory is what sanity estimated.
 Trainable set: the recurrence modules (``model.recurrence_parameters()``) and, optionally, a
 peft LoRA on the frozen base (``target_modules`` for Linear layers, ``target_parameters``
 for 3-D MoE expert weights); everything else is frozen.
@@ -47,7 +48,7 @@ def _load_kwargs(spec: RetrofitModel | SurgeryModel, device: torch.device) -> di
     if spec.quantization is not None:
         q = spec.quantization
         kwargs["quantization_config"] = quantization_config(q.kind, q.double_quant, DTYPES[q.compute_dtype])
-        kwargs["device_map"] = {"": device}
+        kwargs["device_map"] = {"": "cpu"}  # its expert cubes are still bf16 here: quantised on the device later
     return kwargs
 
 
@@ -83,11 +84,9 @@ def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.M
         settings = {"base_name_or_path": str(spec.base), **spec.surgery.model_dump()}
         model = MythicForCausalLM.from_base(base, **settings)
         base_path = tokenizer_path or spec.base
-    if spec.quantization is None:
-        model = model.to(device)
-    else:
+    if spec.quantization is not None:
         finish_4bit(model.base, device, spec.quantization.kind, spec.quantization.double_quant)
-    return model, recipe_tokenizer(base_path)
+    return model.to(device), recipe_tokenizer(base_path)
 
 
 def add_lora(model: nn.Module, spec: Lora) -> None:

@@ -376,6 +376,9 @@ class TrainLoop(Strict):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     max_bad_steps: PositiveInt = 5
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    compile: bool = False
+    """``torch.compile`` the model's forward (inductor) before training; each distinct loop count
+    compiles once, on first use."""
 
 
 class Checkpointing(Strict):

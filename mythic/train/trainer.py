@@ -228,6 +228,8 @@ def setup(recipe: Recipe, build: BuildFn) -> Training:
     if fsdp:
         parallel.shard(model, accelerator.device)
         trainable = {n: p for n, p in model.named_parameters() if n in trainable}  # now the sharded ones
+    if recipe.train.compile:
+        model.compile()
     optimizer = torch.optim.AdamW(
         param_groups(model, trainable, recipe.optim.weight_decay),
         lr=recipe.optim.lr,

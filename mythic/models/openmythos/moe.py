@@ -18,13 +18,16 @@ Dispatch is grouped by expert: the N·k (token, expert) pairs are sorted by expe
 expert runs once on its contiguous slice (one ``torch._grouped_mm`` call for all experts
 where it exists for the shapes — CPU fp32/bf16, CUDA bf16 on sm90+ — else a loop over the
 experts), and the results are scattered back with ``index_add_``. Every expert weight is used in every
-call, even with zero tokens, so FSDP/DDP see the same parameters each step.
+call, even with zero tokens, so FSDP/DDP see the same parameters each step. Under
+``torch.compile`` the expert step is one opaque custom op (``mythic::grouped_experts``, its
+slices' sizes depend on the routing) with its gradients written out (``grouped_experts_backward``),
+so the MoE costs no graph break.
 A ``token_mask`` (ACT: halted positions) removes tokens before routing.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -55,11 +58,147 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+def grouped_mm_fits(x: torch.Tensor, hidden: int) -> bool:
+    """``torch._grouped_mm`` exists and takes these shapes: 16-byte rows; on CUDA, bf16 on sm90+."""
+    if not hasattr(torch, "_grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if any(n * x.element_size() % 16 for n in (x.shape[-1], hidden)):
+        return False
+    if x.is_cuda:
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    return x.device.type == "cpu"
+
+
 def _contiguous_grad(t: torch.Tensor) -> torch.Tensor:
     """``_grouped_mm``'s backward rejects broadcast (stride-0) gradients; make them plain."""
     if t.requires_grad:
         t.register_hook(lambda g: g.contiguous())
     return t
+
+
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, grouped: bool) -> torch.Tensor:
+    """A matmul per group of rows (group sizes ``counts``): a (N, K) @ b (E, K, M) → (N, M); or, with b 2-D,
+    a (K, N) @ b (N, M) summed per group → (E, K, M) (weight gradients). One ``_grouped_mm`` call when
+    ``grouped``, else a loop over the groups."""
+    if grouped:
+        return torch._grouped_mm(a, b, offs=counts.cumsum(0).to(torch.int32))
+    sizes = counts.tolist()
+    if b.ndim == 3:
+        return torch.cat([part @ w for part, w in zip(a.split(sizes), b.unbind(0), strict=True)])
+    return torch.stack([p @ q for p, q in zip(a.split(sizes, dim=1), b.split(sizes), strict=True)])
+
+
+def _uses_grouped_mm(x: torch.Tensor, w1: torch.Tensor, backend: str) -> bool:
+    return backend == "grouped_mm" or (backend == "auto" and grouped_mm_fits(x, w1.shape[-1]))
+
+
+def expert_outputs(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    w2: torch.Tensor,
+    counts: torch.Tensor,
+    gates: torch.Tensor,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """g · E_i(x) for each expert i on its contiguous slice of ``x`` (rows sorted by expert, ``counts`` per
+    expert): ``_grouped_mm`` where it fits (``backend`` "auto" or "grouped_mm"), else a loop over the
+    experts ("loop"). The gate scales the narrow hidden activation before W2 (W2 is linear)."""
+    grouped = _uses_grouped_mm(x, w1, backend)
+    gates = gates.to(x.dtype).unsqueeze(-1)
+    gate = _contiguous_grad(grouped_matmul(x, w1, counts, grouped))
+    up = _contiguous_grad(grouped_matmul(x, w3, counts, grouped))
+    return _contiguous_grad(grouped_matmul(F.silu(gate) * up * gates, w2, counts, grouped))
+
+
+@torch.library.custom_op("mythic::grouped_experts", mutates_args=())
+def grouped_experts(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    w2: torch.Tensor,
+    counts: torch.Tensor,
+    gates: torch.Tensor,
+    backend: str,
+) -> torch.Tensor:
+    """``expert_outputs`` as one opaque op for ``torch.compile``: its expert slices have data-dependent
+    sizes, which a graph cannot hold. Eager calls ``expert_outputs`` directly."""
+    return expert_outputs(x, w1, w3, w2, counts, gates, backend)
+
+
+@grouped_experts.register_fake
+def _(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    w2: torch.Tensor,
+    counts: torch.Tensor,
+    gates: torch.Tensor,
+    backend: str,
+) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w2.shape[-1])
+
+
+@torch.library.custom_op("mythic::grouped_experts_backward", mutates_args=())
+def grouped_experts_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    w2: torch.Tensor,
+    counts: torch.Tensor,
+    gates: torch.Tensor,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of ``grouped_experts`` (x, W1, W3, W2, gates), from a = x W1, b = x W3, s = silu(a),
+    m = s ⊙ b ⊙ g, y = m W2:  dm = dy W2ᵀ,  dW2 = mᵀ dy,  dg = Σ dm ⊙ s ⊙ b,
+    da = dm ⊙ g ⊙ b ⊙ σ(a)(1 + a(1 − σ(a))),  db = dm ⊙ g ⊙ s,  dx = da W1ᵀ + db W3ᵀ,  dW1 = xᵀ da,  dW3 = xᵀ db,
+    each matmul per expert group (the activations are recomputed, not kept)."""
+    grouped = _uses_grouped_mm(x, w1, backend)
+    g = gates.to(x.dtype).unsqueeze(-1)
+    a = grouped_matmul(x, w1, counts, grouped)
+    b = grouped_matmul(x, w3, counts, grouped)
+    sig = torch.sigmoid(a)
+    s = a * sig
+    dm = grouped_matmul(grad, w2.transpose(1, 2), counts, grouped)
+    dw2 = grouped_matmul((s * b * g).t(), grad, counts, grouped)
+    dgates = (dm * s * b).sum(-1).to(gates.dtype)
+    da = dm * g * b * sig * (1 + a * (1 - sig))
+    db = dm * g * s
+    dx = grouped_matmul(da, w1.transpose(1, 2), counts, grouped) + grouped_matmul(
+        db, w3.transpose(1, 2), counts, grouped
+    )
+    dw1 = grouped_matmul(x.t(), da, counts, grouped)
+    dw3 = grouped_matmul(x.t(), db, counts, grouped)
+    return dx, dw1, dw3, dw2, dgates
+
+
+@grouped_experts_backward.register_fake
+def _(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    w2: torch.Tensor,
+    counts: torch.Tensor,
+    gates: torch.Tensor,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.empty_like(t) for t in (x, w1, w3, w2, gates))  # type: ignore[return-value]
+
+
+def _setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    *tensors, ctx.backend = inputs
+    ctx.save_for_backward(*tensors)
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    x, w1, w3, w2, counts, gates = ctx.saved_tensors
+    dx, dw1, dw3, dw2, dgates = grouped_experts_backward(grad.contiguous(), x, w1, w3, w2, counts, gates, ctx.backend)
+    return dx, dw1, dw3, dw2, None, dgates, None
+
+
+grouped_experts.register_autograd(_backward, setup_context=_setup)
 
 
 class MoE(nn.Module):
@@ -98,31 +237,11 @@ class MoE(nn.Module):
         gates = scores.gather(-1, experts)
         return experts, gates / gates.sum(-1, keepdim=True), scores
 
-    def _grouped_mm_fits(self, x: torch.Tensor) -> bool:
-        """``torch._grouped_mm`` exists and takes these shapes: 16-byte rows; on CUDA, bf16 on sm90+."""
-        if not hasattr(torch, "_grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16):
-            return False
-        if any(n * x.element_size() % 16 for n in (x.shape[-1], self.w1.shape[-1])):
-            return False
-        if x.is_cuda:
-            return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
-        return x.device.type == "cpu"
-
     def experts(self, x: torch.Tensor, counts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """g · E_i(x) for each expert i on its contiguous slice of ``x`` (rows sorted by expert).
-
-        The gate scales the narrow hidden activation before W2 (W2 is linear), not the output.
-        """
-        gates = gates.to(x.dtype).unsqueeze(-1)
-        if self.backend == "grouped_mm" or (self.backend == "auto" and self._grouped_mm_fits(x)):
-            offsets = counts.cumsum(0).to(torch.int32)
-            gate = _contiguous_grad(torch._grouped_mm(x, self.w1, offs=offsets))
-            up = _contiguous_grad(torch._grouped_mm(x, self.w3, offs=offsets))
-            return _contiguous_grad(torch._grouped_mm(F.silu(gate) * up * gates, self.w2, offs=offsets))
-        sizes = counts.tolist()
-        weights = zip(self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0), strict=True)
-        slices = zip(x.split(sizes), gates.split(sizes), weights, strict=True)
-        return torch.cat([(F.silu(c @ w1) * (c @ w3) * g) @ w2 for c, g, (w1, w3, w2) in slices])
+        """g · E_i(x) for each expert i on its contiguous slice of ``x`` (rows sorted by expert)."""
+        if torch.compiler.is_compiling():
+            return grouped_experts(x, self.w1, self.w3, self.w2, counts, gates, self.backend)
+        return expert_outputs(x, self.w1, self.w3, self.w2, counts, gates, self.backend)
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEStats]:
         shape = x.shape
@@ -134,7 +253,9 @@ class MoE(nn.Module):
         pairs = experts.reshape(-1)
         order = pairs.argsort(stable=True)
         token = order // self.top_k
-        counts = torch.bincount(pairs, minlength=self.n_experts)
+        counts = torch.zeros(self.n_experts, dtype=torch.long, device=pairs.device).index_add_(
+            0, pairs, torch.ones_like(pairs)
+        )  # bincount's shape depends on the data: not traceable
         y = self.experts(xs.index_select(0, token), counts, gates.reshape(-1)[order])
         routed = xs.new_zeros(xs.shape, dtype=y.dtype).index_add_(0, token, y)
         if self.shared is not None:
