@@ -156,7 +156,7 @@ def load_any(path: Path, dtype: str = "float32") -> PreTrainedModel:
     check_base_dir(path)
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     if model_type == "openmythos":
-        import mythic.models.openmythos  # noqa: F401 - registers the openmythos model type with transformers
+        import mythic.models.openmythos.hf  # noqa: F401 - registers the openmythos model type with transformers
     if model_type == MythicConfig.model_type:
         return MythicForCausalLM.from_pretrained(path, dtype=DTYPES[parse_dtype(dtype)])
     return load_base_model(path, dtype=DTYPES[parse_dtype(dtype)]).eval()

@@ -253,7 +253,10 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: MythicConfig, base: PreTrainedModel | None = None) -> None:
         super().__init__(config)
         config.validate_surgery()
-        if base is None:
+        if base is not None:  # it comes initialised (loaded or built): post_init must not touch it
+            for module in base.modules():
+                module._is_hf_initialized = True
+        else:  # from_pretrained builds it empty and then loads (and initialises what it does not load)
             base = AutoModelForCausalLM.from_config(copy.deepcopy(config.text_config))
         self.base = base
         self.family = family_of(config.text_config)
@@ -275,8 +278,6 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             layers[j] = BlockSlot(layers[j], j == end - 1, self.context, self.recurrence)
         if base.generation_config is not None:
             self.generation_config = copy.deepcopy(base.generation_config)
-        for module in base.modules():  # the base comes initialised (loaded or built): post_init must not touch it
-            module._is_hf_initialized = True
         self.post_init()
 
     def _drop_layers(self, layers: nn.ModuleList) -> None:

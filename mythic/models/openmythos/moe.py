@@ -84,12 +84,21 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, group
         return torch._grouped_mm(a, b, offs=counts.cumsum(0).to(torch.int32))
     sizes = counts.tolist()
     if b.ndim == 3:
-        return torch.cat([part @ w for part, w in zip(a.split(sizes), b.unbind(0), strict=True)])
+        # Training keeps every expert in the graph (DDP/FSDP expect each weight every step); inference skips
+        # the empty groups.
+        keep_all = torch.is_grad_enabled() and b.requires_grad
+        used = [(part, w) for part, w in zip(a.split(sizes), b.unbind(0), strict=True) if keep_all or part.shape[0]]
+        return torch.cat([part @ w for part, w in used]) if used else a.new_zeros(0, b.shape[-1])
     return torch.stack([p @ q for p, q in zip(a.split(sizes, dim=1), b.split(sizes), strict=True)])
 
 
 def _uses_grouped_mm(x: torch.Tensor, w1: torch.Tensor, backend: str) -> bool:
-    return backend == "grouped_mm" or (backend == "auto" and grouped_mm_fits(x, w1.shape[-1]))
+    """ "auto": ``_grouped_mm`` where it fits, except at inference with fewer (token, expert) rows than
+    experts (decoding), where most experts are empty and the loop over the used ones is cheaper."""
+    if backend != "auto":
+        return backend == "grouped_mm"
+    decoding = not torch.is_grad_enabled() and x.shape[0] < w1.shape[0]
+    return grouped_mm_fits(x, w1.shape[-1]) and not decoding
 
 
 def expert_outputs(
