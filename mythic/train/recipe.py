@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -49,14 +49,14 @@ def config_section(name: str, source: type, leave_out: set[str], optional: set[s
     """A recipe section with the fields of the config class ``source`` itself: the same names, types and
     defaults, so a recipe cannot drift from the model's config (``optional`` fields default to None:
     filled in later; ``leave_out``: fields a recipe must not set)."""
-    namespace = vars(sys.modules[source.__module__])
+    own = type(name, (), {"__annotations__": dict(source.__annotations__), "__module__": source.__module__})
+    kinds = typing.get_type_hints(own)  # the class's own fields only (its bases' need imports we do not have)
     defaults = {f.name: f.default for f in dataclasses.fields(source)}
-    fields: dict[str, Any] = {}
-    for key, annotation in source.__annotations__.items():
-        if key in leave_out:
-            continue
-        kind = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307 - own source
-        fields[key] = (kind | None, None) if key in optional else (kind, defaults[key])
+    fields: dict[str, Any] = {
+        key: (kinds[key] | None, None) if key in optional else (kinds[key], defaults[key])
+        for key in source.__annotations__
+        if key not in leave_out
+    }
     return create_model(name, __base__=Strict, __doc__=f"``{source.__name__}``'s own fields.", **fields)
 
 
