@@ -28,9 +28,9 @@ def export(
     merge_lora: Annotated[
         bool,
         typer.Option(
-            help="Fold the checkpoint's peft LoRA on the base (base_lora.safetensors, rank/alpha from its "
-            "recipe.yaml) into the exported base weights; required for a full export of such a checkpoint. "
-            "Depth-LoRA is per loop, so it is never merged: it stays in the recurrence weights."
+            help="Fold the checkpoint's peft LoRA on the base (base_lora.safetensors, rank/alpha in "
+            "base_lora.json beside it) into the exported base weights; required for a full export of such a "
+            "checkpoint. Depth-LoRA is per loop, so it is never merged: it stays in the recurrence weights."
         ),
     ] = False,
     push_to_hub: Annotated[

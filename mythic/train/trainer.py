@@ -17,10 +17,16 @@ Run folder ``recipe.run_dir``: ``recipe.yaml`` (resolved), ``metrics.jsonl`` (on
 logged step: every loss term separately (averaged over ranks), ``ce_T{t}`` per loop count and
 the mean depth ``T`` (rank 0's), lr, grad norm, tokens/s, ``rec/*`` recurrence stats),
 ``checkpoints/``, ``final/`` (``save_recurrence``: the folder ``MythicForCausalLM.from_pretrained``
-loads, plus ``base_lora.safetensors`` when a base LoRA was trained; ``save_pretrained`` of the
+loads, plus ``base_lora.safetensors`` and its spec ``base_lora.json`` when a base LoRA was trained
+(``mythic.loading``); ``save_pretrained`` of the
 whole model when every weight trained: OpenMythos, ``trainable.base``) and ``loss.png``. The same
 records go to TensorBoard / Weights & Biases through accelerate's trackers (``log.trackers``).
-Checkpoints and ``final/`` hold whole tensors, gathered from the shards under FSDP.
+Checkpoints and ``final/`` hold whole tensors, gathered from the shards under FSDP. AdamW is
+PyTorch's fused one; ``train.compile`` compiles the model's forward (``torch.compile``) first.
+
+``train`` reads as its steps: ``setup`` (model, trainable set, optimizer, data, curriculum),
+``resume_from_latest``, ``prepare`` (accelerate, run folder), then ``train_step`` / ``log_step`` /
+``save_step`` per step, and ``finish`` (``final/``, the plot).
 """
 
 from __future__ import annotations
