@@ -24,7 +24,7 @@ from mythic.train.curriculum import Curriculum, Depth
 from mythic.train.model import add_lora, param_groups, select_trainable
 from mythic.train.objective import Objective
 from mythic.train.recipe import FixedCurriculum, Lora, Loss, validate_recipe
-from mythic.train.trainer import MetricsLog, default_build, train
+from mythic.train.trainer import MetricsLog, TrainResult, default_build, train
 
 
 @pytest.fixture(scope="module")
@@ -389,10 +389,8 @@ def test_base_lora_on_moe_experts_trains_and_switches_off(tmp_path: Path) -> Non
     assert (with_lora - reference).abs().max().item() > 1e-3
 
 
-def test_nf4_quantized_base_trains(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    raw = tiny_recipe(tiny[0], tiny[1], tmp_path / "run")
-    raw["model"]["quantization"] = {"kind": "nf4", "double_quant": True, "compute_dtype": "float32"}
-    raw["train"]["steps"] = 2
+def train_keeping_model(raw: dict) -> tuple[TrainResult, torch.nn.Module]:
+    """``train`` on the raw recipe, and the model it built (to look inside after training)."""
     models: list[torch.nn.Module] = []
 
     def build(r: object, device: torch.device) -> tuple[torch.nn.Module, object]:
@@ -400,8 +398,15 @@ def test_nf4_quantized_base_trains(tiny: tuple[Path, Path], tmp_path: Path) -> N
         models.append(model)
         return model, tok
 
-    result = train(validate_recipe(raw), build=build)
-    q_proj = models[0].base.model.layers[0].self_attn.q_proj
+    return train(validate_recipe(raw), build=build), models[0]
+
+
+def test_nf4_quantized_base_trains(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    raw = tiny_recipe(tiny[0], tiny[1], tmp_path / "run")
+    raw["model"]["quantization"] = {"kind": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    raw["train"]["steps"] = 2
+    result, model = train_keeping_model(raw)
+    q_proj = model.base.model.layers[0].self_attn.q_proj
     assert type(q_proj).__name__ == "Linear4bit" and q_proj.weight.quant_state.quant_type == "nf4"
     assert result.skipped_steps == 0 and 3.5 < result.metrics["loss"] < 5.0
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -466,15 +471,8 @@ def test_a_4bit_moe_base_has_its_experts_quantised_as_sanity_estimates(tmp_path:
     raw["model"]["quantization"] = {"kind": "nf4", "double_quant": True, "compute_dtype": "float32"}
     raw["data"]["tokenizer"] = str(base_dir)
     raw["train"]["steps"] = 2
-    models: list[torch.nn.Module] = []
-
-    def build(r: object, device: torch.device) -> tuple[torch.nn.Module, object]:
-        model, tok = default_build(r, device)
-        models.append(model)
-        return model, tok
-
-    result = train(validate_recipe(raw), build=build)
-    base = models[0].base
+    result, model = train_keeping_model(raw)
+    base = model.base
     assert not [g for g in unquantized_parameters(base) if g["why"].startswith("3-D")]
 
     def unwrapped(name: str) -> str:  # the looped block's layers sit in a BlockSlot (``.layer``)

@@ -222,12 +222,17 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     return accelerator
 
 
+def sharded(recipe: Recipe, accelerator: Accelerator) -> bool:
+    """FSDP shards the model (``train.parallel: fsdp`` in a single process is the plain model)."""
+    return recipe.train.parallel == "fsdp" and accelerator.num_processes > 1
+
+
 def setup(recipe: Recipe, build: BuildFn) -> Training:
     """Model, trainable set (sharded under FSDP), objective, optimizer, scheduler, data and curriculum."""
     check_trackers(recipe.log.trackers)
     accelerator = make_accelerator(recipe)
     set_seed(recipe.seed)
-    fsdp = recipe.train.parallel == "fsdp" and accelerator.num_processes > 1
+    fsdp = sharded(recipe, accelerator)
     model, tokenizer = build(recipe, torch.device("cpu") if fsdp else accelerator.device)
     trainable = select_trainable(model, recipe)
     model.train()
@@ -283,7 +288,7 @@ def prepare(run: Training) -> None:
     """Hand the objective and optimizer to accelerate (FSDP: the optimizer only), write recipe.yaml,
     cut metrics.jsonl back to the resumed step, start the trackers."""
     recipe, accelerator = run.recipe, run.accelerator
-    if recipe.train.parallel == "fsdp" and accelerator.num_processes > 1:
+    if sharded(recipe, accelerator):
         run.optimizer = accelerator.prepare(run.optimizer)
     else:
         run.objective, run.optimizer = accelerator.prepare(run.objective, run.optimizer)
