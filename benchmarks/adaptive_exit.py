@@ -5,10 +5,13 @@ adaptive row (--auto, with --exit): greedy answers at every batch size in --batc
 alternating rounds after an untimed warm-up (the median of --rounds), so every ratio compares rows measured next to each
 other. Prints one table per batch size (accuracy, mean loops per generated token, tokens/s and
 tokens/s relative to the best fixed T), the adaptive rows' mean loops per difficulty, and writes
-JSON and a PNG of mean loops against difficulty.
+JSON and a PNG of mean loops against difficulty. With --masked every adaptive row is timed twice
+more, with every pass computed for the whole batch (exited tokens masked, never gathered), which
+measures what gathering the running rows and tokens saves.
 
     python benchmarks/adaptive_exit.py MODEL TASKS.jsonl [--limit 400] [--loops 1,2,4,8]
-        [--auto auto:32] [--exit kl:0.0001] [--batch-sizes 1,8] [--rounds 3] [--json out.json] [--png out.png]
+        [--auto auto:32] [--exit kl:0.0001] [--batch-sizes 1,8] [--rounds 3] [--masked]
+        [--json out.json] [--png out.png]
 
 Tokens/s counts each prompt's generated tokens up to its EOS over the wall-clock time of the
 whole row (prompt prefill included): on a task whose answers are a few tokens, the prefill of
@@ -20,9 +23,11 @@ already ended still count, as they are still computed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from mythic.cli.options import parse_counts, parse_loops
 from mythic.eval.rows import loop_rows, row_fields
 from mythic.eval.tasks import predict, score
 from mythic.loading import load_any, load_tokenizer
+from mythic.recurrence import exit as exiting
 from mythic.tasks.files import read_tasks
 
 
@@ -68,31 +74,48 @@ class PhaseClock:
             self.decoded += output.logits.shape[0]
 
 
-def measure(model, tokenizer, tasks, depths, batch_sizes: list[int], rounds: int) -> dict[str, Any]:
-    """{batch size: [row result]}; the rows are timed in alternating order, round after round."""
+@contextlib.contextmanager
+def gathering(on: bool) -> Iterator[None]:
+    """Passes computed for the running tokens only (mythic's behaviour), or, ``on=False``, always for
+    the whole batch with the exited tokens masked."""
+    kept = exiting.COMPACT_BELOW
+    exiting.COMPACT_BELOW = kept if on else 0.0
+    try:
+        yield
+    finally:
+        exiting.COMPACT_BELOW = kept
+
+
+def measure(model, tokenizer, tasks, rows_spec, batch_sizes: list[int], rounds: int) -> dict[str, Any]:
+    """{batch size: [row result]} for ``rows_spec`` [(depth, gathered)]; the rows are timed in
+    alternating order, round after round."""
     clock = PhaseClock(model)
     results: dict[str, Any] = {}
     for batch_size in batch_sizes:
-        timings: dict[int, list[tuple[float, float, float, int]]] = {i: [] for i in range(len(depths))}
+        timings: dict[int, list[tuple[float, float, float, int]]] = {i: [] for i in range(len(rows_spec))}
         outputs: dict[int, Any] = {}
-        for depth in depths:  # warm-up, untimed
-            predict(model, tokenizer, tasks[:batch_size], depth, batch_size=batch_size)
+        for depth, gather in rows_spec:  # warm-up, untimed
+            with gathering(gather):
+                predict(model, tokenizer, tasks[:batch_size], depth, batch_size=batch_size)
         for r in range(rounds):
-            order = list(range(len(depths)))
+            order = list(range(len(rows_spec)))
             if r % 2:
                 order.reverse()
             for i in order:
+                depth, gather = rows_spec[i]
                 clock.reset()
                 started = time.perf_counter()
-                outputs[i] = predict(model, tokenizer, tasks, depths[i], batch_size=batch_size)
+                with gathering(gather):
+                    outputs[i] = predict(model, tokenizer, tasks, depth, batch_size=batch_size)
                 timings[i].append((time.perf_counter() - started, clock.prefill, clock.decode, clock.decoded))
         rows = []
-        for i, depth in enumerate(depths):
+        for i, (depth, gather) in enumerate(rows_spec):
             prediction = outputs[i]
             total, prefill, decode, decoded = (statistics.median(t[j] for t in timings[i]) for j in range(4))
             rows.append(
                 {
                     **row_fields(depth),
+                    "gathered": gather,
                     **score(tasks, prediction.answers, prediction.loops),
                     "seconds": round(total, 3),
                     "tokens_per_second": round(prediction.tokens / total, 2),
@@ -114,6 +137,7 @@ def table(rows: list[dict[str, Any]], batch_size: int) -> Table:
     for r in rows:
         acc = r["metrics"]["accuracy"]
         label = f"{r['label']} {r['exit']}" if "exit" in r else r["label"]
+        label += "" if r["gathered"] else " masked"
         decode, best_decode = r["decode_tokens_per_second"], best["decode_tokens_per_second"]
         out.add_row(
             label,
@@ -133,7 +157,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()
     for r in rows:
-        if r["n_loops"] != "auto":
+        if r["n_loops"] != "auto" or not r["gathered"]:
             continue
         ds = sorted(r["per_difficulty"], key=int)
         ax.plot([int(d) for d in ds], [r["per_difficulty"][d]["mean_loops"] for d in ds], marker="o", label=r["label"])
@@ -155,6 +179,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--masked", action="store_true", help="also time the adaptive rows without gathering")
     parser.add_argument("--json", type=Path, default=Path("adaptive_exit.json"))
     parser.add_argument("--png", type=Path, default=Path("adaptive_exit.png"))
     args = parser.parse_args()
@@ -163,14 +188,17 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     tasks = read_tasks(args.tasks)[: args.limit]
     depths = loop_rows(model, [*parse_counts(args.loops), *parse_loops(args.auto, args.exit_rule)])
-    results = measure(model, tokenizer, tasks, depths, parse_counts(args.batch_sizes), args.rounds)
+    rows_spec = [(depth, True) for depth in depths]
+    if args.masked:
+        rows_spec += [(depth, False) for depth in depths if not isinstance(depth, int)]
+    results = measure(model, tokenizer, tasks, rows_spec, parse_counts(args.batch_sizes), args.rounds)
     console = Console(width=140)
     for batch_size, rows in results.items():
         console.print(table(rows, int(batch_size)))
     first = next(iter(results.values()))
     per_difficulty = Table(title="adaptive rows: mean loops (accuracy %) per difficulty")
     per_difficulty.add_column("difficulty", justify="right")
-    adaptive = [r for r in first if r["n_loops"] == "auto"]
+    adaptive = [r for r in first if r["n_loops"] == "auto" and r["gathered"]]
     for r in adaptive:
         per_difficulty.add_column(f"{r['label']} {r['exit']}", justify="right")
     for d in sorted(first[0]["per_difficulty"], key=int):

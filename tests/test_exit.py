@@ -4,6 +4,8 @@
 - with exits forced at chosen loops per position, decoding token by token (fill-forward keys and
   values in the cache) equals one uncached forward over the whole sequence that applies the
   same rule, and a pass nobody runs is skipped;
+- where only some positions are read (``logits_to_keep``, generate's prefill), the others run as
+  long as their row's read positions do;
 - the loops used are metered; bad settings are one-line errors.
 """
 
@@ -17,7 +19,7 @@ from tiny import tiny_mythos
 from mythic.cli.options import parse_loops
 from mythic.errors import MythicError
 from mythic.models.openmythos import OpenMythos
-from mythic.recurrence.exit import AdaptiveDepth, ExitRun, parse_exit
+from mythic.recurrence.exit import AdaptiveDepth, ExitRun, parse_exit, read_positions
 
 
 def mythos_model(attn_type: str = "gqa", act: bool = False) -> OpenMythos:
@@ -90,15 +92,21 @@ def depths(batch: int, length: int, max_loops: int) -> torch.Tensor:
     return 1 + (pos.view(1, -1) * 5 + torch.arange(batch).view(-1, 1) * 3) % max_loops
 
 
-def decode_pieces(model, x: torch.Tensor, rule: Forced, depth: AdaptiveDepth, split: int, retrofit: bool):
+def decode_pieces(
+    model, x: torch.Tensor, rule: Forced, depth: AdaptiveDepth, split: int, retrofit: bool, read: int = 0
+):
+    """x[:, :split] in one call (its logits read at its last ``read`` positions, 0: all), then one token per call."""
     cache = model.new_cache()
     pieces = []
     for start, end in [(0, split), *((i, i + 1) for i in range(split, x.shape[1]))]:
         rule.offset = start
+        keep = read if start == 0 else 0
         if retrofit:
-            pieces.append(model(x[:, start:end], n_loops=depth, cache=cache, use_cache=True).logits)
+            pieces.append(
+                model(x[:, start:end], n_loops=depth, cache=cache, use_cache=True, logits_to_keep=keep).logits
+            )
         else:
-            pieces.append(model(x[:, start:end], depth, cache=cache))
+            pieces.append(model(x[:, start:end], depth, cache=cache, logits_to_keep=keep))
     return torch.cat(pieces, 1)
 
 
@@ -128,6 +136,81 @@ def test_retrofit_forced_exits_decode_equals_one_uncached_forward(forced, family
         pieces = decode_pieces(model, x, rule, depth, split=7, retrofit=True)
     assert (full - pieces).abs().max().item() <= 1e-5
     assert (full - fixed).abs().max().item() > 1e-3, "the forced exits must change the answer"
+
+
+def context_model(kind: str):
+    """(model, retrofit?) for the context tests: OpenMythos GQA, or a retrofit llama."""
+    if kind == "openmythos":
+        return mythos_model(), False
+    return wrap("llama", perturb=True)[1], True
+
+
+@pytest.mark.parametrize("kind", ["openmythos", "retrofit"])
+def test_context_positions_run_as_long_as_their_rows_read_position(forced, kind: str) -> None:
+    """A prompt read at its last position only (generate's prefill): the criterion decides there; every
+    earlier prompt position runs as many passes as it does. So prefill + token-by-token decoding equals
+    one uncached forward, every position read, in which the prompt's positions exit with its last one."""
+    model, retrofit = context_model(kind)
+    x = ids(length=12) % 64
+    split = 7
+    own = depths(2, 12, 5)
+    own[:, split - 1] = torch.tensor(
+        [4, 2]
+    )  # the rows' read prompt positions: deeper than some context, shallower than others
+    rule = forced(own)
+    followed = own.clone()
+    followed[:, : split - 1] = own[:, split - 1 : split]
+    depth = AdaptiveDepth(5, "convergence", 0.01)
+    with torch.no_grad():
+        pieces = decode_pieces(model, x, rule, depth, split, retrofit, read=1)
+        every_position = decode_pieces(model, x, rule, depth, split, retrofit)[:, split - 1 :]
+        rule.depth, rule.offset = followed, 0
+        full = model(x, n_loops=depth, use_cache=False).logits if retrofit else model(x, depth)
+    assert pieces.shape[1] == x.shape[1] - split + 1
+    assert (full[:, split - 1 :] - pieces).abs().max().item() <= 1e-5
+    assert (every_position - pieces).abs().max().item() > 1e-3, "the context rule must change the answer"
+
+
+def test_kl_reads_out_only_the_read_positions() -> None:
+    model = mythos_model()
+    seen: list[int] = []
+    head = model.readout
+    model.readout = lambda h: seen.append(h.shape[1]) or head(h)
+    x = ids(length=9) % 64
+    never = AdaptiveDepth(4, "kl", 1e-30)
+    with torch.no_grad():
+        last = model(x, never, logits_to_keep=1)
+        assert seen == [1] * 4
+        seen.clear()
+        every = model(x, never)
+    assert seen == [9] * 4
+    assert (last[:, -1] - every[:, -1]).abs().max().item() <= 1e-5, "a criterion that never fires: the same passes"
+
+
+def test_context_positions_ignore_their_own_criterion_and_halting() -> None:
+    spec = AdaptiveDepth(8, "convergence", 0.1)
+    h0 = torch.ones(2, 3, 4)
+    run = ExitRun(spec, h0, read=1)
+    halted_context = torch.tensor([[False, False, True], [False, True, True]])  # halting: context positions done
+    assert run.begin(0, halted_context).tolist() == [[True, True, True], [True, True, True]]
+    settled_context = h0 * torch.tensor([[1.0, 1.0, 1.5], [1.0, 1.5, 1.0]]).unsqueeze(-1)
+    run.update(h0, settled_context, 0)
+    assert run.running.tolist() == [[True, True, True], [False, False, False]], "a row follows its read position"
+    assert run.begin(1, torch.tensor([[True, True, False], [True, True, True]])).tolist() == [
+        [True, True, False],
+        [False, False, False],
+    ], "halting still decides at the read position"
+
+
+def test_read_positions_from_logits_to_keep() -> None:
+    index, context = read_positions(2, 5, torch.device("cpu"))
+    assert index == slice(3, None) and context.tolist() == [True, True, True, False, False]
+    assert read_positions(0, 5, torch.device("cpu"))[1] is None
+    assert read_positions(9, 5, torch.device("cpu"))[1] is None
+    index, context = read_positions(torch.tensor([0, 3]), 5, torch.device("cpu"))
+    assert index.tolist() == [0, 3] and context.tolist() == [False, True, True, False, True]
+    with pytest.raises(MythicError, match="logits_to_keep"):
+        read_positions(-1, 5, torch.device("cpu"))
 
 
 def test_fill_forward_keys_are_the_last_computed_pass(forced) -> None:
@@ -326,7 +409,7 @@ def test_passes_for_the_running_tokens_only_equal_the_masked_passes(
 ) -> None:
     """Computing a pass for the running tokens alone (gathered, padded per row) gives what the full
     masked pass gives, prefill and decode, rows with no running token included."""
-    from mythic.models.openmythos import model as modeling
+    from mythic.recurrence import exit as exiting
 
     model = mythos_model(attn_type)
     x = ids(batch=3, length=12) % 64
@@ -334,8 +417,14 @@ def test_passes_for_the_running_tokens_only_equal_the_masked_passes(
     exits = depths(3, 12, 6)
     exits[2] = 1  # the last row stops after one loop everywhere: no running token at later passes
     outs = []
+    computed: list[tuple[int, int]] = []
+    block = model.recurrent.block
+    original = type(block).forward
+    monkeypatch.setattr(
+        block, "forward", lambda h, *a, **k: computed.append(h.shape[:2]) or original(block, h, *a, **k)
+    )
     for share in (0.0, 2.0):  # never compact, always compact
-        monkeypatch.setattr(modeling, "COMPACT_BELOW", share)
+        monkeypatch.setattr(exiting, "COMPACT_BELOW", share)
         rule = forced(exits)
         with torch.no_grad():
             outs.append((model(x, depth), decode_pieces(model, x, rule, depth, split=8, retrofit=False)))
@@ -343,10 +432,74 @@ def test_passes_for_the_running_tokens_only_equal_the_masked_passes(
     assert (full_masked - full_compact).abs().max().item() <= 1e-5
     assert (pieces_masked - pieces_compact).abs().max().item() <= 1e-5
     assert (full_compact - pieces_compact).abs().max().item() <= 1e-5
+    half = len(computed) // 2
+    assert set(computed[:half]) == {(3, 12), (3, 8), (3, 1)}, "masked: every row and token at every pass"
+    assert (2, 1) in computed[half:] and (1, 1) in computed[half:], "decoding: the exited rows leave the pass"
+    assert min(r * q for r, q in computed[half:]) < 12, "prefill: rows and tokens gathered"
+
+
+@pytest.mark.parametrize(
+    ("family", "block_end", "separable"),
+    [("llama", 3, True), ("deepseek_v2", 3, True), ("gemma4_text", 2, True), ("gemma4_text", 3, False)],
+)
+def test_retrofit_passes_for_the_running_rows_only_equal_the_masked_passes(
+    forced, monkeypatch: pytest.MonkeyPatch, family: str, block_end: int, separable: bool
+) -> None:
+    """A retrofit pass computed for the rows that still run (hidden states, masks, rotary tables and
+    cache rows gathered) gives what the full masked pass gives: a left-padded prefill, then decoding.
+    The tiny gemma4's layer 2 stores keys that its layers 4–5 reuse: a block holding it runs whole."""
+    from mythic.models.families import batch_separable
+    from mythic.recurrence import exit as exiting
+
+    _, model = wrap(family, perturb=True, block_end=block_end)
+    assert all(batch_separable(slot.layer) for slot in model.base.model.layers[1:block_end]) == separable
+    x = ids(batch=3, length=12)
+    padding = torch.ones_like(x)
+    padding[1, :3] = 0
+    depth = AdaptiveDepth(5, "convergence", 0.01)
+    exits = depths(3, 12, 5)
+    exits[2] = 1  # the last row stops after one loop everywhere
+    exits[0, 7:] = 2  # the first row's decoded tokens stop after two
+    first = model.base.model.layers[1].layer
+    rows_seen: list[int] = []
+    first.register_forward_pre_hook(lambda module, args: rows_seen.append(args[0].shape[0]))
+    outs = []
+    for share in (0.0, 2.0):  # never gather, always gather
+        monkeypatch.setattr(exiting, "COMPACT_BELOW", share)
+        rule = forced(exits)
+        cache = model.new_cache()
+        pieces = []
+        with torch.no_grad():
+            for start, end in [(0, 8), *((i, i + 1) for i in range(8, 12))]:
+                rule.offset = start
+                out = model(
+                    x[:, start:end], attention_mask=padding[:, :end], n_loops=depth, cache=cache, use_cache=True
+                )
+                pieces.append(out.logits)
+        outs.append(torch.cat(pieces, 1))
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
+    half = len(rows_seen) // 2
+    assert set(rows_seen[:half]) == {3}
+    if separable:
+        assert {1, 2} <= set(rows_seen[half:]), "the exited rows left the pass"
+    else:
+        assert set(rows_seen[half:]) == {3}, "layers sharing keys across layers run the whole batch"
+
+
+def test_batch_rows_indexes_the_batch_dimension_only() -> None:
+    from mythic.recurrence.cache import batch_rows
+
+    rows = torch.tensor([0, 2])
+    call = (torch.arange(12).view(3, 4), {"positions": torch.arange(3), "mask": torch.ones(1, 1, 2, 2)}, [None])
+    args, kwargs, rest = batch_rows(call, rows, 3)
+    assert args.tolist() == [[0, 1, 2, 3], [8, 9, 10, 11]]
+    assert kwargs["positions"].tolist() == [0, 1, 2], "one dim: not a batch"
+    assert kwargs["mask"].shape == (1, 1, 2, 2), "broadcast over the batch: kept"
+    assert rest == [None]
 
 
 def test_running_index_pads_rows_with_a_computed_or_an_exited_token() -> None:
-    from mythic.models.openmythos.model import running_index
+    from mythic.recurrence.exit import running_index
 
     running = torch.tensor([[False, True, False, True], [False, False, False, False], [True, False, False, False]])
     assert running_index(running).tolist() == [[1, 3], [0, 0], [0, 0]]

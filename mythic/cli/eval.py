@@ -19,7 +19,9 @@ from rich.progress import (
 
 from mythic.cli.options import (
     COMPILE_HELP,
+    EXIT_HELP,
     KV_SHARE_HELP,
+    LOOPS_AUTO_HELP,
     apply_compile,
     apply_kv_share,
     parse_counts,
@@ -40,24 +42,10 @@ ModelArg = Annotated[
     Path | None, typer.Argument(help="A mythic checkpoint or exported folder (base row + one row per loop count).")
 ]
 BaseOpt = Annotated[Path | None, typer.Option("--base", help="A plain base model folder (the base row only).")]
-LoopsOpt = Annotated[
-    str,
-    typer.Option(
-        help="Comma-separated loop counts, e.g. 1,2,4,8; auto or auto:MAX adds an adaptive row (each token "
-        "loops until --exit fires, at most MAX loops; MAX defaults to the model's trained maximum)."
-    ),
-]
+LoopsOpt = Annotated[str, typer.Option(help=f"Comma-separated loop counts, e.g. 1,2,4,8; {LOOPS_AUTO_HELP}")]
 KvShareOpt = Annotated[str, typer.Option(help=KV_SHARE_HELP)]
 CountsOpt = Annotated[str, typer.Option(help="Comma-separated loop counts, e.g. 1,2,4,8.")]
-ExitOpt = Annotated[
-    str,
-    typer.Option(
-        "--exit",
-        help="When an auto row's token stops looping: convergence:EPS (relative state change "
-        "‖h_t+1 − h_t‖/‖h_t‖ < EPS), kl:EPS (KL between successive loops' next-token distributions < EPS; "
-        "costs one head pass per loop) or act (the halting head; OpenMythos with act: true).",
-    ),
-]
+ExitOpt = Annotated[str, typer.Option("--exit", help=EXIT_HELP)]
 DtypeOpt = Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16 or float16.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)]
 GENERATION_ONLY = (

@@ -9,27 +9,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mythic.cli.options import COMPILE_HELP, KV_SHARE_HELP, apply_compile, apply_kv_share, parse_kv_share, parse_loops
+from mythic.cli.options import (
+    COMPILE_HELP,
+    EXIT_HELP,
+    KV_SHARE_HELP,
+    LOOPS_AUTO_HELP,
+    apply_compile,
+    apply_kv_share,
+    parse_kv_share,
+    parse_loops,
+)
 from mythic.recurrence.exit import DEFAULT_EXIT
 
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt (a user message when --chat).")],
     ckpt: Annotated[Path, typer.Option(help="A mythic checkpoint or exported folder.")],
-    loops: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated loop counts, e.g. 1,2,4; auto or auto:MAX adds an adaptive row (each token loops "
-            "until --exit fires, at most MAX loops; MAX defaults to the model's trained maximum)."
-        ),
-    ] = "1,2,4",
-    exit_rule: Annotated[
-        str,
-        typer.Option(
-            "--exit",
-            help="When an auto row's token stops looping: convergence:EPS, kl:EPS (one head pass per loop) or act.",
-        ),
-    ] = DEFAULT_EXIT,
+    loops: Annotated[str, typer.Option(help=f"Comma-separated loop counts, e.g. 1,2,4; {LOOPS_AUTO_HELP}")] = "1,2,4",
+    exit_rule: Annotated[str, typer.Option("--exit", help=EXIT_HELP)] = DEFAULT_EXIT,
     kv_share: Annotated[str, typer.Option(help=KV_SHARE_HELP)] = "none",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per completion.")] = 64,
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template.")] = True,

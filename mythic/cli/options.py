@@ -32,6 +32,18 @@ def parse_loops(text: str, exit_rule: str = DEFAULT_EXIT) -> list[int | Adaptive
     return depths
 
 
+LOOPS_AUTO_HELP = (
+    "auto or auto:MAX adds an adaptive row (each generated token loops until --exit fires, at most MAX loops; "
+    "MAX defaults to the model's trained maximum)."
+)
+EXIT_HELP = (
+    "When an auto row's token stops looping: convergence:EPS (relative state change ‖h_t+1 − h_t‖/‖h_t‖ < EPS), "
+    "kl:EPS (KL between successive loops' next-token distributions < EPS; costs one head pass per loop) or act "
+    "(the halting head; OpenMythos with act: true). It decides at the token being generated; the prompt's "
+    "earlier tokens loop as long as its last one does."
+)
+
+
 KV_SHARE_HELP = (
     "Keys and values of loops beyond the first: 'none' (each loop its own slots) or 'last' (one shared slot "
     "per block layer holding each token's last loop, as Ouro; cache memory stops growing with the loop count)."

@@ -94,6 +94,13 @@ def check_block(config: PreTrainedConfig, start: int, end: int, drop: tuple[int,
         raise MythicError(f"block {start}:{end} straddles the KV-sharing start at layer {shared_from}")
 
 
+def batch_separable(layer: nn.Module) -> bool:
+    """Whether a decoder layer can run on some rows of the batch alone: not one that reads or
+    stores keys and values shared with other layers (gemma4's KV sharing, kept outside the cache)."""
+    attention = getattr(layer, "self_attn", None)
+    return not (getattr(attention, "is_kv_shared_layer", False) or getattr(attention, "store_full_length_kv", False))
+
+
 def final_norm(model: PreTrainedModel) -> nn.Module:
     """The base's final norm, beside its decoder-layer list (``model.model.norm`` and the like)."""
     owner = model

@@ -20,7 +20,10 @@ the recurrence, the Depth-LoRA and any peft LoRA on the base off: the result is 
 
 ``n_loops`` may be an ``AdaptiveDepth`` (``exit.py``): each position stops when its criterion
 fires, with the fill-forward keys and values in the cache (an uncached call uses a throwaway
-one); the ``kl`` criterion reads the loop state through the base's final norm and head.
+one); the ``kl`` criterion reads the loop state through the base's final norm and head. Once
+rows of the batch have no running token, a pass is computed for the other rows alone (their
+hidden states, masks, rotary tables and cache rows gathered; ``cache.Compacted``), except through
+layers that share keys with other layers (gemma4's KV sharing: ``families.batch_separable``).
 ``config.kv_share = "last"`` keeps one KV slot per block layer for every loop beyond the first
 (``cache.SharedPass``), a serving setting that changes no parameter.
 
@@ -52,11 +55,11 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mythic.errors import MythicError
-from mythic.models.families import check_block, decoder_layers, family_of, final_norm
+from mythic.models.families import batch_separable, check_block, decoder_layers, family_of, final_norm
 from mythic.recurrence import RULES
-from mythic.recurrence.cache import FillForward, LoopCache, SharedPass, check_kv_share
+from mythic.recurrence.cache import Compacted, FillForward, LoopCache, SharedPass, batch_rows, check_kv_share
 from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
-from mythic.recurrence.exit import AdaptiveDepth, ExitRun
+from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, running_rows
 from mythic.recurrence.loop import LoopCount, max_loops, run_loops
 from mythic.recurrence.loop_embedding import LoopEmbedding
 from mythic.recurrence.rules import ConcatRule, ParcaeRule, ResidualRule, UpdateRule
@@ -142,6 +145,7 @@ class Run:
     past: int = 0
     readout: Callable[[torch.Tensor], torch.Tensor] | None = None
     kv_share: bool = False
+    read: int | torch.Tensor = 0
     calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
 
 
@@ -198,7 +202,9 @@ class BlockSlot(nn.Module):
         if isinstance(n_loops, AdaptiveDepth):
             if n_loops.criterion == "act":
                 raise MythicError("--exit act needs a model with a halting head; a retrofit has none")
-            early_exit = ExitRun(n_loops, hidden_states, readout=run.readout, fill=lambda t: cache_view(t).fill())
+            early_exit = ExitRun(
+                n_loops, hidden_states, readout=run.readout, fill=lambda t: cache_view(t).fill(), read=run.read
+            )
             n_loops = n_loops.max_loops
         total = max_loops(n_loops)
 
@@ -213,16 +219,28 @@ class BlockSlot(nn.Module):
                 return view
             return FillForward(view, t, early_exit.frozen(t), early_exit.written)
 
-        def step(x: torch.Tensor, t: int) -> torch.Tensor:
-            if cache is not None and t > 0:
-                cache.check_loop(min(t, 1) if run.kv_share else t, run.past)
-            view = cache_view(t)
+        separable = all(batch_separable(layer) for layer, _, _ in calls)
+
+        def layers(x: torch.Tensor, t: int, view: Any, layer_calls: list[Any]) -> torch.Tensor:
             with self.context.at_loop(t):
-                for layer, layer_args, layer_kwargs in calls:
+                for layer, layer_args, layer_kwargs in layer_calls:
                     if view is not None:
                         layer_kwargs = {**layer_kwargs, "cache": view}
                     x = layer(x, *layer_args, **layer_kwargs)
             return x
+
+        def step(x: torch.Tensor, t: int) -> torch.Tensor:
+            if cache is not None and t > 0:
+                cache.check_loop(min(t, 1) if run.kv_share else t, run.past)
+            view = cache_view(t)
+            frozen = early_exit.frozen(t) if early_exit is not None else None
+            if frozen is None or not separable or not gathered(frozen, positions=False):
+                return layers(x, t, view, calls)
+            rows = running_rows(frozen)  # the rows that still run: the pass is computed for them alone
+            batch, length = frozen.shape
+            every = torch.arange(length, device=x.device).expand(len(rows), -1)
+            picked = [batch_rows(call, rows, batch) for call in calls]
+            return x.index_copy(0, rows, layers(x[rows], t, Compacted(view, rows, every, batch, length), picked))
 
         h = run_loops(
             step,
@@ -379,7 +397,16 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         run = outer
         if outer is None or outer.loop:
             check_kv_share(self.config.kv_share)
-            run = Run(True, n_loops, grad_loops, checkpoint_loops, past, self.readout, self.config.kv_share == "last")
+            run = Run(
+                True,
+                n_loops,
+                grad_loops,
+                checkpoint_loops,
+                past,
+                self.readout,
+                self.config.kv_share == "last",
+                logits_to_keep,
+            )
         with self.context.running(run):
             out = self.base(
                 input_ids=input_ids,

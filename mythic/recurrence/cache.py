@@ -138,27 +138,44 @@ class FillForward:
 
 
 class Compacted:
-    """The cache as seen by a pass computed for a subset of the new tokens (adaptive exit): ``update``
-    gets keys and values for the tokens ``index`` (B, R) of ``length`` and scatters them into
-    full-length tensors for ``inner`` — a ``FillForward`` view, which puts the exited tokens' own
-    entries in every other place (padding indices must point at exited tokens or repeat a computed
-    one)."""
+    """The cache as seen by a pass computed for a subset of the batch (adaptive exit): the batch rows
+    ``rows`` (R,) of ``batch`` and in them the new tokens ``index`` (R, Q) of ``length``. ``update``
+    scatters their keys and values into full tensors for ``inner`` — a ``FillForward`` view, which
+    puts the exited tokens' own entries in every other place (padding indices must point at exited
+    tokens or repeat a computed one) — and returns the keys and values of the rows computed."""
 
-    def __init__(self, inner: FillForward, index: torch.Tensor, length: int) -> None:
-        self.inner, self.index, self.length = inner, index, length
+    def __init__(self, inner: FillForward, rows: torch.Tensor, index: torch.Tensor, batch: int, length: int) -> None:
+        self.inner, self.rows, self.index, self.batch, self.length = inner, rows, index, batch, length
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inner.update(self._scatter(key_states), self._scatter(value_states), layer_idx, *args, **kwargs)
+        keys, values = self.inner.update(
+            self._scatter(key_states), self._scatter(value_states), layer_idx, *args, **kwargs
+        )
+        return keys[self.rows], values[self.rows]
 
     def _scatter(self, states: torch.Tensor) -> torch.Tensor:
-        b, h, _, d = states.shape
-        full = states.new_zeros(b, h, self.length, d)
-        return full.scatter(2, self.index.view(b, 1, -1, 1).expand(b, h, -1, d), states)
+        r, h, _, d = states.shape
+        positions = states.new_zeros(r, h, self.length, d).scatter(
+            2, self.index.view(r, 1, -1, 1).expand(r, h, -1, d), states
+        )
+        return states.new_zeros(self.batch, h, self.length, d).index_copy(0, self.rows, positions)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def batch_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
+    """``value`` (a layer call's arguments: tensors, tuples, lists, dicts) for the batch rows ``rows``
+    alone: every tensor of two or more dims whose first is the ``batch`` is indexed; the rest is kept."""
+    if isinstance(value, torch.Tensor):
+        return value[rows] if value.dim() >= 2 and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(batch_rows(item, rows, batch) for item in value)
+    if type(value) is dict:
+        return {key: batch_rows(item, rows, batch) for key, item in value.items()}
+    return value
 
 
 KV_SHARE = (None, "last")

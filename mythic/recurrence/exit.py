@@ -10,6 +10,15 @@ that is still running exits when
                   pass per loop and position)
     act           the halting head's cumulative probability ≥ its threshold (ACT, ``halting.py``)
 
+Which positions decide (``read``, the model's ``logits_to_keep``): the criterion decides only at
+the positions whose next-token logits the caller reads (``generate`` reads the last one); every
+other position of the forward is context and runs as long as any read position of its row runs.
+A context position's own next token is given, so its readout says nothing about when it is done:
+a prompt token whose value waits on an upstream lookup sees its readout stand still, and would
+exit before the lookup resolves (docs/lab-notes.md measures this). With ``act`` the halting head
+likewise decides at read positions only. ``read = 0`` (the default, every position read) lets
+every position decide for itself.
+
 An exited position keeps its state (h ← h) for the remaining passes, so the block's output at it
 is the state after its last computed pass. Keys and values (fill-forward): at every pass after
 its exit the position presents, to itself and to every later token, the keys and values of its
@@ -19,9 +28,15 @@ same thing. A pass at which no position of the batch is running is not computed:
 get the fill-forward entries and the loop ends (unless torch.distributed runs more than one
 process: then every pass runs, masked, so every rank makes the same collective calls).
 
+Once few tokens still run, a pass is computed for them alone: the rows with a running token
+(``running_rows``), and within them, for OpenMythos, the running positions (``running_index``),
+when those fill under ``COMPACT_BELOW`` of the batch (``gathered``); the outputs are scattered back
+and the cache rows written through ``cache.Compacted``. Gathering changes what is computed for no
+token: tests pin it to the masked pass.
+
 So a criterion that never fires computes exactly fixed-T = ``max_loops``, and decoding token by
-token computes exactly what one forward over the whole sequence computes, whichever positions
-exit where.
+token computes exactly what one forward over the whole sequence computes when each position exits
+at the same pass in both, whichever pass that is.
 
 ``steps`` (per position) counts the passes each position ran: the loops it used.
 """
@@ -124,7 +139,9 @@ class ExitRun:
 
     ``readout(h)`` gives next-token logits for states (the ``kl`` criterion); ``fill(t)`` writes
     the fill-forward cache entries of pass t when that pass is skipped; ``written`` holds the
-    keys and values this forward wrote per (pass, block layer), for ``cache.FillForward``.
+    keys and values this forward wrote per (pass, block layer), for ``cache.FillForward``;
+    ``read`` is the model's ``logits_to_keep`` (int: the last ``read`` positions, 0: all; or a
+    tensor of positions): where the criterion decides, every other position being context.
     """
 
     def __init__(
@@ -135,6 +152,7 @@ class ExitRun:
         readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
         fill: Callable[[int], None] | None = None,
         fires: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+        read: int | torch.Tensor = 0,
     ) -> None:
         if spec.criterion == "kl" and readout is None:
             raise MythicError("--exit kl needs a model with an output head")
@@ -145,15 +163,19 @@ class ExitRun:
         shape = e.shape[:-1]
         self.running = torch.ones(shape, dtype=torch.bool, device=e.device)
         self.steps = torch.zeros(shape, dtype=torch.long, device=e.device)
+        self.read, self.context = read_positions(read, shape[-1], e.device)
         self.masks: list[torch.Tensor] = []
         self.log_p: torch.Tensor | None = None
         self.written: Written = {}
         self.may_stop = not distributed()
 
     def begin(self, t: int, running: torch.Tensor | None = None) -> torch.Tensor:
-        """The positions that run pass t (also halting's ``running`` when given), recorded."""
+        """The positions that run pass t (also halting's ``running`` when given, at read positions), recorded."""
         if t == len(self.masks):
-            self.masks.append(self.running if running is None else self.running & running)
+            mask = self.running
+            if running is not None:
+                mask = mask & (running if self.context is None else running | self.context)
+            self.masks.append(mask)
         return self.masks[t]
 
     def frozen(self, t: int) -> torch.Tensor | None:
@@ -175,17 +197,65 @@ class ExitRun:
         """After pass t: count it for the positions that ran it, then let the criterion retire some."""
         ran = self.masks[t]
         self.steps = self.steps + ran.long()
-        self.running = ran & ~self.fires(h, h_next, t)
+        running = ran & ~self.fires(h, h_next, t)
+        if self.context is not None:
+            reading = running[:, self.read].any(-1, keepdim=True)
+            running = torch.where(self.context, ran & reading, running)
+        self.running = running
 
     def _criterion(self, h: torch.Tensor, h_next: torch.Tensor, t: int) -> torch.Tensor:
+        fired = torch.zeros_like(self.running)
         if self.spec.criterion == "convergence":
             change = (h_next.float() - h.float()).norm(dim=-1) / h.float().norm(dim=-1).clamp(min=1e-12)
-            return change < self.spec.eps
-        if self.spec.criterion == "kl":
-            log_p = F.log_softmax(self.readout(h_next).float(), dim=-1)
+            fired = change < self.spec.eps
+        elif self.spec.criterion == "kl":
+            log_p = F.log_softmax(self.readout(h_next[:, self.read]).float(), dim=-1)
             previous, self.log_p = self.log_p, log_p
-            if previous is None:
-                return torch.zeros_like(self.running)
-            kl = (previous.exp() * (previous - log_p)).sum(-1)
-            return kl < self.spec.eps
-        return torch.zeros_like(self.running)
+            if previous is not None:
+                fired[:, self.read] = (previous.exp() * (previous - log_p)).sum(-1) < self.spec.eps
+        return fired
+
+
+def read_positions(
+    read: int | torch.Tensor, length: int, device: torch.device
+) -> tuple[slice | torch.Tensor, torch.Tensor | None]:
+    """``logits_to_keep`` → (the read positions as an index, the context mask (length,) or None when all are read)."""
+    if isinstance(read, torch.Tensor):
+        context = torch.ones(length, dtype=torch.bool, device=device)
+        context[read.to(device)] = False
+        index = read.to(device)
+    else:
+        if read < 0:
+            raise MythicError(f"logits_to_keep must be >= 0, got {read}")
+        if read == 0 or read >= length:
+            return slice(None), None
+        context = torch.arange(length, device=device) < length - read
+        index = slice(length - read, None)
+    return index, (context if bool(context.any()) else None)
+
+
+COMPACT_BELOW = 0.75  # compute a pass for the running tokens only when they fill less than this share of it
+
+
+def gathered(frozen: torch.Tensor, positions: bool) -> bool:
+    """Whether a pass with these exited tokens (B, q) is worth computing for the running ones alone:
+    the rows that still run, each as wide as the widest row's running tokens (``positions``) or
+    whole, hold under COMPACT_BELOW of the batch's tokens."""
+    counts = (~frozen).sum(1)
+    width = counts.max() if positions else frozen.shape[1]
+    return bool((counts > 0).sum() * width < COMPACT_BELOW * frozen.numel())
+
+
+def running_rows(frozen: torch.Tensor) -> torch.Tensor:
+    """(R,) the batch rows with a running token."""
+    return (~frozen).any(1).nonzero().squeeze(1)
+
+
+def running_index(running: torch.Tensor) -> torch.Tensor:
+    """(B, R) positions of each row's running tokens, R = the most any row has; a row with fewer
+    repeats its first running token, a row with none points at its token 0 (exited)."""
+    width = int(running.sum(1).max())
+    order = torch.argsort((~running).to(torch.int8), dim=1, stable=True)[:, :width]
+    first = order[:, :1]
+    valid = torch.arange(width, device=running.device).unsqueeze(0) < running.sum(1, keepdim=True)
+    return torch.where(valid, order, first)

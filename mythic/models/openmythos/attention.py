@@ -78,14 +78,15 @@ class AttentionMask:
             allowed = (allowed & padding.bool().view(-1, 1, 1, total)) | (cols == rows).view(1, 1, length, total)
         return cls(allowed, causal=False)
 
-    def rows(self, index: torch.Tensor, past: int, length: int) -> AttentionMask:
-        """The mask of the query rows ``index`` (B, R) of the ``length`` new tokens (keys unchanged)."""
+    def rows(self, rows: torch.Tensor, index: torch.Tensor, past: int, length: int) -> AttentionMask:
+        """The mask of the batch rows ``rows`` (R,) and in them the query positions ``index`` (R, Q) of
+        the ``length`` new tokens (keys unchanged)."""
         total = past + length
         full = self.mask
         if full is None:
-            rows = torch.arange(past, total, device=index.device).unsqueeze(1)
-            full = (torch.arange(total, device=index.device).unsqueeze(0) <= rows).view(1, 1, length, total)
-        full = full.expand(index.shape[0], 1, length, total)
+            positions = torch.arange(past, total, device=index.device).unsqueeze(1)
+            full = (torch.arange(total, device=index.device).unsqueeze(0) <= positions).view(1, 1, length, total)
+        full = full.expand(len(rows), 1, length, total) if full.shape[0] == 1 else full[rows]
         picked = full.gather(2, index.view(index.shape[0], 1, -1, 1).expand(-1, 1, -1, total))
         return AttentionMask(picked, causal=False)
 

@@ -44,7 +44,7 @@ from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.moe import MoE, MoEStats, SwiGLU
 from mythic.recurrence.cache import Compacted, FillForward, SharedPass
 from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
-from mythic.recurrence.exit import AdaptiveDepth, ExitRun
+from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, running_index, running_rows
 from mythic.recurrence.halting import ACTHalting, ACTRun
 from mythic.recurrence.injection import LTIInjection
 from mythic.recurrence.loop import LoopCount, max_loops, run_loops
@@ -172,25 +172,6 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.ffn_norm(x))), None
 
 
-COMPACT_BELOW = 0.75  # compute a pass for the running tokens only when fewer than this share still run
-
-
-def compact(frozen: torch.Tensor) -> bool:
-    """Whether a pass with these exited tokens (B, q) is worth gathering its running tokens for."""
-    running = (~frozen).sum(1).max()
-    return bool(running < COMPACT_BELOW * frozen.shape[1])
-
-
-def running_index(running: torch.Tensor) -> torch.Tensor:
-    """(B, R) positions of each row's running tokens, R = the most any row has; a row with fewer
-    repeats its first running token, a row with none points at its token 0 (exited)."""
-    width = int(running.sum(1).max())
-    order = torch.argsort((~running).to(torch.int8), dim=1, stable=True)[:, :width]
-    first = order[:, :1]
-    valid = torch.arange(width, device=running.device).unsqueeze(0) < running.sum(1, keepdim=True)
-    return torch.where(valid, order, first)
-
-
 class Recurrent(nn.Module):
     """The looped MoE block and its recurrence modules; ``injection`` is the LTI Ā/B̄."""
 
@@ -214,27 +195,34 @@ class Recurrent(nn.Module):
     def compacted(
         self,
         x: torch.Tensor,
-        running: torch.Tensor,
+        frozen: torch.Tensor,
         rope: Rope,
         mask: AttentionMask,
         view: FillForward,
         slot: int,
         past: int,
     ) -> tuple[torch.Tensor, MoEStats | None]:
-        """The block over the running tokens only (``running`` (B, q)); the others' outputs are x."""
-        index = running_index(running)
-        width = x.shape[-1]
-        picked = x.gather(1, index.unsqueeze(-1).expand(-1, -1, width))
+        """The block over the running tokens only (``frozen`` (B, q): the exited ones): the rows that
+        still run, and in them their running tokens (``running_index``); every other output is x."""
+        batch, length, width = x.shape
+        rows = running_rows(frozen)
+        index = running_index(~frozen[rows])
+        picked = x[rows].gather(1, index.unsqueeze(-1).expand(-1, -1, width))
         rope_rows = tuple(
-            r.expand(x.shape[0], *r.shape[1:]).gather(
-                2, index.view(x.shape[0], 1, -1, 1).expand(-1, r.shape[1], -1, r.shape[-1])
+            r.expand(batch, *r.shape[1:])[rows].gather(
+                2, index.view(len(rows), 1, -1, 1).expand(-1, r.shape[1], -1, r.shape[-1])
             )
             for r in rope
         )
         out, moe_stats = self.block(
-            picked, rope_rows, mask.rows(index, past, x.shape[1]), Compacted(view, index, x.shape[1]), slot
+            picked,
+            rope_rows,
+            mask.rows(rows, index, past, length),
+            Compacted(view, rows, index, batch, length),
+            slot,
         )
-        return x.scatter(1, index.unsqueeze(-1).expand(-1, -1, width), out), moe_stats
+        written = x[rows].scatter(1, index.unsqueeze(-1).expand(-1, -1, width), out)
+        return x.index_copy(0, rows, written), moe_stats
 
     def cache_view(
         self, cache: DynamicCache | None, t: int, total: int, early_exit: ExitRun | None, kv_share: bool
@@ -263,11 +251,13 @@ class Recurrent(nn.Module):
         checkpoint: bool = False,
         readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
         kv_share: bool = False,
+        read: int = 0,
     ) -> tuple[torch.Tensor, ACTRun | None, ExitRun | None]:
         """The loops over the prelude output ``x``; ``past`` = tokens already in ``cache``.
 
         ``n_loops`` may be an ``AdaptiveDepth`` (then ``cache`` must be given: the fill-forward keys
-        and values live there, and ``readout`` gives the ``kl`` criterion its logits)."""
+        and values live there, ``readout`` gives the ``kl`` criterion its logits, and ``read`` (the
+        forward's ``logits_to_keep``) says where the criterion decides: ``exit.ExitRun``)."""
         e = self.e_norm(x)
         early_exit = None
         if isinstance(n_loops, AdaptiveDepth):
@@ -275,7 +265,11 @@ class Recurrent(nn.Module):
                 raise MythicError("--exit act needs a model with a halting head (OpenMythos with act: true)")
             depth, n_loops = n_loops, n_loops.max_loops
             early_exit = ExitRun(
-                depth, e, readout=readout, fill=lambda t: self.cache_view(cache, t, total, early_exit, kv_share).fill()
+                depth,
+                e,
+                readout=readout,
+                fill=lambda t: self.cache_view(cache, t, total, early_exit, kv_share).fill(),
+                read=read,
             )
         if kv_share and isinstance(n_loops, torch.Tensor):
             raise MythicError("kv_share needs one loop count for the whole batch, not per-sequence depths")
@@ -299,8 +293,8 @@ class Recurrent(nn.Module):
             view = self.cache_view(cache, t, total, early_exit, kv_share)
             frozen = early_exit.frozen(t) if early_exit is not None else None
             with self.context.at_loop(t):
-                if frozen is not None and compact(frozen):
-                    h, moe_stats = self.compacted(h, ~frozen, rope, mask, view, slot, past)
+                if frozen is not None and gathered(frozen, positions=True):
+                    h, moe_stats = self.compacted(h, frozen, rope, mask, view, slot, past)
                 else:
                     h, moe_stats = self.block(h, rope, mask, view, slot, token_mask)
             stats.append(moe_stats)
@@ -447,7 +441,18 @@ class OpenMythos(nn.Module):
             x, _ = layer(x, rope, mask, cache, i)
         stats: list[MoEStats] = []
         x, halting, early_exit = self.recurrent(
-            x, n_loops, rope, mask, cache, past, stats, grad_loops, checkpoint_loops, self.readout, kv_share
+            x,
+            n_loops,
+            rope,
+            mask,
+            cache,
+            past,
+            stats,
+            grad_loops,
+            checkpoint_loops,
+            self.readout,
+            kv_share,
+            logits_to_keep,
         )
         if early_exit is not None:
             self.recurrent.context.record_loops(early_exit.steps[:, -1])
