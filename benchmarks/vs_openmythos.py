@@ -45,7 +45,12 @@ swing several-fold between runs; ``--threads 1`` is then far steadier.
 Targets (the OpenMythos issue): forward + backward ≥ 2× the reference's tokens/s, cached
 generate ≥ 3×, peak training memory ≤ the reference's.
 
+``--compile`` runs mythic's model through ``torch.compile`` (inductor; dynamic shapes when
+generating, so the growing cache is one graph); the compiling happens in the untimed warm-up, and
+the reference stays eager. ``--kinds`` measures a subset of the rows (e.g. the generate rows).
+
     python benchmarks/vs_openmythos.py [--reference PATH] [--repeats 3] [--threads 2] [--json out.json]
+        [--compile] [--kinds generate_gqa,generate_mla]
     python benchmarks/vs_openmythos.py --small --repeats 1     # tiny config, seconds (the test)
 """
 
@@ -172,6 +177,8 @@ def measure(kind: str, impl: str, args: argparse.Namespace) -> dict[str, Any]:
     batch, length, prompt_len, new_tokens, warm_tokens = SIZES["small" if args.small else "full"]
     task, attn_type = kind.split("_")
     model, params = build(impl, attn_type, config, Path(args.reference))
+    if impl == "mythic" and args.compile:
+        model.compile(dynamic=task == "generate")
     gen = torch.Generator().manual_seed(1)
     result: dict[str, Any] = {"kind": kind, "impl": impl, "params": params, "threads": torch.get_num_threads()}
     result["load_1m"] = os.getloadavg()[0]  # other work on the machine makes every number here noisy
@@ -244,6 +251,8 @@ def run_one(kind: str, impl: str, args: argparse.Namespace) -> dict[str, Any]:
     command += ["--reference", str(args.reference), "--threads", str(args.threads), "--steps", str(args.steps)]
     if args.small:
         command.append("--small")
+    if args.compile:
+        command.append("--compile")
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -256,6 +265,8 @@ def run_one(kind: str, impl: str, args: argparse.Namespace) -> dict[str, Any]:
 def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], new_tokens: int) -> list[dict[str, Any]]:
     rows = []
     for key, label, kind, field, unit, target, higher in ROWS:
+        if kind not in runs:
+            continue
         values = {impl: [r[field] for r in runs[kind][impl]] for impl in IMPLS}
         medians = {impl: statistics.median(values[impl]) for impl in IMPLS}
         ratio = medians["mythic"] / medians["reference"] if medians["reference"] else math.inf
@@ -300,16 +311,17 @@ def print_report(rows: list[dict[str, Any]], params: dict[str, dict[str, dict[st
     console.print(table)
     counts = Table(title="parameters (tied head counted once)")
     counts.add_column("")
+    attns = sorted(params["mythic"], key=("gqa", "mla").index)
     for impl in IMPLS:
-        counts.add_column(f"{impl} GQA", justify="right")
-        counts.add_column(f"{impl} MLA", justify="right")
+        for attn in attns:
+            counts.add_column(f"{impl} {attn.upper()}", justify="right")
     labels = {
         "total": "total",
         "body": "embedding, prelude, looped block (attention + MoE), coda, norm",
         "recurrence_extras": "recurrence extras (injection, LoRA, loop embedding, ACT head, norms)",
     }
     for group, label in labels.items():
-        counts.add_row(label, *(f"{params[impl][attn][group]:,}" for impl in IMPLS for attn in ("gqa", "mla")))
+        counts.add_row(label, *(f"{params[impl][attn][group]:,}" for impl in IMPLS for attn in attns))
     console.print(counts)
 
 
@@ -318,17 +330,18 @@ def drive(args: argparse.Namespace) -> None:
     if not reference.is_file():
         fail(f"reference not found: {reference} (pass --reference PATH to OpenMythos's open_mythos/main.py)")
     args.reference = reference.resolve()
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {kind: {impl: [] for impl in IMPLS} for kind in KINDS}
+    kinds = [kind for kind in KINDS if kind in args.kinds.split(",")]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {kind: {impl: [] for impl in IMPLS} for kind in kinds}
     for repeat in range(args.repeats):
         order = IMPLS if repeat % 2 == 0 else IMPLS[::-1]
-        for kind in KINDS:
+        for kind in kinds:
             for impl in order:
                 result = run_one(kind, impl, args)
                 runs[kind][impl].append(result)
                 print(f"[{repeat + 1}/{args.repeats}] {kind:<13} {impl:<9} {result['tok_s']:10.1f} tok/s", flush=True)
     new_tokens = SIZES["small" if args.small else "full"][3]
     rows = summarise(runs, new_tokens)
-    params = {impl: {kind.split("_")[1]: runs[kind][impl][0]["params"] for kind in KINDS[:2]} for impl in IMPLS}
+    params = {impl: {kind.split("_")[1]: runs[kind][impl][0]["params"] for kind in kinds} for impl in IMPLS}
     print_report(rows, params, args)
     if args.json:
         config = SMALL if args.small else FULL
@@ -339,6 +352,7 @@ def drive(args: argparse.Namespace) -> None:
             repeats=args.repeats,
             threads=args.threads,
             steps=args.steps,
+            compile=args.compile,
             loops=LOOPS,
             config=config,
             sizes=dict(batch=batch, length=length, prompt=prompt_len, new_tokens=new),
@@ -357,10 +371,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per run (after one warm-up)")
     parser.add_argument("--small", action="store_true", help="tiny config (dim 64, vocab 512, 2×32, 8 new tokens)")
     parser.add_argument("--json", help="write medians, ratios and every run here")
+    parser.add_argument("--compile", action="store_true", help="torch.compile mythic's model (warm-up untimed)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated rows to measure, of {KINDS}")
     parser.add_argument("--one", nargs=2, metavar=("KIND", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1 or args.steps < 1:
         fail("--repeats, --threads and --steps must be >= 1")
+    unknown = set(args.kinds.split(",")) - set(KINDS)
+    if unknown or not args.kinds:
+        fail(f"--kinds takes a comma-separated subset of {', '.join(KINDS)}, got {args.kinds!r}")
     if args.one:
         kind, impl = args.one
         if kind not in KINDS or impl not in IMPLS:
