@@ -13,6 +13,7 @@ the block's layers unrolled T times in its layer list (same modules, no recurren
 ``fwd/unrolled``. That ratio isolates what the loop machinery itself costs.
 
     python benchmarks/loop_overhead.py [--smollm DIR] [--threads 2] [--json out.json]
+    python benchmarks/loop_overhead.py --tiny --min-run-time 0.01   # a smoke run (the test)
 
 Models: SmolLM2-135M (the embedded default; built/cached by ``mythic fetch`` machinery
 when --smollm is not given) and a random deepseek_v2 of DeepSeek-Coder-V2-Lite layout
@@ -37,13 +38,14 @@ from mythic.models.retrofit import MythicForCausalLM
 LOOPS = (1, 2, 4, 8)
 
 
-def deepseek_v2_256() -> PreTrainedModel:
+def deepseek_v2(hidden: int = 256, vocab: int = 4096) -> PreTrainedModel:
+    """A random deepseek_v2 of DeepSeek-Coder-V2-Lite's layout (MLA, first layer dense, shared + routed experts)."""
     torch.manual_seed(0)
     config = AutoConfig.for_model(
         "deepseek_v2",
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=512,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=8,
         num_attention_heads=8,
         num_key_value_heads=8,
@@ -55,9 +57,24 @@ def deepseek_v2_256() -> PreTrainedModel:
         n_routed_experts=16,
         n_shared_experts=2,
         num_experts_per_tok=4,
-        moe_intermediate_size=128,
+        moe_intermediate_size=hidden // 2,
         first_k_dense_replace=1,
         topk_method="greedy",
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def tiny_llama() -> PreTrainedModel:
+    """``--tiny``'s stand-in for SmolLM2: a random 20-layer llama of width 64 (block 13:17 fits)."""
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=20,
+        num_attention_heads=4,
+        num_key_value_heads=2,
     )
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -119,9 +136,11 @@ def measure(
     return rows
 
 
-def identity_overhead(base: PreTrainedModel, block: tuple[int, int], min_run_time: float) -> dict[str, float]:
+def identity_overhead(
+    base: PreTrainedModel, block: tuple[int, int], length: int, min_run_time: float
+) -> dict[str, float]:
     """T = 1 forward of the wrapper over the plain base, with and without Depth-LoRA, in alternating rounds."""
-    ids = torch.randint(0, base.config.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, base.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(0))
     with_lora = MythicForCausalLM.from_base(copy.deepcopy(base), block_start=block[0], block_end=block[1]).eval()
     without = MythicForCausalLM.from_base(
         copy.deepcopy(base), block_start=block[0], block_end=block[1], lora_rank=0
@@ -145,15 +164,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of repeats per measurement")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--tiny", action="store_true", help="tiny random models and sizes: a smoke run of seconds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from mythic.embedded import cached_smollm2
+    if args.tiny:
+        first_name, first, second_name, second = "llama-tiny", tiny_llama(), "deepseek_v2-h64", deepseek_v2(64, 512)
+        batch, length, decode = 1, 16, 4
+    else:
+        from mythic.embedded import cached_smollm2
 
-    smollm = AutoModelForCausalLM.from_pretrained(args.smollm or cached_smollm2()).eval()
-    overhead = identity_overhead(smollm, (13, 17), args.min_run_time)
-    rows = measure("smollm2-135m", smollm, (13, 17), 2, 128, 16, args.min_run_time)
-    rows += measure("deepseek_v2-h256", deepseek_v2_256(), (3, 5), 2, 128, 16, args.min_run_time)
+        first_name, first = "smollm2-135m", AutoModelForCausalLM.from_pretrained(args.smollm or cached_smollm2()).eval()
+        second_name, second = "deepseek_v2-h256", deepseek_v2()
+        batch, length, decode = 2, 128, 16
+    overhead = identity_overhead(first, (13, 17), length, args.min_run_time)
+    rows = measure(first_name, first, (13, 17), batch, length, decode, args.min_run_time)
+    rows += measure(second_name, second, (3, 5), batch, length, decode, args.min_run_time)
 
     table = Table(title="mythic loop overhead (ratios: lower is better; *_vs_ideal target ≤ 1.10, T=1 ≤ 1.03)")
     columns = (
@@ -184,7 +210,7 @@ def main() -> None:
     console = Console(width=140)
     console.print(table)
     console.print(
-        "smollm2-135m, T=1 forward over the base, interleaved (target ≤ 1.03): "
+        f"{first_name}, T=1 forward over the base, interleaved (target ≤ 1.03): "
         f"with rank-8 Depth-LoRA {overhead['T1_with_depth_lora']:.3f}, "
         f"without {overhead['T1_without_depth_lora']:.3f}"
     )
