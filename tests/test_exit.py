@@ -487,7 +487,7 @@ def test_retrofit_passes_for_the_running_rows_only_equal_the_masked_passes(
 
 
 def test_batch_rows_indexes_the_batch_dimension_only() -> None:
-    from mythic.recurrence.cache import batch_rows
+    from mythic.models.retrofit import batch_rows
 
     rows = torch.tensor([0, 2])
     call = (torch.arange(12).view(3, 4), {"positions": torch.arange(3), "mask": torch.ones(1, 1, 2, 2)}, [None])

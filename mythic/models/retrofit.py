@@ -57,7 +57,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from mythic.errors import MythicError
 from mythic.models.families import batch_separable, check_block, decoder_layers, family_of, final_norm
 from mythic.recurrence import RULES
-from mythic.recurrence.cache import Compacted, FillForward, LoopCache, SharedPass, batch_rows, check_kv_share
+from mythic.recurrence.cache import Compacted, FillForward, LoopCache, SharedPass, check_kv_share
 from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
 from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, running_rows
 from mythic.recurrence.loop import LoopCount, max_loops, run_loops
@@ -147,6 +147,18 @@ class Run:
     kv_share: bool = False
     read: int | torch.Tensor = 0
     calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+
+
+def batch_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
+    """``value`` (a layer call's arguments: tensors, tuples, lists, dicts) for the batch rows ``rows``
+    alone: every tensor of two or more dims whose first is the ``batch`` is indexed; the rest is kept."""
+    if isinstance(value, torch.Tensor):
+        return value[rows] if value.dim() >= 2 and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(batch_rows(item, rows, batch) for item in value)
+    if type(value) is dict:
+        return {key: batch_rows(item, rows, batch) for key, item in value.items()}
+    return value
 
 
 class Recurrence(nn.Module):

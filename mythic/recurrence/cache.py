@@ -166,18 +166,6 @@ class Compacted:
         return getattr(self.inner, name)
 
 
-def batch_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
-    """``value`` (a layer call's arguments: tensors, tuples, lists, dicts) for the batch rows ``rows``
-    alone: every tensor of two or more dims whose first is the ``batch`` is indexed; the rest is kept."""
-    if isinstance(value, torch.Tensor):
-        return value[rows] if value.dim() >= 2 and value.shape[0] == batch else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(batch_rows(item, rows, batch) for item in value)
-    if type(value) is dict:
-        return {key: batch_rows(item, rows, batch) for key, item in value.items()}
-    return value
-
-
 KV_SHARE = (None, "last")
 
 
