@@ -250,9 +250,8 @@ class BlockSlot(nn.Module):
                 return layers(x, t, view, calls)
             rows = running_rows(frozen)  # the rows that still run: the pass is computed for them alone
             batch, length = frozen.shape
-            every = torch.arange(length, device=x.device).expand(len(rows), -1)
             picked = [batch_rows(call, rows, batch) for call in calls]
-            return x.index_copy(0, rows, layers(x[rows], t, Compacted(view, rows, every, batch, length), picked))
+            return x.index_copy(0, rows, layers(x[rows], t, Compacted(view, rows, None, batch, length), picked))
 
         h = run_loops(
             step,

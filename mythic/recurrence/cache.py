@@ -139,12 +139,15 @@ class FillForward:
 
 class Compacted:
     """The cache as seen by a pass computed for a subset of the batch (adaptive exit): the batch rows
-    ``rows`` (R,) of ``batch`` and in them the new tokens ``index`` (R, Q) of ``length``. ``update``
+    ``rows`` (R,) of ``batch`` and in them the new tokens ``index`` (R, Q) of ``length`` (None: all of
+    them, in order). ``update``
     scatters their keys and values into full tensors for ``inner`` — a ``FillForward`` view, which
     puts the exited tokens' own entries in every other place (padding indices must point at exited
     tokens or repeat a computed one) — and returns the keys and values of the rows computed."""
 
-    def __init__(self, inner: FillForward, rows: torch.Tensor, index: torch.Tensor, batch: int, length: int) -> None:
+    def __init__(
+        self, inner: FillForward, rows: torch.Tensor, index: torch.Tensor | None, batch: int, length: int
+    ) -> None:
         self.inner, self.rows, self.index, self.batch, self.length = inner, rows, index, batch, length
 
     def update(
@@ -157,9 +160,11 @@ class Compacted:
 
     def _scatter(self, states: torch.Tensor) -> torch.Tensor:
         r, h, _, d = states.shape
-        positions = states.new_zeros(r, h, self.length, d).scatter(
-            2, self.index.view(r, 1, -1, 1).expand(r, h, -1, d), states
-        )
+        positions = states
+        if self.index is not None:
+            positions = states.new_zeros(r, h, self.length, d).scatter(
+                2, self.index.view(r, 1, -1, 1).expand(r, h, -1, d), states
+            )
         return states.new_zeros(self.batch, h, self.length, d).index_copy(0, self.rows, positions)
 
     def __getattr__(self, name: str) -> Any:

@@ -206,8 +206,8 @@ class ExitRun:
     def _criterion(self, h: torch.Tensor, h_next: torch.Tensor, t: int) -> torch.Tensor:
         fired = torch.zeros_like(self.running)
         if self.spec.criterion == "convergence":
-            change = (h_next.float() - h.float()).norm(dim=-1) / h.float().norm(dim=-1).clamp(min=1e-12)
-            fired = change < self.spec.eps
+            before, after = h[:, self.read].float(), h_next[:, self.read].float()
+            fired[:, self.read] = (after - before).norm(dim=-1) / before.norm(dim=-1).clamp(min=1e-12) < self.spec.eps
         elif self.spec.criterion == "kl":
             log_p = F.log_softmax(self.readout(h_next[:, self.read]).float(), dim=-1)
             previous, self.log_p = self.log_p, log_p
