@@ -116,7 +116,7 @@ def measure(model, tokenizer, tasks, rows_spec, batch_sizes: list[int], rounds: 
                 {
                     **row_fields(depth),
                     "gathered": gather,
-                    **score(tasks, prediction.answers, prediction.loops),
+                    **score(tasks, prediction.answers, prediction),
                     "seconds": round(total, 3),
                     "tokens_per_second": round(prediction.tokens / total, 2),
                     "prefill_seconds": round(prefill, 3),

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mythic.train.curriculum import Curriculum, Depth, ramped_mean, stage_at
-from mythic.train.recipe import FixedCurriculum, PoissonLognormalCurriculum, StagesCurriculum
+from mythic.train.recipe import DifficultyCurriculum, FixedCurriculum, PoissonLognormalCurriculum, StagesCurriculum
 
 STAGES = StagesCurriculum(
     kind="stages",
@@ -102,3 +102,27 @@ def test_depth_is_clipped_to_max_loops() -> None:
     spec = PoissonLognormalCurriculum(kind="poisson_lognormal", mean=4, max_loops=4, per_sequence=True)
     draws = np.concatenate([Curriculum(spec, 0).sample(s, 0, 64).n_loops.numpy() for s in range(50)])
     assert draws.max() == 4 and draws.min() == 1
+
+
+@given(
+    seed=st.integers(0, 2**31),
+    extra=st.integers(0, 3),
+    difficulty=st.lists(st.integers(0, 12), min_size=1, max_size=16),
+)
+@settings(max_examples=50, deadline=None)
+def test_difficulty_curriculum_never_loops_less_than_the_steps(seed: int, extra: int, difficulty: list[int]) -> None:
+    spec = DifficultyCurriculum(kind="difficulty", max_loops=8, extra=extra)
+    depth = Curriculum(spec, seed).sample(5, 0, len(difficulty), 0, torch.tensor(difficulty))
+    floor = torch.tensor(difficulty).clamp(min=1)  # 0 = no difficulty: counted as 1
+    assert isinstance(depth.n_loops, torch.Tensor)
+    assert bool((depth.n_loops >= floor.clamp(max=8)).all())
+    assert bool((depth.n_loops <= (floor + extra).clamp(max=8)).all())
+    again = Curriculum(spec, seed).sample(5, 0, len(difficulty), 0, torch.tensor(difficulty))
+    assert torch.equal(depth.n_loops, again.n_loops)
+
+
+def test_difficulty_curriculum_draws_every_extra_loop() -> None:
+    spec = DifficultyCurriculum(kind="difficulty", max_loops=8, extra=2)
+    draws = torch.cat([Curriculum(spec, 0).sample(s, 0, 64, 0, torch.full((64,), 3)).n_loops for s in range(20)])
+    assert set(draws.tolist()) == {3, 4, 5}
+    assert abs(float((draws == 4).float().mean()) - 1 / 3) < 0.05  # 1280 draws: SE 0.013

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from cli_runner import run_cli
 from test_train_helpers import HOPS_RECIPE
 
 from mythic.errors import MythicError
-from mythic.lab.experiment import Experiment, load_experiment
-from mythic.lab.results import aggregate, band_accuracy, compare
+from mythic.lab.experiment import Experiment, Outcome, load_experiment, point_label
+from mythic.lab.results import aggregate, band_accuracy, compare, write_combined_report
 
 
 def experiment(**changes: Any) -> Experiment:
@@ -30,7 +31,9 @@ def experiment(**changes: Any) -> Experiment:
     return Experiment.model_validate(raw)
 
 
-def record(arm: str, seed: int, trained: int, rows: dict[int, list[float]], n: int = 10) -> dict[str, Any]:
+def record(
+    arm: str, seed: int, trained: int, rows: dict[int, list[float]], n: int = 10, split: str = "test"
+) -> dict[str, Any]:
     """An eval record whose row T=t has accuracy rows[t][d − 1] at difficulty d, n examples each."""
     built = [
         {
@@ -44,7 +47,7 @@ def record(arm: str, seed: int, trained: int, rows: dict[int, list[float]], n: i
     ]
     difficulties = list(range(1, len(next(iter(rows.values()))) + 1))
     results = {"rows": built, "difficulties": difficulties}
-    return {"arm": arm, "seed": seed, "trained_loops": trained, "results": results}
+    return {"arm": arm, "seed": seed, "point": {}, "split": split, "trained_loops": trained, "results": results}
 
 
 def test_band_accuracy_weights_difficulties_by_their_examples() -> None:
@@ -55,47 +58,136 @@ def test_band_accuracy_weights_difficulties_by_their_examples() -> None:
             "3": {"accuracy": {"value": 0.0, "n": 5}},
         }
     }
-    assert band_accuracy({}, row, (1, 2)) == pytest.approx((10 + 15) / 40)
-    assert band_accuracy({}, row, (3, 8)) == 0.0 and band_accuracy({}, row, (4, 8)) is None
+    assert band_accuracy(row, (1, 2)) == pytest.approx((10 + 15) / 40)
+    assert band_accuracy(row, (3, 8)) == 0.0 and band_accuracy(row, (4, 8)) is None
+
+
+def outcome(test: list[dict[str, Any]], valid: list[dict[str, Any]]) -> Outcome:
+    return Outcome({"test": test, "valid": valid}, {}, 0.0)
+
+
+BASELINES = {
+    "chance": {"overall": 0.25, "per_difficulty": {}, "bands": {"in": 0.25, "beyond": 0.25}},
+    "shallow": {"overall": 0.5, "per_difficulty": {}, "bands": {"in": 0.9, "beyond": 0.2}},
+}
 
 
 def test_aggregate_and_claims_are_mean_and_seed_stderr() -> None:
-    exp = experiment()
-    # looped: T=8 beats T=4 beyond training depth in every seed; the control sits at 0.3 beyond
+    exp = experiment(loops=[1, 2, 4, 8, 16])
+    # looped: T=8 and T=16 beat T=4 beyond training depth in every seed; the control sits at 0.3 beyond
     looped = {
-        0: {1: [0.9, 0.5, 0.1, 0.1], 2: [1, 0.8, 0.3, 0.2], 4: [1, 1, 0.4, 0.3], 8: [1, 1, 0.8, 0.6]},
-        1: {1: [0.9, 0.5, 0.1, 0.1], 2: [1, 0.8, 0.3, 0.2], 4: [1, 1, 0.6, 0.5], 8: [1, 1, 0.9, 0.9]},
-        2: {1: [0.9, 0.5, 0.1, 0.1], 2: [1, 0.8, 0.3, 0.2], 4: [1, 1, 0.5, 0.4], 8: [1, 1, 0.7, 0.7]},
+        0: {
+            1: [0.9, 0.5, 0.1, 0.1],
+            2: [1, 0.8, 0.3, 0.2],
+            4: [1, 1, 0.4, 0.3],
+            8: [1, 1, 0.8, 0.6],
+            16: [1, 1, 0.7, 0.5],
+        },
+        1: {
+            1: [0.9, 0.5, 0.1, 0.1],
+            2: [1, 0.8, 0.3, 0.2],
+            4: [1, 1, 0.6, 0.5],
+            8: [1, 1, 0.9, 0.9],
+            16: [1, 1, 0.7, 0.5],
+        },
+        2: {
+            1: [0.9, 0.5, 0.1, 0.1],
+            2: [1, 0.8, 0.3, 0.2],
+            4: [1, 1, 0.5, 0.4],
+            8: [1, 1, 0.7, 0.7],
+            16: [1, 1, 0.7, 0.5],
+        },
     }
-    records = [record("looped", s, 4, rows) for s, rows in looped.items()]
-    records += [record("single", s, 1, {1: [1, 0.9, 0.3, 0.3]}) for s in (2, 0, 1)]
-    summary = aggregate(exp, records)
+    # on valid T=16 reads best beyond, T=4 best inside: the claims must take those rows, whatever test says
+    looped_valid = {1: [0.9, 0.5, 0.1, 0.1], 2: [1, 0.8, 0.3, 0.2], 4: [1, 1, 0.5, 0.4], 8: [1, 0.9, 0.6, 0.6]}
+    looped_valid |= {16: [0.9, 0.9, 0.9, 0.9]}
+    tests = [record("looped", s, 4, rows) for s, rows in looped.items()]
+    tests += [record("single", s, 1, {1: [1, 0.9, 0.3, 0.3]}) for s in (2, 0, 1)]
+    valids = [record("looped", s, 4, looped_valid, split="valid") for s in (0, 1, 2)]
+    valids += [record("single", s, 1, {1: [1, 0.9, 0.3, 0.3]}, split="valid") for s in (0, 1, 2)]
+    summary = aggregate(exp, outcome(tests, valids), BASELINES)
     arm = summary["arms"]["looped"]
     assert arm["seeds"] == [0, 1, 2] and arm["trained_loops"] == 4 and arm["dynamics"] is None
-    t4, t8 = arm["rows"][2], arm["rows"][3]
-    assert (t4["label"], t8["label"]) == ("T=4", "T=8")
+    t4, t8, t16 = arm["rows"][2], arm["rows"][3], arm["rows"][4]
+    assert (t4["label"], t8["label"], t16["label"]) == ("T=4", "T=8", "T=16")
     seeds_t4 = [0.35, 0.55, 0.45]  # mean of difficulties 3 and 4 (10 examples each)
     assert t4["bands"]["beyond"]["value"] == pytest.approx(0.45)
     assert t4["bands"]["beyond"]["stderr"] == pytest.approx(0.1 / math.sqrt(3))  # stdev(seeds_t4) = 0.1
     assert t4["bands"]["beyond"]["n"] == len(seeds_t4)
     assert t8["bands"]["beyond"]["value"] == pytest.approx((0.7 + 0.9 + 0.7) / 3)
+    assert t16["valid_bands"]["beyond"]["value"] == pytest.approx(0.9) and t16["bands"]["beyond"]["value"] == 0.6
     assert t4["per_difficulty"]["3"]["value"] == pytest.approx(0.5)
     assert t4["bands"]["in"] == {"value": 1.0, "stderr": 0.0, "n": 3}
 
     claims = {(c["claim"], c["band"]): c for c in compare(summary)}
-    deeper = claims[("looped: best T > 4 vs T=4", "beyond")]
-    assert deeper["rows"] == ["T=8", "T=4"]
-    assert deeper["value"] == pytest.approx(0.7667 - 0.45, abs=1e-3)
-    se8 = math.sqrt(sum((x - 0.7667) ** 2 for x in (0.7, 0.9, 0.7)) / 2 / 3)
-    assert deeper["stderr"] == pytest.approx(math.hypot(se8, 0.1 / math.sqrt(3)), abs=1e-3)
-    assert deeper["overlap"] is False
-    control = claims[("looped T=4 vs single (its best row)", "beyond")]
-    assert control["value"] == pytest.approx(0.45 - 0.3) and control["stderr"] == pytest.approx(0.1 / math.sqrt(3))
-    assert control["overlap"] is False  # 0.15 apart, intervals 0.058 + 0 wide
-    assert claims[("looped T=4 vs single (its best row)", "in")]["value"] == pytest.approx(1.0 - 0.95)
-    assert ("looped: T=8 (most loops) vs best T", "beyond") not in claims  # T=8 is the best row there
-    flat = claims[("looped: T=8 (most loops) vs best T", "in")]  # T=4 reaches 1.0 first
-    assert flat["rows"] == ["T=8", "T=4"] and flat["value"] == 0.0 and flat["overlap"] is True
+    deeper = claims[("looped: best T > 4 (on valid) vs T=4", "beyond")]
+    assert deeper["rows"] == ["T=16", "T=4"], "the best row is the valid split's, not the test split's (T=8)"
+    assert deeper["value"] == pytest.approx(0.6 - 0.45) and deeper["stderr"] == pytest.approx(0.1 / math.sqrt(3))
+    assert deeper["overlap"] is False  # 0.15 apart, intervals 0.058 + 0 wide
+    control = claims[("looped: best T (on valid) vs single (its best row on valid)", "beyond")]
+    assert control["rows"] == ["T=16", "single T=1"] and control["value"] == pytest.approx(0.6 - 0.3)
+    inside = claims[("looped: best T (on valid) vs single (its best row on valid)", "in")]
+    assert inside["rows"] == ["T=4", "single T=1"] and inside["value"] == pytest.approx(1.0 - 0.95)
+    assert ("looped: T=16 (most loops) vs best T (on valid)", "beyond") not in claims  # T=16 is that best row
+    flat = claims[("looped: T=16 (most loops) vs best T (on valid)", "in")]
+    assert flat["rows"] == ["T=16", "T=4"] and flat["value"] == 0.0 and flat["overlap"] is True
+    baseline = claims[("looped: best T (on valid) vs the strongest baseline", "in")]
+    assert baseline["rows"] == ["T=4", "shallow"] and baseline["value"] == pytest.approx(1.0 - 0.9)
+    assert baseline["stderr"] == 0.0 and baseline["overlap"] is False
+    beyond = claims[("looped: best T (on valid) vs the strongest baseline", "beyond")]
+    assert beyond["rows"] == ["T=16", "chance"] and beyond["value"] == pytest.approx(0.6 - 0.25)
+
+
+def test_adaptive_rows_carry_what_their_loops_cost() -> None:
+    exp = experiment(loops=[4, "auto:8"])
+    tests = []
+    for seed, (answer, mean) in enumerate([(3.0, 2.5), (5.0, 3.5)]):
+        rec = record("looped", seed, 4, {4: [1, 1, 0.5, 0.5], 8: [1, 1, 0.6, 0.6]})
+        auto = rec["results"]["rows"][1]
+        auto |= {"label": "auto:8", "n_loops": "auto", "exit": "kl:0.0001", "max_loops": 8}
+        cost = {"mean_loops": mean, "answer_loops": answer, "prompt_token_loops": 10 * answer}
+        auto |= cost
+        for entry in auto["per_difficulty"].values():
+            entry |= cost
+        tests.append(rec)
+    summary = aggregate(exp.model_copy(update={"arms": exp.arms[:1]}), outcome(tests, tests), {})
+    auto = summary["arms"]["looped"]["rows"][1]
+    assert auto["answer_loops"]["value"] == 4.0 and auto["mean_loops"]["value"] == 3.0
+    assert auto["prompt_token_loops"]["value"] == 40.0 and auto["answer_loops_per_difficulty"]["3"]["value"] == 4.0
+    claims = compare(summary)
+    assert [c["claim"] for c in claims if c["band"] == "beyond"] == [
+        "looped: auto:8 kl:0.0001 (adaptive) vs best T (on valid)"
+    ]
+
+
+def test_a_report_page_keeps_the_sections_of_other_experiments(tmp_path: Path) -> None:
+    exp = experiment(arms=[{"name": "looped", "recipe": "r.yaml"}])
+    tests = [
+        record("looped", s, 4, {1: [1, 1, 0, 0], 2: [1, 1, 0.5, 0.5], 4: [1, 1, 1, 1], 8: [1, 1, 1, 1]})
+        for s in (0, 1, 2)
+    ]
+    summary = aggregate(exp, outcome(tests, tests), BASELINES)
+    page = tmp_path / "results.md"
+    other = exp.model_copy(update={"name": "other"})
+    write_combined_report([(exp, summary, compare(summary), "first")], page)
+    write_combined_report([(other, summary, compare(summary), "second")], page)
+    write_combined_report([(exp, summary, compare(summary), "third")], page)
+    text = page.read_text()
+    assert text.count("## synthetic") == 1 and text.count("## other") == 1
+    assert "third" in text and "second" in text and "first" not in text
+    assert text.index("## synthetic") < text.index("## other")
+    assert (tmp_path / "results" / "other" / "accuracy-vs-loops.png").is_file()
+
+
+def test_grid_points_and_their_folders() -> None:
+    exp = experiment(tune={"grid": {"optim.lr": [0.001, 0.003], "model.config.init_std": [0.06]}, "band": "beyond"})
+    assert exp.points() == [
+        {"optim.lr": 0.001, "model.config.init_std": 0.06},
+        {"optim.lr": 0.003, "model.config.init_std": 0.06},
+    ]
+    assert point_label(exp.points()[1]) == "lr=0.003,init_std=0.06" and point_label({}) == ""
+    with pytest.raises(ValueError, match="tune.band"):
+        experiment(tune={"grid": {"optim.lr": [0.001]}, "band": "middle"})
 
 
 @pytest.mark.parametrize(
@@ -127,10 +219,11 @@ def test_experiment_files_are_checked_before_any_work(
     assert not (tmp_path / "runs").exists()
 
 
-def test_lab_trains_every_arm_and_seed_and_writes_the_report(
+def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """Two arms × two seeds of a 20-step model: every run's eval.json, the aggregate, the Markdown page."""
+    """Two arms, a two-point grid, two seeds of a 20-step model: the tuning runs on valid, every final run's
+    valid and test records, the aggregate with its baselines, the Markdown page; records rebuild it."""
     monkeypatch.chdir(tmp_path)
     recipe = json.loads(json.dumps(HOPS_RECIPE)) | {"train": {"steps": 20, "micro_batch": 8}}
     recipe["data"]["seq_len"] = 40
@@ -143,7 +236,7 @@ def test_lab_trains_every_arm_and_seed_and_writes_the_report(
             "train_difficulty": "1-2",
             "test_difficulty": "1-3",
             "train_size": 200,
-            "valid_size": 0,
+            "valid_size": 24,
             "test_size": 30,
             "options": {"roots": 2, "chain": 3},
         },
@@ -151,6 +244,7 @@ def test_lab_trains_every_arm_and_seed_and_writes_the_report(
         "loops": [1, 2, 4],
         "bands": {"in": "1-2", "beyond": "3-3"},
         "convergence_loops": 4,
+        "tune": {"grid": {"optim.lr": [0.0001, 0.003]}},
         "arms": [
             {"name": "looped", "recipe": "recipe.yaml"},
             {
@@ -162,38 +256,76 @@ def test_lab_trains_every_arm_and_seed_and_writes_the_report(
         ],
     }
     (tmp_path / "lab" / "exp.yaml").write_text(yaml.safe_dump(exp))
-    code, stdout, err = run_cli(monkeypatch, capsys, "lab", "lab/exp.yaml", "--report", "docs/results.md")
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, "lab", "lab/exp.yaml", "--records", "records", "--report", "docs/results.md"
+    )
     assert code == 0, err
-    root = tmp_path / "runs" / "lab" / "tiny"
-    for arm in ("looped", "single"):
-        for seed in (0, 1):
-            rec = json.loads((root / arm / f"seed-{seed}" / "eval.json").read_text())
-            assert (rec["arm"], rec["seed"]) == (arm, seed)
-            assert sum(r["per_difficulty"]["1"]["accuracy"]["n"] for r in rec["results"]["rows"][:1]) > 0
-    assert json.loads((root / "looped" / "seed-0" / "eval.json").read_text())["trained_loops"] == 4
+    root, records = tmp_path / "runs" / "lab" / "tiny", tmp_path / "records" / "tiny"
     results = json.loads((root / "report" / "results.json").read_text())
+    for arm in ("looped", "single"):
+        tuning = results["summary"]["arms"][arm]["tuning"]
+        scores = {point_label(t["point"]): t["valid"] for t in tuning}
+        assert set(scores) == {"lr=0.0001", "lr=0.003"} and tuning[0]["valid"] == max(scores.values())
+        chosen = point_label(tuning[0]["point"])
+        for point in scores:  # every grid point trained at the first seed and read on valid only
+            assert (root / arm / point / "seed-0" / "final").is_dir()
+            valid = json.loads((records / arm / point / "seed-0" / "valid.json").read_text())
+            assert (valid["split"], valid["point"]) == ("valid", {"optim.lr": float(point.split("=")[1])})
+            assert (records / arm / point / "seed-0" / "test.json").is_file() == (point == chosen)
+        assert not (root / arm / point / "seed-0" / "valid.json").exists(), "records go to --records"
+        for seed in (0, 1):
+            rec = json.loads((records / arm / chosen / f"seed-{seed}" / "test.json").read_text())
+            assert (rec["arm"], rec["seed"], rec["split"], rec["train_steps"]) == (arm, seed, "test", 20)
+            assert sum(r["per_difficulty"]["1"]["accuracy"]["n"] for r in rec["results"]["rows"][:1]) > 0
+        assert not (root / arm / ("lr=0.003" if chosen == "lr=0.0001" else "lr=0.0001") / "seed-1").exists()
     looped = results["summary"]["arms"]["looped"]
-    assert [r["label"] for r in looped["rows"]] == ["T=1", "T=2", "T=4"] and looped["seeds"] == [0, 1]
+    assert looped["trained_loops"] == 4 and looped["seeds"] == [0, 1]
+    assert [r["label"] for r in looped["rows"]] == ["T=1", "T=2", "T=4"]
     assert len(looped["dynamics"]["change"]["all"]) == 3 and len(looped["dynamics"]["rms"]["all"]) == 4  # 4 loops
-    assert (tmp_path / "docs" / "results" / "tiny" / "dynamics-looped.png").is_file()
     assert [r["label"] for r in results["summary"]["arms"]["single"]["rows"]] == ["T=1"]
+    chosen = point_label(looped["point"])
     by_seed = [
-        json.loads((root / "looped" / f"seed-{s}" / "eval.json").read_text())["results"]["rows"][0] for s in (0, 1)
+        json.loads((records / "looped" / chosen / f"seed-{s}" / "test.json").read_text())["results"]["rows"][0]
+        for s in (0, 1)
     ]
-    per_seed = [band_accuracy({}, row, (1, 2)) for row in by_seed]
+    per_seed = [band_accuracy(row, (1, 2)) for row in by_seed]
     assert looped["rows"][0]["bands"]["in"]["value"] == pytest.approx(sum(per_seed) / 2)
+    baselines = results["summary"]["baselines"]
+    assert set(baselines) == {
+        "chance",
+        "first_digit",
+        "longest_chain",
+        "resolve_then_guess",
+        "resolve_then_guess_weighted",
+    }
+    assert baselines["chance"]["bands"]["beyond"] == pytest.approx(0.5)  # two roots
+    assert baselines["resolve_then_guess"]["bands"]["in"] == 1.0  # the train depth (2) covers the band
     page = (tmp_path / "docs" / "results.md").read_text()
-    assert "## tiny" in page and "| looped | T=4 |" in page and "looped T=4 vs single (its best row)" in page
+    assert "## tiny" in page and "| looped | T=4 |" in page and "| baseline | chance | 50.0 | 50.0 |" in page
+    assert "looped: best T (on valid) vs single (its best row on valid)" in page and "Tuning (valid split" in page
     assert (tmp_path / "docs" / "results" / "tiny" / "accuracy-vs-loops.png").is_file()
+    assert (tmp_path / "docs" / "results" / "tiny" / "dynamics-looped.png").is_file()
     assert "claims" in stdout
 
-    stamp = (root / "looped" / "seed-0" / "eval.json").stat().st_mtime_ns
-    code, _, err = run_cli(monkeypatch, capsys, "lab", "lab/exp.yaml", "--arms", "looped", "--seeds", "1")
+    # the records alone rebuild the report: no run folder, no training
+    shutil.rmtree(root / "looped")
+    shutil.rmtree(root / "single")
+    code, _, err = run_cli(monkeypatch, capsys, "lab", "lab/exp.yaml", "--records", "records", "--arms", "looped")
     assert code == 0, err
-    assert (root / "looped" / "seed-0" / "eval.json").stat().st_mtime_ns == stamp  # finished runs are reused
-    subset = json.loads((root / "report" / "results.json").read_text())
-    assert list(subset["summary"]["arms"]) == ["looped"] and subset["summary"]["arms"]["looped"]["seeds"] == [1]
-    assert subset["claims"] and all(c["stderr"] is None and c["overlap"] is None for c in subset["claims"])  # 1 seed
-    for option, value, message in [("--arms", "looped,nope", "has no arm 'nope'"), ("--seeds", "x", "--seeds takes")]:
+    assert not (root / "looped").exists()
+    rebuilt = json.loads((root / "report" / "results.json").read_text())
+    assert rebuilt["summary"]["arms"]["looped"]["rows"] == looped["rows"]
+    subset = run_cli(
+        monkeypatch, capsys, "lab", "lab/exp.yaml", "--records", "records", "--arms", "single", "--seeds", "1"
+    )
+    assert subset[0] == 0, subset[2]
+    one = json.loads((root / "report" / "results.json").read_text())
+    assert list(one["summary"]["arms"]) == ["single"] and one["summary"]["arms"]["single"]["seeds"] == [1]
+    assert one["claims"] and all(c["stderr"] is None and c["overlap"] is None for c in one["claims"])  # 1 seed
+    for option, value, message in [
+        ("--arms", "looped,nope", "has no arm 'nope'"),
+        ("--seeds", "x", "--seeds takes"),
+        ("--jobs", "64", "more than the"),
+    ]:
         code, _, err = run_cli(monkeypatch, capsys, "lab", "lab/exp.yaml", option, value)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1

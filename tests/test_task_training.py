@@ -79,7 +79,7 @@ def test_difficulty_ramp_and_exact_resume(tmp_path: Path) -> None:
     def difficulties(step: int, n: int = 12) -> set[int]:
         drawn = set()
         for _ in range(n):
-            ids, _ = stream.next_sample(step)
+            ids, _, _ = stream.next_sample(step)
             drawn.add(tokenizer.decode(ids).count("="))  # a task above of difficulty d has d statements
         return drawn
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from mythic.errors import MythicError
-from mythic.tasks import hops, induction
+from mythic.tasks import hops, induction, pointer
+from mythic.tasks.baselines import score
 from mythic.tasks.files import Task, read_tasks, write_tasks
 from mythic.tasks.make import GENERATORS, make, parse_difficulty_range
 from mythic.tasks.tokenizer import char_tokenizer
@@ -74,6 +75,74 @@ def test_induction_hop_by_hand() -> None:
     assert induction.solve(">|abcabdbca") == ("b", 1)
 
 
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), difficulty=st.integers(1, 8), nodes=st.integers(9, 26))
+def test_pointer_walks_exactly_difficulty_distinct_steps(seed: int, difficulty: int, nodes: int) -> None:
+    task = pointer.example(np.random.default_rng(seed), difficulty, pointer.PointerOptions(nodes))
+    assert pointer.solve(task.prompt) == (task.answer, difficulty)
+    table, start, steps = pointer.parse(task.prompt)
+    assert len(table) == nodes and steps == difficulty and set(table.values()) <= set(table)
+    path = pointer.walk(table, start, steps, task.prompt)
+    assert len(set(path)) == difficulty + 1, "the walk never revisits a node, so no cycle shortens it"
+    assert task.prompt.endswith("?" + "+" * difficulty + start)
+
+
+def test_pointer_by_hand_and_its_baselines() -> None:
+    task = Task("c>a;a>d;b>c;d>b;?++a", "b", 2)
+    assert pointer.solve(task.prompt) == ("b", 2)
+    assert pointer.baselines(task, depth=1) == {
+        "chance": 0.25,
+        "successor": 0.0,  # a → d
+        "frequent_target": 1 / 4,  # every node is pointed at once: a four-way tie
+        "any_target": 1 / 3,  # a, b, c, d are targets; the start a is left out
+        "resolve_then_guess": 1 / 2,  # one step reaches d; b and c are the targets not yet visited
+    }
+    assert pointer.baselines(task, depth=2)["resolve_then_guess"] == 1.0
+    one = Task("a>b;b>b;c>b;?+a", "b", 1)
+    assert pointer.baselines(one, depth=4) == {
+        "chance": 1 / 3,
+        "successor": 1.0,
+        "frequent_target": 1.0,
+        "any_target": 1.0,
+        "resolve_then_guess": 1.0,
+    }
+    for prompt in ("a>b;?+", "a>b;a>c;?+a", "a>b;?+z", "ab;?+a"):
+        with pytest.raises(MythicError):
+            pointer.solve(prompt)
+
+
+def test_hops_and_induction_baselines_by_hand() -> None:
+    # chains: 3 ← f ← k ← b ← q ← w (5 variables), 7 ← x ← m (2); the query q needs 4 lookups
+    task = Task("f=3;x=7;k=f;b=k;m=x;q=b;w=q;?=q", "3", 4)
+    got = hops.baselines(task, depth=2)
+    assert got == {
+        "chance": 0.5,
+        "first_digit": 1.0,
+        "longest_chain": 1.0,
+        "resolve_then_guess": 1.0,  # only 3's chain holds variables deeper than 2 lookups
+        "resolve_then_guess_weighted": 1.0,
+    }
+    assert hops.baselines(Task("f=3;x=7;k=x;?=k", "7", 2), depth=1) == {
+        "chance": 0.5,
+        "first_digit": 0.0,
+        "longest_chain": 1.0,
+        "resolve_then_guess": 1.0,
+        "resolve_then_guess_weighted": 1.0,
+    }
+    two = induction.baselines(Task(">>|abcabdbca", "c", 2), depth=1)
+    assert two["chance"] == 0.25 and two["one_hop"] == 0.0  # one hop from the last a lands on b
+    assert two["frequent_letter"] == 0.0  # a and b appear three times each, the answer c twice
+    assert two["resolve_then_guess"] == 1 / 3  # one hop reaches b; c is one of a, c, d
+
+
+def test_baselines_score_per_difficulty_and_band() -> None:
+    tasks = [Task("c>a;a>d;b>c;d>b;?++a", "b", 2), Task("a>b;b>b;c>b;?+a", "b", 1)]
+    scores = score(tasks, pointer.baselines, 1, {"one": (1, 1), "both": (1, 2), "none": (5, 8)})
+    assert scores["successor"]["per_difficulty"] == {"1": 1.0, "2": 0.0}
+    assert scores["successor"]["bands"] == {"one": 1.0, "both": 0.5} and scores["successor"]["overall"] == 0.5
+    assert scores["chance"]["overall"] == pytest.approx((1 / 4 + 1 / 3) / 2)
+
+
 def make_splits(out: Path, seed: int = 0, **kwargs: object) -> dict:
     settings_ = dict(
         seed=seed,
@@ -124,7 +193,14 @@ def test_make_refuses_bad_requests_and_leaves_nothing(tmp_path: Path) -> None:
         with pytest.raises(MythicError):
             parse_difficulty_range(text, "--train-difficulty")
     assert parse_difficulty_range("3", "--x") == (3, 3) and parse_difficulty_range("1-12", "--x") == (1, 12)
-    assert set(GENERATORS) == {"hops", "induction"}
+    assert set(GENERATORS) == {"hops", "induction", "pointer"}
+
+
+def test_read_tasks_refuses_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "a", "answer": "b"}\n{"prompt": "caf\xe9", "answer": "b"}\n')
+    with pytest.raises(MythicError, match=r"latin1.jsonl line 2: not UTF-8 \(byte 16 of the line\)"):
+        read_tasks(path)
 
 
 @pytest.mark.parametrize(
@@ -200,12 +276,20 @@ def test_cli_make_and_its_errors(
     assert code == 0, err
     train = read_tasks(tmp_path / "i" / "train.jsonl")
     assert sum(len(t.intermediate) for t in train) > len(train)  # several steps per program
+    code, _, err = run_cli(monkeypatch, capsys, *args[:2], "pointer", "--out", tmp_path / "p", "--nodes", "10")
+    assert code == 0, err
+    pointers = read_tasks(tmp_path / "p" / "test.jsonl")
+    assert all(pointer.solve(t.prompt) == (t.answer, t.difficulty) and not t.intermediate for t in pointers)
+    assert {len(pointer.parse(t.prompt)[0]) for t in pointers} == {10}
     bad = [
         ("tasks", "make", "hops", "--out", tmp_path / "n", "--intermediate", "9"),
         ("tasks", "make", "induction", "--out", tmp_path / "n", "--intermediate", "2"),
         ("tasks", "make", "nope", "--out", tmp_path / "n"),
         ("tasks", "make", "hops", "--out", tmp_path / "n", "--length", "30"),
         ("tasks", "make", "induction", "--out", tmp_path / "n", "--roots", "2"),
+        ("tasks", "make", "pointer", "--out", tmp_path / "n", "--chain", "4"),
+        ("tasks", "make", "hops", "--out", tmp_path / "n", "--nodes", "4"),
+        ("tasks", "make", "pointer", "--out", tmp_path / "n", "--nodes", "8"),  # 8 steps need 9 nodes
         ("tasks", "make", "hops", "--out", tmp_path / "n", "--test-difficulty", "0-3"),
         ("tasks", "make", "hops", "--out", tmp_path / "n", "--test-size", "0"),
     ]

@@ -1,7 +1,8 @@
-"""``mythic lab EXPERIMENT.yaml … [--jobs N] [--report docs/results.md]``: run the depth-reasoning experiment.
+"""``mythic lab EXPERIMENT.yaml … [--jobs N] [--records DIR] [--report docs/results.md]``: run an experiment.
 
-Generates the experiment's task files, trains and evaluates every arm × seed (resuming what an
-earlier call left), and writes the report: one section per experiment, figures beside it.
+Generates the experiment's task files, tunes every arm on the valid split (when the file has a
+grid), trains and evaluates every arm × seed (reusing recorded runs, resuming interrupted ones),
+and writes the report: one section per experiment, figures beside it.
 """
 
 from __future__ import annotations
@@ -12,16 +13,26 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from mythic.cli.options import parse_ints, require_positive
+
+if TYPE_CHECKING:
+    from mythic.lab.experiment import Experiment, Outcome
 
 
 def _commit() -> str:
@@ -32,12 +43,50 @@ def _commit() -> str:
     return out.stdout.strip()
 
 
+def run_with_progress(console: Console, experiment: Experiment, jobs: int, records: Path | None) -> Outcome:
+    """``run_experiment`` with a bar per phase over its training steps and the time they have left."""
+    from mythic.lab.experiment import run_experiment
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("left ≈"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        bars: dict[str, TaskID] = {}
+
+        def on_steps(phase: str, done: int, total: int) -> None:
+            if phase not in bars:
+                bars[phase] = progress.add_task(f"{experiment.name} {phase}: training steps", total=total)
+            progress.update(bars[phase], completed=done)
+
+        folder = records / experiment.name if records is not None else None
+        return run_experiment(experiment, jobs, folder, on_steps)
+
+
 def lab(
     experiments: Annotated[list[Path], typer.Argument(help="Experiment files, e.g. recipes/lab/hops-openmythos.yaml.")],
-    jobs: Annotated[int, typer.Option(help="Runs trained at once, each with its share of the CPU threads.")] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(help="Runs trained at once; each gets cores/N torch threads (N above the core count is refused)."),
+    ] = 1,
+    records: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the runs' evaluation records (small JSON, no weights; one subfolder per experiment): "
+            "recorded runs are not trained again, so committed records rebuild the report anywhere. "
+            "Default: beside each run's weights."
+        ),
+    ] = None,
     report: Annotated[
         Path | None,
-        typer.Option(help="Also write the report here (a .md file; its figures go to a folder beside it)."),
+        typer.Option(
+            help="Also write the report into this Markdown page (its figures go to a folder beside it); the "
+            "experiments' sections are replaced, other experiments' sections on the page are kept."
+        ),
     ] = None,
     arms: Annotated[
         str | None,
@@ -47,11 +96,21 @@ def lab(
         str | None, typer.Option(help="Only these seeds, comma-separated (e.g. 0); default: the file's seeds.")
     ] = None,
 ) -> None:
-    """Train and evaluate every arm × seed of each experiment; report accuracy against loops with controls."""
-    from mythic.lab.experiment import load_experiment, run_experiment, select
-    from mythic.lab.results import accuracy_table, aggregate, compare, overlap_text, points, write_report
+    """Tune, train and evaluate every arm × seed of each experiment; report accuracy against loops beside its
+    controls and baselines."""
+    from mythic.lab.experiment import cpu_threads, load_experiment, select
+    from mythic.lab.results import (
+        accuracy_table,
+        aggregate,
+        compare,
+        experiment_baselines,
+        overlap_text,
+        points,
+        write_report,
+    )
 
     require_positive(jobs=jobs)
+    cpu_threads(jobs)
     chosen_arms = [name.strip() for name in arms.split(",") if name.strip()] if arms is not None else None
     chosen_seeds = parse_ints(seeds, "--seeds", minimum=0) if seeds is not None else None
     # every file is checked before any work starts
@@ -60,39 +119,29 @@ def lab(
     sections = []
     command = shlex.join(["mythic", "lab", *map(str, sys.argv[2:])]) if len(sys.argv) > 2 else "mythic lab"
     for path, experiment in zip(experiments, loaded, strict=True):
-        total = len(experiment.arms) * len(experiment.seeds)
-        started = time.perf_counter()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task(f"{experiment.name}: runs", total=total)
-
-            def advance(arm: str, seed: int, task: int = task) -> None:
-                progress.advance(task)
-
-            records = run_experiment(experiment, jobs, on_done=advance)
-        summary = aggregate(experiment, records)
+        outcome = run_with_progress(console, experiment, jobs, records)
+        summary = aggregate(experiment, outcome, experiment_baselines(experiment))
         claims = compare(summary)
         preamble = (
             f"Measured {datetime.date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU threads "
             f"(commit {_commit()}), {len(experiment.seeds)} seeds, {experiment.tasks.test_size} test examples; "
-            f"`{command}` ({time.perf_counter() - started:.0f} s for this call; finished runs are reused). "
+            f"`{command}` ({outcome.seconds:.0f} s for this call; recorded runs are reused). "
             f"Experiment file: `{path}`."
         )
-        folder = experiment.run_dir / "report"
         sections.append((experiment, summary, claims, preamble))
-        md = write_report(experiment, summary, claims, folder, preamble)
+        md = write_report(experiment, summary, claims, experiment.run_dir / "report", preamble)
         header, rows = accuracy_table(summary)
-        seeds = len(experiment.seeds)
-        title = f"{experiment.name}: test accuracy (%, mean ± SE over {seeds} seed{'s' if seeds > 1 else ''})"
+        n = len(experiment.seeds)
+        title = f"{experiment.name}: test accuracy (%, mean ± SE over {n} seed{'s' if n > 1 else ''})"
         accuracy = Table(*header, title=title)
         for row in rows:
             accuracy.add_row(*row)
         console.print(accuracy)
-        table = Table(title=f"{experiment.name}: claims (points, mean ± SE over seeds)")
-        for column in ("claim", "band", "difference", "overlap"):
+        table = Table(title=f"{experiment.name}: claims on test (points, mean ± SE over seeds; best rows on valid)")
+        for column in ("claim", "band", "rows", "difference", "overlap"):
             table.add_column(column)
         for claim in claims:
-            table.add_row(claim["claim"], claim["band"], points(claim), overlap_text(claim))
+            table.add_row(claim["claim"], claim["band"], " vs ".join(claim["rows"]), points(claim), overlap_text(claim))
         console.print(table)
         console.print(f"report: {md}")
     if report is not None:

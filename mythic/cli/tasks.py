@@ -13,14 +13,19 @@ from mythic.errors import MythicError
 
 app = typer.Typer(help="Depth-reasoning task files: generate them (train/valid/test JSON lines).", no_args_is_help=True)
 
-HOPS_ONLY = ("roots", "chain", "intermediate")
-INDUCTION_ONLY = ("length", "symbols")
+OWN_OPTIONS = {"hops": ("roots", "chain", "intermediate"), "induction": ("length", "symbols"), "pointer": ("nodes",)}
 
 
 @app.command("make")
 def make(
     context: typer.Context,
-    name: Annotated[str, typer.Argument(help="Generator: hops (variable chains) or induction (p-hop induction).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Generator: hops (variable chains in program order), induction (p-hop induction) or pointer "
+            "(k steps on a functional graph listed in shuffled order, final answer only)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Folder to write train.jsonl, valid.jsonl, test.jsonl and meta.json into.")],
     seed: Annotated[int, typer.Option(help="Seed: the same seed and options write the same files.")] = 0,
     train_difficulty: Annotated[str, typer.Option(help="Difficulties of the train split, LOW-HIGH.")] = "1-4",
@@ -39,21 +44,23 @@ def make(
     ] = 0,
     length: Annotated[int, typer.Option(help="induction: letters per sequence.")] = 48,
     symbols: Annotated[int, typer.Option(help="induction: alphabet size.")] = 4,
+    nodes: Annotated[int, typer.Option(help="pointer: nodes of the graph (chance is 1/nodes).")] = 12,
     force: Annotated[bool, typer.Option(help="Replace the output folder.")] = False,
 ) -> None:
     """Write NAME's train / valid / test task files into --out (deterministic from --seed; no prompt in two splits)."""
-    from mythic.tasks import hops, induction
+    from mythic.tasks import hops, induction, pointer
     from mythic.tasks.make import generator, make, parse_difficulty_range
 
     generator(name)
-    other = INDUCTION_ONLY if name == "hops" else HOPS_ONLY
+    other = [option for kind, options in OWN_OPTIONS.items() if kind != name for option in options]
     given = [n for n in other if context.get_parameter_source(n).name != "DEFAULT"]
     if given:
         raise MythicError(f"--{given[0]} does not apply to the {name} generator")
-    if name == "hops":
-        options = hops.HopsOptions(roots, chain, intermediate)
-    else:
-        options = induction.InductionOptions(length, symbols)
+    options = {
+        "hops": lambda: hops.HopsOptions(roots, chain, intermediate),
+        "induction": lambda: induction.InductionOptions(length, symbols),
+        "pointer": lambda: pointer.PointerOptions(nodes),
+    }[name]()
     meta = make(
         name,
         out,

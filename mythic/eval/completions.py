@@ -167,7 +167,7 @@ def generate_samples(
                     "seconds": round(seconds, 4),
                 }
                 if n_loops is not None:
-                    record["loops"] = float(used[j]) if used is not None else float(n_loops)
+                    record["loops"] = float(used[:, j].mean()) if used is not None else float(n_loops)
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
                 if on_sample is not None:

@@ -48,6 +48,6 @@ def complete_at_loops(
         with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered:
             text = decode(model.generate(ids, **settings, **loop_kwargs))
             used = metered()
-        mean = float(used[0]) if used is not None else (None if n_loops is None else float(n_loops))
+        mean = float(used[:, 0].mean()) if used is not None else (None if n_loops is None else float(n_loops))
         rows.append((row_label(n_loops), mean, text))
     return rows

@@ -90,18 +90,25 @@ def heatmap(results: dict[str, Any], path: str | Path, title: str, metric: str =
     """``metric`` as colour, difficulty on the y axis and the rows (base, T=1, T=2, …) on the x axis."""
     rows, difficulties = results["rows"], results["difficulties"]
     values = [[row["per_difficulty"][str(d)][metric]["value"] for row in rows] for d in difficulties]
-    fig = Figure(figsize=(1.2 + 0.7 * len(rows), 1.2 + 0.4 * len(difficulties)))
+    heatmap_figure(values, [row["label"] for row in rows], difficulties, path, title, metric)
+
+
+def heatmap_figure(
+    values: list[list[float]], columns: list[str], difficulties: list[int], path: str | Path, title: str, label: str
+) -> None:
+    """A difficulty × column grid of values in [0, 1] as colour, each cell printed in percent."""
+    fig = Figure(figsize=(1.2 + 0.7 * len(columns), 1.2 + 0.4 * len(difficulties)))
     ax = fig.subplots()
     image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", origin="lower")
     for i, line in enumerate(values):
         for j, value in enumerate(line):
             ax.text(j, i, f"{value * 100:.0f}", ha="center", va="center", fontsize=7, color="w" if value < 0.6 else "k")
-    ax.set_xticks(range(len(rows)), [row["label"] for row in rows])
+    ax.set_xticks(range(len(columns)), columns)
     ax.set_yticks(range(len(difficulties)), [str(d) for d in difficulties])
     ax.set_xlabel("loops")
     ax.set_ylabel("difficulty")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -74,9 +74,9 @@ def loop_context(model: PreTrainedModel) -> LoopContext:
 
 @contextlib.contextmanager
 def loops_meter(model: PreTrainedModel, n_loops: Depth) -> Iterator[Callable[[], torch.Tensor | None]]:
-    """Yields a function giving the loops each row used per generated token (B,) since its last call:
-    the adaptive forwards' metered counts (their last position, which picks the next token) averaged
-    over the calls; None for a fixed row or the base (nothing to measure)."""
+    """Yields a function giving the loops each row's read position used in every adaptive forward since its
+    last call, (forwards, B): row 0 is the prompt's forward (the loops of the first answer token), the rest
+    one per generated token; None for a fixed row or the base (nothing to measure)."""
     if not isinstance(n_loops, AdaptiveDepth):
         yield lambda: None
         return
@@ -85,9 +85,9 @@ def loops_meter(model: PreTrainedModel, n_loops: Depth) -> Iterator[Callable[[],
         def take() -> torch.Tensor | None:
             if not used:
                 return None
-            mean = torch.stack(used).float().mean(0)
+            stacked = torch.stack(used).float()
             used.clear()
-            return mean
+            return stacked
 
         yield take
 

@@ -11,11 +11,16 @@ the answer after stripping surrounding whitespace. Then
 
 A row may be adaptive (``auto:MAX`` with an exit rule, ``recurrence/exit.py``): each token stops
 looping when its criterion fires. Every row also reports ``tokens_per_second`` (tokens generated,
-each prompt's up to its EOS, over the row's wall-clock seconds) and, for looped rows,
-``mean_loops``: the loops spent per generated token (T for a fixed row; for an adaptive row the
-loops of the position that picks each next token, averaged over a prompt's generate steps — a
-prompt that already ended keeps being counted until its whole batch ends), overall and per
-difficulty.
+each prompt's up to its EOS, over the row's wall-clock seconds) and, for looped rows, what the loops
+cost, overall and per difficulty:
+
+    mean_loops          loops per generated token: T for a fixed row; for an adaptive row the loops of
+                        the position that picks each next token, averaged over a prompt's generate
+                        steps, the EOS step included (a prompt that already ended keeps being counted
+                        until its whole batch ends)
+    answer_loops        the loops of the first answer token (the prompt's forward)
+    prompt_token_loops  the prompt's tokens × answer_loops: the passes its tokens ran, since every
+                        prompt token loops as long as the last one (the exit rule)
 
 ``loop_dynamics`` measures how the loop state moves: one forward at ``n_loops`` with the loop
 driver's observer recording the state h_t at each prompt's last position, then, averaged per
@@ -45,11 +50,13 @@ from mythic.tasks.files import Task
 
 
 class Prediction(NamedTuple):
-    """One row's answers (in task order), loops used per generated token per task (None for the base),
-    and the number of tokens generated (each row up to its EOS)."""
+    """One row's answers (in task order); per task the loops used per generated token, the loops of the
+    first answer token and the prompt's tokens (None / 0 for the base); the tokens generated."""
 
     answers: list[str]
     loops: list[float | None]
+    answer_loops: list[float | None]
+    prompt_tokens: list[int]
     tokens: int
 
 
@@ -86,7 +93,9 @@ def predict(
     prepare_tokenizer(tokenizer)
     budget = answer_budget(tokenizer, tasks)
     answers = [""] * len(tasks)
-    loops: list[float | None] = [float(n_loops) if isinstance(n_loops, int) else None] * len(tasks)
+    fixed = float(n_loops) if isinstance(n_loops, int) else None
+    loops, answer_loops = [fixed] * len(tasks), [fixed] * len(tasks)
+    prompt_tokens = [0] * len(tasks)
     tokens = 0
     with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered, torch.no_grad():
         for batch in batches(tokenizer, tasks, batch_size):
@@ -107,11 +116,12 @@ def predict(
             used = metered()
             for j, (i, ids) in enumerate(zip(batch, new, strict=True)):
                 answers[i] = tokenizer.decode(ids, skip_special_tokens=True)
+                prompt_tokens[i] = int(enc.attention_mask[j].sum())
                 if used is not None:
-                    loops[i] = float(used[j])
+                    loops[i], answer_loops[i] = float(used[:, j].mean()), float(used[0, j])
             if on_batch is not None:
                 on_batch(len(batch))
-    return Prediction(answers, loops, tokens)
+    return Prediction(answers, loops, answer_loops, prompt_tokens, tokens)
 
 
 def new_tokens(new: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -123,13 +133,13 @@ def new_tokens(new: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> int:
     return int(first.sum())
 
 
-def score(
-    tasks: Sequence[Task], predictions: Sequence[str], loops: Sequence[float | None] | None = None
-) -> dict[str, Any]:
-    """Accuracy overall and per difficulty (keys are the difficulties as strings, sorted), and the
-    mean loops per generated token beside each when ``loops`` are known."""
+def score(tasks: Sequence[Task], predictions: Sequence[str], prediction: Prediction | None = None) -> dict[str, Any]:
+    """Accuracy overall and per difficulty (keys are the difficulties as strings, sorted), and beside each,
+    for a looped row (``prediction``'s loops known), ``mean_loops`` per generated token (the EOS step
+    included), ``answer_loops`` (the first answer token's) and ``prompt_token_loops`` (the prompt's tokens
+    × the answer token's loops: every prompt token loops as long as the last one, ``recurrence/exit.py``)."""
     correct = [float(t.matches(p)) for t, p in zip(tasks, predictions, strict=True)]
-    used = list(loops) if loops is not None and None not in loops else None
+    looped = prediction is not None and None not in prediction.loops
     by_difficulty: dict[int, list[int]] = defaultdict(list)
     for i, task in enumerate(tasks):
         if task.difficulty is not None:
@@ -137,14 +147,18 @@ def score(
 
     def summary(indices: Sequence[int]) -> dict[str, Any]:
         out: dict[str, Any] = {"accuracy": metric([correct[i] for i in indices])}
-        if used is not None:
-            out["mean_loops"] = round(sum(used[i] for i in indices) / len(indices), 3)
+        if looped:
+            assert prediction is not None
+            cost = {
+                "mean_loops": [prediction.loops[i] for i in indices],
+                "answer_loops": [prediction.answer_loops[i] for i in indices],
+                "prompt_token_loops": [prediction.answer_loops[i] * prediction.prompt_tokens[i] for i in indices],
+            }
+            out |= {name: round(sum(values) / len(values), 3) for name, values in cost.items()}  # type: ignore[arg-type]
         return out
 
     overall = summary(range(len(tasks)))
-    result: dict[str, Any] = {"metrics": {"accuracy": overall["accuracy"]}}
-    if used is not None:
-        result["mean_loops"] = overall["mean_loops"]
+    result: dict[str, Any] = {"metrics": {"accuracy": overall.pop("accuracy")}, **overall}
     result["per_difficulty"] = {str(d): summary(v) for d, v in sorted(by_difficulty.items())}
     return result
 
@@ -174,7 +188,7 @@ def evaluate_tasks(
             on_batch=on_row(label, len(tasks)) if on_row is not None else None,
         )
         seconds = time.perf_counter() - started
-        row = {**row_fields(n_loops), **score(tasks, prediction.answers, prediction.loops)}
+        row = {**row_fields(n_loops), **score(tasks, prediction.answers, prediction)}
         row["seconds"] = round(seconds, 2)
         row["tokens_per_second"] = round(prediction.tokens / seconds, 2)
         row["predictions"] = prediction.answers

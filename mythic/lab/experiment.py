@@ -1,29 +1,48 @@
-"""The depth-reasoning experiment: task files, every arm × seed trained and evaluated, one report.
+"""The depth-reasoning experiment: task files, every arm tuned on valid, then every arm × seed trained and
+evaluated, one report.
 
 An experiment file (YAML, validated before any work starts) names the task files to generate,
-the seeds, the loop counts to evaluate, the difficulty bands, and the arms: a training recipe
-plus ``--set`` overrides (the looped model and its controls). For every (arm, seed)::
+the seeds, the loop counts to evaluate, the difficulty bands, an optional tuning grid and the
+arms: a training recipe plus ``--set`` overrides (the looped model and its controls). A run is one
+(arm, grid point, seed)::
 
-    RUN = OUT/<arm>/seed-<s>
-    train  <arm.recipe> --set seed=<s> out_dir=RUN data.sources.0.path=DATA/train.jsonl <arm.set …>
-    eval   RUN/final on DATA/test.jsonl at the arm's loop counts    → RUN/eval.json
+    RUN = OUT/<arm>[/<point>]/seed-<s>
+    train  <arm.recipe> --set seed=<s> out_dir=RUN data.sources.0.path=DATA/train.jsonl <arm.set …> <point …>
+    eval   RUN/final on DATA/valid.jsonl (and, for the chosen point, DATA/test.jsonl) at the arm's loop counts
            (an ``auto:MAX`` entry is an adaptive row with the experiment's ``exit`` rule)
-    state  ‖h_{t+1} − h_t‖ / ‖h_t‖ and ‖h_t‖/√dim per loop and difficulty (looped arms) → inside RUN/eval.json
+    state  ‖h_{t+1} − h_t‖ / ‖h_t‖ and ‖h_t‖/√dim per loop and difficulty (test, looped arms)
 
-A run that finished is skipped, an interrupted one resumes from its checkpoints; runs go to
-``jobs`` worker processes, each with its share of the CPU threads. The test split is only ever
-evaluated, never used for a choice: a recipe that wants learning curves reads the valid split.
+Tuning (``tune.grid``, e.g. ``optim.lr: [1e-3, 3e-3]`` × ``model.config.init_std: [0.06, 0.125]``):
+every arm trains every grid point at the first seed, each is scored on the valid split (its best
+fixed row's accuracy over ``tune.band``, or over every valid example), and the best point is the
+arm's setting for every seed; the first seed's run is that point's tuning run, reused. Every arm
+gets the same grid, so the controls are tuned with the budget of the model under test. The test
+split is evaluated once per final run and never used for a choice.
 
-What the records become is ``results.py``'s job.
+Records: each run's evaluation is a small JSON (``valid.json``, ``test.json``, no weights) in its
+run folder, or under ``records`` (``OUT/<arm>[/<point>]/seed-<s>`` there) when given. A run whose
+records exist is not trained again, so committed records rebuild the report on any machine and an
+experiment longer than one sitting finishes over several calls; an interrupted training resumes
+from its last checkpoint.
+
+Runs go to ``jobs`` worker processes with cores/jobs torch threads each (``cpu_threads``), so no
+combination oversubscribes the machine; ``on_steps(done, total)`` hears the training steps of the
+call as they advance (the CLI turns them into a time estimate). What the records become is
+``results.py``'s job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import multiprocessing
 import os
+import re
+import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +56,8 @@ from mythic.tasks.make import generator, make, parse_difficulty_range
 from mythic.train.recipe import Recipe, Strict, format_validation_error, load_recipe
 
 PositiveInt = Annotated[int, Field(ge=1)]
+SPLITS = ("valid", "test")
+POLL_SECONDS = 2.0
 
 
 class TaskFiles(Strict):
@@ -47,9 +68,24 @@ class TaskFiles(Strict):
     train_difficulty: str = "1-4"
     test_difficulty: str = "1-8"
     train_size: PositiveInt = 20000
-    valid_size: int = Field(600, ge=0)
+    valid_size: PositiveInt = 600
     test_size: PositiveInt = 1200
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Tune(Strict):
+    """A grid of ``--set`` overrides (key → values) every arm is trained on at the first seed; the point with
+    the best valid accuracy (its best fixed row, over ``band`` or every valid example) is kept."""
+
+    grid: dict[str, list[Any]] = Field(min_length=1)
+    band: str | None = None
+
+    @model_validator(mode="after")
+    def _values(self) -> Tune:
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: list at least one value")
+        return self
 
 
 class Arm(Strict):
@@ -72,6 +108,7 @@ class Experiment(Strict):
     exit: str = DEFAULT_EXIT
     bands: dict[str, str] = Field(min_length=1)
     convergence_loops: PositiveInt | None = None
+    tune: Tune | None = None
     arms: list[Arm] = Field(min_length=1)
     eval_batch_size: PositiveInt = 64
 
@@ -82,6 +119,8 @@ class Experiment(Strict):
             raise ValueError("arms: every arm needs its own name")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: a seed is listed twice")
+        if self.tune is not None and self.tune.band is not None and self.tune.band not in self.bands:
+            raise ValueError(f"tune.band: {self.tune.band!r} is not one of the bands ({', '.join(self.bands)})")
         try:
             parse_exit(self.exit)
             for arm in [None, *self.arms]:
@@ -98,10 +137,45 @@ class Experiment(Strict):
     def data_dir(self) -> Path:
         return self.run_dir / "data"
 
+    @property
+    def train_depth(self) -> int:
+        """The deepest difficulty of the train split (what the shallow baselines resolve)."""
+        return parse_difficulty_range(self.tasks.train_difficulty, "tasks.train_difficulty")[1]
+
     def arm_loops(self, arm: Arm | None) -> list[int | AdaptiveDepth]:
         """The rows an arm is evaluated at: loop counts, and ``auto:MAX`` entries with the experiment's ``exit``."""
         entries = (arm.loops if arm is not None else None) or self.loops
         return [n if isinstance(n, int) else parse_depth(n, self.exit) for n in entries]
+
+    def points(self) -> list[dict[str, Any]]:
+        """The tuning grid's points ({key: value}, keys in the file's order); one empty point without a grid."""
+        if self.tune is None:
+            return [{}]
+        keys = list(self.tune.grid)
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.tune.grid.values())]
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """A grid point as a folder name: ``{"optim.lr": 0.003, "model.config.init_std": 0.125}`` →
+    ``lr=0.003,init_std=0.125`` (the last part of each key); "" for the empty point."""
+    parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in point.items()]
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (arm, grid point, seed) and the splits it is evaluated on."""
+
+    arm: str
+    point: dict[str, Any] = field(hash=False)
+    seed: int
+    splits: tuple[str, ...]
+
+    @property
+    def path(self) -> Path:
+        """The run's place below the experiment folder (and below ``records``)."""
+        label = point_label(self.point)
+        return Path(self.arm) / label / f"seed-{self.seed}" if label else Path(self.arm) / f"seed-{self.seed}"
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -127,7 +201,8 @@ def load_experiment(path: str | Path) -> Experiment:
     for name, band in experiment.bands.items():
         parse_difficulty_range(band, f"bands.{name}")
     for arm in experiment.arms:
-        arm_recipe(experiment, arm, experiment.seeds[0])
+        for point in experiment.points():
+            arm_recipe(experiment, Run(arm.name, point, experiment.seeds[0], ()))
     return experiment
 
 
@@ -145,18 +220,19 @@ def select(experiment: Experiment, arms: list[str] | None = None, seeds: list[in
     return experiment
 
 
-def run_dir(experiment: Experiment, arm: Arm, seed: int) -> Path:
-    return experiment.run_dir / arm.name / f"seed-{seed}"
+def arm_of(experiment: Experiment, name: str) -> Arm:
+    return next(a for a in experiment.arms if a.name == name)
 
 
-def arm_recipe(experiment: Experiment, arm: Arm, seed: int) -> Recipe:
-    """The arm's recipe for one seed: its own overrides, then the run's seed, folder and task files."""
-    data = experiment.data_dir
+def arm_recipe(experiment: Experiment, run: Run) -> Recipe:
+    """A run's recipe: the arm's overrides, its grid point's, then the run's seed, folder and task file."""
+    arm = arm_of(experiment, run.arm)
     overrides = [
         *arm.set,
-        f"seed={seed}",
-        f"out_dir={run_dir(experiment, arm, seed)}",
-        f"data.sources.0.path={data / 'train.jsonl'}",
+        *(f"{key}={json.dumps(value)}" for key, value in run.point.items()),
+        f"seed={run.seed}",
+        f"out_dir={experiment.run_dir / run.path}",
+        f"data.sources.0.path={experiment.data_dir / 'train.jsonl'}",
     ]
     try:
         recipe = load_recipe(arm.recipe, overrides)
@@ -188,8 +264,33 @@ def write_task_files(experiment: Experiment) -> None:
     )
 
 
-def run_job(experiment: Experiment, arm_name: str, seed: int, threads: int) -> dict[str, Any]:
-    """Train (or resume) one arm × seed, then evaluate it on the test split; returns its eval record."""
+def cpu_threads(jobs: int) -> int:
+    """Torch threads per job: the cores this process may use, shared evenly; more jobs than cores is refused."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if jobs > cores:
+        raise MythicError(f"--jobs {jobs} is more than the {cores} cores here: runs would share cores and crawl")
+    return cores // jobs
+
+
+def record_path(experiment: Experiment, run: Run, split: str, records: Path | None) -> Path:
+    return (records if records is not None else experiment.run_dir) / run.path / f"{split}.json"
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def steps_done(folder: Path) -> int:
+    """The last training step a run folder logged (its metrics.jsonl), 0 before the first."""
+    metrics = folder / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    lines = metrics.read_text().strip().splitlines()
+    return int(json.loads(lines[-1])["step"]) if lines else 0
+
+
+def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None) -> dict[str, dict[str, Any]]:
+    """Train (or resume) one run, then evaluate it on each of its splits not yet recorded; {split: record}."""
     import torch
 
     from mythic.eval.tasks import evaluate_tasks, loop_dynamics
@@ -198,51 +299,129 @@ def run_job(experiment: Experiment, arm_name: str, seed: int, threads: int) -> d
     from mythic.train.trainer import train
 
     torch.set_num_threads(threads)
-    arm = next(a for a in experiment.arms if a.name == arm_name)
-    recipe = arm_recipe(experiment, arm, seed)
-    folder = run_dir(experiment, arm, seed)
-    record_path = folder / "eval.json"
-    if record_path.is_file():
-        return yaml.safe_load(record_path.read_text())
+    done = {split: read_record(record_path(experiment, run, split, records)) for split in run.splits}
+    missing = [split for split, record in done.items() if record is None]
+    if not missing:
+        return done  # type: ignore[return-value]
+    recipe = arm_recipe(experiment, run)
+    folder = experiment.run_dir / run.path
     folder.mkdir(parents=True, exist_ok=True)
+    arm = arm_of(experiment, run.arm)
     with open(folder / "lab.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         if not (folder / "final").is_dir():
             train(recipe, resume=True)
         model = load_any(folder / "final").eval()
         tokenizer = load_tokenizer(folder / "final")
-        tests = read_tasks(experiment.data_dir / "test.jsonl")
         loops = experiment.arm_loops(arm)
-        results = evaluate_tasks(model, tokenizer, tests, loops=loops, batch_size=experiment.eval_batch_size)
-        for row in results["rows"]:
-            row.pop("predictions")
-        record = {"arm": arm.name, "seed": seed, "trained_loops": recipe.curriculum.max_loops, "results": results}
-        if experiment.convergence_loops and max(n if isinstance(n, int) else 2 for n in loops) > 1:
-            record["dynamics"] = loop_dynamics(
-                model, tokenizer, tests, experiment.convergence_loops, batch_size=experiment.eval_batch_size
-            )
-    write_json(record_path, record)
-    return record
+        for split in missing:
+            tasks = read_tasks(experiment.data_dir / f"{split}.jsonl")
+            results = evaluate_tasks(model, tokenizer, tasks, loops=loops, batch_size=experiment.eval_batch_size)
+            for row in results["rows"]:
+                row.pop("predictions")
+            record = {
+                "arm": run.arm,
+                "seed": run.seed,
+                "point": run.point,
+                "split": split,
+                "trained_loops": recipe.curriculum.max_loops,
+                "train_steps": recipe.train.steps,
+                "results": results,
+            }
+            deepest = max(n if isinstance(n, int) else 2 for n in loops)
+            if split == "test" and experiment.convergence_loops and deepest > 1:
+                record["dynamics"] = loop_dynamics(
+                    model, tokenizer, tasks, experiment.convergence_loops, batch_size=experiment.eval_batch_size
+                )
+            path = record_path(experiment, run, split, records)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, record)
+            done[split] = record
+    return done  # type: ignore[return-value]
+
+
+def execute(
+    experiment: Experiment,
+    runs: list[Run],
+    jobs: int,
+    records: Path | None,
+    on_steps: Callable[[int, int], None] | None,
+) -> dict[Run, dict[str, dict[str, Any]]]:
+    """Every run on ``jobs`` worker processes; ``on_steps(done, total)`` every few seconds while they train."""
+    threads = cpu_threads(jobs)
+    total = sum(arm_recipe(experiment, run).train.steps for run in runs)
+    results: dict[Run, dict[str, dict[str, Any]]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        pending: dict[Future[Any], Run] = {pool.submit(run_job, experiment, run, threads, records): run for run in runs}
+        while pending:
+            finished, _ = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[pending.pop(future)] = future.result()
+            if on_steps is not None:
+                on_steps(sum(progress(experiment, run, results, records) for run in runs), total)
+    return results
+
+
+def progress(experiment: Experiment, run: Run, results: dict[Run, Any], records: Path | None) -> int:
+    """Training steps a run has behind it: all of them once it is evaluated or recorded, else its log's."""
+    steps = arm_recipe(experiment, run).train.steps
+    if run in results or all(record_path(experiment, run, s, records).is_file() for s in run.splits):
+        return steps
+    return min(steps_done(experiment.run_dir / run.path), steps)
+
+
+def tuning_score(experiment: Experiment, record: dict[str, Any]) -> float:
+    """A valid record's score: its best fixed row's accuracy over ``tune.band`` (or every example)."""
+    band = experiment.tune.band if experiment.tune is not None else None
+    scores = []
+    for row in record["results"]["rows"]:
+        if not isinstance(row["n_loops"], int):
+            continue
+        if band is None:
+            scores.append(row["metrics"]["accuracy"]["value"])
+        else:
+            lo, hi = parse_difficulty_range(experiment.bands[band], f"bands.{band}")
+            entries = [e["accuracy"] for d, e in row["per_difficulty"].items() if lo <= int(d) <= hi]
+            scores.append(sum(e["value"] * e["n"] for e in entries) / sum(e["n"] for e in entries))
+    return max(scores)
+
+
+@dataclass
+class Outcome:
+    """What an experiment produced: the final runs' records per split, and the tuning table
+    (arm → [(point, valid score)], the chosen point first)."""
+
+    records: dict[str, list[dict[str, Any]]]
+    tuning: dict[str, list[tuple[dict[str, Any], float]]]
+    seconds: float
 
 
 def run_experiment(
-    experiment: Experiment, jobs: int = 1, on_done: Callable[[str, int], None] | None = None
-) -> list[dict[str, Any]]:
-    """Every arm × seed (parallel over ``jobs`` processes); returns their eval records."""
+    experiment: Experiment,
+    jobs: int = 1,
+    records: Path | None = None,
+    on_steps: Callable[[str, int, int], None] | None = None,
+) -> Outcome:
+    """Tune every arm on valid (with a grid), then every arm × seed at its chosen point; see the module docstring.
+    ``on_steps(phase, done, total)`` reports training progress per phase ("tuning", "runs")."""
+    started = time.perf_counter()
     write_task_files(experiment)
-    work = [(arm.name, seed) for seed in experiment.seeds for arm in experiment.arms]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    records = []
-    if jobs == 1:
-        for arm_name, seed in work:
-            records.append(run_job(experiment, arm_name, seed, threads))
-            if on_done is not None:
-                on_done(arm_name, seed)
-        return records
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(run_job, experiment, a, s, threads): (a, s) for a, s in work}
-        for future in as_completed(futures):
-            records.append(future.result())
-            if on_done is not None:
-                on_done(*futures[future])
-    return records
+    first = experiment.seeds[0]
+    chosen = {arm.name: {} for arm in experiment.arms}
+    tuning: dict[str, list[tuple[dict[str, Any], float]]] = {}
+    if experiment.tune is not None:
+        grid = [Run(arm.name, point, first, ("valid",)) for arm in experiment.arms for point in experiment.points()]
+        done = execute(experiment, grid, jobs, records, phase(on_steps, "tuning"))
+        for arm in experiment.arms:
+            scored = [(run.point, tuning_score(experiment, done[run]["valid"])) for run in grid if run.arm == arm.name]
+            scored.sort(key=lambda item: -item[1])  # stable: the grid's first point wins a tie
+            tuning[arm.name] = scored
+            chosen[arm.name] = scored[0][0]
+    final = [Run(arm.name, chosen[arm.name], seed, SPLITS) for seed in experiment.seeds for arm in experiment.arms]
+    done = execute(experiment, final, jobs, records, phase(on_steps, "runs"))
+    by_split = {split: [done[run][split] for run in final] for split in SPLITS}
+    return Outcome(by_split, tuning, time.perf_counter() - started)
+
+
+def phase(on_steps: Callable[[str, int, int], None] | None, name: str) -> Callable[[int, int], None] | None:
+    return None if on_steps is None else lambda done, total: on_steps(name, done, total)

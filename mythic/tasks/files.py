@@ -6,7 +6,7 @@ at the end of ``prompt[:end]`` (0 < end < len(prompt)); training puts them in th
 final answer (dense supervision of the steps), evaluation ignores them. Any other field is kept in
 ``Task.extra`` and otherwise ignored. Reading is strict: a line that is not a JSON object, a missing
 or non-string ``prompt`` / ``answer``, an empty answer, a difficulty that is not an integer, a
-malformed ``intermediate``, or a file without a single example is a one-line ``MythicError``
+malformed ``intermediate``, a line that is not UTF-8, or a file without a single example is a one-line ``MythicError``
 naming the file and line.
 """
 
@@ -88,16 +88,19 @@ def read_tasks(path: str | os.PathLike[str]) -> list[Task]:
     if not path.is_file():
         raise MythicError(f"task file {path} not found")
     tasks = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise MythicError(f"{where}: not valid JSON") from None
-            tasks.append(parse_task(row, where))
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        where = f"{path} line {number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise MythicError(f"{where}: not UTF-8 (byte {err.start + 1} of the line)") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise MythicError(f"{where}: not valid JSON") from None
+        tasks.append(parse_task(row, where))
     if not tasks:
         raise MythicError(f"task file {path} holds no examples")
     return tasks

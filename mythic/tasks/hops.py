@@ -26,6 +26,14 @@ that many lookups gets an intermediate answer at its position, its value (``b=k`
 right after the ``k``, 2 lookups). Set it to the train split's largest difficulty, so that no
 step deeper than the questions trained on is ever supervised.
 
+``baselines`` scores the shallow heuristics this format leaks, as the expected accuracy on one
+example: ``chance`` (uniform over the roots' digits), ``first_digit`` (the first digit of the
+prompt: the queried chain is drawn at least as long as its difficulty, so it is listed first more
+often than 1/roots), ``longest_chain`` (the root of the longest chain, ties split),
+``resolve_then_guess`` (resolve every variable within ``depth`` lookups, the depth trained on; an
+unresolved query is guessed uniformly among the roots whose chains still hold unresolved variables)
+and ``resolve_then_guess_weighted`` (the same guess weighted by each root's unresolved variables).
+
 ``solve`` is the brute-force check: it parses the prompt and follows the chain, returning
 (answer, lookups); the tests check lookups == difficulty for every generated example, and every
 intermediate answer against the lookups of its variable.
@@ -33,11 +41,13 @@ intermediate answer against the lookups of its variable.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from mythic.errors import MythicError
+from mythic.tasks.baselines import guess
 from mythic.tasks.files import Task
 
 VARIABLES = "abcdefghijklmnopqrstuvwxyz"
@@ -88,8 +98,8 @@ def example(rng: np.random.Generator, difficulty: int, options: HopsOptions) -> 
     return Task(f"{body}{QUERY}={names[difficulty - 1]}", digits[0], difficulty, tuple(intermediate))
 
 
-def solve(prompt: str) -> tuple[str, int]:
-    """(answer, lookups) by following the query's chain; a malformed or cyclic prompt is a MythicError."""
+def parse(prompt: str) -> tuple[dict[str, str], str]:
+    """(assignment table in program order, query variable); a malformed prompt is a MythicError."""
     body, sep, query = prompt.rpartition(f"{QUERY}=")
     if not sep or query not in VARIABLES or not query:
         raise MythicError(f"not a hops prompt (no '{QUERY}=variable' query): {prompt!r}")
@@ -99,9 +109,39 @@ def solve(prompt: str) -> tuple[str, int]:
         if not eq or lhs in table:
             raise MythicError(f"bad or repeated statement {statement!r} in {prompt!r}")
         table[lhs] = rhs
-    current, lookups = query, 0
+    return table, query
+
+
+def resolve(table: dict[str, str], variable: str, prompt: str) -> tuple[str, int]:
+    """(root digit, lookups) of ``variable``; an undefined or cyclic one is a MythicError."""
+    current, lookups = variable, 0
     while current not in DIGITS:
         if current not in table or lookups > len(table):
             raise MythicError(f"{current!r} is undefined or cyclic in {prompt!r}")
         current, lookups = table[current], lookups + 1
     return current, lookups
+
+
+def solve(prompt: str) -> tuple[str, int]:
+    """(answer, lookups) by following the query's chain; a malformed or cyclic prompt is a MythicError."""
+    table, query = parse(prompt)
+    return resolve(table, query, prompt)
+
+
+def baselines(task: Task, depth: int) -> dict[str, float]:
+    """Expected accuracy of each shallow heuristic on ``task``, ``depth`` the deepest lookup trained on
+    (see the module docstring)."""
+    table, query = parse(task.prompt)
+    resolved = {lhs: resolve(table, lhs, task.prompt) for lhs in table}
+    roots = [rhs for rhs in table.values() if rhs in DIGITS]
+    chain = Counter(root for root, _ in resolved.values())
+    longest = [root for root, size in chain.items() if size == max(chain.values())]
+    unresolved = Counter(root for root, lookups in resolved.values() if lookups > depth)
+    solved = resolved[query][1] <= depth
+    return {
+        "chance": 1.0 / len(roots),
+        "first_digit": float(roots[0] == task.answer),
+        "longest_chain": guess(task.answer, set(longest)),
+        "resolve_then_guess": 1.0 if solved else guess(task.answer, set(unresolved)),
+        "resolve_then_guess_weighted": 1.0 if solved else unresolved[task.answer] / sum(unresolved.values()),
+    }

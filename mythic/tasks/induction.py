@@ -12,6 +12,13 @@ left (j + 1 < i), and each is one induction-head lookup, so a p-hop question nee
 sequential lookups. The number of hops is written in unary, so a larger p is the same
 instruction repeated, not a new symbol. Sequences whose p hops would run off the start are
 redrawn.
+
+``baselines`` scores the shallow heuristics, as the expected accuracy on one example: ``chance``
+(uniform over the alphabet), ``one_hop`` (a single induction step from the last letter: right at
+p = 1), ``frequent_letter`` (the sequence's most frequent letter, ties split) and
+``resolve_then_guess`` (at most ``depth`` hops, the depth trained on; a longer question is then
+guessed uniformly among the letters other than the one reached, since a hop never lands on the
+letter it starts from).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mythic.errors import MythicError
+from mythic.tasks.baselines import guess
 from mythic.tasks.files import Task
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -69,12 +77,37 @@ def example(rng: np.random.Generator, difficulty: int, options: InductionOptions
     raise MythicError(f"could not draw a {difficulty}-hop sequence of length {options.length}: raise --length")
 
 
-def solve(prompt: str) -> tuple[str, int]:
-    """(answer, hops) by walking the hops; a malformed prompt is a MythicError."""
+def parse(prompt: str) -> tuple[int, str]:
+    """(hops, sequence) of a prompt; a malformed one is a MythicError."""
     marks, sep, sequence = prompt.partition(BAR)
     if not sep or set(marks) - {MARK} or not sequence:
         raise MythicError(f"not an induction prompt ('>'*p + '|' + letters): {prompt!r}")
-    path = hop_path(sequence, len(marks))
+    return len(marks), sequence
+
+
+def solve(prompt: str) -> tuple[str, int]:
+    """(answer, hops) by walking the hops; a malformed prompt is a MythicError."""
+    hops, sequence = parse(prompt)
+    path = hop_path(sequence, hops)
     if path is None:
-        raise MythicError(f"{len(marks)} hops run off the start of {prompt!r}")
+        raise MythicError(f"{hops} hops run off the start of {prompt!r}")
     return sequence[path[-1]], len(path) - 1
+
+
+def baselines(task: Task, depth: int) -> dict[str, float]:
+    """Expected accuracy of each shallow heuristic on ``task``, ``depth`` the most hops trained on
+    (see the module docstring)."""
+    hops, sequence = parse(task.prompt)
+    letters = set(sequence)
+    counts = {letter: sequence.count(letter) for letter in letters}
+    frequent = {letter for letter, count in counts.items() if count == max(counts.values())}
+    one = hop_path(sequence, 1)
+    reached = hop_path(sequence, min(hops, depth))
+    return {
+        "chance": 1.0 / len(letters),
+        "one_hop": float(one is not None and sequence[one[-1]] == task.answer),
+        "frequent_letter": guess(task.answer, frequent),
+        "resolve_then_guess": (
+            1.0 if hops <= depth else guess(task.answer, letters - {sequence[reached[-1]]}) if reached else 0.0
+        ),
+    }

@@ -22,7 +22,8 @@ import numpy as np
 
 from mythic.errors import MythicError
 from mythic.io import atomic_dir, write_json
-from mythic.tasks import hops, induction
+from mythic.tasks import hops, induction, pointer
+from mythic.tasks.baselines import Baselines
 from mythic.tasks.files import Task, write_tasks
 
 SPLITS = ("test", "valid", "train")
@@ -32,16 +33,18 @@ MAX_REJECTS = 100
 
 @dataclass(frozen=True)
 class Generator:
-    """A task generator: its options type, one-example sampler and brute-force solver."""
+    """A task generator: its options type, one-example sampler, brute-force solver and shallow baselines."""
 
     options: type
     example: Callable[[np.random.Generator, int, Any], Task]
     solve: Callable[[str], tuple[str, int]]
+    baselines: Baselines
 
 
 GENERATORS = {
-    "hops": Generator(hops.HopsOptions, hops.example, hops.solve),
-    "induction": Generator(induction.InductionOptions, induction.example, induction.solve),
+    "hops": Generator(hops.HopsOptions, hops.example, hops.solve, hops.baselines),
+    "induction": Generator(induction.InductionOptions, induction.example, induction.solve, induction.baselines),
+    "pointer": Generator(pointer.PointerOptions, pointer.example, pointer.solve, pointer.baselines),
 }
 
 

@@ -8,8 +8,11 @@ Kinds (``recipe.curriculum.kind``):
       r̄(s) = r̄₀ + (r̄ − r̄₀)·ρ(s/S),  ρ(u) = u (linear) or 1 − √(1 − u) (sqrt), u clipped to [0, 1]
       τ ~ LogNormal(log r̄(s) − σ²/2, σ)   (so E[τ] = r̄(s)),   r = Poisson(τ) + 1
   clipped to ``max_loops``.
+- ``difficulty``: T_b = min(d_b + U{0, …, extra}, max_loops) per sequence, d_b the example's
+  difficulty (task files; 1 without one): never fewer loops than the steps the answer takes,
+  and up to ``extra`` more, so the answer must also survive loops it does not need.
 
-``per_sequence: true`` draws one depth per sequence (Parcae): ``n_loops`` is then a
+``per_sequence: true`` (always, for ``difficulty``) draws one depth per sequence (Parcae): ``n_loops`` is then a
 LongTensor (B,) and the model runs max(n) loops, freezing each sequence at its own depth.
 Otherwise one T is drawn per micro-batch and shared by all ranks, so data-parallel ranks
 do the same amount of work.
@@ -35,6 +38,7 @@ import torch
 
 from mythic.train.recipe import (
     CurriculumSpec,
+    DifficultyCurriculum,
     FixedCurriculum,
     PoissonLognormalCurriculum,
     StagesCurriculum,
@@ -89,16 +93,19 @@ class Curriculum:
 
     @property
     def per_sequence(self) -> bool:
-        return bool(getattr(self.spec, "per_sequence", False))
+        return isinstance(self.spec, DifficultyCurriculum) or bool(getattr(self.spec, "per_sequence", False))
 
     def rng(self, step: int, micro: int, rank: int, stream: int = 0) -> np.random.Generator:
         """The generator for one draw; ``stream`` 0 draws depths, 1 draws ``grad_loops: uniform``."""
         key = [self.seed, step, micro, rank, self.SALT]
         return np.random.default_rng(key + [stream] if stream else key)
 
-    def draw(self, rng: np.random.Generator, step: int, size: int) -> np.ndarray:
-        """``size`` loop counts in [1, max_loops] for ``step``."""
+    def draw(self, rng: np.random.Generator, step: int, size: int, difficulty: np.ndarray | None = None) -> np.ndarray:
+        """``size`` loop counts in [1, max_loops] for ``step`` (``difficulty``: the examples' (size,))."""
         spec = self.spec
+        if isinstance(spec, DifficultyCurriculum):
+            floor = np.ones(size, dtype=np.int64) if difficulty is None else np.maximum(difficulty, 1)
+            return np.minimum(floor + rng.integers(0, spec.extra + 1, size=size), spec.max_loops).astype(np.int64)
         if isinstance(spec, FixedCurriculum):
             return np.full(size, spec.loops, dtype=np.int64)
         if isinstance(spec, StagesCurriculum):
@@ -111,10 +118,14 @@ class Curriculum:
         tau = rng.lognormal(math.log(mean) - spec.sigma**2 / 2, spec.sigma, size=size)
         return np.minimum(rng.poisson(tau) + 1, spec.max_loops).astype(np.int64)
 
-    def sample(self, step: int, micro: int, batch_size: int, rank: int = 0) -> Depth:
-        """The depth for micro-batch ``micro`` of optimizer step ``step`` on ``rank``."""
+    def sample(
+        self, step: int, micro: int, batch_size: int, rank: int = 0, difficulty: torch.Tensor | None = None
+    ) -> Depth:
+        """The depth for micro-batch ``micro`` of optimizer step ``step`` on ``rank`` (``difficulty``: its
+        examples' difficulties (B,), 0 where unknown; read by the ``difficulty`` curriculum only)."""
         if self.per_sequence:
-            loops = self.draw(self.rng(step, micro, rank), step, batch_size)
+            known = None if difficulty is None else difficulty.numpy()
+            loops = self.draw(self.rng(step, micro, rank), step, batch_size, known)
             n_loops: LoopCount = torch.from_numpy(loops)
         else:
             n_loops = int(self.draw(self.rng(step, micro, 0), step, 1)[0])

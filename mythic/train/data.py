@@ -58,8 +58,11 @@ SALT = 0xDA7A
 
 @dataclass
 class Batch:
+    """One rank's rows; ``difficulty`` (B,): task examples' difficulties (0 where a row has none; None for text)."""
+
     input_ids: torch.Tensor
     labels: torch.Tensor
+    difficulty: torch.Tensor | None = None
 
 
 def recipe_tokenizer(path: str | Path, data: Data | None = None) -> Any:
@@ -399,25 +402,28 @@ class TaskStream:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.samples = 0
 
-    def next_sample(self, step: int = 0) -> tuple[list[int], list[int]]:
-        """(input_ids, labels) of the next example, unpadded; labels already shifted (labels[i] = ids[i + 1])."""
+    def next_sample(self, step: int = 0) -> tuple[list[int], list[int], int]:
+        """(input_ids, labels, difficulty) of the next example, unpadded; labels already shifted
+        (labels[i] = ids[i + 1]); difficulty 0 when the example has none."""
         source = pick_source(self.seed, self.samples, self.weights)
-        ids, labels = encode_task(self.tokenizer, self.readers[source].next_task(self.samples, step))
+        task = self.readers[source].next_task(self.samples, step)
+        ids, labels = encode_task(self.tokenizer, task)
         self.samples += 1
         if len(ids) > self.spec.seq_len:
             raise MythicError(
                 f"data.sources.{source}: an example has {len(ids)} tokens, above data.seq_len={self.spec.seq_len}"
             )
-        return ids, labels
+        return ids, labels, task.difficulty or 0
 
     def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1, step: int = 0) -> Batch:
         """This rank's rows of the next global micro-batch at optimizer ``step``, right-padded to its longest row."""
         rows = [self.next_sample(step) for _ in range(batch_size * world_size)]
-        width = max(len(ids) for ids, _ in rows)
+        width = max(len(ids) for ids, _, _ in rows)
         mine = rows[rank * batch_size : (rank + 1) * batch_size]
         return Batch(
-            input_ids=torch.tensor([ids + [self.pad_id] * (width - len(ids)) for ids, _ in mine], dtype=torch.long),
-            labels=torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in mine], dtype=torch.long),
+            input_ids=torch.tensor([ids + [self.pad_id] * (width - len(ids)) for ids, _, _ in mine], dtype=torch.long),
+            labels=torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab, _ in mine], dtype=torch.long),
+            difficulty=torch.tensor([d for _, _, d in mine], dtype=torch.long),
         )
 
     def state_dict(self) -> dict[str, Any]:

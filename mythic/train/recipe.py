@@ -291,7 +291,17 @@ class PoissonLognormalCurriculum(CurriculumBase):
         return self
 
 
-CurriculumSpec = Annotated[FixedCurriculum | StagesCurriculum | PoissonLognormalCurriculum, Field(discriminator="kind")]
+class DifficultyCurriculum(CurriculumBase):
+    """Depth tied to each example's difficulty d (task files; 1 when an example has none):
+    T_b = min(d_b + U{0, …, extra}, max_loops), drawn per sequence."""
+
+    kind: Literal["difficulty"]
+    extra: int = Field(0, ge=0)
+
+
+CurriculumSpec = Annotated[
+    FixedCurriculum | StagesCurriculum | PoissonLognormalCurriculum | DifficultyCurriculum, Field(discriminator="kind")
+]
 
 
 # ------------------------------------------------------------------------------ loss
@@ -431,6 +441,8 @@ class Recipe(Strict):
             raise ValueError("train.parallel: fsdp cannot shard a 4-bit base (bitsandbytes' packed weights); use ddp")
         if self.train.parallel == "fsdp" and self.train.mixed_precision == "fp16":
             raise ValueError("train.mixed_precision: fp16 needs a sharded gradient scaler under fsdp; use bf16")
+        if isinstance(self.curriculum, DifficultyCurriculum) and not isinstance(self.data.sources[0], TasksSource):
+            raise ValueError("curriculum.kind: difficulty needs task files (data sources of kind tasks)")
         tokenizers = [self.data.tokenizer, getattr(self.model, "tokenizer", None)]
         if "chars" in tokenizers and not isinstance(self.data.sources[0], TasksSource):
             raise ValueError("data.tokenizer: chars is built from task files: use data sources of kind tasks")

@@ -315,7 +315,7 @@ def train_step(run: Training, step: int) -> tuple[dict[str, Any], bool]:
     finite = True
     for micro in range(cfg.grad_accum):
         batch = run.stream.next_batch(cfg.micro_batch, rank, world, step)
-        depth = run.curriculum.sample(step, micro, cfg.micro_batch, rank)
+        depth = run.curriculum.sample(step, micro, cfg.micro_batch, rank, batch.difficulty)
         depths += depth.per_sequence(cfg.micro_batch)
         with accelerator.accumulate(run.objective), accelerator.autocast():
             out = run.objective(
