@@ -21,14 +21,33 @@ within 1.15× of the ideal FLOP ratio. Usage:
 
     python benchmarks/train_throughput.py --base base/smollm2-135m --block 12:16 --batch 2 --seq-len 256
     python benchmarks/train_throughput.py            # a random 8-layer Llama if no base is given
+
+``--recipe RECIPE`` (retrofit rows): the recipe's own training step on its own task data, at the loop
+counts its curriculum draws, two ways side by side in alternating rounds (the machine is noisy):
+
+    before   the path before the retrofit speed-up: logits and loss at every position, batches in
+             the stream's order (right-padded to the longest row of each)
+    now      what ``mythic train`` runs: logits at the labelled positions only (``Objective``) and
+             batches made by length (``data.bucket``, 8 when the recipe sets none)
+
+Each row counts real tokens apart from padding and prints the achieved model FLOP/s over the fp32
+matmul peak measured in the same run with the same threads (a 1024² matmul). Model FLOPs of a step
+are what its real tokens need, padding and the unread logits left out:
+
+    fwd  = Σ_real (prelude + T·block + coda) + labels·head
+    bwd  = Σ_real (coda + T·block) + labels·head             (input gradients; the few trained weights left out)
+
+with each layer 2 FLOPs per weight and 4·s·d for attention scores (s the row's length).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -98,6 +117,132 @@ def measure(step: Callable[[], None], device: torch.device, steps: int) -> tuple
     return (time.perf_counter() - began) / steps, saved // steps
 
 
+def matmul_peak(size: int = 1024, seconds: float = 1.0) -> float:
+    """fp32 matmul FLOP/s with this process's torch threads (best of repeated 1024² products)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best, began = 0.0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def model_flops(
+    weights: list[int],
+    block: tuple[int, int],
+    hidden: int,
+    vocab: int,
+    lengths: list[int],
+    loops: list[float],
+    labels: torch.Tensor,
+) -> float:
+    """A step's model FLOPs (module docstring): ``weights`` 2 × each layer's weights, one row per length/loops."""
+    start, end = block
+    total = 4.0 * int(labels) * hidden * vocab  # the head at the labelled positions, forward and backward
+    for length, t in zip(lengths, loops, strict=True):
+        per_token = [w + 4 * length * hidden for w in weights]
+        prelude, looped, coda = sum(per_token[:start]), sum(per_token[start:end]), sum(per_token[end:])
+        total += length * (prelude + 2 * t * looped + 2 * coda)
+    return total
+
+
+def recipe_rows(recipe_path: str, overrides: list[str], steps: int, rounds: int) -> list[dict[str, float | str]]:
+    """The recipe's training step, before and now, in ``rounds`` alternating rounds of ``steps`` steps each."""
+    from mythic.train.curriculum import Curriculum
+    from mythic.train.data import TaskStream
+    from mythic.train.model import build_model, select_trainable
+    from mythic.train.objective import Objective, logits_of
+    from mythic.train.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, overrides)
+    model, tokenizer = build_model(recipe.model, torch.device("cpu"), recipe.data)
+    trainable = select_trainable(model, recipe)
+    model.train()
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=recipe.optim.lr, fused=True)
+    objective = Objective(model, recipe.loss)
+    curriculum = Curriculum(recipe.curriculum, recipe.seed)
+    cfg = model.config
+    start, end = cfg.block_start, cfg.block_end
+    hidden, vocab = cfg.text_config.hidden_size, cfg.text_config.vocab_size
+    weights = [2 * sum(p.numel() for p in layer.parameters()) for layer in model.base.model.layers]
+    bucket = recipe.data.bucket if recipe.data.bucket > 1 else 8
+    streams = {
+        "before": TaskStream(recipe.data.model_copy(update={"bucket": 0}), tokenizer, recipe.seed),
+        "now": TaskStream(recipe.data.model_copy(update={"bucket": bucket}), tokenizer, recipe.seed),
+    }
+
+    def full_logits_loss(ids: torch.Tensor, labels: torch.Tensor, depth: object) -> torch.Tensor:
+        out = model(ids, n_loops=depth.n_loops, grad_loops=depth.grad_loops)
+        return losses.cross_entropy(logits_of(out), labels)
+
+    def step(path: str, number: int) -> tuple[float, int, int, float]:
+        batch = streams[path].next_batch(recipe.train.micro_batch, step=number)
+        depth = curriculum.sample(number, 0, recipe.train.micro_batch, 0, batch.difficulty)
+        loops = torch.as_tensor(depth.per_sequence(batch.input_ids.shape[0]), dtype=torch.float64)
+        began = time.perf_counter()
+        if path == "now":
+            loss = objective(batch.input_ids, batch.labels, depth)["loss"]
+        else:
+            loss = full_logits_loss(batch.input_ids, batch.labels, depth)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - began
+        labelled = batch.labels != losses.IGNORE_INDEX
+        last = torch.arange(labelled.shape[1]).expand_as(labelled).masked_fill(~labelled, -1).max(1).values
+        flops = model_flops(weights, (start, end), hidden, vocab, (last + 1).tolist(), loops.tolist(), labelled.sum())
+        return seconds, batch.input_ids.numel(), batch.real_tokens, flops
+
+    totals = {path: [0.0, 0, 0, 0.0] for path in streams}
+    for round_ in range(rounds):
+        for path in ("before", "now") if round_ % 2 == 0 else ("now", "before"):
+            for i in range(steps):
+                got = step(path, round_ * steps + i)
+                totals[path] = [a + b for a, b in zip(totals[path], got, strict=True)]
+    peak = matmul_peak()
+    rows = []
+    for path, (seconds, positions, real, flops) in totals.items():
+        rows.append(
+            {
+                "path": path,
+                "step_s": seconds / (steps * rounds),
+                "tokens_per_s": positions / seconds,
+                "real_tokens_per_s": real / seconds,
+                "padding": 1 - real / positions,
+                "model_flops_per_s": flops / seconds,
+                "peak_flops_per_s": peak,
+                "of_peak": flops / seconds / peak,
+            }
+        )
+    rows[1]["speedup"] = rows[1]["real_tokens_per_s"] / rows[0]["real_tokens_per_s"]
+    return rows
+
+
+def print_recipe_rows(rows: list[dict[str, float | str]], title: str) -> None:
+    table = Table(title=title)
+    columns = ("path", "step s", "real tokens/s", "tokens/s (padding in)", "padding", "model GFLOP/s", "of fp32 peak")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["path"]),
+            f"{row['step_s']:.3f}",
+            f"{row['real_tokens_per_s']:,.0f}",
+            f"{row['tokens_per_s']:,.0f}",
+            f"{row['padding']:.1%}",
+            f"{row['model_flops_per_s'] / 1e9:.1f}",
+            f"{row['of_peak']:.1%}",
+        )
+    console = Console(width=160)
+    console.print(table)
+    console.print(
+        f"fp32 matmul peak here: {rows[0]['peak_flops_per_s'] / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} "
+        f"threads; now / before in real tokens/s: {rows[1]['speedup']:.2f}× (target ≥ 1.5×)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default=None, help="HF base folder (default: a random 8-layer Llama)")
@@ -107,7 +252,20 @@ def main() -> None:
     parser.add_argument("--grad-loops", type=int, default=2, help="k, the loops with gradient")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--recipe", default=None, help="retrofit rows: a task-file retrofit recipe (see above)")
+    parser.add_argument("--set", action="append", default=[], help="recipe override key=value (repeatable)")
+    parser.add_argument("--rounds", type=int, default=4, help="--recipe: alternating rounds of --steps steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="--recipe: also write the rows here")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.recipe is not None:
+        rows = recipe_rows(args.recipe, args.set, args.steps, args.rounds)
+        print_recipe_rows(rows, f"{args.recipe}: {args.rounds} × {args.steps} steps a path, alternating")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
+        return
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)

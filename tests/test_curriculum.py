@@ -121,8 +121,11 @@ def test_difficulty_curriculum_never_loops_less_than_the_steps(seed: int, extra:
     assert torch.equal(depth.n_loops, again.n_loops)
 
 
-def test_difficulty_curriculum_draws_every_extra_loop() -> None:
-    spec = DifficultyCurriculum(kind="difficulty", max_loops=8, extra=2)
-    draws = torch.cat([Curriculum(spec, 0).sample(s, 0, 64, 0, torch.full((64,), 3)).n_loops for s in range(20)])
+def test_difficulty_curriculum_draws_every_extra_loop_once_they_start() -> None:
+    spec = DifficultyCurriculum(kind="difficulty", max_loops=8, extra=2, extra_after=20)
+    three = torch.full((64,), 3)
+    early = torch.cat([Curriculum(spec, 0).sample(s, 0, 64, 0, three).n_loops for s in range(20)])
+    draws = torch.cat([Curriculum(spec, 0).sample(s, 0, 64, 0, three).n_loops for s in range(20, 40)])
+    assert set(early.tolist()) == {3}, "before extra_after every example loops exactly its difficulty"
     assert set(draws.tolist()) == {3, 4, 5}
     assert abs(float((draws == 4).float().mean()) - 1 / 3) < 0.05  # 1280 draws: SE 0.013

@@ -77,10 +77,11 @@ def test_focal_with_gamma_zero_is_plain_ce(seed: int) -> None:
 
 
 def test_sequence_ce_per_row() -> None:
-    logits = torch.cat([LOGITS, LOGITS.flip(-1)])
-    labels = torch.tensor([[1, 0], [1, losses.IGNORE_INDEX]])
-    got = losses.sequence_ce(logits, labels)
-    assert torch.allclose(got, torch.tensor([(CE0 + CE1) / 2, CE0]))
+    """Labelled tokens flattened into one sequence, regrouped by their rows; a row without one reads 0."""
+    logits = torch.cat([LOGITS[0], LOGITS[0, :1]]).unsqueeze(0)  # row 0's two tokens, then row 2's one
+    labels = torch.tensor([[1, 0, 1]])
+    got = losses.sequence_ce(logits, labels, torch.tensor([0, 0, 2]), batch=3)
+    assert torch.allclose(got, torch.tensor([(CE0 + CE1) / 2, 0.0, CE0]))
 
 
 def test_model_aux_terms() -> None:

@@ -20,7 +20,7 @@ from mythic.loading import load_any, load_tokenizer
 from mythic.tasks import hops
 from mythic.tasks.files import Task, read_tasks, write_tasks
 from mythic.tasks.tokenizer import char_tokenizer
-from mythic.train.data import TaskStream, encode_task
+from mythic.train.data import Batch, TaskStream, encode_task
 from mythic.train.losses import IGNORE_INDEX
 from mythic.train.recipe import Data, load_recipe, validate_recipe
 from mythic.train.trainer import train
@@ -91,6 +91,35 @@ def test_difficulty_ramp_and_exact_resume(tmp_path: Path) -> None:
     assert all(torch.equal(a, resumed.next_batch(2, step=40).input_ids) for a in expected)
 
 
+def test_bucketing_batches_by_length_the_same_examples_and_resumes_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    tasks = [hops.example(rng, 1 + i % 4, hops.HopsOptions(roots=3, chain=8)) for i in range(96)]
+    write_tasks(tmp_path / "h.jsonl", tasks)
+    tokenizer = char_tokenizer(tasks)
+    data = Data(seq_len=128, sources=[{"kind": "tasks", "path": str(tmp_path / "h.jsonl")}])
+    plain = TaskStream(data, tokenizer, seed=3)
+    bucketed = TaskStream(data.model_copy(update={"bucket": 4}), tokenizer, seed=3)
+
+    def rows(batch: Batch) -> list[tuple[int, ...]]:
+        return [tuple(i for i in ids if i != tokenizer.pad_token_id) for ids in batch.input_ids.tolist()]
+
+    unsorted = [plain.next_batch(8) for _ in range(4)]
+    sorted_ = [bucketed.next_batch(8) for _ in range(4)]
+    assert sorted({r for b in unsorted for r in rows(b)}) == sorted({r for b in sorted_ for r in rows(b)})
+    padding = [sum(int((b.input_ids == tokenizer.pad_token_id).sum()) for b in bs) for bs in (unsorted, sorted_)]
+    assert padding[1] < padding[0] / 2, padding  # the same 32 examples, half the padding or less
+    widths = [b.input_ids.shape[1] for b in sorted_]
+    assert widths != sorted(widths), "the length-sorted batches are handed out in a shuffled order"
+    bucketed.next_batch(8)  # one batch into the next pool: the rest of it is pending
+    state = json.loads(json.dumps(bucketed.state_dict()))
+    expected = [bucketed.next_batch(8) for _ in range(5)]
+    resumed = TaskStream(data.model_copy(update={"bucket": 4}), tokenizer, seed=3)
+    resumed.load_state_dict(state)
+    for batch in expected:
+        again = resumed.next_batch(8)
+        assert torch.equal(batch.input_ids, again.input_ids) and torch.equal(batch.difficulty, again.difficulty)
+
+
 def test_rows_longer_than_seq_len_are_refused(tmp_path: Path) -> None:
     data = task_data(tmp_path)
     stream = TaskStream(data.model_copy(update={"seq_len": 4}), char_tokenizer(TASKS), seed=0)
@@ -139,6 +168,7 @@ def test_chars_openmythos_trains_saves_its_tokenizer_and_learns(hops_run: tuple[
     run, data = hops_run
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["ce"] < 0.6 * records[0]["ce"]
+    assert all(0 < r["real_tokens"] < r["tokens"] for r in records)  # rows of 1–3 lookups: the short ones padded
     final = run / "final"
     tokenizer = load_tokenizer(final)
     assert tokenizer.get_vocab() == char_tokenizer(read_tasks(data / "train.jsonl")).get_vocab()

@@ -13,16 +13,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_train_helpers import tiny_recipe, write_corpus
-from tiny import make_tokenizer, tiny_base, write_tiny_base
+from tiny import make_tokenizer, tiny_base, tiny_mythos, write_tiny_base
 from transformers import AutoModelForCausalLM
 
 from mythic.errors import MythicError
 from mythic.eval.rows import row_mode
+from mythic.models.openmythos import MythosForCausalLM, MythosHFConfig
 from mythic.models.retrofit import MythicForCausalLM
 from mythic.train import losses
 from mythic.train.curriculum import Curriculum, Depth
 from mythic.train.model import add_lora, param_groups, select_trainable
-from mythic.train.objective import Objective
+from mythic.train.objective import Objective, logits_of
 from mythic.train.recipe import FixedCurriculum, Lora, Loss, validate_recipe
 from mythic.train.trainer import MetricsLog, TrainResult, default_build, train
 
@@ -50,6 +51,12 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.randint(3, 64, (2, 12), generator=g)
     labels[0, :4] = losses.IGNORE_INDEX
     return ids, labels
+
+
+def row_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) mean CE of each row over its labelled positions, from full logits (B, L, V)."""
+    mask = losses.valid_mask(labels)
+    return (losses.token_ce(logits, labels) * mask).sum(-1) / mask.sum(-1)
 
 
 def test_dual_t_objective_matches_the_formulas(tiny: tuple[Path, Path]) -> None:
@@ -81,7 +88,7 @@ def test_dual_t_objective_matches_the_formulas(tiny: tuple[Path, Path]) -> None:
         assert abs(out[name].item() - value.item()) < 1e-6, name
     assert abs(out["loss"].item() - expected.item()) < 1e-5
     assert out["seq_loops"].tolist() == [1, 1, 3, 3]
-    assert torch.allclose(out["seq_ce"][2:], losses.sequence_ce(hi, labels))
+    assert torch.allclose(out["seq_ce"][2:], row_ce(hi, labels))
     no_anchor = Objective(model, loss)(ids, labels, Depth(3), anchor=False)
     assert "kl_anchor" not in no_anchor
     assert abs(no_anchor["loss"].item() - (expected - kl).item()) < 1e-5
@@ -118,9 +125,10 @@ def test_model_aux_terms_are_added_and_logged() -> None:
             super().__init__()
             self.emb = torch.nn.Embedding(64, 64)
 
-        def forward(self, ids: torch.Tensor, **kwargs: object) -> object:
+        def forward(self, ids: torch.Tensor, logits_to_keep: torch.Tensor, **kwargs: object) -> object:
             logits = self.emb(ids)
             aux = {"moe_balance": logits.square().mean(), "ponder": torch.tensor(2.0)}
+            logits = logits[logits_to_keep]
             return type("Out", (), {"logits": logits, "aux_losses": aux})()
 
     model = StandIn()
@@ -131,6 +139,36 @@ def test_model_aux_terms_are_added_and_logged() -> None:
     assert abs(out["aux_moe_balance"].item() - balance.item()) < 1e-7
     assert out["aux_ponder"].item() == 2.0
     assert abs(out["loss"].item() - (ce + balance + 2.0).item()) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["retrofit", "openmythos"])
+def test_the_objective_reads_logits_at_labelled_positions_only(tiny: tuple[Path, Path], kind: str) -> None:
+    """The head and the loss run on the labelled positions (the union over the rows): the loss and every gradient
+    equal the CE of the full logits (plus the model's own terms, the MoE balance loss of OpenMythos)."""
+    if kind == "retrofit":
+        model = wrapper(tiny[0])
+    else:
+        torch.manual_seed(0)
+        model = MythosForCausalLM(MythosHFConfig.from_mythos(tiny_mythos(vocab_size=64)))
+    ids, labels = batch()
+    labels[:, :7] = losses.IGNORE_INDEX  # 5 labelled positions in row 1, 4 in row 0 (its position 11 left out)
+    labels[0, 11] = losses.IGNORE_INDEX
+    out = Objective(model, Loss())(ids, labels, Depth(3))
+    out["loss"].backward()
+    fast = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    full = model(ids, n_loops=3)
+    reference = losses.cross_entropy(logits_of(full), labels) + sum(losses.model_aux_terms(full).values())
+    reference.backward()
+    assert abs(out["loss"].item() - reference.item()) < 1e-6
+    assert len(fast) > 10
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert (fast[name] - p.grad).abs().max().item() < 1e-6, name
+    seen = []
+    model.register_forward_hook(lambda m, a, kw, o: seen.append((kw["logits_to_keep"], logits_of(o))), with_kwargs=True)
+    Objective(model, Loss())(ids, labels, Depth(2))
+    assert torch.equal(seen[0][0], losses.valid_mask(labels)) and seen[0][1].shape == (9, 64)
 
 
 def saved_bytes(model: MythicForCausalLM, depth: Depth) -> int:
@@ -298,7 +336,7 @@ def test_run_outputs(tiny: tuple[Path, Path], tmp_path: Path) -> None:
         assert all(key in r for r in records), key
     assert [("kl_anchor" in r) for r in records] == [True, False, True, False, True, False]
     assert all("rec/rho_A" in r and "rec/layerscale/1" in r and "ce_T1" in r for r in records)
-    assert records[0]["lr"] == 0.01 and records[-1]["tokens"] == 2 * 16 * 2
+    assert records[0]["lr"] == 0.01 and records[-1]["tokens"] == records[-1]["real_tokens"] == 2 * 16 * 2  # packed
     assert result.plot is not None and result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["step-0000004", "step-0000006"]  # keep 2
@@ -422,9 +460,9 @@ def test_per_sequence_depth_is_logged_per_t(tiny: tuple[Path, Path]) -> None:
         logits = model(ids, n_loops=torch.tensor([1, 3])).logits
         one, three = model(ids[:1], n_loops=1).logits, model(ids[1:], n_loops=3).logits
     assert out["seq_loops"].tolist() == [1, 3]
-    assert torch.allclose(out["seq_ce"], losses.sequence_ce(logits, labels))
-    assert abs(out["seq_ce"][0].item() - losses.sequence_ce(one, labels[:1]).item()) < 1e-5
-    assert abs(out["seq_ce"][1].item() - losses.sequence_ce(three, labels[1:]).item()) < 1e-5
+    assert torch.allclose(out["seq_ce"], row_ce(logits, labels))
+    assert abs(out["seq_ce"][0].item() - row_ce(one, labels[:1]).item()) < 1e-5
+    assert abs(out["seq_ce"][1].item() - row_ce(three, labels[1:]).item()) < 1e-5
 
 
 def test_metrics_log_drops_a_line_cut_by_a_kill(tmp_path: Path) -> None:

@@ -221,6 +221,8 @@ def read_positions(
 ) -> tuple[slice | torch.Tensor, torch.Tensor | None]:
     """``logits_to_keep`` → (the read positions as an index, the context mask (length,) or None when all are read)."""
     if isinstance(read, torch.Tensor):
+        if read.dim() != 1:
+            raise MythicError("adaptive depth reads positions given as a 1-D index (logits_to_keep), not a mask")
         context = torch.ones(length, dtype=torch.bool, device=device)
         context[read.to(device)] = False
         index = read.to(device)

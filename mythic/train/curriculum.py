@@ -10,7 +10,8 @@ Kinds (``recipe.curriculum.kind``):
   clipped to ``max_loops``.
 - ``difficulty``: T_b = min(d_b + U{0, …, extra}, max_loops) per sequence, d_b the example's
   difficulty (task files; 1 without one): never fewer loops than the steps the answer takes,
-  and up to ``extra`` more, so the answer must also survive loops it does not need.
+  and up to ``extra`` more, so the answer must also survive loops it does not need. Before step
+  ``extra_after``, T_b = d_b: every loop takes one step, and stopping is learned afterwards.
 
 ``per_sequence: true`` (always, for ``difficulty``) draws one depth per sequence (Parcae): ``n_loops`` is then a
 LongTensor (B,) and the model runs max(n) loops, freezing each sequence at its own depth.
@@ -105,7 +106,8 @@ class Curriculum:
         spec = self.spec
         if isinstance(spec, DifficultyCurriculum):
             floor = np.ones(size, dtype=np.int64) if difficulty is None else np.maximum(difficulty, 1)
-            return np.minimum(floor + rng.integers(0, spec.extra + 1, size=size), spec.max_loops).astype(np.int64)
+            extra = spec.extra if step >= spec.extra_after else 0
+            return np.minimum(floor + rng.integers(0, extra + 1, size=size), spec.max_loops).astype(np.int64)
         if isinstance(spec, FixedCurriculum):
             return np.full(size, spec.loops, dtype=np.int64)
         if isinstance(spec, StagesCurriculum):

@@ -22,7 +22,11 @@ labels are the answer tokens and EOS only (the prompt and the padding are -100).
 needs no attention mask: a causal model never lets a token see the padding after it. Examples
 are drawn from the sources by the same mixture rule; within a source, by difficulty group (see
 ``TaskReader``), with an optional hop curriculum: ``difficulty_ramp`` raises the highest difficulty
-drawn linearly from the file's lowest to its highest over that many steps.
+drawn linearly from the file's lowest to its highest over that many steps. With ``data.bucket = K``
+the stream draws K global micro-batches' examples at once, sorts them by length (stable), cuts them
+into K micro-batches and hands those out in an order drawn from ``default_rng([seed, pool, salt])``:
+the same examples, a fraction of the padding (the pool's examples all see the difficulty cap of the
+step that drew it).
 
 Resume: ``state_dict()`` holds the document counter, each source's (epoch, position) and the
 packer's leftover tokens, so ``load_state_dict`` continues with exactly the same samples.
@@ -53,16 +57,23 @@ from mythic.train.losses import IGNORE_INDEX
 from mythic.train.recipe import Data, FilesSource, HFSource, StdlibSource, TasksSource
 
 Document = str | list[dict[str, Any]]
+Row = tuple[list[int], list[int], int]  # a task example: input_ids, labels (shifted), difficulty (0: none)
 SALT = 0xDA7A
 
 
 @dataclass
 class Batch:
-    """One rank's rows; ``difficulty`` (B,): task examples' difficulties (0 where a row has none; None for text)."""
+    """One rank's rows; ``difficulty`` (B,): task examples' difficulties (0 where a row has none; None for text);
+    ``real``: the positions that hold a token rather than padding (every position of packed text)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     difficulty: torch.Tensor | None = None
+    real: int | None = None
+
+    @property
+    def real_tokens(self) -> int:
+        return self.input_ids.numel() if self.real is None else self.real
 
 
 def recipe_tokenizer(path: str | Path, data: Data | None = None) -> Any:
@@ -401,8 +412,9 @@ class TaskStream:
         self.weights = source_weights(spec)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.samples = 0
+        self.pending: list[list[Row]] = []  # bucketed micro-batches not yet handed out
 
-    def next_sample(self, step: int = 0) -> tuple[list[int], list[int], int]:
+    def next_sample(self, step: int = 0) -> Row:
         """(input_ids, labels, difficulty) of the next example, unpadded; labels already shifted
         (labels[i] = ids[i + 1]); difficulty 0 when the example has none."""
         source = pick_source(self.seed, self.samples, self.weights)
@@ -417,17 +429,36 @@ class TaskStream:
 
     def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1, step: int = 0) -> Batch:
         """This rank's rows of the next global micro-batch at optimizer ``step``, right-padded to its longest row."""
-        rows = [self.next_sample(step) for _ in range(batch_size * world_size)]
+        size = batch_size * world_size
+        if self.spec.bucket > 1:
+            if not self.pending:
+                self.pending = self.bucketed(size, step)
+            rows = self.pending.pop(0)
+        else:
+            rows = [self.next_sample(step) for _ in range(size)]
         width = max(len(ids) for ids, _, _ in rows)
         mine = rows[rank * batch_size : (rank + 1) * batch_size]
         return Batch(
             input_ids=torch.tensor([ids + [self.pad_id] * (width - len(ids)) for ids, _, _ in mine], dtype=torch.long),
             labels=torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab, _ in mine], dtype=torch.long),
             difficulty=torch.tensor([d for _, _, d in mine], dtype=torch.long),
+            real=sum(len(ids) for ids, _, _ in mine),
         )
 
+    def bucketed(self, size: int, step: int) -> list[list[Row]]:
+        """``bucket`` global micro-batches of ``size`` rows: one pool sorted by length, cut, then shuffled."""
+        pool = [self.next_sample(step) for _ in range(size * self.spec.bucket)]
+        pool.sort(key=lambda row: len(row[0]))
+        batches = [pool[i : i + size] for i in range(0, len(pool), size)]
+        order = np.random.default_rng([self.seed, self.samples, SALT]).permutation(len(batches))
+        return [batches[i] for i in order]
+
     def state_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "sources": [reader.state_dict() for reader in self.readers]}
+        return {
+            "samples": self.samples,
+            "sources": [reader.state_dict() for reader in self.readers],
+            "pending": [[[list(ids), list(labels), difficulty] for ids, labels, difficulty in b] for b in self.pending],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "buffer" in state or len(state["sources"]) != len(self.readers):
@@ -435,6 +466,7 @@ class TaskStream:
         self.samples = int(state["samples"])
         for reader, reader_state in zip(self.readers, state["sources"], strict=True):
             reader.load_state_dict(reader_state)
+        self.pending = [[(list(ids), list(labels), int(d)) for ids, labels, d in b] for b in state.get("pending", [])]
 
 
 def make_stream(spec: Data, tokenizer: Any, seed: int) -> PackedStream | TaskStream:

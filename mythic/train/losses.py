@@ -45,10 +45,13 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return masked_mean(token_ce(logits, labels), valid_mask(labels))
 
 
-def sequence_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B,) mean CE of each sequence (for per-T logging when depth differs per sequence)."""
-    mask = valid_mask(labels)
-    return (token_ce(logits, labels) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+def sequence_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """(batch,) mean CE of each sequence (for per-T logging when depth differs per sequence), from one flattened
+    sequence of labelled tokens (1, N, V) whose token i came from row ``rows[i]``; 0 for a row without one."""
+    ce = token_ce(logits, labels).squeeze(0)
+    totals = torch.zeros(batch, dtype=ce.dtype, device=ce.device).index_add_(0, rows, ce)
+    counts = torch.zeros(batch, dtype=ce.dtype, device=ce.device).index_add_(0, rows, torch.ones_like(ce))
+    return totals / counts.clamp(min=1)
 
 
 @torch.no_grad()

@@ -13,6 +13,12 @@ KL anchor:  + α·KL(p_base ‖ p_model@T) on anchor steps, p_base from the base
             (``model.base_mode()``: recurrence, depth-LoRA and any peft LoRA switched off).
 Model aux:  + Σ w_name · aux_name, averaged over the passes that returned it.
 
+Every pass computes logits at the labelled positions only (a (B, L) mask passed as the model's
+``logits_to_keep``, as transformers defines it: the kept positions come back flattened, (N, V)): the
+head and the softmax over the vocabulary at the other positions would only be multiplied by zero,
+and on a small model with a large vocabulary they are most of a step. Every loss term is a mean over
+labelled tokens, so it is the same on the flattened tokens; per-sequence CE regroups them by row.
+
 The forward returns a dict of tensors: ``loss`` (with graph) and every term detached, plus
 ``seq_ce`` / ``seq_loops`` (per-sequence CE and depth of each pass) for per-T logging.
 """
@@ -43,13 +49,18 @@ class Objective(nn.Module):
         self.model = model
         self.loss = loss
 
-    def run(self, input_ids: torch.Tensor, depth: Depth) -> Any:
+    def run(self, input_ids: torch.Tensor, depth: Depth, keep: torch.Tensor) -> Any:
         return self.model(
             input_ids,
             n_loops=depth.n_loops,
             grad_loops=depth.grad_loops,
             checkpoint_loops=depth.checkpoint_loops,
+            logits_to_keep=keep,
         )
+
+    def logits(self, out: Any) -> torch.Tensor:
+        """The kept positions' logits as one sequence, (1, N, V)."""
+        return logits_of(out).unsqueeze(0)
 
     def forward(
         self, input_ids: torch.Tensor, labels: torch.Tensor, depth: Depth, anchor: bool = False
@@ -57,21 +68,24 @@ class Objective(nn.Module):
         cfg = self.loss
         terms: dict[str, torch.Tensor] = {}
         batch = input_ids.shape[0]
+        keep = losses.valid_mask(labels)
+        rows = keep.nonzero()[:, 0]
+        labels = labels[keep].unsqueeze(0)
         hi_loops = torch.tensor(depth.per_sequence(batch))
         if cfg.dual_t is None:
-            outs = [self.run(input_ids, depth)]
-            main = logits_of(outs[0])
+            outs = [self.run(input_ids, depth, keep)]
+            main = self.logits(outs[0])
             ce = losses.cross_entropy(main, labels)
             terms["ce"] = ce
             loss = ce
-            seq_ce = losses.sequence_ce(main.detach(), labels)
+            seq_ce = losses.sequence_ce(main.detach(), labels, rows, batch)
             seq_loops = hi_loops
         else:
             t_lo = cfg.dual_t.t_lo
             lo_grad = None if depth.grad_loops is None else min(t_lo, depth.grad_loops)
             lo_depth = Depth(t_lo, lo_grad, depth.checkpoint_loops)
-            outs = [self.run(input_ids, lo_depth), self.run(input_ids, depth)]
-            lo, main = logits_of(outs[0]), logits_of(outs[1])
+            outs = [self.run(input_ids, lo_depth, keep), self.run(input_ids, depth, keep)]
+            lo, main = self.logits(outs[0]), self.logits(outs[1])
             ce_lo, plain_hi = losses.cross_entropy(lo, labels), losses.cross_entropy(main, labels)
             ce_hi = plain_hi
             if cfg.focal is not None:
@@ -85,13 +99,18 @@ class Objective(nn.Module):
             if cfg.self_distill is not None:
                 terms["self_distill"] = cfg.self_distill.alpha * losses.kl_divergence(lo, main.detach(), labels)
                 loss = loss + terms["self_distill"]
-            seq_ce = torch.cat([losses.sequence_ce(lo.detach(), labels), losses.sequence_ce(main.detach(), labels)])
+            seq_ce = torch.cat(
+                [
+                    losses.sequence_ce(lo.detach(), labels, rows, batch),
+                    losses.sequence_ce(main.detach(), labels, rows, batch),
+                ]
+            )
             seq_loops = torch.cat([torch.full((batch,), t_lo), hi_loops])
         if anchor and cfg.kl_anchor is not None:
             if not hasattr(self.model, "base_mode"):
                 raise MythicError("loss.kl_anchor needs a model with base_mode() (the retrofit wrapper)")
             with torch.no_grad(), self.model.base_mode():
-                base = logits_of(self.model(input_ids, n_loops=1))
+                base = self.logits(self.model(input_ids, n_loops=1, logits_to_keep=keep))
             terms["kl_anchor"] = cfg.kl_anchor.alpha * losses.kl_divergence(base, main, labels)
             loss = loss + terms["kl_anchor"]
         aux: dict[str, list[torch.Tensor]] = {}

@@ -195,11 +195,14 @@ Source = Annotated[FilesSource | HFSource | StdlibSource | TasksSource, Field(di
 
 class Data(Strict):
     """``seq_len``: tokens per packed row (task rows: the most an example may have). ``tokenizer``: a
-    folder, or ``chars`` (a character tokenizer of the task files); default: the model's own."""
+    folder, or ``chars`` (a character tokenizer of the task files); default: the model's own.
+    ``bucket``: task rows only: draw this many micro-batches' examples at once and batch them by length,
+    so that little of a batch is padding (0 or 1: off)."""
 
     seq_len: int = Field(ge=2)
     sources: list[Source] = Field(min_length=1)
     tokenizer: str | None = None
+    bucket: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _weights_sum_to_one(self) -> Data:
@@ -209,6 +212,8 @@ class Data(Strict):
         tasks = [isinstance(s, TasksSource) for s in self.sources]
         if any(tasks) and not all(tasks):
             raise ValueError("sources: task files cannot be mixed with text sources (examples are not packed)")
+        if self.bucket > 1 and not all(tasks):
+            raise ValueError("bucket: batching by length is for task files (text is packed: it has no padding)")
         return self
 
 
@@ -293,10 +298,11 @@ class PoissonLognormalCurriculum(CurriculumBase):
 
 class DifficultyCurriculum(CurriculumBase):
     """Depth tied to each example's difficulty d (task files; 1 when an example has none):
-    T_b = min(d_b + U{0, …, extra}, max_loops), drawn per sequence."""
+    T_b = min(d_b + U{0, …, extra}, max_loops), drawn per sequence; before step ``extra_after``, T_b = d_b."""
 
     kind: Literal["difficulty"]
     extra: int = Field(0, ge=0)
+    extra_after: int = Field(0, ge=0)
 
 
 CurriculumSpec = Annotated[

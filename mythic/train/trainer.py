@@ -15,7 +15,8 @@ optimizer, scheduler, RNG of every rank, data position; the curriculum is statel
 
 Run folder ``recipe.run_dir``: ``recipe.yaml`` (resolved), ``metrics.jsonl`` (one record per
 logged step: every loss term separately (averaged over ranks), ``ce_T{t}`` per loop count and
-the mean depth ``T`` (rank 0's), lr, grad norm, tokens/s, ``rec/*`` recurrence stats),
+the mean depth ``T`` (rank 0's), lr, grad norm, ``tokens`` (positions computed, padding included) and
+``real_tokens`` (padding left out), each per second too, ``rec/*`` recurrence stats),
 ``checkpoints/``, ``final/`` (``save_recurrence``: the folder ``MythicForCausalLM.from_pretrained``
 loads, plus ``base_lora.safetensors`` and its spec ``base_lora.json`` when a base LoRA was trained
 (``mythic.loading``); ``save_pretrained`` of the
@@ -312,9 +313,11 @@ def train_step(run: Training, step: int) -> tuple[dict[str, Any], bool]:
     totals: dict[str, float] = defaultdict(float)
     per_t: dict[int, list[float]] = defaultdict(list)
     depths: list[int] = []
+    positions = real = 0
     finite = True
     for micro in range(cfg.grad_accum):
         batch = run.stream.next_batch(cfg.micro_batch, rank, world, step)
+        positions, real = positions + batch.input_ids.numel(), real + batch.real_tokens
         depth = run.curriculum.sample(step, micro, cfg.micro_batch, rank, batch.difficulty)
         depths += depth.per_sequence(cfg.micro_batch)
         with accelerator.accumulate(run.objective), accelerator.autocast():
@@ -343,7 +346,9 @@ def train_step(run: Training, step: int) -> tuple[dict[str, Any], bool]:
 
     keys = sorted(totals)
     reduced = accelerator.reduce(torch.tensor([totals[k] for k in keys], device=accelerator.device), "mean")
-    tokens = cfg.micro_batch * recipe.data.seq_len * cfg.grad_accum * world
+    counted = accelerator.reduce(torch.tensor([float(positions), float(real)], device=accelerator.device), "sum")
+    tokens, real_tokens = (int(v) for v in counted.tolist())
+    seconds = max(time.perf_counter() - began, 1e-9)
     record = {"step": step + 1, **dict(zip(keys, reduced.tolist(), strict=True))}
     record |= {f"ce_T{t}": sum(v) / len(v) for t, v in sorted(per_t.items())}
     record |= {
@@ -351,7 +356,9 @@ def train_step(run: Training, step: int) -> tuple[dict[str, Any], bool]:
         "lr": lr,
         "grad_norm": grad_norm,
         "tokens": tokens,
-        "tokens_per_s": tokens / max(time.perf_counter() - began, 1e-9),
+        "real_tokens": real_tokens,
+        "tokens_per_s": tokens / seconds,
+        "real_tokens_per_s": real_tokens / seconds,
         "skipped": int(bad),
         "skipped_total": run.skipped,
     }

@@ -101,7 +101,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         cache: DynamicCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         n_loops: LoopCount | None = None,
         grad_loops: int | None = None,
         checkpoint_loops: bool = False,

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
+from transformers.modeling_utils import slice_logits_to_keep
 
 from mythic.errors import MythicError
 from mythic.models.openmythos.attention import LORA_TARGETS, AttentionMask, make_attention, rope_cos_sin
@@ -401,7 +402,7 @@ class OpenMythos(nn.Module):
         return_aux: bool = False,
         grad_loops: int | None = None,
         checkpoint_loops: bool = False,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         kv_share: bool = False,
     ) -> torch.Tensor | MythosOutput:
         """Logits (B, T, V), or a ``MythosOutput`` with ``return_aux``.
@@ -409,7 +410,9 @@ class OpenMythos(nn.Module):
         ``n_loops``: int or LongTensor (B,) of per-sequence depths (default max_loop_iters), or an
         ``AdaptiveDepth``. ``kv_share``: every pass beyond the first keeps one KV slot (``SharedPass``).
         ``cache``: a ``DynamicCache`` continued in place. ``attention_mask`` (B, past + T):
-        1 for tokens, 0 for padding; positions then count tokens only.
+        1 for tokens, 0 for padding; positions then count tokens only. ``logits_to_keep``: the last N
+        positions' logits (0: all), or the positions to keep as transformers' ``slice_logits_to_keep``
+        takes them (a (B, L) bool mask gives the kept positions flattened, (N, V)).
         """
         n_loops = self.cfg.max_loop_iters if n_loops is None else n_loops
         if isinstance(n_loops, AdaptiveDepth):
@@ -458,7 +461,7 @@ class OpenMythos(nn.Module):
             self.recurrent.context.record_loops(early_exit.steps[:, -1])
         for j, layer in enumerate(self.coda):
             x, _ = layer(x, rope, mask, cache, self.cfg.prelude_layers + j)
-        logits = self.head(self.norm(x[:, -logits_to_keep:]))
+        logits = self.head(self.norm(slice_logits_to_keep(x, logits_to_keep)))
 
         if self.training and stats:
             with torch.no_grad():
