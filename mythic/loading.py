@@ -29,7 +29,7 @@ from mythic.errors import MythicError
 from mythic.hub import read_manifest
 from mythic.io import write_json
 from mythic.lora import lora_config
-from mythic.models.retrofit import MythicConfig, MythicForCausalLM, config_fingerprint
+from mythic.models.retrofit import RECURRENCE_FILE, MythicConfig, MythicForCausalLM, config_fingerprint
 from mythic.tensors import copy_strict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -158,6 +158,8 @@ def load_any(path: Path, dtype: str = "float32") -> PreTrainedModel:
     if model_type == "openmythos":
         import mythic.models.openmythos.hf  # noqa: F401 - registers the openmythos model type with transformers
     if model_type == MythicConfig.model_type:
+        if (path / RECURRENCE_FILE).is_file():
+            return load_checkpoint(path, dtype)
         return MythicForCausalLM.from_pretrained(path, dtype=DTYPES[parse_dtype(dtype)])
     return load_base_model(path, dtype=DTYPES[parse_dtype(dtype)]).eval()
 

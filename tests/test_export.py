@@ -16,6 +16,7 @@ import sysconfig
 from pathlib import Path
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -25,7 +26,7 @@ from safetensors import safe_open
 from tiny import save_tiny_base
 
 from mythic.errors import MythicError
-from mythic.export.bundle import MODELING_FILE, bundle_order, bundle_source
+from mythic.export.bundle import RETROFIT, bundle_order, bundle_source
 from mythic.export.exporter import export
 from mythic.export.push import push_to_hub
 from mythic.hub import download_repo, write_manifest
@@ -204,7 +205,7 @@ def exports(
 
 def load_bundled(folder: Path) -> torch.nn.Module:
     """The exported folder through its own modeling_mythic.py, imported from the file (not from mythic)."""
-    spec = importlib.util.spec_from_file_location(f"bundled_{folder.name}", folder / MODELING_FILE)
+    spec = importlib.util.spec_from_file_location(f"bundled_{folder.name}", folder / RETROFIT.file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
@@ -218,7 +219,7 @@ def test_full_export_folder_files_config_and_model_card(run_dir: Path, exports: 
     files = {p.name for p in fp32.iterdir()}
     shards = sorted(f for f in files if f.startswith("model-") and f.endswith(".safetensors"))
     assert len(shards) >= 5 and "model.safetensors.index.json" in files
-    assert {MODELING_FILE, "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= files
+    assert {RETROFIT.file, "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= files
     config = json.loads((fp32 / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_mythic.MythicForCausalLM"
     assert config["n_loops"] == 2 and config["base_revision"] == COMMIT and config["dtype"] == "float32"
@@ -453,3 +454,92 @@ def test_the_bundler_refuses_imports_it_cannot_rewrite(
     fine = "from mythic.recurrence import RULES\nfrom mythic.errors import MythicError\n"
     monkeypatch.setattr(bundle, "_module_source", lambda name: fine if name == "mythic.fake" else real(name))
     assert bundle.bundle_order("mythic.fake") == ["mythic.recurrence", "mythic.errors", "mythic.fake"]
+
+
+CLEAN_TASKS = r"""
+import json, sys
+try:
+    import mythic
+except ImportError:
+    pass
+else:
+    sys.exit("mythic is importable in the clean environment")
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+request = json.loads(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(request["folder"], trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained(request["folder"], trust_remote_code=True)
+tokenizer.padding_side = "left"
+answers = {}
+for loops in request["loops"]:
+    enc = tokenizer(request["prompts"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, n_loops=loops, max_new_tokens=request["budget"], do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    new = out[:, enc.input_ids.shape[1]:]
+    answers[str(loops)] = [tokenizer.decode(ids, skip_special_tokens=True) for ids in new]
+default = model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+print(json.dumps({"answers": answers, "class": type(model).__name__, "default": default[:, -1].tolist()}))
+"""
+
+
+def test_an_openmythos_model_exports_and_answers_as_mythic_at_every_loop_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A from-scratch OpenMythos (a run's final/: save_pretrained + its char tokenizer) exports whole and, in a
+    Python without mythic, answers every task prompt as ``mythic eval tasks`` does, at every loop count."""
+    from tiny import tiny_mythos
+
+    from mythic.eval.tasks import answer_budget, predict
+    from mythic.models.openmythos import MythosForCausalLM, MythosHFConfig
+    from mythic.tasks import pointer
+    from mythic.tasks.tokenizer import char_tokenizer
+
+    rng = np.random.default_rng(0)
+    tasks = [pointer.example(rng, 1 + i % 4, pointer.PointerOptions(6)) for i in range(12)]
+    tokenizer = char_tokenizer(tasks)
+    config = tiny_mythos(
+        vocab_size=len(tokenizer), max_seq_len=128, token_conv=4, state_norm=True, lora_rank=0, init_std=0.8
+    )  # init_std 0.8: a random model whose answers differ from prompt to prompt and from loop count to loop count
+    torch.manual_seed(5)
+    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    model = MythosForCausalLM(MythosHFConfig.from_mythos(config, **ids)).eval()
+    final = tmp_path / "run" / "final"
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump({"name": "tiny", "model": {"kind": "openmythos"}}))
+    code, _, err = run_cli(monkeypatch, capsys, "export", str(tmp_path / "run"), "--out", str(tmp_path / "exp"),
+                           "--dtype", "float32", "--loops", "3")  # fmt: skip
+    assert code == 0, err
+    out = tmp_path / "exp"
+    config_json = json.loads((out / "config.json").read_text())
+    assert config_json["auto_map"]["AutoModelForCausalLM"] == "modeling_openmythos.MythosForCausalLM"
+    assert config_json["n_loops"] == 3 and (out / "modeling_openmythos.py").is_file()
+    assert "mythic_export::grouped_experts" in (out / "modeling_openmythos.py").read_text()
+    assert "# A Recurrent-Depth Transformer trained from scratch" in (out / "README.md").read_text()
+    loops = [1, 2, 4, 8]
+    mine = {str(t): predict(model, tokenizer, tasks, t, batch_size=12).answers for t in loops}
+    assert len({tuple(a) for a in mine.values()}) > 1 and len(set(mine["4"])) > 1, "the rows say different things"
+    request = {
+        "folder": str(out),
+        "prompts": [t.prompt for t in tasks],
+        "loops": loops,
+        "budget": answer_budget(tokenizer, tasks),
+    }
+    paths = sysconfig.get_paths()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]])),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run([sys.executable, "-S", "-c", CLEAN_TASKS, json.dumps(request)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["class"] == "MythosForCausalLM" and got["answers"] == mine
+    for flag in ("--light", "--merge-lora"):
+        code, _, err = run_cli(monkeypatch, capsys, "export", str(final), "--out", str(tmp_path / "x"), flag)
+        assert code == 2 and "an OpenMythos model has no base" in err and not (tmp_path / "x").exists()

@@ -27,7 +27,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import mythic.cli as cli
 from mythic import embedded
 from mythic.errors import MythicError
-from mythic.hub import LATEST, MANIFEST, default_base_dir, fetch_base, read_manifest, resolve_model
+from mythic.fetch import fetch_base
+from mythic.hub import LATEST, MANIFEST, default_base_dir, read_manifest, resolve_model
 
 CHUNK = 4096
 
@@ -113,7 +114,7 @@ def test_second_run_resumes_from_the_incomplete_file_of_a_killed_run(
     commit = hub.repos[TINY_REPO]["main"].commit
     partial = tmp_path / "base" / f".tiny-llama.{commit[:12]}.partial" / f"{last.name}.incomplete"
     script = (
-        "from huggingface_hub import constants; from mythic.hub import fetch_base; "
+        "from huggingface_hub import constants; from mythic.fetch import fetch_base; "
         f"constants.DOWNLOAD_CHUNK_SIZE = {CHUNK}; fetch_base({TINY_REPO!r})"
     )
     first = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from tiny import save_tiny_base
 
 from mythic.errors import MythicError
+from mythic.loading import load_checkpoint
 from mythic.models.retrofit import RECURRENCE_FILE, MythicForCausalLM
 from mythic.recurrence.exit import AdaptiveDepth
 from mythic.surgery import identity_probe
@@ -51,19 +52,21 @@ def test_surgery_cli_writes_a_checkpoint_with_only_new_parameters_and_exact_iden
     assert config["text_config"]["model_type"] == "llama"
 
 
-def test_from_pretrained_brings_back_base_and_recurrence(base_dir: Path, ckpt: Path) -> None:
+def test_load_checkpoint_brings_back_base_and_recurrence(base_dir: Path, ckpt: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-    model = MythicForCausalLM.from_pretrained(ckpt)
+    model = load_checkpoint(ckpt)
     x = identity_probe(base.config.vocab_size)
     with torch.no_grad():
         assert (model(x, n_loops=1).logits - base(x).logits).abs().max().item() == 0.0
         rule = model.recurrence.rule
         rule.scale.set(0.3)
         model.save_recurrence(ckpt.parent / "trained")
-        again = MythicForCausalLM.from_pretrained(ckpt.parent / "trained")
+        again = load_checkpoint(ckpt.parent / "trained")
         assert (again(x, n_loops=3).logits - model(x, n_loops=3).logits).abs().max().item() == 0.0
+    with pytest.raises(MythicError, match="is a mythic checkpoint .* load it with mythic.loading.load_checkpoint"):
+        MythicForCausalLM.from_pretrained(ckpt)  # the model class knows no loader: no import cycle
 
 
 def _copy_ckpt(ckpt: Path, to: Path) -> Path:
@@ -79,28 +82,28 @@ def test_loading_is_strict_about_loops_tensors_hidden_size_and_base_revision(ckp
     config["max_loops"] = 8
     (longer / "config.json").write_text(json.dumps(config))
     with pytest.raises(MythicError, match=r"tensor recurrence\.\S+ has shape \(4, 1\) .* expects \(8, 1\)"):
-        MythicForCausalLM.from_pretrained(longer)
+        load_checkpoint(longer)
 
     missing = _copy_ckpt(ckpt, tmp_path / "missing")
     tensors = load_file(missing / RECURRENCE_FILE)
     tensors.pop("recurrence.rule.gate.value")
     save_file(tensors, missing / RECURRENCE_FILE)
     with pytest.raises(MythicError, match=r"lacks tensor recurrence\.rule\.gate\.value"):
-        MythicForCausalLM.from_pretrained(missing)
+        load_checkpoint(missing)
 
     extra = _copy_ckpt(ckpt, tmp_path / "extra")
     tensors = load_file(extra / RECURRENCE_FILE)
     tensors["recurrence.rule.bogus"] = torch.zeros(1)
     save_file(tensors, extra / RECURRENCE_FILE)
     with pytest.raises(MythicError, match=r"has tensor recurrence\.rule\.bogus"):
-        MythicForCausalLM.from_pretrained(extra)
+        load_checkpoint(extra)
 
     wider = _copy_ckpt(ckpt, tmp_path / "wider")
     config = json.loads((wider / "config.json").read_text())
     config["text_config"]["hidden_size"] = 128
     (wider / "config.json").write_text(json.dumps(config))
     with pytest.raises(MythicError, match="not the architecture"):
-        MythicForCausalLM.from_pretrained(wider)
+        load_checkpoint(wider)
 
     other_revision = _copy_ckpt(ckpt, tmp_path / "revision")
     config = json.loads((other_revision / "config.json").read_text())
@@ -110,11 +113,11 @@ def test_loading_is_strict_about_loops_tensors_hidden_size_and_base_revision(ckp
     (base / "mythic-manifest.json").write_text(json.dumps({"commit": "feedbeef", "files": []}))
     try:
         with pytest.raises(MythicError, match="made on base revision 0123abcd, but .* is revision feedbeef"):
-            MythicForCausalLM.from_pretrained(other_revision)
+            load_checkpoint(other_revision)
     finally:
         (base / "mythic-manifest.json").unlink()
     with pytest.raises(MythicError, match="is revision unknown"):
-        MythicForCausalLM.from_pretrained(other_revision)
+        load_checkpoint(other_revision)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +177,7 @@ def test_generate_prints_completions_side_by_side(
     )
     assert code == 0
     assert "T=1" in stdout and "T=2" in stdout and "base" in stdout
-    model = MythicForCausalLM.from_pretrained(ckpt)
+    model = load_checkpoint(ckpt)
     never = AdaptiveDepth(2, "convergence", 1e-30)
     rows = {
         label: (used, text)

@@ -1,6 +1,6 @@
 """``mythic fetch base``: download a base model (or build the embedded one) into ``base/NAME``.
 
-Parses options, calls ``mythic.hub.fetch_base`` under a rich progress bar and prints what was
+Parses options, calls ``mythic.fetch.fetch_base`` under a rich progress bar and prints what was
 fetched; the folder becomes the default base of later commands (``base/LATEST``).
 """
 
@@ -46,6 +46,8 @@ def base(
 
     Checks disk space, resumes interrupted downloads, verifies checksums and shards, writes a manifest.
     """
+    from mythic.fetch import fetch_base
+
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task(f"fetching {model}", total=None)
@@ -53,7 +55,7 @@ def base(
         def report(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what)
 
-        fetched = hub.fetch_base(model, folder, revision=revision, force=force, progress=report)
+        fetched = fetch_base(model, folder, revision=revision, force=force, progress=report)
 
     manifest = fetched.manifest
     table = Table(title=f"fetched {model}", show_header=False)

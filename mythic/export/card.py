@@ -34,15 +34,16 @@ def eval_table(data: Any) -> str:
 
 def model_card(
     config: MythicConfig,
+    pointer: dict[str, Any],
     *,
-    base_repo: str | None,
-    base_commit: str | None,
     kind: str,
     recipe: Path | None,
     evals: list[Path],
     merged_lora: bool,
 ) -> str:
-    """README.md: base, recurrence settings, how to load, the recipe and the eval tables when present."""
+    """A retrofit's README.md: base (``pointer``: its repo and commit), recurrence settings, how to load, the
+    recipe and the eval tables when present."""
+    base_repo, base_commit = pointer["repo_id"], pointer["commit"]
     block = f"{config.block_start}:{config.block_end}"
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
     if base_repo:
@@ -69,19 +70,7 @@ def model_card(
         "",
     ]
     if kind == "full":
-        body += [
-            "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "",
-            'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER_OR_REPO", trust_remote_code=True)',
-            'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER_OR_REPO")',
-            'ids = tokenizer("def fib(n):", return_tensors="pt").input_ids',
-            "out = model.generate(ids, max_new_tokens=64, do_sample=False, n_loops=4)",
-            "```",
-            "",
-            "`modeling_mythic.py` holds the whole model (generated from mythic's source); "
-            "only transformers is needed. GGUF / llama.cpp cannot run it: llama.cpp has no recurrent-depth support.",
-        ]
+        body += usage("modeling_mythic.py", "def fib(n):")
     else:
         body += [
             "A light export: only the recurrence (and LoRA) weights. Fetch the base named in `base.json`, then:",
@@ -92,8 +81,58 @@ def model_card(
             'model = load_light("THIS_FOLDER", base_dir="base/FOLDER")',
             "```",
         ]
+    return "\n".join(front + body + appendix(recipe, evals)) + "\n"
+
+
+def usage(modeling_file: str, prompt: str) -> list[str]:
+    """How a full export loads and generates with transformers alone."""
+    return [
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER_OR_REPO", trust_remote_code=True)',
+        'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER_OR_REPO")',
+        f'ids = tokenizer({prompt!r}, return_tensors="pt").input_ids',
+        "out = model.generate(ids, max_new_tokens=64, do_sample=False, n_loops=4)",
+        "```",
+        "",
+        f"`{modeling_file}` holds the whole model (generated from mythic's source); "
+        "only transformers is needed. GGUF / llama.cpp cannot run it: llama.cpp has no recurrent-depth support.",
+    ]
+
+
+def appendix(recipe: Path | None, evals: list[Path]) -> list[str]:
+    """The training recipe and the eval tables found beside the checkpoint."""
+    body = []
     if recipe is not None:
         body += ["", "## Recipe", "", "```yaml", recipe.read_text().rstrip(), "```"]
     for path in evals:
         body += ["", f"## Evaluation: {path.name}", "", eval_table(json.loads(path.read_text()))]
-    return "\n".join(front + body) + "\n"
+    return body
+
+
+def openmythos_card(config: Any, *, recipe: Path | None, evals: list[Path]) -> str:
+    """An OpenMythos export's README.md: its size and recurrence, how to load, the recipe and evals."""
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    front += ["tags:", "- mythic", "- openmythos", "- recurrent-depth", "---", ""]
+    body = [
+        "# A Recurrent-Depth Transformer trained from scratch (OpenMythos, mythic)",
+        "",
+        f"{config.prelude_layers} prelude layer(s), one {config.attn_type.upper()} + MoE block run `n_loops` times "
+        f"with the LTI-stable injection, {config.coda_layers} coda layer(s).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| dim / heads | {config.dim} / {config.n_heads} |",
+        f"| experts (routed, shared, per token) | {config.n_experts}, {config.n_shared_experts}, "
+        f"{config.n_experts_per_tok} |",
+        f"| trained loops (max_loop_iters) | {config.max_loop_iters} |",
+        f"| default n_loops | {config.n_loops or config.max_loop_iters} |",
+        f"| loop-state norm | {'yes' if config.state_norm else 'no'} |",
+        f"| vocabulary | {config.vocab_size} |",
+        "",
+        "## Use",
+        "",
+        *usage("modeling_openmythos.py", "a>b;b>c;?++a"),
+    ]
+    return "\n".join(front + body + appendix(recipe, evals)) + "\n"

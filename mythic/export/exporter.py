@@ -1,5 +1,10 @@
 """Export a mythic checkpoint as a Hugging Face folder, full (self-contained) or light.
 
+``export`` checks the request and picks the path: ``export_full`` / ``export_light`` for a retrofit
+checkpoint, ``export_openmythos`` for a from-scratch OpenMythos model folder (a run's ``final/``),
+which has no base: its export is always the whole model (``modeling_openmythos.py``), and ``--light``
+or ``--merge-lora`` are refused.
+
 Full export of CKPT into DIR (``export(ckpt, out)``):
 
     config.json                   the checkpoint's MythicConfig, ``auto_map`` → modeling_mythic
@@ -48,8 +53,8 @@ import torch
 from transformers import GenerationConfig
 
 from mythic.errors import MythicError
-from mythic.export.bundle import AUTO_MAP, MODELING_FILE, bundle_source
-from mythic.export.card import model_card
+from mythic.export.bundle import OPENMYTHOS, RETROFIT, Bundle, bundle_source
+from mythic.export.card import model_card, openmythos_card
 from mythic.hub import read_manifest
 from mythic.io import atomic_dir, check_free_space, quiet_transformers, write_json
 from mythic.loading import (
@@ -64,9 +69,10 @@ from mythic.loading import (
     load_tokenizer,
     parse_dtype,
 )
-from mythic.models.retrofit import RECURRENCE_FILE, MythicConfig, MythicForCausalLM, config_fingerprint
+from mythic.models.retrofit import RECURRENCE_FILE, MythicConfig, config_fingerprint
 from mythic.progress import Progress
 
+OPENMYTHOS_TYPE = "openmythos"
 RECIPE = "recipe.yaml"
 EVAL_PATTERNS = ("humaneval*.json", "eval*.json")
 SMALL_FILES_MARGIN = 1 << 20
@@ -87,17 +93,23 @@ class ExportReport:
     seconds: float = 0.0
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder, or a training run folder whose ``final/`` is one."""
+def resolve_checkpoint(path: Path) -> tuple[Path, str]:
+    """(folder, model type) of a checkpoint folder, or of a training run folder whose ``final/`` is one: a
+    mythic retrofit checkpoint (``mythic``) or an OpenMythos model folder (``openmythos``)."""
     path = Path(path)
-    if (path / "final" / RECURRENCE_FILE).is_file():
+    if (path / "final" / "config.json").is_file():
         path = path / "final"
     config = path / "config.json"
-    if not config.is_file() or json.loads(config.read_text()).get("model_type") != MythicConfig.model_type:
-        raise MythicError(f"{path} is not a mythic checkpoint (no config.json with model_type 'mythic')")
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    if model_type == OPENMYTHOS_TYPE:
+        return path, model_type
+    if model_type != MythicConfig.model_type:
+        raise MythicError(
+            f"{path} is not a mythic checkpoint (no config.json with model_type 'mythic' or 'openmythos')"
+        )
     if not (path / RECURRENCE_FILE).is_file():
         raise MythicError(f"{path} has no {RECURRENCE_FILE}: not a mythic checkpoint")
-    return path
+    return path, model_type
 
 
 def _nearby(ckpt: Path, pattern: str) -> list[Path]:
@@ -164,15 +176,22 @@ def export(
     """Write a full (or light) export of ``ckpt`` to ``out``; see the module docstring."""
     started = time.perf_counter()
     dtype = parse_dtype(dtype)
-    ckpt = resolve_checkpoint(ckpt)
+    ckpt, model_type = resolve_checkpoint(ckpt)
     out = Path(out)
     if out.exists() and not force:
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
-    config = MythicConfig.from_pretrained(ckpt)
-    n_loops = config.n_loops if n_loops is None else n_loops
-    if n_loops < 1:
+    if n_loops is not None and n_loops < 1:
         raise MythicError(f"--loops must be at least 1, got {n_loops}")
-    config.n_loops = n_loops
+    settings = Settings(out, dtype, n_loops, force, max_shard_size, progress, started)
+    if model_type == OPENMYTHOS_TYPE:
+        if light or merge_lora:
+            raise MythicError(
+                f"--{'light' if light else 'merge-lora'} applies to retrofits: an OpenMythos model has no base, "
+                "so its export is the whole model"
+            )
+        return export_openmythos(ckpt, settings)
+    config = MythicConfig.from_pretrained(ckpt)
+    config.n_loops = config.n_loops if n_loops is None else n_loops
     _check_base(config, ckpt)
     lora = base_lora_spec(ckpt)
     if light and merge_lora:
@@ -186,86 +205,138 @@ def export(
             f"{ckpt} has a peft LoRA on the base ({BASE_LORA}): pass --merge-lora to fold it into the exported "
             "base weights, or --light to ship it separately"
         )
-    stages = (
-        ["writing the light export"]
-        if light
-        else ["loading the checkpoint", *(["merging the base LoRA"] if lora is not None else []), "writing the weights"]
-    )
-
-    def step(what: str) -> None:
-        if progress is not None:
-            progress(stages.index(what), len(stages), what)
-
-    pointer = _base_pointer(config)
-    recipe, evals = find_recipe(ckpt), find_evals(ckpt)
-    card = dict(
-        base_repo=pointer["repo_id"], base_commit=pointer["commit"], recipe=recipe, evals=evals, merged_lora=merge_lora
-    )
     if light:
-        step("writing the light export")
-        files = [ckpt / RECURRENCE_FILE] + ([ckpt / BASE_LORA] if lora else [])
-        estimate = sum(f.stat().st_size for f in files) + SMALL_FILES_MARGIN
-        check_free_space(estimate, out.parent, "export")
-        with atomic_dir(out, force=force) as tmp:
-            config.save_pretrained(tmp)
-            for f in files:
-                shutil.copyfile(f, tmp / f.name)
-            if lora:
-                write_json(tmp / BASE_LORA_SPEC, lora)
-            write_json(tmp / BASE_POINTER, pointer)
-            (tmp / "README.md").write_text(model_card(config, kind="light", **card))
-        return _report(out, "light", None, config, pointer, False, estimate, started)
+        return export_light(ckpt, config, lora, settings)
+    return export_full(ckpt, config, lora, settings)
 
+
+@dataclass(frozen=True)
+class Settings:
+    """What every export path shares: where, in which dtype, the default loop count (None: keep the
+    checkpoint's), whether to replace, shard size, progress, and when the export started."""
+
+    out: Path
+    dtype: str
+    n_loops: int | None
+    force: bool
+    max_shard_size: str | int
+    progress: Progress | None
+    started: float
+
+    def stage(self, stages: list[str], what: str) -> None:
+        if self.progress is not None:
+            self.progress(stages.index(what), len(stages), what)
+
+
+def card_sources(ckpt: Path) -> dict[str, Any]:
+    """The recipe and eval JSONs found beside a checkpoint, for its model card."""
+    return {"recipe": find_recipe(ckpt), "evals": find_evals(ckpt)}
+
+
+def export_light(ckpt: Path, config: MythicConfig, lora: dict[str, Any] | None, settings: Settings) -> ExportReport:
+    """config.json, recurrence (+ base LoRA) weights, base.json and the card: loads on a fetched base."""
+    settings.stage(["writing the light export"], "writing the light export")
+    pointer = _base_pointer(config)
+    files = [ckpt / RECURRENCE_FILE] + ([ckpt / BASE_LORA] if lora else [])
+    estimate = sum(f.stat().st_size for f in files) + SMALL_FILES_MARGIN
+    check_free_space(estimate, settings.out.parent, "export")
+    with atomic_dir(settings.out, force=settings.force) as tmp:
+        config.save_pretrained(tmp)
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        if lora:
+            write_json(tmp / BASE_LORA_SPEC, lora)
+        write_json(tmp / BASE_POINTER, pointer)
+        card = model_card(config, pointer, kind="light", merged_lora=False, **card_sources(ckpt))
+        (tmp / "README.md").write_text(card)
+    base = pointer["repo_id"] or str(config.base_name_or_path)
+    return _report(settings, "light", None, config.n_loops, base, config.base_revision, False, estimate)
+
+
+def export_full(ckpt: Path, config: MythicConfig, lora: dict[str, Any] | None, settings: Settings) -> ExportReport:
+    """The base (its LoRA merged) and the recurrence as sharded safetensors, with the bundled modeling file."""
+    stages = ["loading the checkpoint", *(["merging the base LoRA"] if lora is not None else []), "writing the weights"]
     tokenizer = load_tokenizer(ckpt)
-    step("loading the checkpoint")
+    settings.stage(stages, "loading the checkpoint")
     with quiet_transformers():
-        model = load_checkpoint(ckpt, dtype=DTYPES[dtype], base_lora=False)
+        model = load_checkpoint(ckpt, dtype=DTYPES[settings.dtype], base_lora=False)
     if lora is not None:
-        step("merging the base LoRA")
+        settings.stage(stages, "merging the base LoRA")
         attach_base_lora(model, ckpt, lora).merge_and_unload()
-    model.config.n_loops = n_loops
-    model.base.to(DTYPES[dtype])
-    modeling = bundle_source()
+    model.config.n_loops = config.n_loops
+    model.base.to(DTYPES[settings.dtype])
+    pointer = _base_pointer(config)
+    card = model_card(model.config, pointer, kind="full", merged_lora=lora is not None, **card_sources(ckpt))
+    settings.stage(stages, "writing the weights")
+    estimate = write_bundled(model, tokenizer, RETROFIT, config.n_loops, card, settings)
+    base = pointer["repo_id"] or str(config.base_name_or_path)
+    return _report(
+        settings, "full", settings.dtype, config.n_loops, base, config.base_revision, lora is not None, estimate
+    )
+
+
+def export_openmythos(ckpt: Path, settings: Settings) -> ExportReport:
+    """An OpenMythos model folder with its bundled modeling file (every weight trained: no light form)."""
+    from mythic.models.openmythos.hf import MythosForCausalLM
+
+    stages = ["loading the checkpoint", "writing the weights"]
+    tokenizer = load_tokenizer(ckpt)
+    settings.stage(stages, "loading the checkpoint")
+    with quiet_transformers():
+        model = MythosForCausalLM.from_pretrained(ckpt, dtype=DTYPES[settings.dtype])
+    if settings.n_loops is not None:
+        model.config.n_loops = settings.n_loops
+    n_loops = model.config.n_loops or model.config.max_loop_iters
+    card = openmythos_card(model.config, **card_sources(ckpt))
+    settings.stage(stages, "writing the weights")
+    estimate = write_bundled(model, tokenizer, OPENMYTHOS, n_loops, card, settings)
+    return _report(settings, "full", settings.dtype, n_loops, "none (trained from scratch)", None, False, estimate)
+
+
+def write_bundled(model: Any, tokenizer: Any, bundle: Bundle, n_loops: int, card: str, settings: Settings) -> int:
+    """Weights (sharded), config with ``auto_map``, generation config, tokenizer, modeling file and card into
+    ``settings.out``; returns the bytes estimated (and checked free) beforehand."""
+    modeling = bundle_source(bundle)
     estimate = _tensor_bytes(model) + len(modeling.encode()) + SMALL_FILES_MARGIN
-    check_free_space(estimate, out.parent, "export")
-    with atomic_dir(out, force=force) as tmp, quiet_transformers():
-        step("writing the weights")
-        model.config.auto_map = AUTO_MAP
+    check_free_space(estimate, settings.out.parent, "export")
+    with atomic_dir(settings.out, force=settings.force) as tmp, quiet_transformers():
+        model.config.auto_map = bundle.auto_map
         model.generation_config = _generation_config(model, n_loops)
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        model.save_pretrained(tmp, max_shard_size=settings.max_shard_size)
         tokenizer.save_pretrained(tmp)
-        (tmp / MODELING_FILE).write_text(modeling)
-        (tmp / "README.md").write_text(model_card(model.config, kind="full", **card))
-    return _report(out, "full", dtype, config, pointer, merge_lora, estimate, started)
+        (tmp / bundle.file).write_text(modeling)
+        (tmp / "README.md").write_text(card)
+    return estimate
 
 
 def _report(
-    out: Path,
+    settings: Settings,
     kind: str,
     dtype: str | None,
-    config: MythicConfig,
-    pointer: dict[str, Any],
+    n_loops: int,
+    base: str,
+    revision: str | None,
     merged_lora: bool,
     estimate: int,
-    started: float,
 ) -> ExportReport:
+    out = settings.out
     sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     return ExportReport(
         out=str(out),
         kind=kind,
         dtype=dtype,
-        n_loops=config.n_loops,
-        base=pointer["repo_id"] or str(config.base_name_or_path),
-        base_revision=config.base_revision,
+        n_loops=n_loops,
+        base=base,
+        base_revision=revision,
         merged_lora=merged_lora,
         bytes_estimated=estimate,
         bytes_written=sum(sizes.values()),
         files=sizes,
-        seconds=round(time.perf_counter() - started, 2),
+        seconds=round(time.perf_counter() - settings.started, 2),
     )
 
 
-def _generation_config(model: MythicForCausalLM, n_loops: int) -> GenerationConfig:
+def _generation_config(model: Any, n_loops: int) -> GenerationConfig:
     config = GenerationConfig.from_dict(model.generation_config.to_dict() if model.generation_config else {})
     config.mythic_n_loops = n_loops
     return config

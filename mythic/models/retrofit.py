@@ -31,8 +31,9 @@ Loop counts above ``max_loops`` (the trained maximum) run: the per-loop paramete
 the last trained loop are reused for every deeper loop.
 
 A surgery/training checkpoint holds ``config.json`` plus ``recurrence.safetensors`` (the
-new parameters only); ``from_pretrained`` loads the base named in the config and then the
-recurrence tensors strictly. A full export (``save_pretrained``) holds everything.
+new parameters only); ``mythic.loading.load_checkpoint`` loads the base named in the config and
+then the recurrence tensors strictly. A full export (``save_pretrained``) holds everything and
+loads with ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -488,12 +489,14 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
-        """A surgery/training checkpoint (config + recurrence.safetensors), or a full save_pretrained folder."""
+        """A full ``save_pretrained`` folder, strictly. A surgery or training checkpoint holds the new
+        parameters only, its base elsewhere: ``mythic.loading.load_checkpoint`` loads it."""
         path = Path(pretrained_model_name_or_path)
         if (path / RECURRENCE_FILE).exists():
-            from mythic.loading import load_checkpoint
-
-            return load_checkpoint(path, **kwargs)
+            raise MythicError(
+                f"{path} is a mythic checkpoint (its base lives in {path / 'config.json'}'s base_name_or_path): "
+                "load it with mythic.loading.load_checkpoint or load_any"
+            )
         if kwargs.pop("output_loading_info", False):
             raise MythicError("mythic checkpoints load strictly; output_loading_info is not supported")
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)

@@ -32,8 +32,6 @@ import math
 import torch
 from torch import nn
 
-from mythic.recurrence.loop import LoopCount
-
 
 class ACTHalting(nn.Module):
     """The halting head p = sigmoid(w · h + b); ``start`` opens the per-forward ``ACTRun``."""
@@ -56,7 +54,7 @@ class ACTHalting(nn.Module):
         """p (..., ) in float32 for states h (..., dim)."""
         return torch.sigmoid(self.proj(h).float().squeeze(-1))
 
-    def start(self, e: torch.Tensor, n_loops: LoopCount) -> ACTRun:
+    def start(self, e: torch.Tensor, n_loops: int | torch.Tensor) -> ACTRun:
         """A fresh halting state for states shaped like ``e`` (B, T, dim) and these loop counts."""
         return ACTRun(self, e, n_loops)
 
@@ -64,7 +62,7 @@ class ACTHalting(nn.Module):
 class ACTRun:
     """The halting state of one forward call; the loop driver calls ``begin``/``update``/``output``."""
 
-    def __init__(self, head: ACTHalting, e: torch.Tensor, n_loops: LoopCount) -> None:
+    def __init__(self, head: ACTHalting, e: torch.Tensor, n_loops: int | torch.Tensor) -> None:
         self.head = head
         shape = e.shape[:-1]
         if isinstance(n_loops, torch.Tensor):

@@ -1,7 +1,7 @@
 """Build the model a recipe names, choose its trainable parameters and their optimizer groups.
 
 ``model.kind``:
-- ``retrofit``: ``MythicForCausalLM.from_pretrained(checkpoint)`` (the base comes from its config)
+- ``retrofit``: ``mythic.loading.load_checkpoint(checkpoint)`` (the base comes from its config)
 - ``surgery``: load the HF base, then ``MythicForCausalLM.from_base(base, **surgery)`` in memory
 - ``openmythos``: ``MythosForCausalLM`` (the HF-native OpenMythos) built from scratch from
   ``MythosConfig(**config)``; all of it trains, its MoE balance / ACT ponder terms come back
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from mythic.errors import MythicError
-from mythic.loading import DTYPES, load_base_model
+from mythic.loading import DTYPES, load_base_model, load_checkpoint
 from mythic.lora import lora_config
 from mythic.models.openmythos import MythosConfig, MythosForCausalLM, MythosHFConfig
 from mythic.models.retrofit import MythicForCausalLM
@@ -75,7 +75,7 @@ def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.M
     if isinstance(spec, RetrofitModel):
         if not Path(spec.checkpoint).is_dir():
             raise MythicError(f"recipe model.checkpoint: {spec.checkpoint} is not a folder")
-        model = MythicForCausalLM.from_pretrained(spec.checkpoint, **kwargs)
+        model = load_checkpoint(Path(spec.checkpoint), **kwargs).train()
         base_path = tokenizer_path or model.config.base_name_or_path or spec.checkpoint
     else:
         if not Path(spec.base).is_dir():

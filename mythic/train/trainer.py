@@ -17,7 +17,7 @@ Run folder ``recipe.run_dir``: ``recipe.yaml`` (resolved), ``metrics.jsonl`` (on
 logged step: every loss term separately (averaged over ranks), ``ce_T{t}`` per loop count and
 the mean depth ``T`` (rank 0's), lr, grad norm, ``tokens`` (positions computed, padding included) and
 ``real_tokens`` (padding left out), each per second too, ``rec/*`` recurrence stats),
-``checkpoints/``, ``final/`` (``save_recurrence``: the folder ``MythicForCausalLM.from_pretrained``
+``checkpoints/``, ``final/`` (``save_recurrence``: the folder ``mythic.loading.load_checkpoint``
 loads, plus ``base_lora.safetensors`` and its spec ``base_lora.json`` when a base LoRA was trained
 (``mythic.loading``); ``save_pretrained`` of the
 whole model when every weight trained: OpenMythos, ``trainable.base``) and ``loss.png``. The same

@@ -31,11 +31,13 @@ from mythic.recurrence.loop import LoopCount
 @strict
 class MythosHFConfig(PreTrainedConfig, MythosConfig):
     """``MythosConfig`` as a transformers config (model_type ``openmythos``): its fields and checks are
-    inherited, not repeated; added are the serving options (``kv_share``) and the token ids."""
+    inherited, not repeated; added are the serving options (``kv_share``; ``n_loops``, the loops a call
+    without ``n_loops`` runs, default ``max_loop_iters``) and the token ids."""
 
     model_type = "openmythos"
 
     kv_share: str | None = None
+    n_loops: int | None = None
     tie_word_embeddings: bool = True
     use_cache: bool = True
     bos_token_id: int | None = None
@@ -116,7 +118,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
             attention_mask = None
         out: MythosOutput = self.model(
             input_ids,
-            n_loops,
+            self.config.n_loops if n_loops is None else n_loops,
             cache=cache if use_cache else None,
             attention_mask=attention_mask,
             position_ids=position_ids,

@@ -136,7 +136,7 @@ def grouped_experts(
 
 
 @grouped_experts.register_fake
-def _(
+def _grouped_experts_fake(
     x: torch.Tensor,
     w1: torch.Tensor,
     w3: torch.Tensor,
@@ -183,7 +183,7 @@ def grouped_experts_backward(
 
 
 @grouped_experts_backward.register_fake
-def _(
+def _grouped_experts_backward_fake(
     grad: torch.Tensor,
     x: torch.Tensor,
     w1: torch.Tensor,
