@@ -110,6 +110,7 @@ from mythic.models.openmythos.moe import MoE, grouped_mm_fits
 from mythic.models.retrofit import MythicForCausalLM
 from mythic.quant import count_quantized, estimate_memory, finish_4bit, load_base, quantizable
 from mythic.recurrence.depth_lora import LoRADelta
+from mythic.recurrence.loop import deepest
 from mythic.sanity import REPEAT
 from mythic.surgery import identity_probe
 from mythic.train.curriculum import Curriculum
@@ -828,7 +829,7 @@ def check_train(ctx: Context, check: Check) -> None:
                     dict(
                         step=step,
                         anchor=anchor,
-                        n_loops=depth.max_loops,
+                        n_loops=deepest(depth.n_loops),
                         checkpoint_loops=depth.checkpoint_loops,
                         seconds=seconds,
                         grad_norm=grad_norm,
@@ -986,7 +987,7 @@ def check_compile(ctx: Context, check: Check) -> None:
     with torch.no_grad():
         eager = forward().float()
         eager_s = best_seconds(forward, device, sizes.compile_repeats)
-        model.recurrent.block.compile(backend=ctx.compile_backend)
+        model.block.compile(backend=ctx.compile_backend)
         sync(device)
         started = time.perf_counter()
         try:

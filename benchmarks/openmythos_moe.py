@@ -117,7 +117,7 @@ def training_step(layout: str, part: str, expert_dim: int) -> tuple[Callable[[],
     model = build(layout, expert_dim)
     gen = torch.Generator().manual_seed(0)
     if part == "moe":
-        moe = model.recurrent.block.ffn
+        moe = model.block.ffn
         x = torch.randn(BATCH, LENGTH, CONFIG["dim"], generator=gen)
 
         def moe_step() -> None:
@@ -137,7 +137,7 @@ def training_step(layout: str, part: str, expert_dim: int) -> tuple[Callable[[],
 
 def expert_matmuls(expert_dim: int) -> Callable[[], None]:
     """The bare SwiGLU matmuls of the MoE layer, forward+backward: routed (equal slices) and shared."""
-    moe = build("mythic", expert_dim).recurrent.block.ffn
+    moe = build("mythic", expert_dim).block.ffn
     tokens = torch.randn(BATCH * LENGTH, CONFIG["dim"], generator=torch.Generator().manual_seed(0))
     x = tokens.repeat(CONFIG["n_experts_per_tok"], 1)
     sizes = [x.shape[0] // CONFIG["n_experts"]] * CONFIG["n_experts"]

@@ -164,7 +164,8 @@ def build(impl: str, attn_type: str, config: dict[str, Any], reference: Path) ->
         return sum(seen.values())
 
     total = count(model)
-    body = count(model.embed, *model.prelude, model.recurrent.block, *model.coda, model.norm)
+    looped = model.block if impl == "mythic" else model.recurrent.block  # the reference keeps it in .recurrent
+    body = count(model.embed, *model.prelude, looped, *model.coda, model.norm)
     return model, {"total": total, "body": body, "recurrence_extras": total - body}
 
 

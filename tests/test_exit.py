@@ -220,10 +220,9 @@ def test_fill_forward_keys_are_the_last_computed_pass(forced) -> None:
     x = ids(batch=1, length=6) % 64
     rule = forced(torch.tensor([[1, 3, 2, 1, 2, 2]]))
     cache = model.new_cache()
-    with torch.no_grad(), model.recurrent.context.metering() as used:
+    with torch.no_grad(), model.recurrence.context.metering() as used:
         model(x, AdaptiveDepth(5, "convergence", 0.01), cache=cache)
-    first = model.recurrent.first_slot
-    keys = [cache.layers[first + t].keys[0] for t in range(5)]  # (H, S, D) per pass
+    keys = [cache.layers[cache.slot(t, cache.block_start)].keys[0] for t in range(5)]  # (H, S, D) per pass
     for pos, exit_after in enumerate([1, 3, 2, 1, 2, 2]):
         for t in range(exit_after, 5):
             assert torch.equal(keys[t][:, pos], keys[exit_after - 1][:, pos])
@@ -266,9 +265,9 @@ def test_kl_criterion_compares_successive_readouts() -> None:
 def test_act_exit_on_openmythos_uses_the_halting_head_and_stops_when_all_halted() -> None:
     model = mythos_model(act=True)
     with torch.no_grad():
-        model.recurrent.act.proj.bias.fill_(10.0)  # p ≈ 1: every position halts after its first pass
+        model.recurrence.halting.proj.bias.fill_(10.0)  # p ≈ 1: every position halts after its first pass
         x = ids(length=8) % 64
-        with model.recurrent.context.metering() as used:
+        with model.recurrence.context.metering() as used:
             out = model(x, AdaptiveDepth(6, "act", None))
         assert (out - model(x, 1)).abs().max().item() <= 1e-5
     assert used[0].tolist() == [1, 1]
@@ -319,7 +318,7 @@ def test_parse_loops_mixes_fixed_and_adaptive_rows() -> None:
     rows = parse_loops("1,4,auto:16,auto", "kl:0.001")
     assert rows[:2] == [1, 4]
     assert rows[2] == AdaptiveDepth(16, "kl", 0.001)
-    assert rows[3].max_loops is None and rows[3].bounded(8).max_loops == 8
+    assert rows[3].limit is None and rows[3].bounded(8).limit == 8
     assert rows[2].label == "auto:16" and rows[2].rule == "kl:0.001"
     model = mythos_model()  # max_loop_iters=4: auto without MAX loops at most 4 times
     with torch.no_grad():
@@ -334,17 +333,17 @@ def test_kv_share_keeps_the_last_pass_per_token_and_decodes_from_it() -> None:
     passes 1 … T − 2 overwritten by those of pass T − 1."""
     model = mythos_model()
     x = ids(length=10) % 64
-    first = model.recurrent.first_slot
     with torch.no_grad():
         shared, plain = model.new_cache(), model.new_cache()
+        slot = lambda t: plain.slot(t, plain.block_start)  # noqa: E731 - pass t's slot of the block
         a = model(x[:, :9], 4, cache=shared, kv_share=True)
         b = model(x[:, :9], 4, cache=plain)
         assert (a - b).abs().max().item() == 0.0, "within one forward nothing is shared"
-        assert len(shared.layers) == first + 2 and len(plain.layers) == first + 4
-        assert torch.equal(shared.layers[first + 1].keys, plain.layers[first + 3].keys)
+        assert len(shared.layers) == shared.n_base + 1 and len(plain.layers) == plain.n_base + 3
+        assert torch.equal(shared.layers[slot(1)].keys, plain.layers[slot(3)].keys)
         for t in (1, 2):
-            plain.layers[first + t].keys = plain.layers[first + 3].keys.clone()
-            plain.layers[first + t].values = plain.layers[first + 3].values.clone()
+            plain.layers[slot(t)].keys = plain.layers[slot(3)].keys.clone()
+            plain.layers[slot(t)].values = plain.layers[slot(3)].values.clone()
         step_shared = model(x[:, 9:], 4, cache=shared, kv_share=True)
         step_reference = model(x[:, 9:], 4, cache=plain)
         fresh = model.new_cache()
@@ -418,7 +417,7 @@ def test_passes_for_the_running_tokens_only_equal_the_masked_passes(
     exits[2] = 1  # the last row stops after one loop everywhere: no running token at later passes
     outs = []
     computed: list[tuple[int, int]] = []
-    block = model.recurrent.block
+    block = model.block
     original = type(block).forward
     monkeypatch.setattr(
         block, "forward", lambda h, *a, **k: computed.append(h.shape[:2]) or original(block, h, *a, **k)

@@ -23,12 +23,12 @@ def model_for(attn: str = "gqa", perturb: bool = True, seed: int = 0, **override
     model = OpenMythos(tiny_mythos(attn, **overrides)).eval()
     if perturb:
         with torch.no_grad():
-            for p in model.recurrent.lora.parameters():
+            for p in model.recurrence.lora.parameters():
                 p.add_(torch.randn_like(p) * 0.2)
-            model.recurrent.embedding.gamma.normal_(0, 0.3)
-            if model.recurrent.act is not None:
-                model.recurrent.act.proj.weight.normal_(0, 0.3)
-                model.recurrent.act.proj.bias.fill_(-0.5)
+            model.recurrence.embedding.gamma.normal_(0, 0.3)
+            if model.recurrence.halting is not None:
+                model.recurrence.halting.proj.weight.normal_(0, 0.3)
+                model.recurrence.halting.proj.bias.fill_(-0.5)
     return model
 
 
@@ -67,7 +67,7 @@ def test_cache_refuses_more_loops_than_it_was_filled_with() -> None:
 
 def test_mla_absorbed_and_expanded_forms_agree() -> None:
     model = model_for("mla")
-    attn = model.recurrent.block.attn
+    attn = model.block.attn
     torch.manual_seed(1)
     q_nope, q_pe = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3, 8)
     latent = torch.randn(2, 1, 3, 16 + 8)
@@ -190,11 +190,11 @@ def test_spectral_radius_stays_below_one_after_a_huge_optimizer_step(dtype: torc
         opt.zero_grad()
         loss.backward()
         opt.step()
-        rho = model.recurrent.injection.get_A().max()
+        rho = model.recurrence.rule.injection.get_A().max()
         assert rho.dtype == torch.float32
         assert rho.item() <= math.exp(-(2.0**-7)) + 1e-7 < 1.0  # measured 0.99222 (the ε floor)
         assert rho.to(dtype).item() < 1.0
-    injection = model.recurrent.injection
+    injection = model.recurrence.rule.injection
     with torch.no_grad():
         injection.A_log.fill_(-1e30)
         injection.dt_bias.fill_(-1e30)
@@ -208,11 +208,11 @@ def test_param_groups_decay_weight_matrices_only() -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     decay_names = {names[id(p)] for p in decay["params"]}
-    injection = model.recurrent.injection
-    for p in (injection.A_log, injection.dt_bias, injection.B, model.recurrent.embedding.gamma):
+    injection = model.recurrence.rule.injection
+    for p in (injection.A_log, injection.dt_bias, injection.B, model.recurrence.embedding.gamma):
         assert id(p) in {id(q) for q in no_decay["params"]}
-    assert "recurrent.act.proj.bias" in no_decay_names and "recurrent.act.proj.weight" in decay_names
-    assert {"recurrent.block.ffn.w1", "recurrent.block.ffn.w2", "recurrent.block.ffn.w3", "embed.weight"} <= decay_names
+    assert "recurrence.halting.proj.bias" in no_decay_names and "recurrence.halting.proj.weight" in decay_names
+    assert {"block.ffn.w1", "block.ffn.w2", "block.ffn.w3", "embed.weight"} <= decay_names
     assert any(".A" in n for n in decay_names) and any("lora" in n and n.endswith(".B") for n in decay_names)
     assert all("norm" not in n for n in decay_names)
     assert sum(1 for n in no_decay_names if "norm" in n) == 2 * 3 + 2  # 3 blocks × 2, e_norm, final norm
@@ -227,9 +227,9 @@ def test_training_forward_returns_balance_and_ponder_terms_and_counts_load() -> 
     assert out.aux_losses["ponder"].item() == pytest.approx(3 + (1 - 2 / 4), abs=1e-6)
     assert 0.5 < out.aux_losses["moe_balance"].item() < 2.0
     (out.aux_losses["moe_balance"] + out.aux_losses["ponder"]).backward()
-    assert float(model.recurrent.block.ffn.router.weight.grad.abs().sum()) > 0
-    assert float(model.recurrent.act.proj.bias.grad.abs()) > 0
-    moe = model.recurrent.block.ffn
+    assert float(model.block.ffn.router.weight.grad.abs().sum()) > 0
+    assert float(model.recurrence.halting.proj.bias.grad.abs()) > 0
+    moe = model.block.ffn
     assert float(moe.expert_load.sum()) == 2 * 24 * 3  # top-2 × tokens × loops
     stats = model.update_router_bias()
     assert float(moe.router_bias.abs().max()) == pytest.approx(1e-3)
@@ -243,10 +243,10 @@ def test_training_forward_returns_balance_and_ponder_terms_and_counts_load() -> 
 def test_halted_positions_skip_the_moe() -> None:
     model = model_for().train()
     with torch.no_grad():
-        model.recurrent.act.proj.bias.fill_(1.5)  # p ≈ 0.8: most positions halt after two loops
+        model.recurrence.halting.proj.bias.fill_(1.5)  # p ≈ 0.8: most positions halt after two loops
         out = model(ids(), 6, return_aux=True)
     steps = out.halt_steps
-    load = float(model.recurrent.block.ffn.expert_load.sum())
+    load = float(model.block.ffn.expert_load.sum())
     assert load == 2 * float(steps.sum())  # top-2 × the (position, loop) pairs that ran
     assert load <= 0.5 * 2 * 24 * 6
 
@@ -268,12 +268,12 @@ def test_checkpointed_and_truncated_loops() -> None:
     assert torch.equal(every, untruncated)  # grad_loops ≥ n_loops is no truncation
     model.zero_grad()
     model(x, 6, grad_loops=2).square().mean().backward()
-    truncated = model.recurrent.block.attn.wq.weight.grad
+    truncated = model.block.attn.wq.weight.grad
     assert truncated is not None and float(truncated.abs().max()) > 0.0
     model.zero_grad()
     model(x, 6).square().mean().backward()
     # the first four loops ran without gradient: the recurrent weights see a different, partial gradient
-    assert float((truncated - model.recurrent.block.attn.wq.weight.grad).abs().max()) > 1e-6
+    assert float((truncated - model.block.attn.wq.weight.grad).abs().max()) > 1e-6
 
 
 def test_initialisation_scheme() -> None:
@@ -283,12 +283,12 @@ def test_initialisation_scheme() -> None:
     assert model.head.weight is model.embed.weight
     out_std = 0.02 / math.sqrt(2 * 3)
     assert model.prelude[0].attn.wo.weight.std().item() == pytest.approx(out_std, rel=0.05)
-    assert model.recurrent.block.ffn.w2.std().item() == pytest.approx(out_std, rel=0.05)
-    assert model.recurrent.injection.get_A().mean().item() == pytest.approx(0.447, abs=1e-4)
+    assert model.block.ffn.w2.std().item() == pytest.approx(out_std, rel=0.05)
+    assert model.recurrence.rule.injection.get_A().mean().item() == pytest.approx(0.447, abs=1e-4)
     with torch.no_grad():
-        assert all(float(d.B.abs().max()) == 0.0 for d in model.recurrent.lora.deltas.values())
-        assert float(model.recurrent.embedding.gamma.abs().max()) == 0.0
-        p = model.recurrent.act.probability(torch.randn(3, 256))
+        assert all(float(d.B.abs().max()) == 0.0 for d in model.recurrence.lora.deltas.values())
+        assert float(model.recurrence.embedding.gamma.abs().max()) == 0.0
+        p = model.recurrence.halting.probability(torch.randn(3, 256))
         assert float((p - 1 / 16).abs().max()) < 1e-7
         assert float(model.norm.weight.min()) == float(model.norm.weight.max()) == 1.0
 

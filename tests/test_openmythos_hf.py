@@ -30,11 +30,11 @@ def hf_model(attn: str = "mla", seed: int = 0) -> MythosForCausalLM:
     cfg = tiny_mythos(attn, vocab_size=90, dim=48, n_experts=4, q_lora_rank=0, v_head_dim=8)
     model = MythosForCausalLM(MythosHFConfig.from_mythos(cfg)).eval()
     with torch.no_grad():
-        for p in model.model.recurrent.lora.parameters():
+        for p in model.model.recurrence.lora.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-        model.model.recurrent.embedding.gamma.normal_(0, 0.3)
-        model.model.recurrent.act.proj.weight.normal_(0, 0.3)
-        model.model.recurrent.block.ffn.router_bias.normal_(0, 0.1)
+        model.model.recurrence.embedding.gamma.normal_(0, 0.3)
+        model.model.recurrence.halting.proj.weight.normal_(0, 0.3)
+        model.model.block.ffn.router_bias.normal_(0, 0.1)
     return model
 
 
@@ -55,7 +55,7 @@ def test_save_pretrained_then_from_pretrained_gives_identical_logits(attn: str, 
             a = model(ids(), n_loops=n_loops).logits
             b = loaded(ids(), n_loops=n_loops).logits
             assert float((a - b).abs().max()) == 0.0
-    assert torch.equal(loaded.model.recurrent.block.ffn.router_bias, model.model.recurrent.block.ffn.router_bias)
+    assert torch.equal(loaded.model.block.ffn.router_bias, model.model.block.ffn.router_bias)
 
 
 def test_hf_generate_with_n_loops_equals_the_native_generate() -> None:

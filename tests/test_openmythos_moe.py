@@ -117,7 +117,7 @@ def _skewed_load_ratio(balance: bool, seed: int, updates: int = 150) -> float:
         n_shared_experts=0, lora_rank=0, router_bias_rate=0.003, act=False,
     )  # fmt: skip
     model = OpenMythos(cfg).train()  # loads are counted in training mode (no dropout here: nothing random)
-    moe = model.recurrent.block.ffn
+    moe = model.block.ffn
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         moe.router.weight[:2] *= 4.0

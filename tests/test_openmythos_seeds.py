@@ -85,7 +85,7 @@ cfg = MythosConfig(
 )
 model = OpenMythos(cfg)
 # Check injection matrix spectral radius — must be < 1
-A = model.recurrent.injection.get_A()
+A = model.recurrence.rule.injection.get_A()
 spectral_radius = A.max().item()
 print(f"Spectral radius ρ(A): {{spectral_radius:.6f}}")
 assert spectral_radius < 1.0, "UNSTABLE: spectral radius >= 1!"
@@ -145,7 +145,7 @@ def train_step(model, optimizer, input_ids, target_ids, n_loops=4):
     return loss.item()
 
 def check_stability(model):
-    A = model.recurrent.injection.get_A()
+    A = model.recurrence.rule.injection.get_A()
     rho = A.max().item()
     return rho
 
@@ -187,7 +187,7 @@ for attn_type in ["gqa", "mla"]:
     param_count = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, 8000, (2, 32))
     logits = model(ids, n_loops=4)
-    rho = model.recurrent.injection.get_A().max().item()
+    rho = model.recurrence.rule.injection.get_A().max().item()
     print(f"{{attn_type.upper()}}: params={{param_count:,}} | "
           f"logits={{logits.shape}} | ρ(A)={{rho:.4f}}")
 """

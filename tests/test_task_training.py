@@ -192,7 +192,7 @@ def test_loop_dynamics_reports_every_loop(hops_run: tuple[Path, Path]) -> None:
     # the same numbers by hand from the states the loop driver reports, for the first example
     states: list[torch.Tensor] = []
     enc = tokenizer([tests[0].prompt], return_tensors="pt")
-    with torch.no_grad(), model.model.recurrent.context.observing(lambda t, h: states.append(h[:, -1])):
+    with torch.no_grad(), model.model.recurrence.context.observing(lambda t, h: states.append(h[:, -1])):
         model(**enc, n_loops=6, use_cache=False)
     alone = loop_dynamics(model, tokenizer, tests[:1], 6)
     h = torch.cat(states)

@@ -78,7 +78,7 @@ def _load(
     model_dir: Path | None, base: Path | None, dtype: str, console: Console, compile_model: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from mythic.loading import default_device, load_any, load_tokenizer, parse_dtype
-    from mythic.models.retrofit import MythicForCausalLM
+    from mythic.models.protocol import LoopedModel
 
     dtype = parse_dtype(dtype)
     if (model_dir is None) == (base is None):
@@ -87,7 +87,7 @@ def _load(
     with console.status(f"loading {path} …"):
         model = load_any(path, dtype=dtype).to(default_device())
         tokenizer = load_tokenizer(path)
-    if base is not None and isinstance(model, MythicForCausalLM):
+    if base is not None and isinstance(model, LoopedModel):
         raise MythicError(f"{base} is a mythic checkpoint; pass it without --base")
     apply_compile(model, compile_model)
     return model, tokenizer

@@ -61,7 +61,9 @@ def apply_kv_share(model: PreTrainedModel, value: str | None) -> None:
     """Set a looped model's ``config.kv_share`` (a parsed --kv-share); a plain base cannot share loops."""
     if value is None:
         return
-    if not hasattr(model.config, "kv_share"):
+    from mythic.models.protocol import LoopedModel
+
+    if not isinstance(model, LoopedModel):
         raise MythicError("--kv-share needs a looped model (a mythic checkpoint or an OpenMythos model)")
     model.config.kv_share = value
 

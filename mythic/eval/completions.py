@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 from mythic.errors import MythicError
 from mythic.eval.humaneval import Problem
-from mythic.eval.rows import Depth, loops_meter, row_mode
+from mythic.eval.rows import Row, loops_meter, row_mode
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
@@ -95,7 +95,7 @@ def generate_samples(
     problems: Sequence[Problem],
     out: Path,
     *,
-    n_loops: Depth = None,
+    n_loops: Row = None,
     samples: int = 1,
     temperature: float = 0.0,
     max_new_tokens: int = 512,

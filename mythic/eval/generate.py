@@ -7,8 +7,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.eval.rows import loop_rows, loops_meter, row_label, row_mode
-from mythic.models.openmythos import MythosForCausalLM
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.protocol import LoopedModel
 from mythic.recurrence.exit import AdaptiveDepth
 
 
@@ -39,7 +38,7 @@ def complete_at_loops(
     def decode(out: torch.Tensor) -> str:
         return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
-    if not isinstance(model, MythicForCausalLM | MythosForCausalLM):
+    if not isinstance(model, LoopedModel):
         if loops != [1]:
             raise MythicError("--loops needs a looped model: a plain base model has no loops")
         return [("base", None, decode(model.generate(ids, **settings)))]

@@ -25,7 +25,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from mythic.errors import MythicError
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.protocol import LoopedModel
 
 
 @register_model("mythic")
@@ -43,7 +43,7 @@ class MythicLM(HFLM):
         from mythic.loading import load_any, load_tokenizer
 
         model = load_any(Path(pretrained), dtype=dtype).to(device)
-        if n_loops is not None and not isinstance(model, MythicForCausalLM):
+        if n_loops is not None and not isinstance(model, LoopedModel):
             raise MythicError(f"{pretrained} is a plain base: n_loops needs a mythic checkpoint")
         self.n_loops = n_loops if n_loops in (None, "base") else int(n_loops)
         super().__init__(pretrained=model, tokenizer=load_tokenizer(Path(pretrained)), backend="causal", **kwargs)

@@ -36,7 +36,7 @@ from mythic.eval.humaneval import (
     solved_diff,
     summarize,
 )
-from mythic.eval.rows import Depth, loop_rows, row_fields, row_file, row_label
+from mythic.eval.rows import Row, loop_rows, row_fields, row_file, row_label
 from mythic.eval.sandbox import SandboxLimits, detect_isolation, isolation_report
 from mythic.io import write_json
 from mythic.recurrence.exit import AdaptiveDepth
@@ -75,7 +75,7 @@ def _diffs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"from": a["label"], "to": b["label"], **solved_diff(a["per_problem"], b["per_problem"])} for a, b in pairs]
 
 
-def _row(n_loops: Depth, outcomes: list[Outcome], ks: Sequence[int]) -> dict[str, Any]:
+def _row(n_loops: Row, outcomes: list[Outcome], ks: Sequence[int]) -> dict[str, Any]:
     summary = summarize(outcomes, ks)
     return {
         **row_fields(n_loops),

@@ -1,9 +1,10 @@
 """A row of an evaluation: the base, a fixed loop count, or adaptive depth — and how a model runs it.
 
-A row is the base (``n_loops=None``: ``base_mode()`` for a retrofit, the plain model otherwise)
-or a loop count passed to ``forward`` / ``generate`` as ``n_loops`` (a retrofit or a from-scratch
-OpenMythos; ``loop_rows`` says which): a fixed T, or an ``AdaptiveDepth`` (``auto:MAX``, each
-token looping until its exit criterion fires; ``loops_meter`` reads the loops it used).
+A row is the base (``n_loops=None``: ``base_mode()`` for a looped model with a base, the plain
+model otherwise) or a loop count passed to ``forward`` / ``generate`` as ``n_loops`` (a looped
+model: ``models.protocol.LoopedModel``; ``loop_rows`` says which): a fixed T, or an
+``AdaptiveDepth`` (``auto:MAX``, each token looping until its exit criterion fires;
+``loops_meter`` reads the loops it used).
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ import torch
 from transformers import PreTrainedModel
 
 from mythic.errors import MythicError
-from mythic.models.openmythos import MythosForCausalLM
-from mythic.models.retrofit import MythicForCausalLM
-from mythic.recurrence.depth_lora import LoopContext
+from mythic.models.protocol import LoopedModel
+from mythic.recurrence.context import LoopContext
 from mythic.recurrence.exit import AdaptiveDepth
 
-Depth = int | AdaptiveDepth | None  # a row: fixed T, adaptive (auto:MAX), or the base (None)
+Row = int | AdaptiveDepth | None  # a row: fixed T, adaptive (auto:MAX), or the base (None)
 
 
-def row_label(n_loops: Depth) -> str:
+def row_label(n_loops: Row) -> str:
     if isinstance(n_loops, AdaptiveDepth):
         return n_loops.label
     return "base" if n_loops is None else f"T={n_loops}"
@@ -35,45 +35,35 @@ def row_file(label: str) -> str:
     return label.replace("=", "").replace(":", "-")
 
 
-def row_fields(n_loops: Depth) -> dict[str, Any]:
+def row_fields(n_loops: Row) -> dict[str, Any]:
     """A row's identity in the JSON: label and n_loops (None for the base, "auto" plus max_loops and
     exit for an adaptive row)."""
     if isinstance(n_loops, AdaptiveDepth):
-        return {"label": n_loops.label, "n_loops": "auto", "max_loops": n_loops.max_loops, "exit": n_loops.rule}
+        return {"label": n_loops.label, "n_loops": "auto", "max_loops": n_loops.limit, "exit": n_loops.rule}
     return {"label": row_label(n_loops), "n_loops": n_loops}
 
 
-def trained_loops(model: PreTrainedModel) -> int:
-    """The loop count a looped model was built for: ``auto``'s default MAX."""
-    if isinstance(model, MythicForCausalLM):
-        return model.config.max_loops
-    return model.config.max_loop_iters
-
-
-def loop_rows(model: PreTrainedModel, loops: Sequence[int | AdaptiveDepth]) -> list[Depth]:
-    """The rows an evaluation runs: the base (None) and each loop count for a retrofit, each loop
-    count for a from-scratch OpenMythos (it has no base), the base alone for a plain model;
-    ``auto`` without a MAX gets the model's trained maximum."""
-    if not isinstance(model, MythicForCausalLM | MythosForCausalLM):
+def loop_rows(model: PreTrainedModel, loops: Sequence[int | AdaptiveDepth]) -> list[Row]:
+    """The rows an evaluation runs: each loop count for a looped model, preceded by the base (None) when
+    it has one; the base alone for a plain model. ``auto`` without a MAX gets the trained maximum."""
+    if not isinstance(model, LoopedModel):
         return [None]
-    rows = [n.bounded(trained_loops(model)) if isinstance(n, AdaptiveDepth) else n for n in loops]
-    halting = isinstance(model, MythosForCausalLM) and model.config.act
-    if not halting and any(isinstance(n, AdaptiveDepth) and n.criterion == "act" for n in rows):
+    recurrence = model.recurrence
+    rows: list[Row] = [n.bounded(recurrence.max_loops) if isinstance(n, AdaptiveDepth) else n for n in loops]
+    if recurrence.halting is None and any(isinstance(n, AdaptiveDepth) and n.criterion == "act" for n in rows):
         raise MythicError("--exit act needs a model with a halting head (OpenMythos with act: true)")
-    return [None, *rows] if isinstance(model, MythicForCausalLM) else rows
+    return [None, *rows] if model.has_base else rows
 
 
 def loop_context(model: PreTrainedModel) -> LoopContext:
     """The per-model context through which the loop driver reports states and loops used."""
-    if isinstance(model, MythicForCausalLM):
-        return model.context
-    if isinstance(model, MythosForCausalLM):
-        return model.model.recurrent.context
-    raise MythicError("loop measurements need a looped model (a mythic checkpoint or an OpenMythos model)")
+    if not isinstance(model, LoopedModel):
+        raise MythicError("loop measurements need a looped model (a mythic checkpoint or an OpenMythos model)")
+    return model.recurrence.context
 
 
 @contextlib.contextmanager
-def loops_meter(model: PreTrainedModel, n_loops: Depth) -> Iterator[Callable[[], torch.Tensor | None]]:
+def loops_meter(model: PreTrainedModel, n_loops: Row) -> Iterator[Callable[[], torch.Tensor | None]]:
     """Yields a function giving the loops each row's read position used in every adaptive forward since its
     last call, (forwards, B): row 0 is the prompt's forward (the loops of the first answer token), the rest
     one per generated token; None for a fixed row or the base (nothing to measure)."""
@@ -93,12 +83,13 @@ def loops_meter(model: PreTrainedModel, n_loops: Depth) -> Iterator[Callable[[],
 
 
 @contextlib.contextmanager
-def row_mode(model: PreTrainedModel, n_loops: Depth) -> Iterator[dict[str, Any]]:
+def row_mode(model: PreTrainedModel, n_loops: Row) -> Iterator[dict[str, Any]]:
     """Generate kwargs for a row: base mode (recurrence and LoRA off) or ``n_loops``."""
+    looped = isinstance(model, LoopedModel)
     if n_loops is None:
-        with model.base_mode() if isinstance(model, MythicForCausalLM) else contextlib.nullcontext():
+        with model.base_mode() if looped and model.has_base else contextlib.nullcontext():
             yield {}
-    elif not isinstance(model, MythicForCausalLM | MythosForCausalLM):
+    elif not looped:
         raise MythicError("loop counts need a mythic checkpoint; a plain base only has the base row")
     else:
         yield {"n_loops": n_loops}

@@ -44,7 +44,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
-from mythic.eval.rows import Depth, loop_context, loop_rows, loops_meter, row_fields, row_label, row_mode
+from mythic.eval.rows import Row, loop_context, loop_rows, loops_meter, row_fields, row_label, row_mode
 from mythic.eval.stats import metric
 from mythic.tasks.files import Task
 
@@ -83,7 +83,7 @@ def predict(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     tasks: Sequence[Task],
-    n_loops: Depth,
+    n_loops: Row,
     *,
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,

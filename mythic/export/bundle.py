@@ -6,15 +6,15 @@ classes ``auto_map`` points at (``RETROFIT``: ``modeling_mythic.py`` with ``Myth
 ``MythosForCausalLM``). ``bundle_source`` keeps ONE implementation of every mechanism: it
 concatenates the source files of the root module and of the mythic modules it imports at module
 level, dependencies first, and only edits imports and registrations: imports of bundled modules
-are removed (their names are defined above), type-checking-only imports are dropped, a lazy import
-of a mythic module that is not bundled raises ImportError, the module-level ``Auto*.register``
+are removed (their names are defined above), type-checking-only imports are dropped, the module-level ``Auto*.register``
 calls are dropped (``auto_map`` does that job, and registering twice would clash with an installed
 mythic), and the custom operators' namespace ``mythic::`` becomes ``mythic_export::`` (so an
 exported folder and an installed mythic can be loaded in one process).
 
 The file is generated at every export, never committed, so it cannot go stale; instead the
 bundler refuses, naming file and line, the import forms it cannot rewrite: ``import mythic.x``
-(with or without ``as``), relative imports, and ``from mythic.pkg import submodule``. Two bundled
+(with or without ``as``), relative imports, ``from mythic.pkg import submodule``, and an import inside
+a function of a mythic module that is not bundled (it would need mythic installed). Two bundled
 modules binding one top-level name differently are refused too.
 """
 
@@ -101,15 +101,16 @@ def bundle_order(root: str = RETROFIT.root) -> list[str]:
     return order
 
 
-def _edit(node: ast.stmt, bundled: set[str], top: bool) -> str | None:
+def _edit(node: ast.stmt, bundled: set[str], top: bool, name: str) -> str | None:
     """The replacement text of one statement, or None to keep it (see the module docstring)."""
-    indent = " " * node.col_offset
     if isinstance(node, ast.ImportFrom) and node.module == "__future__":
         return ""
     if isinstance(node, ast.ImportFrom) and _is_mythic(node.module):
-        if node.module in bundled:
-            return ""
-        return f"{indent}raise ImportError('this path needs the mythic package: pip install mythic')\n"
+        if node.module not in bundled:
+            raise RuntimeError(
+                f"bundling mythic: {name} line {node.lineno} imports {node.module}, which is not bundled"
+            )
+        return ""
     if (
         top
         and isinstance(node, ast.If)
@@ -129,16 +130,16 @@ def _edit(node: ast.stmt, bundled: set[str], top: bool) -> str | None:
     return None
 
 
-def _strip(source: str, bundled: set[str]) -> str:
+def _strip(source: str, bundled: set[str], name: str) -> str:
     """``source`` with its mythic imports and registrations edited out; emptied blocks get ``pass``."""
     tree = ast.parse(source)
     edits: list[tuple[int, int, str]] = []
     for parent in ast.walk(tree):
-        for name in ("body", "orelse", "finalbody"):
-            body = getattr(parent, name, None)
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(parent, field, None)
             if not isinstance(body, list) or not body or not isinstance(body[0], ast.stmt):
                 continue
-            changed = [(node, _edit(node, bundled, parent is tree)) for node in body]
+            changed = [(node, _edit(node, bundled, parent is tree, name)) for node in body]
             changed = [(node, text) for node, text in changed if text is not None]
             if len(changed) == len(body) and all(text == "" for _, text in changed) and parent is not tree:
                 node = changed[0][0]
@@ -186,7 +187,9 @@ def bundle_source(bundle: Bundle = RETROFIT) -> str:
         + '\nDo not edit: export again instead.\n"""\n\nfrom __future__ import annotations\n'
     )
     sections = [
-        f"\n\n# {'=' * 20} {path.as_posix()} {'=' * 20}\n\n" + _strip(_module_source(name), set(order)).strip() + "\n"
+        f"\n\n# {'=' * 20} {path.as_posix()} {'=' * 20}\n\n"
+        + _strip(_module_source(name), set(order), name).strip()
+        + "\n"
         for name, path in zip(order, files, strict=True)
     ]
     source = (header + "".join(sections)).replace(OPS_NAMESPACE, EXPORT_OPS_NAMESPACE)

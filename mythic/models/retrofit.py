@@ -8,24 +8,21 @@
 causal LM unchanged and replaces each block layer in ``model.model.layers`` by a
 ``BlockSlot``. During the base's own forward, the slots of layers s … e−2 record their
 call (hidden-state input aside, each decoder layer gets its mask, rotary table, per-layer
-input, cache…) and pass the hidden state through; the slot of layer e−1 then runs the
-loop driver over the recorded calls. Embeddings, masks, norms and heads stay the base's
-own code for every family, so a fresh wrapper at T = 1 computes exactly what the base
-computes: bit-for-bit identical logits.
+input, cache…) and pass the hidden state through; the slot of layer e−1 then hands the
+recorded calls (``LayerCalls``, this kind's adapter) to the runner (``recurrence/runner.py``),
+which loops them. The base's forward sits between the wrapper's forward and the block, so the
+forward's ``Request`` reaches the slots through the model's loop context. Embeddings, masks,
+norms and heads stay the base's own code for every family, so a fresh wrapper at T = 1
+computes exactly what the base computes: bit-for-bit identical logits.
 
-The cache is a ``LoopCache`` (one KV slot per loop and block layer); the loop index
-reaches Depth-LoRA through a per-model ``LoopContext``. ``base_mode()`` switches all of
-the recurrence, the Depth-LoRA and any peft LoRA on the base off: the result is the base model
+The cache is a ``LoopCache`` (one KV slot per loop and block layer). ``base_mode()`` switches all
+of the recurrence, the Depth-LoRA and any peft LoRA on the base off: the result is the base model
 (the eval base row and the KL-anchor target alike).
 
-``n_loops`` may be an ``AdaptiveDepth`` (``exit.py``): each position stops when its criterion
-fires, with the fill-forward keys and values in the cache (an uncached call uses a throwaway
-one); the ``kl`` criterion reads the loop state through the base's final norm and head. Once
-rows of the batch have no running token, a pass is computed for the other rows alone (their
-hidden states, masks, rotary tables and cache rows gathered; ``cache.Compacted``), except through
-layers that share keys with other layers (gemma4's KV sharing: ``families.batch_separable``).
-``config.kv_share = "last"`` keeps one KV slot per block layer for every loop beyond the first
-(``cache.SharedPass``), a serving setting that changes no parameter.
+Adaptive depth, halting, KV sharing and compaction are the runner's: a pass computed for some rows
+alone gathers the recorded calls' arguments by row (``batch_rows``), except through layers that
+share keys with other layers (gemma4's KV sharing: ``families.batch_separable``); the ``kl`` exit
+criterion reads the loop state through the base's final norm and head (``readout``).
 
 Loop counts above ``max_loops`` (the trained maximum) run: the per-loop parameters of
 the last trained loop are reused for every deeper loop.
@@ -58,12 +55,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from mythic.errors import MythicError
 from mythic.models.families import batch_separable, check_block, decoder_layers, family_of, final_norm
 from mythic.recurrence import RULES
-from mythic.recurrence.cache import Compacted, FillForward, LoopCache, SharedPass, check_kv_share
-from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
-from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, running_rows
-from mythic.recurrence.loop import LoopCount, max_loops, run_loops
+from mythic.recurrence.cache import LoopCache, check_kv_share
+from mythic.recurrence.depth_lora import DepthLoRA
+from mythic.recurrence.exit import AdaptiveDepth
+from mythic.recurrence.loop import LoopCount
 from mythic.recurrence.loop_embedding import LoopEmbedding
 from mythic.recurrence.rules import ConcatRule, ParcaeRule, ResidualRule, UpdateRule
+from mythic.recurrence.runner import Recurrence, Request
 from mythic.tensors import copy_strict
 
 RECURRENCE_FILE = "recurrence.safetensors"
@@ -135,21 +133,6 @@ def config_fingerprint(config: PreTrainedConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@dataclass
-class Run:
-    """Settings of one forward call, read by the block slots through the LoopContext."""
-
-    loop: bool
-    n_loops: LoopCount | AdaptiveDepth = 1
-    grad_loops: int | None = None
-    checkpoint: bool = False
-    past: int = 0
-    readout: Callable[[torch.Tensor], torch.Tensor] | None = None
-    kv_share: bool = False
-    read: int | torch.Tensor = 0
-    calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
-
-
 def batch_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
     """``value`` (a layer call's arguments: tensors, tuples, lists, dicts) for the batch rows ``rows``
     alone: every tensor of two or more dims whose first is the ``batch`` is indexed; the rest is kept."""
@@ -162,112 +145,101 @@ def batch_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
     return value
 
 
-class Recurrence(nn.Module):
+def build_recurrence(config: MythicConfig, dim: int) -> Recurrence:
     """Every new parameter: update rule (gate, LayerScale, injection/adapter), Depth-LoRA, loop embedding."""
+    rule: UpdateRule
+    if config.rule == "residual":
+        rule = ResidualRule(
+            dim,
+            config.max_loops,
+            inject_scale=config.inject_scale,
+            gate_bias_init=config.gate_bias_init,
+            gate_per_channel=config.gate_per_channel,
+            layerscale_init=config.layerscale_init,
+            layerscale_max=config.layerscale_max,
+            layerscale_per_channel=config.layerscale_per_channel,
+            full_b=config.full_b,
+        )
+    elif config.rule == "parcae":
+        rule = ParcaeRule(dim, full_b=config.full_b)
+    else:
+        rule = ConcatRule(dim)
+    lora = DepthLoRA(config.max_loops, config.lora_rank, config.lora_alpha) if config.lora_rank else None
+    embedding = LoopEmbedding(dim) if config.loop_embedding else None
+    return Recurrence(rule, config.max_loops, embedding=embedding, lora=lora)
 
-    def __init__(self, config: MythicConfig, dim: int) -> None:
-        super().__init__()
-        self.rule: UpdateRule
-        if config.rule == "residual":
-            self.rule = ResidualRule(
-                dim,
-                config.max_loops,
-                inject_scale=config.inject_scale,
-                gate_bias_init=config.gate_bias_init,
-                gate_per_channel=config.gate_per_channel,
-                layerscale_init=config.layerscale_init,
-                layerscale_max=config.layerscale_max,
-                layerscale_per_channel=config.layerscale_per_channel,
-                full_b=config.full_b,
-            )
-        elif config.rule == "parcae":
-            self.rule = ParcaeRule(dim, full_b=config.full_b)
-        else:
-            self.rule = ConcatRule(dim)
-        self.lora = DepthLoRA(config.max_loops, config.lora_rank, config.lora_alpha) if config.lora_rank else None
-        self.embedding = LoopEmbedding(dim) if config.loop_embedding else None
+
+Call = tuple[nn.Module, tuple[Any, ...], dict[str, Any]]  # a block layer and the arguments the base called it with
+
+
+@dataclass
+class Forward:
+    """What one forward's block slots share (through the loop context): its request (None: base mode, the
+    block layers run plain), the tokens its cache held before it, and the block layers' calls recorded so far."""
+
+    request: Request | None
+    past: int = 0
+    calls: list[Call] = field(default_factory=list)
+
+
+@dataclass
+class LayerCalls:
+    """The retrofit's block for the runner: the block layers with the arguments the base called them with in
+    this forward (masks, rotary tables, per-layer inputs …), replayed for every pass with the pass's cache view.
+    Rows of the batch are computed apart (``subset``) unless a layer shares keys with another (gemma4)."""
+
+    calls: list[Call]
+    positions = False
+
+    @property
+    def separable(self) -> bool:
+        return all(batch_separable(layer) for layer, _, _ in self.calls)
+
+    def __call__(self, x: torch.Tensor, t: int, view: Any, token_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.replay(x, view, self.calls)
+
+    def subset(
+        self, x: torch.Tensor, t: int, view: Any, rows: torch.Tensor, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        picked = [batch_rows(call, rows, x.shape[0]) for call in self.calls]
+        return self.replay(x[rows], view, picked)
+
+    @staticmethod
+    def replay(x: torch.Tensor, view: Any, calls: list[Call]) -> torch.Tensor:
+        for layer, args, kwargs in calls:
+            x = layer(x, *args, **(kwargs if view is None else {**kwargs, "cache": view}))
+        return x
 
 
 class BlockSlot(nn.Module):
-    """Stands in for one block layer inside the base's layer list; see the module docstring."""
+    """Stands in for one block layer inside the base's layer list.
 
-    def __init__(self, layer: nn.Module, last: bool, context: LoopContext, recurrence: Recurrence) -> None:
+    The base model's own forward calls its decoder layers one after the other, so the wrapper cannot hand
+    the block its ``Request``: it sets it in the loop context for the extent of the base's forward. With
+    a request there, the slots of the block's first layers record their call (hidden-state input aside:
+    each layer's masks, rotary tables, per-layer inputs, cache) and pass the hidden state through, and the
+    slot of the last layer runs the recurrence over the recorded calls (``LayerCalls``). Without one
+    (base mode, or the base called directly) every slot is its plain layer.
+    """
+
+    def __init__(self, layer: nn.Module, last: bool, recurrence: Recurrence, readout: Callable[..., Any]) -> None:
         super().__init__()
         self.layer = layer
         self.last = last
-        self.context = context
-        self._recurrence = [recurrence]  # a plain list: the module is registered on the wrapper, not here
+        self._owners = (recurrence, readout)  # a tuple: both belong to the wrapper, not to this slot
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        run: Run | None = self.context.run
-        if run is None or not run.loop:
+        recurrence, readout = self._owners
+        state: Forward | None = recurrence.context.forward
+        if state is None or state.request is None:
             return self.layer(hidden_states, *args, **kwargs)
-        run.calls.append((self.layer, args, kwargs))
+        state.calls.append((self.layer, args, kwargs))
         if not self.last:
             return hidden_states
-        calls, run.calls = run.calls, []
-        cache = kwargs.get("cache")
-        recurrence = self._recurrence[0]
-
-        n_loops, early_exit = run.n_loops, None
-        if run.kv_share and isinstance(n_loops, torch.Tensor):
-            raise MythicError("kv_share needs one loop count for the whole batch, not per-sequence depths")
-        if isinstance(n_loops, AdaptiveDepth):
-            if n_loops.criterion == "act":
-                raise MythicError("--exit act needs a model with a halting head; a retrofit has none")
-            early_exit = ExitRun(
-                n_loops, hidden_states, readout=run.readout, fill=lambda t: cache_view(t).fill(), read=run.read
-            )
-            n_loops = n_loops.max_loops
-        total = max_loops(n_loops)
-
-        def cache_view(t: int) -> Any:
-            if cache is None:
-                return None
-            if run.kv_share and t > 0:
-                view = SharedPass(cache, lambda j: cache.slot(1, j), store=t == total - 1)
-            else:
-                view = cache.at_loop(t)
-            if early_exit is None:
-                return view
-            return FillForward(view, t, early_exit.frozen(t), early_exit.written)
-
-        separable = all(batch_separable(layer) for layer, _, _ in calls)
-
-        def layers(x: torch.Tensor, t: int, view: Any, layer_calls: list[Any]) -> torch.Tensor:
-            with self.context.at_loop(t):
-                for layer, layer_args, layer_kwargs in layer_calls:
-                    if view is not None:
-                        layer_kwargs = {**layer_kwargs, "cache": view}
-                    x = layer(x, *layer_args, **layer_kwargs)
-            return x
-
-        def step(x: torch.Tensor, t: int) -> torch.Tensor:
-            if cache is not None and t > 0:
-                cache.check_loop(min(t, 1) if run.kv_share else t, run.past)
-            view = cache_view(t)
-            frozen = early_exit.frozen(t) if early_exit is not None else None
-            if frozen is None or not separable or not gathered(frozen, positions=False):
-                return layers(x, t, view, calls)
-            rows = running_rows(frozen)  # the rows that still run: the pass is computed for them alone
-            batch, length = frozen.shape
-            picked = [batch_rows(call, rows, batch) for call in calls]
-            return x.index_copy(0, rows, layers(x[rows], t, Compacted(view, rows, None, batch, length), picked))
-
-        h = run_loops(
-            step,
-            recurrence.rule,
-            hidden_states,
-            n_loops,
-            embedding=recurrence.embedding,
-            grad_loops=run.grad_loops,
-            checkpoint=run.checkpoint,
-            early_exit=early_exit,
-            observer=self.context.observer,
-        )
-        if early_exit is not None:
-            self.context.record_loops(early_exit.steps[:, -1])
-        return h
+        calls, state.calls = state.calls, []
+        return recurrence.run(
+            LayerCalls(calls), hidden_states, state.request, kwargs.get("cache"), state.past, readout
+        ).h
 
 
 class MythicForCausalLM(PreTrainedModel, GenerationMixin):
@@ -296,16 +268,15 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         start = config.kept_layers.index(config.block_start)
         end = start + (config.block_end - config.block_start)
         self.block_range = (start, end)
-        self.context = LoopContext()
-        self.recurrence = Recurrence(config, base.config.get_text_config(decoder=True).hidden_size)
+        self.recurrence = build_recurrence(config, base.config.get_text_config(decoder=True).hidden_size)
         block = nn.ModuleList(layers[start:end])
         if self.recurrence.lora is not None:
             targets = tuple(config.lora_targets or self.family.lora_targets)
-            if not self.recurrence.lora.attach(block, targets, self.context):
+            if not self.recurrence.lora.attach(block, targets, self.recurrence.context):
                 raise MythicError(f"no Depth-LoRA target {targets} found in the block's layers")
         self.recurrence.to(base.get_input_embeddings().weight.device)  # where the base lives
         for j in range(start, end):
-            layers[j] = BlockSlot(layers[j], j == end - 1, self.context, self.recurrence)
+            layers[j] = BlockSlot(layers[j], j == end - 1, self.recurrence, self.readout)
         if base.generation_config is not None:
             self.generation_config = copy.deepcopy(base.generation_config)
         self.post_init()
@@ -347,9 +318,11 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         """Nothing to do: the recurrence modules initialise themselves when built (identity-preserving
         values such as B = 0 and the [0 | I] adapter), and the base is initialised by its own loading."""
 
+    has_base = True
+
     def new_cache(self) -> LoopCache:
         """An empty KV cache with one slot per (loop, block layer)."""
-        return LoopCache(self.base.config, *self.block_range)
+        return LoopCache.of_config(self.base.config, *self.block_range)
 
     @contextlib.contextmanager
     def base_mode(self) -> Iterator[None]:
@@ -361,7 +334,7 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             lora_layers = []
         else:
             lora_layers = [m for m in self.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
-        with self.context.running(Run(loop=False)):
+        with self.recurrence.context.forwarding(Forward(None)):
             for layer in lora_layers:
                 layer.enable_adapters(False)
             try:
@@ -392,10 +365,6 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         """
         n_loops = self.config.n_loops if n_loops is None else n_loops
         adaptive = isinstance(n_loops, AdaptiveDepth)
-        if adaptive:
-            n_loops = n_loops.bounded(self.config.max_loops)
-        if not adaptive and ((n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1):
-            raise MythicError(f"n_loops must be >= 1, got {n_loops}")
         if use_cache is None:
             use_cache = not self.training and bool(getattr(self.base.config, "use_cache", True))
         if (use_cache or adaptive) and cache is None:
@@ -404,22 +373,19 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             raise MythicError("checkpoint_loops needs use_cache=False: recomputation would write the KV cache twice")
         if cache is not None and not isinstance(cache, LoopCache):
             raise MythicError("cache must be a LoopCache: create it with model.new_cache()")
-        outer = self.context.run
-        past = cache.get_seq_length() if cache is not None else 0
-        run = outer
-        if outer is None or outer.loop:
+        outer = self.recurrence.context.forward
+        state = outer
+        if outer is None or outer.request is not None:  # base mode keeps its plain layers for the whole call
             check_kv_share(self.config.kv_share)
-            run = Run(
-                True,
+            request = Request(
                 n_loops,
-                grad_loops,
-                checkpoint_loops,
-                past,
-                self.readout,
-                self.config.kv_share == "last",
-                logits_to_keep,
+                grad_loops=grad_loops,
+                checkpoint=checkpoint_loops,
+                kv_share=self.config.kv_share == "last",
+                logits_to_keep=logits_to_keep,
             )
-        with self.context.running(run):
+            state = Forward(request, cache.get_seq_length() if cache is not None else 0)
+        with self.recurrence.context.forwarding(state):
             out = self.base(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -456,16 +422,18 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
 
     def recurrence_stats(self) -> dict[str, float]:
         """ρ(Ā), gate and LayerScale values per loop: what a run logs to see the recurrence wake up."""
-        stats: dict[str, float] = {}
+        stats = self.recurrence.stats()
         rule = self.recurrence.rule
         with torch.no_grad():
-            if hasattr(rule, "injection"):
-                stats["rho_A"] = float(rule.injection.get_A().max())
             if isinstance(rule, ResidualRule):
                 for t in range(1, self.config.max_loops):
                     stats[f"gate/{t}"] = float(rule.gate(t).mean())
                     stats[f"layerscale/{t}"] = float(rule.scale(t).mean())
         return stats
+
+    def after_optimizer_step(self) -> dict[str, float]:
+        """Nothing to do after an optimizer step (the protocol's hook; OpenMythos balances its router)."""
+        return {}
 
     def save_recurrence(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Write ``config.json`` and the new parameters (``recurrence.safetensors``) into ``directory``.

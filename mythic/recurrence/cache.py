@@ -29,21 +29,31 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedConfig
+from transformers import Cache, DynamicCache, PreTrainedConfig
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs
 
 from mythic.errors import MythicError
 
+LayerSpec = tuple[type, dict[str, Any]]  # a cache layer class and its keyword arguments
+
 
 class LoopCache(DynamicCache):
-    """A DynamicCache with one slot per (loop, block layer)."""
+    """A DynamicCache with one slot per (loop, block layer), over the model's ``layers`` (one cache-layer spec
+    per layer; ``of_config`` reads them off a transformers config) whose block is layers [start, end)."""
 
-    def __init__(self, config: PreTrainedConfig, block_start: int, block_end: int) -> None:
-        super().__init__(config=config)
+    def __init__(self, layers: list[LayerSpec], block_start: int, block_end: int) -> None:
+        Cache.__init__(self, layers=[layer_class(**kwargs) for layer_class, kwargs in layers])
         self.n_base = len(self.layers)
         self.block_start, self.block_end = block_start, block_end
+        self._block_layers = layers[block_start:block_end]
+
+    @classmethod
+    def of_config(cls, config: PreTrainedConfig, block_start: int, block_end: int) -> LoopCache:
+        """The cache of a transformers model whose layers [block_start, block_end) loop (each layer's own type:
+        full, sliding-window, KV-sharing)."""
         types, kwargs = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
-        self._block_layers = [(DYNAMIC_LAYER_TYPE_MAPPING[types[j]], kwargs[j]) for j in range(block_start, block_end)]
+        specs = [(DYNAMIC_LAYER_TYPE_MAPPING[kind], kw) for kind, kw in zip(types, kwargs, strict=True)]
+        return cls(specs, block_start, block_end)
 
     def slot(self, t: int, layer_idx: int) -> int:
         if t == 0:
@@ -103,27 +113,26 @@ class FillForward:
     ``update`` writes as usual, except that ``frozen`` positions (B, q) get the keys and values
     this forward wrote for them at pass t − 1 (their last computed pass, or filled forward
     already) instead of those just computed from their frozen state. Every write is recorded in
-    ``written[(t, layer_idx − offset)]`` (the forward's own entries: a sliding-window layer's
-    storage may already have dropped some); ``offset`` makes the key the same block layer at
-    every pass (t when each pass has its own consecutive slot indices, 0 when the indices repeat
-    and the view remaps them). ``fill`` writes a skipped pass: every layer's entries of pass t − 1.
+    ``written[(t, layer_idx)]`` (the forward's own entries: a sliding-window layer's storage may
+    already have dropped some; ``layer_idx`` is the block layer's own index at every pass, the view
+    below remapping it to the pass's slot). ``fill`` writes a skipped pass: every layer's entries of
+    pass t − 1.
     """
 
     def __init__(
-        self, cache: DynamicCache | LoopSlots, t: int, frozen: torch.Tensor | None, written: Written, offset: int = 0
+        self, cache: LoopCache | LoopSlots | SharedPass, t: int, frozen: torch.Tensor | None, written: Written
     ) -> None:
-        self.cache, self.t, self.frozen, self.written, self.offset = cache, t, frozen, written, offset
+        self.cache, self.t, self.frozen, self.written = cache, t, frozen, written
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        layer = layer_idx - self.offset
         if self.frozen is not None:
-            prev_keys, prev_values = self.written[(self.t - 1, layer)]
+            prev_keys, prev_values = self.written[(self.t - 1, layer_idx)]
             mask = self.frozen.view(self.frozen.shape[0], 1, self.frozen.shape[1], 1)
             key_states = torch.where(mask, prev_keys, key_states)
             value_states = torch.where(mask, prev_values, value_states)
-        self.written[(self.t, layer)] = (key_states, value_states)
+        self.written[(self.t, layer_idx)] = (key_states, value_states)
         return self.cache.update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def fill(self) -> None:
@@ -131,7 +140,7 @@ class FillForward:
         for t, layer in [key for key in self.written if key[0] == self.t - 1]:
             keys, values = self.written[(t, layer)]
             self.written[(self.t, layer)] = (keys, values)
-            self.cache.update(keys, values, layer + self.offset)
+            self.cache.update(keys, values, layer)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cache, name)
@@ -206,3 +215,10 @@ class SharedPass:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cache, name)
+
+
+CacheView = LoopCache | LoopSlots | FillForward | SharedPass | Compacted
+"""What a pass writes its keys and values through: the cache itself or a view of it. Each view has the
+cache's ``update(keys, values, layer_idx)`` and hands every other attribute (sequence length, mask
+sizes, layer types, …) to the cache below it, which is what attention code reads; ``CacheView`` names
+them for type hints."""

@@ -1,7 +1,7 @@
 """Adaptive depth: every position stops looping when a criterion says its state is done.
 
-``n_loops = AdaptiveDepth(max_loops, criterion, eps)`` (``--loops auto:MAX --exit CRITERION``)
-runs at most ``max_loops`` passes of the block; after pass t has produced h_{t+1}, a position
+``n_loops = AdaptiveDepth(limit, criterion, eps)`` (``--loops auto:MAX --exit CRITERION``)
+runs at most ``limit`` passes of the block; after pass t has produced h_{t+1}, a position
 that is still running exits when
 
     convergence   ‖h_{t+1} − h_t‖ / ‖h_t‖ < eps
@@ -34,7 +34,7 @@ when those fill under ``COMPACT_BELOW`` of the batch (``gathered``); the outputs
 and the cache rows written through ``cache.Compacted``. Gathering changes what is computed for no
 token: tests pin it to the masked pass.
 
-So a criterion that never fires computes exactly fixed-T = ``max_loops``, and decoding token by
+So a criterion that never fires computes exactly fixed-T = ``limit``, and decoding token by
 token computes exactly what one forward over the whole sequence computes when each position exits
 at the same pass in both, whichever pass that is.
 
@@ -61,15 +61,15 @@ DEFAULT_EXIT = "kl:0.0001"  # chosen on the hops valid split (docs/lab-notes.md)
 
 @dataclass(frozen=True)
 class AdaptiveDepth:
-    """Loop until each position's criterion fires, at most ``max_loops`` passes."""
+    """Loop until each position's criterion fires, at most ``limit`` passes (None: the model's trained maximum)."""
 
-    max_loops: int | None
+    limit: int | None
     criterion: str = "convergence"
     eps: float | None = 0.01
 
     def __post_init__(self) -> None:
-        if self.max_loops is not None and self.max_loops < 1:
-            raise MythicError(f"--loops auto:MAX needs MAX >= 1, got {self.max_loops}")
+        if self.limit is not None and self.limit < 1:
+            raise MythicError(f"--loops auto:MAX needs MAX >= 1, got {self.limit}")
         if self.criterion not in CRITERIA:
             raise MythicError(f"unknown exit criterion {self.criterion!r}: use one of {', '.join(CRITERIA)}")
         if self.criterion == "act":
@@ -81,7 +81,7 @@ class AdaptiveDepth:
     @property
     def label(self) -> str:
         """The row label, ``auto:MAX``."""
-        return f"auto:{self.max_loops}"
+        return f"auto:{self.limit}"
 
     @property
     def rule(self) -> str:
@@ -90,7 +90,7 @@ class AdaptiveDepth:
 
     def bounded(self, trained: int) -> AdaptiveDepth:
         """This depth with MAX set to ``trained`` (the model's trained maximum) when it was left open."""
-        return self if self.max_loops is not None else dataclasses.replace(self, max_loops=trained)
+        return self if self.limit is not None else dataclasses.replace(self, limit=trained)
 
 
 def parse_depth(token: str, exit_rule: str) -> int | AdaptiveDepth:
@@ -105,11 +105,11 @@ def parse_depth(token: str, exit_rule: str) -> int | AdaptiveDepth:
             raise MythicError(f"--loops takes positive integers or auto[:MAX], got {token!r}")
         return n
     try:
-        max_loops = int(cap) if colon else None
+        limit = int(cap) if colon else None
     except ValueError:
         raise MythicError(f"--loops auto:MAX needs an integer MAX, got {token!r}") from None
     criterion, eps = parse_exit(exit_rule)
-    return AdaptiveDepth(max_loops, criterion, eps)
+    return AdaptiveDepth(limit, criterion, eps)
 
 
 def parse_exit(text: str) -> tuple[str, float | None]:

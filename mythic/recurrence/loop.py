@@ -57,8 +57,8 @@ if TYPE_CHECKING:
 LoopCount = int | torch.Tensor
 
 
-def max_loops(n_loops: LoopCount) -> int:
-    """The number of passes a batch runs."""
+def deepest(n_loops: LoopCount) -> int:
+    """The number of passes a batch runs: its deepest sequence's loop count."""
     return int(n_loops.max()) if isinstance(n_loops, torch.Tensor) else int(n_loops)
 
 
@@ -76,7 +76,7 @@ def run_loops(
     observer: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run the block ``n_loops`` times from h₀ = e; see the module docstring."""
-    total = max_loops(n_loops)
+    total = deepest(n_loops)
     per_sequence = isinstance(n_loops, torch.Tensor)
     row_first = None  # per sequence: the first loop with gradient, n_b − k
     if grad_loops is None:

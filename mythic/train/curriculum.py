@@ -56,10 +56,6 @@ class Depth:
     grad_loops: int | None = None
     checkpoint_loops: bool = False
 
-    @property
-    def max_loops(self) -> int:
-        return int(self.n_loops.max()) if isinstance(self.n_loops, torch.Tensor) else int(self.n_loops)
-
     def per_sequence(self, batch_size: int) -> list[int]:
         """The depth of each of ``batch_size`` sequences."""
         if isinstance(self.n_loops, torch.Tensor):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from mythic.errors import MythicError
+from mythic.models.protocol import LoopedModel
 from mythic.train import losses
 from mythic.train.curriculum import Depth
 from mythic.train.recipe import Loss
@@ -107,8 +108,8 @@ class Objective(nn.Module):
             )
             seq_loops = torch.cat([torch.full((batch,), t_lo), hi_loops])
         if anchor and cfg.kl_anchor is not None:
-            if not hasattr(self.model, "base_mode"):
-                raise MythicError("loss.kl_anchor needs a model with base_mode() (the retrofit wrapper)")
+            if not isinstance(self.model, LoopedModel) or not self.model.has_base:
+                raise MythicError("loss.kl_anchor needs a model with a base (the retrofit wrapper)")
             with torch.no_grad(), self.model.base_mode():
                 base = self.logits(self.model(input_ids, n_loops=1, logits_to_keep=keep))
             terms["kl_anchor"] = cfg.kl_anchor.alpha * losses.kl_divergence(base, main, labels)

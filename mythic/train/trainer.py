@@ -132,7 +132,7 @@ def check_trackers(trackers: list[str]) -> None:
 
 def saves_whole_model(model: nn.Module, recipe: Recipe) -> bool:
     """OpenMythos and ``trainable.base`` runs train every weight: their result is the whole model."""
-    return not hasattr(model, "save_recurrence") or recipe.trainable.base
+    return not model.has_base or recipe.trainable.base
 
 
 def save_final(
@@ -338,8 +338,7 @@ def train_step(run: Training, step: int) -> tuple[dict[str, Any], bool]:
     router: dict[str, float] = {}
     if not bad:
         run.optimizer.step()
-        if hasattr(run.model, "update_router_bias"):  # OpenMythos' aux-loss-free MoE balancing
-            router = run.model.update_router_bias()
+        router = run.model.after_optimizer_step()  # OpenMythos' aux-loss-free MoE balancing
     run.optimizer.zero_grad()
     run.scheduler.step()
     run.skipped += int(bad)
@@ -371,9 +370,8 @@ def log_step(run: Training, record: dict[str, Any]) -> None:
     done, recipe = record["step"], run.recipe
     if done % recipe.log.every and done != recipe.train.steps:
         return
-    if hasattr(run.model, "recurrence_stats"):
-        with parallel.gathered(run.model):
-            record |= {f"rec/{k}": v for k, v in run.model.recurrence_stats().items()}
+    with parallel.gathered(run.model):
+        record |= {f"rec/{k}": v for k, v in run.model.recurrence_stats().items()}
     if run.accelerator.is_main_process:
         run.metrics.append(record)
     if recipe.log.trackers:

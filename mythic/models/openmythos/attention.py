@@ -1,9 +1,9 @@
 """Attention for OpenMythos: GQA and MLA on ``scaled_dot_product_attention``, RoPE, masks.
 
-Both read and write a transformers ``DynamicCache`` at an integer slot chosen by the
-model (one slot per prelude layer, coda layer and recurrent loop), and run the same
-code with and without a cache: new keys are appended, then attention covers the whole
-cached sequence.
+Both read and write the model's cache (or the view of it a pass of the looped block gets, which
+maps the block's layer index to that pass's slot: ``recurrence/cache.py``) at their layer index,
+and run the same code with and without a cache: new keys are appended, then attention covers the
+whole cached sequence.
 
 GQA (Ainslie et al.): q = W_q x (H heads), k, v = W_k x, W_v x (H_kv heads), RoPE on q, k;
 the cache holds k and v: 2 · H_kv · d_head values per token.
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache
 
 from mythic.models.openmythos.config import MythosConfig
+from mythic.recurrence.cache import CacheView
 
 LORA_TARGETS = ("wq", "wq_a", "wo")
 
@@ -135,8 +135,8 @@ class GQAttention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: AttentionMask,
-        cache: DynamicCache | None,
-        slot: int,
+        cache: CacheView | None,
+        layer_idx: int,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -144,7 +144,7 @@ class GQAttention(nn.Module):
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(k, v, slot)
+            k, v = cache.update(k, v, layer_idx)
         dropout = self.dropout if self.training else 0.0
         out = attend(q, k, v, mask, dropout, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
@@ -182,8 +182,8 @@ class MLAttention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: AttentionMask,
-        cache: DynamicCache | None,
-        slot: int,
+        cache: CacheView | None,
+        layer_idx: int,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.query(x).view(b, t, self.n_heads, self.nope + self.rope_dim).transpose(1, 2)
@@ -193,7 +193,7 @@ class MLAttention(nn.Module):
         k_pe = apply_rope(k_pe.unsqueeze(1), *rope)
         latent = torch.cat([self.kv_norm(c).unsqueeze(1), k_pe], dim=-1)  # (B, 1, T, rank + rope)
         if cache is not None:
-            latent, _ = cache.update(latent, latent[..., :0], slot)
+            latent, _ = cache.update(latent, latent[..., :0], layer_idx)
         dropout = self.dropout if self.training else 0.0
         if latent.shape[2] > t:
             out = self._absorbed(q_nope, q_pe, latent, mask, dropout)

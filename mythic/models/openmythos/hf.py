@@ -12,20 +12,23 @@ The config's fields are exactly ``MythosConfig``'s. ``forward`` returns a
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig
 from transformers import PreTrainedModel as HFPreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from mythic.errors import MythicError
 from mythic.models.openmythos.config import MythosConfig
-from mythic.models.openmythos.model import MythosOutput, OpenMythos
+from mythic.models.openmythos.model import MythosCache, MythosOutput, OpenMythos
 from mythic.recurrence.cache import check_kv_share
 from mythic.recurrence.loop import LoopCount
+from mythic.recurrence.runner import Recurrence
 
 
 @strict
@@ -91,7 +94,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         self, generation_config: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
     ) -> None:
         if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
-            model_kwargs["cache"] = self.model.new_cache()
+            model_kwargs["cache"] = self.new_cache()
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
@@ -100,7 +103,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache: DynamicCache | None = None,
+        cache: MythosCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -113,7 +116,7 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         if use_cache is None:
             use_cache = not self.training and self.config.use_cache
         if use_cache and cache is None:
-            cache = self.model.new_cache()
+            cache = self.new_cache()
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
         out: MythosOutput = self.model(
@@ -138,8 +141,28 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
             aux_losses=out.aux_losses,
         )
 
-    def update_router_bias(self) -> dict[str, float]:
-        """The aux-loss-free balancing step (call after every optimizer step)."""
+    # ------------------------------------------------- the LoopedModel protocol (models/protocol.py)
+
+    has_base = False
+
+    @property
+    def recurrence(self) -> Recurrence:
+        return self.model.recurrence
+
+    def base_mode(self) -> AbstractContextManager[None]:
+        raise MythicError("an OpenMythos model is trained from scratch: it has no base to compare with")
+
+    def new_cache(self) -> MythosCache:
+        return self.model.new_cache()
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.readout(h)
+
+    def recurrence_stats(self) -> dict[str, float]:
+        return self.model.recurrence.stats()
+
+    def after_optimizer_step(self) -> dict[str, float]:
+        """The aux-loss-free balancing step of the MoE router; its load statistics."""
         return self.model.update_router_bias()
 
 

@@ -15,10 +15,13 @@ checkpointing, ACT masking). Ā is the shared ``LTIInjection`` (ρ(Ā) < 1 stric
 parameter value), per-loop Depth-LoRA hooks the attention's query and output
 projections, and the loop index reaches it through the model's ``LoopContext``.
 
-KV cache: ``MythosCache``, a transformers ``DynamicCache`` with one slot per prelude layer (i),
-coda layer (P + j) and recurrent loop (P + C + t), plus the token convolution's last k − 1
-inputs; with ``kv_share`` the loops t ≥ 1 share slot P + C + 1. Cached and uncached forward are
-the same code.
+The loop itself is the shared runner's (``recurrence/runner.py``): this model hands it its block as a
+``BlockPass`` (this kind's adapter), and the runner composes adaptive exit, ACT halting, KV sharing
+and compaction for both model kinds alike.
+
+KV cache: ``MythosCache``, the shared ``LoopCache`` over the layers prelude (0 … P − 1), block (P),
+coda (P + 1 … P + C), whose block gets a slot of its own for every pass t ≥ 1 (``LoopCache.slot``),
+plus the token convolution's last k − 1 inputs. Cached and uncached forward are the same code.
 
 Initialisation: every Linear/Embedding/expert weight ~ N(0, init_std²), output
 projections (attention wo, FFN w2, experts' w2) ~ N(0, (init_std / √(2L))²) with L the
@@ -29,37 +32,38 @@ number of physical blocks; norms 1; the recurrence modules use their own
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.modeling_utils import slice_logits_to_keep
 
 from mythic.errors import MythicError
 from mythic.models.openmythos.attention import LORA_TARGETS, AttentionMask, make_attention, rope_cos_sin
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.moe import MoE, MoEStats, SwiGLU
-from mythic.recurrence.cache import Compacted, FillForward, SharedPass
-from mythic.recurrence.depth_lora import DepthLoRA, LoopContext
-from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, running_index, running_rows
-from mythic.recurrence.halting import ACTHalting, ACTRun
-from mythic.recurrence.injection import LTIInjection
-from mythic.recurrence.loop import LoopCount, max_loops, run_loops
+from mythic.recurrence.cache import CacheView, LoopCache
+from mythic.recurrence.depth_lora import DepthLoRA
+from mythic.recurrence.exit import AdaptiveDepth
+from mythic.recurrence.halting import ACTHalting
+from mythic.recurrence.loop import LoopCount, deepest
 from mythic.recurrence.loop_embedding import LoopEmbedding
 from mythic.recurrence.rules import ParcaeRule
+from mythic.recurrence.runner import Recurrence, Request
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
-class MythosCache(DynamicCache):
-    """A ``DynamicCache`` that also keeps the token convolution's window: its last k − 1 inputs (B, k − 1, D)."""
+class MythosCache(LoopCache):
+    """The model's ``LoopCache`` (prelude layers, the block, coda layers; the block's passes t ≥ 1 get slots
+    of their own) plus the token convolution's window: its last k − 1 inputs (B, k − 1, D)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, cfg: MythosConfig) -> None:
+        layers = cfg.prelude_layers + 1 + cfg.coda_layers
+        super().__init__([(DynamicLayer, {})] * layers, cfg.prelude_layers, cfg.prelude_layers + 1)
         self.conv_window: torch.Tensor | None = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -162,158 +166,54 @@ class Block(nn.Module):
         x: torch.Tensor,
         rope: Rope,
         mask: AttentionMask,
-        cache: DynamicCache | None,
-        slot: int,
+        cache: CacheView | None,
+        layer_idx: int,
         token_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, MoEStats | None]:
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, cache, slot))
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, cache, layer_idx))
         if isinstance(self.ffn, MoE):
             y, moe_stats = self.ffn(self.ffn_norm(x), token_mask)
             return x + self.drop(y), moe_stats
         return x + self.drop(self.ffn(self.ffn_norm(x))), None
 
 
-class Recurrent(nn.Module):
-    """The looped MoE block and its recurrence modules; ``injection`` is the LTI Ā/B̄."""
+@dataclass
+class BlockPass:
+    """OpenMythos' looped block as the runner calls it (``recurrence/runner.py``) in one forward: the rotary
+    tables, mask and cached length are this forward's; each pass's MoE statistics are kept in ``stats``. A
+    pass can be computed for chosen tokens of chosen rows (``subset``: their rotary rows and mask rows)."""
 
-    def __init__(self, cfg: MythosConfig, first_slot: int) -> None:
-        super().__init__()
-        self.first_slot = first_slot
-        self.block = Block(cfg, moe=True)
-        self.e_norm = nn.RMSNorm(cfg.dim, eps=1e-6)
-        self.rule = ParcaeRule(cfg.dim, state_norm=cfg.state_norm)
-        self.embedding = LoopEmbedding(cfg.dim)
-        self.act = ACTHalting(cfg.dim, cfg.act_threshold, cfg.max_loop_iters) if cfg.act else None
-        self.context = LoopContext()
-        self.lora = DepthLoRA(cfg.max_loop_iters, cfg.lora_rank, float(cfg.lora_rank)) if cfg.lora_rank else None
-        if self.lora is not None:
-            self.lora.attach(nn.ModuleList([self.block]), LORA_TARGETS, self.context)
+    block: Block
+    layer_idx: int
+    rope: Rope
+    mask: AttentionMask
+    past: int
+    stats: list[MoEStats | None] = field(default_factory=list)
+    positions = True
+    separable = True
 
-    @property
-    def injection(self) -> LTIInjection:
-        return self.rule.injection
+    def __call__(
+        self, x: torch.Tensor, t: int, view: CacheView | None, token_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        out, moe_stats = self.block(x, self.rope, self.mask, view, self.layer_idx, token_mask)
+        self.stats.append(moe_stats)
+        return out
 
-    def compacted(
-        self,
-        x: torch.Tensor,
-        frozen: torch.Tensor,
-        rope: Rope,
-        mask: AttentionMask,
-        view: FillForward,
-        slot: int,
-        past: int,
-    ) -> tuple[torch.Tensor, MoEStats | None]:
-        """The block over the running tokens only (``frozen`` (B, q): the exited ones): the rows that
-        still run, and in them their running tokens (``running_index``); every other output is x."""
+    def subset(
+        self, x: torch.Tensor, t: int, view: CacheView, rows: torch.Tensor, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        assert index is not None, "OpenMythos computes chosen tokens (positions = True)"
         batch, length, width = x.shape
-        rows = running_rows(frozen)
-        index = running_index(~frozen[rows])
         picked = x[rows].gather(1, index.unsqueeze(-1).expand(-1, -1, width))
-        rope_rows = tuple(
+        rope = tuple(
             r.expand(batch, *r.shape[1:])[rows].gather(
                 2, index.view(len(rows), 1, -1, 1).expand(-1, r.shape[1], -1, r.shape[-1])
             )
-            for r in rope
+            for r in self.rope
         )
-        out, moe_stats = self.block(
-            picked,
-            rope_rows,
-            mask.rows(rows, index, past, length),
-            Compacted(view, rows, index, batch, length),
-            slot,
-        )
-        written = x[rows].scatter(1, index.unsqueeze(-1).expand(-1, -1, width), out)
-        return x.index_copy(0, rows, written), moe_stats
-
-    def cache_view(
-        self, cache: DynamicCache | None, t: int, total: int, early_exit: ExitRun | None, kv_share: bool
-    ) -> Any:
-        """What pass t of ``total`` writes its keys and values through: the cache, its shared slot for
-        passes beyond the first (``kv_share``), and the fill-forward view of an adaptive run."""
-        if cache is None:
-            return None
-        view: Any = cache
-        if kv_share and t >= 1:
-            view = SharedPass(cache, lambda i: self.first_slot + 1, store=t == total - 1)
-        if early_exit is not None:
-            view = FillForward(view, t, early_exit.frozen(t), early_exit.written, offset=self.first_slot + t)
-        return view
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        n_loops: LoopCount | AdaptiveDepth,
-        rope: Rope,
-        mask: AttentionMask,
-        cache: DynamicCache | None,
-        past: int,
-        stats: list[MoEStats],
-        grad_loops: int | None = None,
-        checkpoint: bool = False,
-        readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        kv_share: bool = False,
-        read: int = 0,
-    ) -> tuple[torch.Tensor, ACTRun | None, ExitRun | None]:
-        """The loops over the prelude output ``x``; ``past`` = tokens already in ``cache``.
-
-        ``n_loops`` may be an ``AdaptiveDepth`` (then ``cache`` must be given: the fill-forward keys
-        and values live there, ``readout`` gives the ``kl`` criterion its logits, and ``read`` (the
-        forward's ``logits_to_keep``) says where the criterion decides: ``exit.ExitRun``)."""
-        e = self.e_norm(x)
-        early_exit = None
-        if isinstance(n_loops, AdaptiveDepth):
-            if n_loops.criterion == "act" and self.act is None:
-                raise MythicError("--exit act needs a model with a halting head (OpenMythos with act: true)")
-            depth, n_loops = n_loops, n_loops.max_loops
-            early_exit = ExitRun(
-                depth,
-                e,
-                readout=readout,
-                fill=lambda t: self.cache_view(cache, t, total, early_exit, kv_share).fill(),
-                read=read,
-            )
-        if kv_share and isinstance(n_loops, torch.Tensor):
-            raise MythicError("kv_share needs one loop count for the whole batch, not per-sequence depths")
-        total = max_loops(n_loops)
-        halting = self.act.start(e, n_loops) if self.act is not None else None
-
-        def step(h: torch.Tensor, t: int) -> torch.Tensor:
-            slot = self.first_slot + t
-            held = self.first_slot + min(t, 1) if kv_share else slot
-            if cache is not None and cache.get_seq_length(held) != past:
-                raise MythicError(
-                    f"the KV cache has {cache.get_seq_length(held)} tokens for loop {t} but {past} before it: "
-                    "keep n_loops (and kv_share) the same for every call on one cache"
-                )
-            if early_exit is not None:
-                token_mask = early_exit.masks[t]
-            else:
-                token_mask = halting.running(t) if halting is not None else None
-            if token_mask is None and isinstance(n_loops, torch.Tensor):
-                token_mask = (n_loops.to(h.device) > t).unsqueeze(1).expand(h.shape[:2])
-            view = self.cache_view(cache, t, total, early_exit, kv_share)
-            frozen = early_exit.frozen(t) if early_exit is not None else None
-            with self.context.at_loop(t):
-                if frozen is not None and gathered(frozen, positions=True):
-                    h, moe_stats = self.compacted(h, frozen, rope, mask, view, slot, past)
-                else:
-                    h, moe_stats = self.block(h, rope, mask, view, slot, token_mask)
-            stats.append(moe_stats)
-            return h
-
-        h = run_loops(
-            step,
-            self.rule,
-            e,
-            n_loops,
-            embedding=self.embedding,
-            grad_loops=grad_loops,
-            checkpoint=checkpoint and cache is None,
-            halting=halting,
-            early_exit=early_exit,
-            observer=self.context.observer,
-        )
-        return h, halting, early_exit
+        out, moe_stats = self.block(picked, rope, self.mask.rows(rows, index, self.past, length), view, self.layer_idx)
+        self.stats.append(moe_stats)
+        return out
 
 
 class OpenMythos(nn.Module):
@@ -326,7 +226,17 @@ class OpenMythos(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.token_conv = TokenConv(cfg.dim, cfg.token_conv) if cfg.token_conv else None
         self.prelude = nn.ModuleList(Block(cfg, moe=False) for _ in range(cfg.prelude_layers))
-        self.recurrent = Recurrent(cfg, first_slot=cfg.prelude_layers + cfg.coda_layers)
+        self.e_norm = nn.RMSNorm(cfg.dim, eps=1e-6)
+        self.block = Block(cfg, moe=True)
+        self.recurrence = Recurrence(
+            ParcaeRule(cfg.dim, state_norm=cfg.state_norm),
+            cfg.max_loop_iters,
+            embedding=LoopEmbedding(cfg.dim),
+            lora=DepthLoRA(cfg.max_loop_iters, cfg.lora_rank, float(cfg.lora_rank)) if cfg.lora_rank else None,
+            halting=ACTHalting(cfg.dim, cfg.act_threshold, cfg.max_loop_iters) if cfg.act else None,
+        )
+        if self.recurrence.lora is not None:
+            self.recurrence.lora.attach(nn.ModuleList([self.block]), LORA_TARGETS, self.recurrence.context)
         self.coda = nn.ModuleList(Block(cfg, moe=False) for _ in range(cfg.coda_layers))
         self.norm = nn.RMSNorm(cfg.dim, eps=1e-6)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -359,16 +269,16 @@ class OpenMythos(nn.Module):
 
     def _recurrence_owners(self) -> list[nn.Module]:
         """Recurrence modules that initialise themselves (``reset_parameters``)."""
-        r = self.recurrent
-        owners: list[nn.Module] = [r.injection, r.embedding]
-        if r.act is not None:
-            owners.append(r.act)
+        r = self.recurrence
+        owners: list[nn.Module] = [r.rule.injection, r.embedding]
+        if r.halting is not None:
+            owners.append(r.halting)
         if r.lora is not None:
             owners.extend(r.lora.deltas.values())
         return owners
 
     def _output_projections(self) -> Iterator[nn.Module]:
-        for block in [*self.prelude, self.recurrent.block, *self.coda]:
+        for block in [*self.prelude, self.block, *self.coda]:
             yield block.attn.wo
             ffn = block.ffn.shared if isinstance(block.ffn, MoE) else block.ffn
             if ffn is not None:
@@ -388,15 +298,16 @@ class OpenMythos(nn.Module):
     # --------------------------------------------------------------------- forward
 
     def new_cache(self) -> MythosCache:
-        """An empty KV cache; slots for every (stage, layer, loop) are created on first use."""
-        return MythosCache()
+        """An empty KV cache: one slot per prelude layer, the block and each coda layer; the block's later
+        passes get slots of their own on first use."""
+        return MythosCache(self.cfg)
 
     def forward(
         self,
         input_ids: torch.Tensor,
         n_loops: LoopCount | AdaptiveDepth | None = None,
         *,
-        cache: DynamicCache | None = None,
+        cache: MythosCache | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         return_aux: bool = False,
@@ -418,8 +329,8 @@ class OpenMythos(nn.Module):
         if isinstance(n_loops, AdaptiveDepth):
             n_loops = n_loops.bounded(self.cfg.max_loop_iters)
             cache = self.new_cache() if cache is None else cache  # fill-forward keys live in a cache
-        elif (n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1:
-            raise MythicError(f"n_loops must be >= 1, got {n_loops}")
+        if cache is not None and not isinstance(cache, MythosCache):
+            raise MythicError("OpenMythos needs its own cache: create it with model.new_cache()")
         b, t = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
         if past + t > self.cfg.max_seq_len:
@@ -436,40 +347,27 @@ class OpenMythos(nn.Module):
 
         x = self.embed(input_ids)
         if self.token_conv is not None:
-            if cache is not None and not isinstance(cache, MythosCache):
-                raise MythicError("a model with token_conv needs its own cache: create it with model.new_cache()")
             padding = attention_mask[:, past:] if attention_mask is not None else None
             x = self.token_conv(x, padding, cache)
         for i, layer in enumerate(self.prelude):
             x, _ = layer(x, rope, mask, cache, i)
-        stats: list[MoEStats] = []
-        x, halting, early_exit = self.recurrent(
-            x,
-            n_loops,
-            rope,
-            mask,
-            cache,
-            past,
-            stats,
-            grad_loops,
-            checkpoint_loops,
-            self.readout,
-            kv_share,
-            logits_to_keep,
-        )
-        if early_exit is not None:
-            self.recurrent.context.record_loops(early_exit.steps[:, -1])
+        block = BlockPass(self.block, self.cfg.prelude_layers, rope, mask, past)
+        request = Request(n_loops, grad_loops, checkpoint_loops, kv_share, logits_to_keep)
+        looped = self.recurrence.run(block, self.e_norm(x), request, cache, past, self.readout)
+        x = looped.h
         for j, layer in enumerate(self.coda):
-            x, _ = layer(x, rope, mask, cache, self.cfg.prelude_layers + j)
+            x, _ = layer(x, rope, mask, cache, self.cfg.prelude_layers + 1 + j)
         logits = self.head(self.norm(slice_logits_to_keep(x, logits_to_keep)))
 
+        stats = [s for s in block.stats if s is not None]
         if self.training and stats:
             with torch.no_grad():
-                self.recurrent.block.ffn.expert_load.add_(torch.stack([s.load for s in stats]).sum(0))
+                self.block.ffn.expert_load.add_(torch.stack([s.load for s in stats]).sum(0))
         if not return_aux:
             return logits
-        passes = n_loops.max_loops if isinstance(n_loops, AdaptiveDepth) else max_loops(n_loops)
+        passes = n_loops.limit if isinstance(n_loops, AdaptiveDepth) else deepest(n_loops)
         aux = {"moe_balance": torch.stack([s.balance_loss for s in stats[:passes]]).mean()}
+        halting = looped.halting
         if halting is not None:
             aux["ponder"] = halting.ponder_cost()
         return MythosOutput(logits, aux, halting.steps if halting is not None else None)

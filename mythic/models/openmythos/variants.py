@@ -110,10 +110,10 @@ def count_parameters(cfg: MythosConfig) -> tuple[int, int]:
     with torch.device("meta"):
         model = OpenMythos(cfg)
     total = sum(p.numel() for p in model.parameters())
-    moe = model.recurrent.block.ffn
+    moe = model.block.ffn
     per_expert = (moe.w1.numel() + moe.w3.numel() + moe.w2.numel()) // cfg.n_experts
     inactive = per_expert * (cfg.n_experts - cfg.n_experts_per_tok)
-    if model.recurrent.lora is not None:
-        lora = sum(p.numel() for p in model.recurrent.lora.parameters())
+    if model.recurrence.lora is not None:
+        lora = sum(p.numel() for p in model.recurrence.lora.parameters())
         inactive += lora - lora // cfg.max_loop_iters
     return total, total - inactive

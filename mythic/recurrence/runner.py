@@ -1,0 +1,211 @@
+"""The runner: one code path that loops a block, for both model kinds (retrofit and OpenMythos).
+
+A model kind hands the runner its block as a ``LoopedBlock`` (its adapter):
+
+    block(x, t, view, token_mask)          one pass of the block layers over the whole batch
+    block.subset(x, t, view, rows, index)  the pass for the batch rows ``rows`` (R,) and in them, when
+                                           ``block.positions``, the tokens ``index`` (R, Q); else whole rows
+    block.separable                        whether a pass may be computed for some rows apart
+
+and the runner owns everything else, the same for both kinds:
+
+    checks      n_loops ≥ 1; ``kv_share`` needs one loop count for the batch; ``--exit act`` needs a halting head
+    depth       an ``AdaptiveDepth`` without MAX runs at most the trained maximum (``max_loops``)
+    slots       pass t writes ``cache.at_loop(t)`` (``cache.LoopCache``: per-(loop, layer) slots), or, with
+                ``kv_share``, the one shared slot of the passes t ≥ 1 (``SharedPass``); a pass whose slots
+                hold other than the ``past`` tokens is refused
+    exit        an ``ExitRun`` (adaptive depth, ``exit.py``) with its fill-forward views (``FillForward``)
+    halting     the ACT head's ``ACTRun`` (``halting.py``)
+    compaction  once few tokens still run, the pass for the running rows (and tokens) alone (``Compacted``),
+                its output written back into the batch
+    the loop    ``loop.run_loops`` with the update rule, the loop embedding and the context's observer
+
+What one forward asks for is a ``Request``, passed as an argument (a retrofit's block layers are called
+by the base model's own forward, so there it travels in the ``LoopContext``: ``context.py``).
+``Recurrence`` holds the new parameters every kind has — update rule, loop embedding, Depth-LoRA,
+halting head — and the model's context; ``Recurrence.run`` is the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from mythic.errors import MythicError
+from mythic.recurrence.cache import CacheView, Compacted, FillForward, LoopCache, SharedPass
+from mythic.recurrence.context import LoopContext
+from mythic.recurrence.depth_lora import DepthLoRA
+from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, running_index, running_rows
+from mythic.recurrence.halting import ACTHalting, ACTRun
+from mythic.recurrence.loop import LoopCount, deepest, run_loops
+from mythic.recurrence.loop_embedding import LoopEmbedding
+from mythic.recurrence.rules import UpdateRule
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one forward asks of the recurrence: the loop count (or adaptive depth), truncated backprop,
+    per-loop checkpointing, KV sharing across loops, and where logits are read (``logits_to_keep``: where
+    an adaptive exit decides)."""
+
+    n_loops: LoopCount | AdaptiveDepth
+    grad_loops: int | None = None
+    checkpoint: bool = False
+    kv_share: bool = False
+    logits_to_keep: int | torch.Tensor = 0
+
+
+class LoopedBlock(Protocol):
+    """A model kind's block, as the runner calls it (see the module docstring)."""
+
+    positions: bool
+    separable: bool
+
+    def __call__(
+        self, x: torch.Tensor, t: int, view: CacheView | None, token_mask: torch.Tensor | None
+    ) -> torch.Tensor: ...
+
+    def subset(
+        self, x: torch.Tensor, t: int, view: Compacted, rows: torch.Tensor, index: torch.Tensor | None
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class Looped:
+    """The runner's result: the output state, and the ACT run when the model halts (its ponder cost)."""
+
+    h: torch.Tensor
+    halting: ACTRun | None
+
+
+class Recurrence(nn.Module):
+    """The recurrence's parameters (update rule, loop embedding, Depth-LoRA, halting head), the trained loop
+    count, the model's loop context, and the runner."""
+
+    def __init__(
+        self,
+        rule: UpdateRule,
+        max_loops: int,
+        embedding: LoopEmbedding | None = None,
+        lora: DepthLoRA | None = None,
+        halting: ACTHalting | None = None,
+    ) -> None:
+        super().__init__()
+        self.rule = rule
+        self.embedding = embedding
+        self.lora = lora
+        self.halting = halting
+        self.max_loops = max_loops
+        self.context = LoopContext()
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        """ρ(Ā) of the update rule's injection, when it has one (the ``concat`` rule has none)."""
+        injection = getattr(self.rule, "injection", None)
+        return {} if injection is None else {"rho_A": float(injection.get_A().max())}
+
+    def run(
+        self,
+        block: LoopedBlock,
+        e: torch.Tensor,
+        request: Request,
+        cache: LoopCache | None,
+        past: int,
+        readout: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> Looped:
+        """Loop ``block`` from h₀ = ``e`` (B, q, D) as ``request`` asks; ``past``: tokens already in ``cache``."""
+        n_loops, early_exit = request.n_loops, None
+        if isinstance(n_loops, AdaptiveDepth):
+            depth = n_loops.bounded(self.max_loops)
+            if depth.criterion == "act" and self.halting is None:
+                raise MythicError("--exit act needs a model with a halting head (OpenMythos with act: true)")
+            if cache is None:
+                raise MythicError("adaptive depth keeps its fill-forward keys in a cache: pass one")
+            n_loops = depth.limit
+        elif (n_loops < 1).any() if isinstance(n_loops, torch.Tensor) else n_loops < 1:
+            raise MythicError(f"n_loops must be >= 1, got {n_loops}")
+        if request.kv_share and isinstance(n_loops, torch.Tensor):
+            raise MythicError("kv_share needs one loop count for the whole batch, not per-sequence depths")
+        total = deepest(n_loops)
+        views = Views(cache, request.kv_share, total)
+        if isinstance(request.n_loops, AdaptiveDepth):
+            fill = lambda t: views.at(t).fill()  # noqa: E731 - a skipped pass's fill-forward entries
+            early_exit = ExitRun(depth, e, readout=readout, fill=fill, read=request.logits_to_keep)
+            views.early_exit = early_exit
+        halting = self.halting.start(e, n_loops) if self.halting is not None else None
+
+        def step(x: torch.Tensor, t: int) -> torch.Tensor:
+            if cache is not None and t > 0:
+                cache.check_loop(min(t, 1) if request.kv_share else t, past)
+            view = views.at(t)
+            frozen = early_exit.frozen(t) if early_exit is not None else None
+            with self.context.at_loop(t):
+                if frozen is not None and block.separable and gathered(frozen, positions=block.positions):
+                    return compacted(block, x, t, view, frozen, block.positions)
+                return block(x, t, view, token_mask(t, x))
+
+        def token_mask(t: int, x: torch.Tensor) -> torch.Tensor | None:
+            if early_exit is not None:
+                return early_exit.masks[t]
+            if halting is not None:
+                return halting.running(t)
+            if isinstance(n_loops, torch.Tensor):
+                return (n_loops.to(x.device) > t).unsqueeze(1).expand(x.shape[:2])
+            return None
+
+        h = run_loops(
+            step,
+            self.rule,
+            e,
+            n_loops,
+            embedding=self.embedding,
+            grad_loops=request.grad_loops,
+            checkpoint=request.checkpoint and cache is None,
+            halting=halting,
+            early_exit=early_exit,
+            observer=self.context.observer,
+        )
+        if early_exit is not None:
+            self.context.record_loops(early_exit.steps[:, -1])
+        return Looped(h, halting)
+
+
+@dataclass
+class Views:
+    """The cache as each pass t of one forward sees it (``at``): its own slots, the slot shared by the passes
+    t ≥ 1 (``kv_share``), and an adaptive forward's fill-forward view on top."""
+
+    cache: LoopCache | None
+    kv_share: bool
+    total: int
+    early_exit: ExitRun | None = None
+
+    def at(self, t: int) -> CacheView | None:
+        if self.cache is None:
+            return None
+        cache = self.cache
+        view: CacheView = cache.at_loop(t)
+        if self.kv_share and t >= 1:
+            view = SharedPass(cache, lambda j: cache.slot(1, j), store=t == self.total - 1)
+        if self.early_exit is not None:
+            view = FillForward(view, t, self.early_exit.frozen(t), self.early_exit.written)
+        return view
+
+
+def compacted(
+    block: LoopedBlock, x: torch.Tensor, t: int, view: CacheView | None, frozen: torch.Tensor, positions: bool
+) -> torch.Tensor:
+    """The pass computed for the running rows (and, with ``positions``, their running tokens) alone, written
+    back into ``x``; every other output is the exited state itself."""
+    assert isinstance(view, FillForward), "a pass is compacted only in an adaptive forward, which has a cache"
+    batch, length, width = x.shape
+    rows = running_rows(frozen)
+    index = running_index(~frozen[rows]) if positions else None
+    out = block.subset(x, t, Compacted(view, rows, index, batch, length), rows, index)
+    if index is not None:
+        out = x[rows].scatter(1, index.unsqueeze(-1).expand(-1, -1, width), out)
+    return x.index_copy(0, rows, out)
