@@ -37,8 +37,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mythic.cli.options import parse_counts, parse_loops
+from mythic.eval.exact_match import predict, score
 from mythic.eval.rows import loop_rows, row_fields
-from mythic.eval.tasks import predict, score
 from mythic.loading import load_any, load_tokenizer
 from mythic.recurrence import exit as exiting
 from mythic.tasks.files import read_tasks

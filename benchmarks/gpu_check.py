@@ -27,7 +27,7 @@ raises is recorded as "failed: <one line>" and the others still run:
                peak allocated during the load (target ≤ 24 GiB), quantised Linear / 3-D counts
                (target > 0), the model's tensor bytes against ``quant.estimate_memory``, and the nf4
                logits against the bf16 ones on ``surgery.identity_probe``.
-2. wrap        ``mythic surgery --layer 13`` in memory: ``MythicForCausalLM.from_base`` with block 13:14
+2. wrap        ``mythic surgery --layer 13`` in memory: ``RetrofitForCausalLM.from_base`` with block 13:14
                and every other setting at its default. Max |Δlogit| of the wrapper at T=1 against the
                base on the identity probe (target: no more than the base against itself, 0 where the
                kernels are deterministic). Then cached == uncached: the same block as sanity's plain
@@ -107,7 +107,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrai
 from mythic.models.families import decoder_layers
 from mythic.models.openmythos import MythosConfig, OpenMythos
 from mythic.models.openmythos.moe import MoE, grouped_mm_fits
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.quant import count_quantized, estimate_memory, finish_4bit, load_base, quantizable
 from mythic.recurrence.depth_lora import LoRADelta
 from mythic.recurrence.loop import deepest
@@ -412,11 +412,11 @@ def build_random_model(config: Any, device: torch.device, dtype: torch.dtype, se
     return model.eval()
 
 
-def recurrence_device(model: MythicForCausalLM) -> set[str]:
+def recurrence_device(model: RetrofitForCausalLM) -> set[str]:
     return {str(p.device) for _, p in model.recurrence_parameters()}
 
 
-def expect_recurrence_on(model: MythicForCausalLM, device: torch.device, check: Check) -> None:
+def expect_recurrence_on(model: RetrofitForCausalLM, device: torch.device, check: Check) -> None:
     """``from_base`` builds the recurrence where the base lives; recorded, and a miss is a missed target."""
     where = recurrence_device(model)
     check.metrics["recurrence_device"] = sorted(where)
@@ -431,12 +431,12 @@ def remove_depth_lora_hooks(base: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def wrapped(base: PreTrainedModel, **settings: Any) -> Iterator[MythicForCausalLM]:
-    """``MythicForCausalLM.from_base``; afterwards the base's layer list and modules are as before."""
+def wrapped(base: PreTrainedModel, **settings: Any) -> Iterator[RetrofitForCausalLM]:
+    """``RetrofitForCausalLM.from_base``; afterwards the base's layer list and modules are as before."""
     layers = decoder_layers(base)
     original = list(layers)
     try:
-        yield MythicForCausalLM.from_base(base, **settings).eval()
+        yield RetrofitForCausalLM.from_base(base, **settings).eval()
     finally:
         for i, layer in enumerate(original):
             layers[i] = layer

@@ -33,7 +33,7 @@ from rich.table import Table
 from torch.utils import benchmark
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.retrofit import RetrofitForCausalLM
 
 LOOPS = (1, 2, 4, 8)
 
@@ -99,7 +99,7 @@ def measure(
     plain_layers = list(plain.model.layers)
     with torch.no_grad():
         (base_fwd,) = best_seconds([lambda: base(ids, use_cache=False)], min_run_time)
-        model = MythicForCausalLM.from_base(base, block_start=block[0], block_end=block[1], max_loops=8).eval()
+        model = RetrofitForCausalLM.from_base(base, block_start=block[0], block_end=block[1], max_loops=8).eval()
         rows = []
         for t in LOOPS:
             plain.model.layers = torch.nn.ModuleList(
@@ -141,8 +141,8 @@ def identity_overhead(
 ) -> dict[str, float]:
     """T = 1 forward of the wrapper over the plain base, with and without Depth-LoRA, in alternating rounds."""
     ids = torch.randint(0, base.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(0))
-    with_lora = MythicForCausalLM.from_base(copy.deepcopy(base), block_start=block[0], block_end=block[1]).eval()
-    without = MythicForCausalLM.from_base(
+    with_lora = RetrofitForCausalLM.from_base(copy.deepcopy(base), block_start=block[0], block_end=block[1]).eval()
+    without = RetrofitForCausalLM.from_base(
         copy.deepcopy(base), block_start=block[0], block_end=block[1], lora_rank=0
     ).eval()
     with torch.no_grad():

@@ -54,7 +54,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.train import losses
 
 LOOPS = (1, 2, 4, 8)
@@ -298,7 +298,7 @@ def main() -> None:
     for p in tuned:
         p.requires_grad_(False)
 
-    model = MythicForCausalLM.from_base(base, block_start=start, block_end=end, max_loops=max(LOOPS)).to(device)
+    model = RetrofitForCausalLM.from_base(base, block_start=start, block_end=end, max_loops=max(LOOPS)).to(device)
     params = [p for _, p in model.recurrence_parameters()]
     for p in params:
         p.requires_grad_(True)

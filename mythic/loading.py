@@ -29,7 +29,7 @@ from mythic.errors import MythicError
 from mythic.hub import read_manifest
 from mythic.io import write_json
 from mythic.lora import lora_config
-from mythic.models.retrofit import RECURRENCE_FILE, MythicConfig, MythicForCausalLM, config_fingerprint
+from mythic.models.retrofit import RECURRENCE_FILE, RetrofitConfig, RetrofitForCausalLM, config_fingerprint
 from mythic.tensors import copy_strict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -107,11 +107,11 @@ def load_tokenizer(path: Path) -> Any:
 
 def load_checkpoint(
     path: Path, dtype: torch.dtype | str | None = None, *, base_lora: bool = True, **kwargs: Any
-) -> MythicForCausalLM:
+) -> RetrofitForCausalLM:
     """Base (from ``config.base_name_or_path``, at the recorded revision) + recurrence tensors
     (+ the base LoRA when the folder has one, unless ``base_lora`` is False), strictly."""
     path = Path(path)
-    config = MythicConfig.from_pretrained(path)
+    config = RetrofitConfig.from_pretrained(path)
     if not config.base_name_or_path:
         raise MythicError(f"checkpoint {path} does not say where its base is (base_name_or_path is empty)")
     base_dir = Path(config.base_name_or_path)
@@ -127,13 +127,13 @@ def load_checkpoint(
 
 def load_on_base(
     folder: Path,
-    config: MythicConfig,
+    config: RetrofitConfig,
     base_dir: Path,
     dtype: torch.dtype | str | None = None,
     *,
     base_lora: bool = True,
     **kwargs: Any,
-) -> MythicForCausalLM:
+) -> RetrofitForCausalLM:
     """The base in ``base_dir`` (checked to be the architecture of ``config.text_config``) plus the
     recurrence tensors of ``folder`` and (``base_lora``) its base LoRA, loaded strictly."""
     if isinstance(dtype, str):
@@ -142,7 +142,7 @@ def load_on_base(
     if config_fingerprint(base.config) != config_fingerprint(config.text_config):
         raise MythicError(f"the base in {base_dir} is not the architecture {folder} was made on")
     config.base_name_or_path = str(Path(base_dir).resolve())
-    model = MythicForCausalLM(config, base=base)
+    model = RetrofitForCausalLM(config, base=base)
     model.load_recurrence(folder)
     spec = base_lora_spec(folder) if base_lora else None
     if spec is not None:
@@ -151,27 +151,27 @@ def load_on_base(
 
 
 def load_any(path: Path, dtype: str = "float32") -> PreTrainedModel:
-    """A mythic checkpoint or export (MythicForCausalLM), an OpenMythos folder, or a plain base folder."""
+    """A mythic checkpoint or export (RetrofitForCausalLM), an OpenMythos folder, or a plain base folder."""
     path = Path(path)
     check_base_dir(path)
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     if model_type == "openmythos":
         import mythic.models.openmythos.hf  # noqa: F401 - registers the openmythos model type with transformers
-    if model_type == MythicConfig.model_type:
+    if model_type == RetrofitConfig.model_type:
         if (path / RECURRENCE_FILE).is_file():
             return load_checkpoint(path, dtype)
-        return MythicForCausalLM.from_pretrained(path, dtype=DTYPES[parse_dtype(dtype)])
+        return RetrofitForCausalLM.from_pretrained(path, dtype=DTYPES[parse_dtype(dtype)])
     return load_base_model(path, dtype=DTYPES[parse_dtype(dtype)]).eval()
 
 
-def load_light(folder: Path, base_dir: Path | None = None, dtype: str = "float32") -> MythicForCausalLM:
+def load_light(folder: Path, base_dir: Path | None = None, dtype: str = "float32") -> RetrofitForCausalLM:
     """A light export (``mythic export --light``) on top of a fetched base: ``base_dir``, else the folder
     it was made from if present; ``base.json`` says which repo and revision it needs."""
     folder = Path(folder)
     if not (folder / BASE_POINTER).is_file():
         raise MythicError(f"{folder} is not a light export (no {BASE_POINTER})")
     pointer = json.loads((folder / BASE_POINTER).read_text())
-    config = MythicConfig.from_pretrained(folder)
+    config = RetrofitConfig.from_pretrained(folder)
     where = Path(base_dir) if base_dir is not None else Path(pointer.get("local_path") or "")
     wanted = f"{pointer.get('repo_id') or 'the base'} at revision {pointer.get('commit') or pointer['base_revision']}"
     if not (where / "config.json").is_file():
@@ -198,7 +198,7 @@ def base_lora_spec(folder: Path) -> dict[str, Any] | None:
     return json.loads((folder / BASE_LORA_SPEC).read_text())
 
 
-def attach_base_lora(model: MythicForCausalLM, folder: Path, spec: dict[str, Any]) -> Any:
+def attach_base_lora(model: RetrofitForCausalLM, folder: Path, spec: dict[str, Any]) -> Any:
     """Inject the peft LoRA ``spec`` into the model's base and load its tensors strictly; returns the tuner."""
     from peft import LoraModel
 

@@ -39,7 +39,7 @@ from mythic.eval.generate import encode_prompt
 from mythic.io import quiet_transformers, write_json
 from mythic.loading import DTYPES, check_base_dir, load_base_config, load_tokenizer, parse_dtype
 from mythic.models.families import check_block, decoder_layers, family_of
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.progress import Progress
 from mythic.quant import (
     MemoryEstimate,
@@ -155,12 +155,12 @@ def heldout_sample(tokenizer: PreTrainedTokenizerBase, rows: int, seq_len: int) 
 
 
 @contextlib.contextmanager
-def looped(base: PreTrainedModel, block: tuple[int, int], **settings: Any) -> Iterator[MythicForCausalLM]:
+def looped(base: PreTrainedModel, block: tuple[int, int], **settings: Any) -> Iterator[RetrofitForCausalLM]:
     """A fresh wrapper around ``base`` (Depth-LoRA off); the base's layer list is restored afterwards."""
     layers = decoder_layers(base)
     original = list(layers)
     try:
-        model = MythicForCausalLM.from_base(
+        model = RetrofitForCausalLM.from_base(
             base, block_start=block[0], block_end=block[1], lora_rank=0, max_loops=max(PROBE_LOOPS), **settings
         )
         yield model.eval()

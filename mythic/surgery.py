@@ -25,7 +25,7 @@ from mythic.errors import MythicError
 from mythic.io import atomic_dir, write_json
 from mythic.loading import DTYPES, base_revision, check_base_dir, load_base_config, load_base_model, parse_dtype
 from mythic.models.families import check_block, family_of
-from mythic.models.retrofit import MythicConfig, MythicForCausalLM
+from mythic.models.retrofit import RetrofitConfig, RetrofitForCausalLM
 
 REPORT_FILE = "surgery-report.json"
 
@@ -67,12 +67,12 @@ def surgery(
     config = load_base_config(base_dir)
     family_of(config)
     check_block(config, block[0], block[1], drop)
-    MythicConfig(text_config=config, block_start=block[0], block_end=block[1], **settings).validate_surgery()
+    RetrofitConfig(text_config=config, block_start=block[0], block_end=block[1], **settings).validate_surgery()
     base = load_base_model(base_dir, dtype=DTYPES[parse_dtype(dtype)]).eval()
     probe = identity_probe(config.vocab_size)
     with torch.no_grad():
         expected = base(probe).logits
-    model = MythicForCausalLM.from_base(
+    model = RetrofitForCausalLM.from_base(
         base,
         block_start=block[0],
         block_end=block[1],

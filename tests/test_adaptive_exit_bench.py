@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tiny import tiny_mythos
 
-from mythic.models.openmythos.hf import MythosForCausalLM, MythosHFConfig
+from mythic.models.openmythos.hf import OpenMythosConfig, OpenMythosForCausalLM
 from mythic.tasks.files import write_tasks
 from mythic.tasks.hops import HopsOptions, example
 from mythic.tasks.tokenizer import char_tokenizer
@@ -29,7 +29,7 @@ def test_adaptive_rows_gathered_and_masked_agree(tmp_path: Path) -> None:
     tokenizer = char_tokenizer(tasks)
     torch.manual_seed(0)
     cfg = tiny_mythos("gqa", vocab_size=len(tokenizer), act=False, init_std=0.2)
-    model = MythosForCausalLM(MythosHFConfig.from_mythos(cfg))
+    model = OpenMythosForCausalLM(OpenMythosConfig.from_mythos(cfg))
     model.config.eos_token_id, model.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")

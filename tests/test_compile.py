@@ -16,7 +16,7 @@ from test_retrofit import ids, wrap
 from tiny import tiny_mythos
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from mythic.models.openmythos import MythosForCausalLM, MythosHFConfig
+from mythic.models.openmythos import OpenMythosConfig, OpenMythosForCausalLM
 from mythic.models.openmythos.moe import expert_outputs, grouped_experts
 
 TOLERANCE = 1e-5
@@ -28,9 +28,11 @@ def fresh_dynamo() -> None:
     dynamo.reset()
 
 
-def mythos(attn: str) -> MythosForCausalLM:
+def mythos(attn: str) -> OpenMythosForCausalLM:
     torch.manual_seed(0)
-    return MythosForCausalLM(MythosHFConfig.from_mythos(tiny_mythos(attn, vocab_size=128, act=False, init_std=0.2)))
+    return OpenMythosForCausalLM(
+        OpenMythosConfig.from_mythos(tiny_mythos(attn, vocab_size=128, act=False, init_std=0.2))
+    )
 
 
 def models(kind: str) -> torch.nn.Module:

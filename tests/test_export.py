@@ -32,7 +32,7 @@ from mythic.export.push import push_to_hub
 from mythic.hub import download_repo, write_manifest
 from mythic.io import sha256_file
 from mythic.loading import BASE_LORA, load_checkpoint, load_light, save_base_lora
-from mythic.models.retrofit import RECURRENCE_FILE, MythicForCausalLM
+from mythic.models.retrofit import RECURRENCE_FILE, RetrofitForCausalLM
 from mythic.surgery import surgery
 from mythic.train.model import add_lora
 from mythic.train.recipe import Lora
@@ -92,7 +92,7 @@ def load_without_mythic(folders: list[Path], scratch: Path) -> dict[str, dict]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def mythic_outputs(model: MythicForCausalLM) -> dict[str, object]:
+def mythic_outputs(model: RetrofitForCausalLM) -> dict[str, object]:
     """What CLEAN_LOAD reports, from mythic's own model (scores as tensors)."""
     x = torch.tensor(IDS)
     with torch.no_grad():
@@ -152,7 +152,7 @@ def run_dir(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lora_run(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MythicForCausalLM]:
+def lora_run(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RetrofitForCausalLM]:
     """The same run with a trained peft LoRA on the base (as the trainer saves it), and the unmerged model."""
     run = tmp_path_factory.mktemp("runs") / "lora-run"
     shutil.copytree(run_dir / "final", run / "final")
@@ -192,7 +192,7 @@ def test_bundle_is_mythic_source_with_only_imports_and_registration_edited() -> 
 
 @pytest.fixture(scope="module")
 def exports(
-    run_dir: Path, lora_run: tuple[Path, MythicForCausalLM], tmp_path_factory: pytest.TempPathFactory
+    run_dir: Path, lora_run: tuple[Path, RetrofitForCausalLM], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     """Full exports: float32 in small shards, bfloat16 (the default), float32 with the base LoRA merged."""
     root = tmp_path_factory.mktemp("exports")
@@ -208,7 +208,7 @@ def load_bundled(folder: Path) -> torch.nn.Module:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
-    model = module.MythicForCausalLM.from_pretrained(folder).eval()
+    model = module.RetrofitForCausalLM.from_pretrained(folder).eval()
     assert type(model).__module__ == spec.name
     return model
 
@@ -220,7 +220,7 @@ def test_full_export_folder_files_config_and_model_card(run_dir: Path, exports: 
     assert len(shards) >= 5 and "model.safetensors.index.json" in files
     assert {RETROFIT.file, "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= files
     config = json.loads((fp32 / "config.json").read_text())
-    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_mythic.MythicForCausalLM"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_mythic.RetrofitForCausalLM"
     assert config["n_loops"] == 2 and config["base_revision"] == COMMIT and config["dtype"] == "float32"
     assert json.loads((fp32 / "generation_config.json").read_text())["mythic_n_loops"] == 2
     assert json.loads((exports["bf16"] / "config.json").read_text())["dtype"] == "bfloat16"
@@ -238,13 +238,13 @@ def test_full_export_folder_files_config_and_model_card(run_dir: Path, exports: 
 
 
 def test_bundled_model_matches_mythic(
-    run_dir: Path, lora_run: tuple[Path, MythicForCausalLM], exports: dict[str, Path]
+    run_dir: Path, lora_run: tuple[Path, RetrofitForCausalLM], exports: dict[str, Path]
 ) -> None:
     mine = mythic_outputs(load_checkpoint(run_dir / "final"))
     assert (mine["scores"] - mine["default_scores"]).abs().max().item() > 1e-2, "n_loops=4 must differ from 2"
     assert_same(to_lists(mythic_outputs(load_bundled(exports["fp32"]))), mine)
     bf16 = exports["bf16"]
-    assert_same(to_lists(mythic_outputs(load_bundled(bf16))), mythic_outputs(MythicForCausalLM.from_pretrained(bf16)))
+    assert_same(to_lists(mythic_outputs(load_bundled(bf16))), mythic_outputs(RetrofitForCausalLM.from_pretrained(bf16)))
     with_lora = mythic_outputs(lora_run[1])
     assert_same(to_lists(mythic_outputs(load_bundled(exports["merged"]))), with_lora, logits=1e-5, scores=1e-5)
     assert (with_lora["logits"] - mine["logits"]).abs().max().item() > 1e-2, "the base LoRA must matter"
@@ -252,21 +252,21 @@ def test_bundled_model_matches_mythic(
 
 @pytest.mark.slow
 def test_full_exports_load_without_mythic_in_a_clean_process(
-    run_dir: Path, lora_run: tuple[Path, MythicForCausalLM], exports: dict[str, Path], tmp_path: Path
+    run_dir: Path, lora_run: tuple[Path, RetrofitForCausalLM], exports: dict[str, Path], tmp_path: Path
 ) -> None:
     clean = load_without_mythic(list(exports.values()), tmp_path)
     for got in clean.values():
         assert got["class"].startswith("transformers_modules.")
-        assert got["class"].endswith("modeling_mythic.MythicForCausalLM")
+        assert got["class"].endswith("modeling_mythic.RetrofitForCausalLM")
     assert_same(clean[str(exports["fp32"])], mythic_outputs(load_checkpoint(run_dir / "final")))
     assert clean[str(exports["bf16"])]["dtype"] == "torch.bfloat16"
-    bf16 = mythic_outputs(MythicForCausalLM.from_pretrained(exports["bf16"]))
+    bf16 = mythic_outputs(RetrofitForCausalLM.from_pretrained(exports["bf16"]))
     assert_same(clean[str(exports["bf16"])], bf16)
     assert_same(clean[str(exports["merged"])], mythic_outputs(lora_run[1]), logits=1e-5, scores=1e-5)
 
 
 def test_light_export_is_small_and_loads_on_a_fetched_base(
-    run_dir: Path, lora_run: tuple[Path, MythicForCausalLM], base_dir: Path, tmp_path: Path
+    run_dir: Path, lora_run: tuple[Path, RetrofitForCausalLM], base_dir: Path, tmp_path: Path
 ) -> None:
     light = tmp_path / "light"
     report = export(run_dir, light, light=True)
@@ -312,7 +312,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     case: str,
     message: str,
     run_dir: Path,
-    lora_run: tuple[Path, MythicForCausalLM],
+    lora_run: tuple[Path, RetrofitForCausalLM],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -409,10 +409,10 @@ def test_smollm2_export_loads_without_mythic_and_generates_the_same_tokens(smoll
     report = export(ckpt, tmp_path / "out", max_shard_size="100MB")
     assert sum(f.endswith(".safetensors") for f in report.files) >= 3
     got = load_without_mythic([tmp_path / "out"], tmp_path)[str(tmp_path / "out")]
-    assert_same(got, mythic_outputs(MythicForCausalLM.from_pretrained(tmp_path / "out").eval()))
+    assert_same(got, mythic_outputs(RetrofitForCausalLM.from_pretrained(tmp_path / "out").eval()))
 
 
-def test_a_training_checkpoint_with_a_base_lora_loads_it_strictly(lora_run: tuple[Path, MythicForCausalLM]) -> None:
+def test_a_training_checkpoint_with_a_base_lora_loads_it_strictly(lora_run: tuple[Path, RetrofitForCausalLM]) -> None:
     run, trained = lora_run
     loaded = load_checkpoint(run / "final")
     x = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(3))
@@ -421,7 +421,7 @@ def test_a_training_checkpoint_with_a_base_lora_loads_it_strictly(lora_run: tupl
 
 
 def test_a_base_lora_without_its_spec_is_refused_not_guessed(
-    lora_run: tuple[Path, MythicForCausalLM], tmp_path: Path
+    lora_run: tuple[Path, RetrofitForCausalLM], tmp_path: Path
 ) -> None:
     run, _ = lora_run
     bare = tmp_path / "bare"
@@ -501,8 +501,8 @@ def test_an_openmythos_model_exports_and_answers_as_mythic_at_every_loop_count(
     Python without mythic, answers every task prompt as ``mythic eval tasks`` does, at every loop count."""
     from tiny import tiny_mythos
 
-    from mythic.eval.tasks import answer_budget, predict
-    from mythic.models.openmythos import MythosForCausalLM, MythosHFConfig
+    from mythic.eval.exact_match import answer_budget, predict
+    from mythic.models.openmythos import OpenMythosConfig, OpenMythosForCausalLM
     from mythic.tasks import pointer
     from mythic.tasks.tokenizer import char_tokenizer
 
@@ -514,7 +514,7 @@ def test_an_openmythos_model_exports_and_answers_as_mythic_at_every_loop_count(
     )  # init_std 0.8: a random model whose answers differ from prompt to prompt and from loop count to loop count
     torch.manual_seed(5)
     ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    model = MythosForCausalLM(MythosHFConfig.from_mythos(config, **ids)).eval()
+    model = OpenMythosForCausalLM(OpenMythosConfig.from_mythos(config, **ids)).eval()
     final = tmp_path / "run" / "final"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
@@ -524,7 +524,7 @@ def test_an_openmythos_model_exports_and_answers_as_mythic_at_every_loop_count(
     assert code == 0, err
     out = tmp_path / "exp"
     config_json = json.loads((out / "config.json").read_text())
-    assert config_json["auto_map"]["AutoModelForCausalLM"] == "modeling_openmythos.MythosForCausalLM"
+    assert config_json["auto_map"]["AutoModelForCausalLM"] == "modeling_openmythos.OpenMythosForCausalLM"
     assert config_json["n_loops"] == 3 and (out / "modeling_openmythos.py").is_file()
     assert "mythic_export::grouped_experts" in (out / "modeling_openmythos.py").read_text()
     assert "# A Recurrent-Depth Transformer trained from scratch" in (out / "README.md").read_text()
@@ -549,7 +549,7 @@ def test_an_openmythos_model_exports_and_answers_as_mythic_at_every_loop_count(
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["class"] == "MythosForCausalLM" and got["answers"] == mine
+    assert got["class"] == "OpenMythosForCausalLM" and got["answers"] == mine
     for flag in ("--light", "--merge-lora"):
         code, _, err = run_cli(monkeypatch, capsys, "export", str(final), "--out", str(tmp_path / "x"), flag)
         assert code == 2 and "an OpenMythos model has no base" in err and not (tmp_path / "x").exists()

@@ -30,7 +30,7 @@ from mythic.eval.humaneval import (
 )
 from mythic.eval.sandbox import SandboxLimits
 from mythic.loading import load_any, load_tokenizer
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.surgery import surgery
 
 # Sandbox runs are told apart by uid only: one sandbox-running test at a time (sandboxlock.py).
@@ -201,7 +201,7 @@ def test_batched_generation_matches_batch_one_and_resumes(tiny_llama_dir: Path, 
 def test_loop_rows_of_a_checkpoint(tiny_llama_dir: Path, tmp_path: Path) -> None:
     surgery(tiny_llama_dir, tmp_path / "ckpt", block=(1, 2), max_loops=4)
     model = load_any(tmp_path / "ckpt")
-    assert isinstance(model, MythicForCausalLM)
+    assert isinstance(model, RetrofitForCausalLM)
     tokenizer = load_tokenizer(tmp_path / "ckpt")
     seen: list[object] = []
     forward = model.forward

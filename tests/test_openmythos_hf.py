@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tiny import tiny_mythos
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from mythic.models.openmythos import MythosConfig, MythosForCausalLM, MythosHFConfig
+from mythic.models.openmythos import MythosConfig, OpenMythosConfig, OpenMythosForCausalLM
 from mythic.models.openmythos.variants import VARIANTS, count_parameters
 
 REFERENCE_SIZES = {
@@ -25,10 +25,10 @@ REFERENCE_SIZES = {
 }
 
 
-def hf_model(attn: str = "mla", seed: int = 0) -> MythosForCausalLM:
+def hf_model(attn: str = "mla", seed: int = 0) -> OpenMythosForCausalLM:
     torch.manual_seed(seed)
     cfg = tiny_mythos(attn, vocab_size=90, dim=48, n_experts=4, q_lora_rank=0, v_head_dim=8)
-    model = MythosForCausalLM(MythosHFConfig.from_mythos(cfg)).eval()
+    model = OpenMythosForCausalLM(OpenMythosConfig.from_mythos(cfg)).eval()
     with torch.no_grad():
         for p in model.model.recurrence.lora.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -47,7 +47,7 @@ def test_save_pretrained_then_from_pretrained_gives_identical_logits(attn: str, 
     model = hf_model(attn)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert isinstance(loaded, MythosForCausalLM)
+    assert isinstance(loaded, OpenMythosForCausalLM)
     assert AutoConfig.from_pretrained(tmp_path).to_mythos() == model.config.to_mythos()
     assert loaded.model.head.weight is loaded.model.embed.weight
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_variant_parameter_counts_are_within_five_percent_of_the_reference(name:
 
 
 def test_hf_config_has_every_mythos_field_with_the_same_default() -> None:
-    hf = MythosHFConfig()
+    hf = OpenMythosConfig()
     assert {f.name: f.default for f in fields(MythosConfig)} == {
         f.name: getattr(hf, f.name) for f in fields(MythosConfig)
     }

@@ -11,14 +11,14 @@ from tiny import FAMILIES, tiny_base
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from mythic.errors import MythicError
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.retrofit import RetrofitForCausalLM
 
 
 def wrap(family: str, dtype: torch.dtype = torch.float32, perturb: bool = False, **settings):
     base = tiny_base(family, dtype)
     reference = copy.deepcopy(base)
     settings = {"block_start": 1, "block_end": 3, "max_loops": 4, **settings}
-    model = MythicForCausalLM.from_base(base, **settings).eval()
+    model = RetrofitForCausalLM.from_base(base, **settings).eval()
     if perturb:
         torch.manual_seed(1)
         with torch.no_grad():
@@ -125,7 +125,7 @@ def test_depth_lora_of_one_model_is_not_seen_by_another_in_another_thread() -> N
         expected_a, expected_b = a(x, n_loops=3).logits, b(x, n_loops=2).logits
     results: dict[str, torch.Tensor] = {}
 
-    def run(name: str, model: MythicForCausalLM, n: int) -> None:
+    def run(name: str, model: RetrofitForCausalLM, n: int) -> None:
         with torch.no_grad():
             for _ in range(3):
                 results[name] = model(x, n_loops=n).logits
@@ -171,7 +171,7 @@ def test_other_update_rules_run_cached_and_concat_is_identity(rule: str) -> None
 def test_retrofit_paper_surgery_drops_layers_and_keeps_the_cache_consistent() -> None:
     base = tiny_base("llama")
     reference = copy.deepcopy(base)
-    model = MythicForCausalLM.from_base(base, block_start=3, block_end=5, drop=[1, 3], max_loops=4).eval()
+    model = RetrofitForCausalLM.from_base(base, block_start=3, block_end=5, drop=[1, 3], max_loops=4).eval()
     assert model.base.config.num_hidden_layers == 4
     assert model.config.text_config.num_hidden_layers == 6, "the config keeps the base as it was"
     del reference.model.layers[1:3]
@@ -192,7 +192,7 @@ def test_full_save_pretrained_round_trip(tmp_path) -> None:
     _, model = wrap("deepseek_v2", perturb=True)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(loaded) is MythicForCausalLM
+    assert type(loaded) is RetrofitForCausalLM
     x = ids()
     with torch.no_grad():
         assert (loaded(x, n_loops=3).logits - model(x, n_loops=3).logits).abs().max().item() == 0.0
@@ -210,15 +210,15 @@ def test_full_save_pretrained_round_trip(tmp_path) -> None:
 )
 def test_impossible_surgery_is_a_one_line_error(settings: dict, message: str) -> None:
     with pytest.raises(MythicError, match=message):
-        MythicForCausalLM.from_base(tiny_base("llama"), **settings)
+        RetrofitForCausalLM.from_base(tiny_base("llama"), **settings)
 
 
 def test_gemma4_block_may_not_straddle_kv_sharing_and_unsupported_arch_is_named() -> None:
     with pytest.raises(MythicError, match="straddles the KV-sharing start at layer 4"):
-        MythicForCausalLM.from_base(tiny_base("gemma4_text"), block_start=3, block_end=5)
+        RetrofitForCausalLM.from_base(tiny_base("gemma4_text"), block_start=3, block_end=5)
     gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2))
     with pytest.raises(MythicError, match="unsupported architecture 'gpt2'"):
-        MythicForCausalLM.from_base(gpt2, block_start=0, block_end=1)
+        RetrofitForCausalLM.from_base(gpt2, block_start=0, block_end=1)
 
 
 def test_full_save_pretrained_loads_strictly(tmp_path) -> None:
@@ -231,7 +231,7 @@ def test_full_save_pretrained_loads_strictly(tmp_path) -> None:
     tensors.pop(dropped)
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(MythicError, match="does not match its config: missing keys"):
-        MythicForCausalLM.from_pretrained(tmp_path)
+        RetrofitForCausalLM.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma4_text"])
@@ -260,7 +260,7 @@ def test_raising_n_loops_on_a_cache_that_holds_tokens_is_refused(family: str) ->
 def test_the_recurrence_is_built_where_the_base_lives_and_the_base_is_not_reinitialised() -> None:
     with torch.device("meta"):
         meta = tiny_base("llama")
-    wrapped = MythicForCausalLM.from_base(meta, block_start=1, block_end=3, max_loops=2)
+    wrapped = RetrofitForCausalLM.from_base(meta, block_start=1, block_end=3, max_loops=2)
     assert {p.device.type for _, p in wrapped.recurrence_parameters()} == {"meta"}
     base = tiny_base("llama")
     fresh = torch.nn.Linear(64, 64, bias=False)  # a module the base's own init never flagged (e.g. swapped in)
@@ -268,6 +268,6 @@ def test_the_recurrence_is_built_where_the_base_lives_and_the_base_is_not_reinit
     base.model.layers[0].mlp.gate_proj = torch.nn.Linear(64, 96, bias=False)
     base.model.layers[0].self_attn.o_proj = fresh
     before = [(p, p.clone()) for p in base.parameters()]
-    MythicForCausalLM.from_base(base, block_start=1, block_end=3, max_loops=2)
+    RetrofitForCausalLM.from_base(base, block_start=1, block_end=3, max_loops=2)
     assert all(torch.equal(p, saved) for p, saved in before)
     assert float(fresh.weight.min()) == float(fresh.weight.max()) == 0.125

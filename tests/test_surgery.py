@@ -13,7 +13,7 @@ from tiny import save_tiny_base
 
 from mythic.errors import MythicError
 from mythic.loading import load_checkpoint
-from mythic.models.retrofit import RECURRENCE_FILE, MythicForCausalLM
+from mythic.models.retrofit import RECURRENCE_FILE, RetrofitForCausalLM
 from mythic.recurrence.exit import AdaptiveDepth
 from mythic.surgery import identity_probe
 
@@ -66,7 +66,7 @@ def test_load_checkpoint_brings_back_base_and_recurrence(base_dir: Path, ckpt: P
         again = load_checkpoint(ckpt.parent / "trained")
         assert (again(x, n_loops=3).logits - model(x, n_loops=3).logits).abs().max().item() == 0.0
     with pytest.raises(MythicError, match="is a mythic checkpoint .* load it with mythic.loading.load_checkpoint"):
-        MythicForCausalLM.from_pretrained(ckpt)  # the model class knows no loader: no import cycle
+        RetrofitForCausalLM.from_pretrained(ckpt)  # the model class knows no loader: no import cycle
 
 
 def _copy_ckpt(ckpt: Path, to: Path) -> Path:

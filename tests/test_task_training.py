@@ -15,7 +15,7 @@ from test_train_helpers import HOPS_RECIPE, tiny_recipe, write_corpus
 from tiny import make_tokenizer, write_tiny_base
 
 from mythic.errors import MythicError
-from mythic.eval.tasks import evaluate_tasks, loop_dynamics, score
+from mythic.eval.exact_match import evaluate_tasks, loop_dynamics, score
 from mythic.loading import load_any, load_tokenizer
 from mythic.tasks import hops
 from mythic.tasks.files import Task, read_tasks, write_tasks

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from test_train_helpers import tiny_recipe, write_corpus
 from tiny import make_tokenizer, write_tiny_base
 
-from mythic.models.openmythos import MythosForCausalLM
+from mythic.models.openmythos import OpenMythosForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from mythic.cli import main; main()", "train"]
@@ -196,5 +196,5 @@ def test_openmythos_trains_under_fsdp_as_under_ddp(tiny: Path) -> None:
     assert max_diff(ddp[0], sharded) < 1e-5
     start = load_file(tiny / "om-ddp" / "checkpoints" / "step-0000003" / "trainable.safetensors")
     assert max_diff(start, trained(ddp[0], start)) > 1e-4
-    loaded = MythosForCausalLM.from_pretrained(tiny / "om-fsdp" / "final").state_dict()
+    loaded = OpenMythosForCausalLM.from_pretrained(tiny / "om-fsdp" / "final").state_dict()
     assert max_diff(trained(loaded, sharded), sharded) == 0.0

@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM
 from mythic.errors import MythicError
 from mythic.eval.rows import row_mode
 from mythic.loading import load_checkpoint
-from mythic.models.openmythos import MythosForCausalLM, MythosHFConfig
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.openmythos import OpenMythosConfig, OpenMythosForCausalLM
+from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.train import losses
 from mythic.train.curriculum import Curriculum, Depth
 from mythic.train.model import add_lora, param_groups, select_trainable
@@ -35,9 +35,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_tiny_base(root / "base"), write_corpus(root / "corpus")
 
 
-def wrapper(base_dir: Path, seed: int = 1) -> MythicForCausalLM:
+def wrapper(base_dir: Path, seed: int = 1) -> RetrofitForCausalLM:
     base = AutoModelForCausalLM.from_pretrained(base_dir)
-    model = MythicForCausalLM.from_base(base, block_start=1, block_end=3, max_loops=4)
+    model = RetrofitForCausalLM.from_base(base, block_start=1, block_end=3, max_loops=4)
     torch.manual_seed(seed)
     with torch.no_grad():  # wake the recurrence up so that T matters
         for _, p in model.recurrence_parameters():
@@ -150,7 +150,7 @@ def test_the_objective_reads_logits_at_labelled_positions_only(tiny: tuple[Path,
         model = wrapper(tiny[0])
     else:
         torch.manual_seed(0)
-        model = MythosForCausalLM(MythosHFConfig.from_mythos(tiny_mythos(vocab_size=64)))
+        model = OpenMythosForCausalLM(OpenMythosConfig.from_mythos(tiny_mythos(vocab_size=64)))
     ids, labels = batch()
     labels[:, :7] = losses.IGNORE_INDEX  # 5 labelled positions in row 1, 4 in row 0 (its position 11 left out)
     labels[0, 11] = losses.IGNORE_INDEX
@@ -172,7 +172,7 @@ def test_the_objective_reads_logits_at_labelled_positions_only(tiny: tuple[Path,
     assert torch.equal(seen[0][0], losses.valid_mask(labels)) and seen[0][1].shape == (9, 64)
 
 
-def saved_bytes(model: MythicForCausalLM, depth: Depth) -> int:
+def saved_bytes(model: RetrofitForCausalLM, depth: Depth) -> int:
     ids, labels = batch()
     total = 0
 
@@ -366,7 +366,7 @@ def test_training_every_base_weight_saves_the_whole_model(tiny: tuple[Path, Path
     raw["train"]["steps"] = 2
     result = train(validate_recipe(raw))
     assert not (result.final_dir / "recurrence.safetensors").exists()
-    loaded = MythicForCausalLM.from_pretrained(result.final_dir)  # a whole save_pretrained folder
+    loaded = RetrofitForCausalLM.from_pretrained(result.final_dir)  # a whole save_pretrained folder
     trained = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "trainable.safetensors")
     state = loaded.state_dict()
     assert any(k.startswith("base.") for k in trained) and any(k.startswith("recurrence.") for k in trained)
@@ -404,7 +404,7 @@ def test_tensorboard_tracker_gets_the_logged_records(tiny: tuple[Path, Path], tm
 
 def test_base_lora_on_moe_experts_trains_and_switches_off(tmp_path: Path) -> None:
     base = tiny_base("qwen3_moe")
-    model = MythicForCausalLM.from_base(base, block_start=1, block_end=3, max_loops=4)
+    model = RetrofitForCausalLM.from_base(base, block_start=1, block_end=3, max_loops=4)
     raw = tiny_recipe(Path("b"), Path("c"), tmp_path)
     raw["trainable"] = {
         "lora": {"rank": 2, "target_modules": ["q_proj"], "target_parameters": ["mlp.experts.gate_up_proj"]}

@@ -217,8 +217,8 @@ def tasks(
 ) -> None:
     """Exact-match accuracy on a task file at each loop count (and of the base, for a retrofit), per difficulty."""
     from mythic.eval import report
+    from mythic.eval.exact_match import evaluate_tasks
     from mythic.eval.rows import row_file
-    from mythic.eval.tasks import evaluate_tasks
     from mythic.io import atomic_dir
     from mythic.tasks.files import read_tasks, write_predictions
 

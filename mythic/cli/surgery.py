@@ -11,7 +11,7 @@ from rich.table import Table
 
 from mythic.cli.options import parse_range
 from mythic.errors import MythicError
-from mythic.models.retrofit import MythicConfig
+from mythic.models.retrofit import RetrofitConfig
 from mythic.recurrence import RULES
 
 
@@ -26,38 +26,42 @@ def surgery(
     ] = None,
     max_loops: Annotated[
         int, typer.Option(help="Trained loop maximum: the number of per-loop parameter sets.")
-    ] = MythicConfig.max_loops,
+    ] = RetrofitConfig.max_loops,
     loops: Annotated[
         int, typer.Option(help="Default n_loops stored in the checkpoint's config.")
-    ] = MythicConfig.n_loops,
-    rule: Annotated[str, typer.Option(help=f"Update rule: {', '.join(RULES)}.")] = MythicConfig.rule,
+    ] = RetrofitConfig.n_loops,
+    rule: Annotated[str, typer.Option(help=f"Update rule: {', '.join(RULES)}.")] = RetrofitConfig.rule,
     drop: Annotated[
         str | None,
         typer.Option(help="Also drop layers A:B between prelude and block (retrofit-paper surgery)."),
     ] = None,
     lora_rank: Annotated[
         int, typer.Option(help="Depth-LoRA rank on the block's q/o projections (0: off).")
-    ] = MythicConfig.lora_rank,
-    lora_alpha: Annotated[float, typer.Option(help="Depth-LoRA alpha (scaling alpha/rank).")] = MythicConfig.lora_alpha,
+    ] = RetrofitConfig.lora_rank,
+    lora_alpha: Annotated[
+        float, typer.Option(help="Depth-LoRA alpha (scaling alpha/rank).")
+    ] = RetrofitConfig.lora_alpha,
     inject_scale: Annotated[
         float, typer.Option(help="Residual rule: weight s of the LTI injection.")
-    ] = MythicConfig.inject_scale,
-    layerscale_init: Annotated[float, typer.Option(help="Initial per-loop LayerScale.")] = MythicConfig.layerscale_init,
+    ] = RetrofitConfig.inject_scale,
+    layerscale_init: Annotated[
+        float, typer.Option(help="Initial per-loop LayerScale.")
+    ] = RetrofitConfig.layerscale_init,
     layerscale_max: Annotated[
         float, typer.Option(help="Upper bound of the LayerScale (ls = max·sigmoid(θ)).")
-    ] = MythicConfig.layerscale_max,
+    ] = RetrofitConfig.layerscale_max,
     gate_bias_init: Annotated[
         float, typer.Option(help="Initial gate bias (sigmoid(0) = 0.5).")
-    ] = MythicConfig.gate_bias_init,
+    ] = RetrofitConfig.gate_bias_init,
     loop_embedding: Annotated[
         bool, typer.Option(help="Add a sinusoidal loop-index embedding.")
-    ] = MythicConfig.loop_embedding,
+    ] = RetrofitConfig.loop_embedding,
     dtype: Annotated[str, typer.Option(help="dtype to load the base in: float32, bfloat16, float16.")] = "float32",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Build the looped wrapper, check T=1 identity with the base, and write a checkpoint folder.
 
-    Every default is MythicConfig's own default."""
+    Every default is RetrofitConfig's own default."""
     from mythic.hub import default_base_dir
     from mythic.loading import parse_dtype
     from mythic.surgery import surgery as run_surgery

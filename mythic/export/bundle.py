@@ -1,9 +1,9 @@
 """The generated modeling file: mythic's own model source, bundled into one file.
 
 A ``Bundle`` names what a model kind exports: the module at its root, the modeling file and the two
-classes ``auto_map`` points at (``RETROFIT``: ``modeling_mythic.py`` with ``MythicConfig`` /
-``MythicForCausalLM``; ``OPENMYTHOS``: ``modeling_openmythos.py`` with ``MythosHFConfig`` /
-``MythosForCausalLM``). ``bundle_source`` keeps ONE implementation of every mechanism: it
+classes ``auto_map`` points at (``RETROFIT``: ``modeling_mythic.py`` with ``RetrofitConfig`` /
+``RetrofitForCausalLM``; ``OPENMYTHOS``: ``modeling_openmythos.py`` with ``OpenMythosConfig`` /
+``OpenMythosForCausalLM``). ``bundle_source`` keeps ONE implementation of every mechanism: it
 concatenates the source files of the root module and of the mythic modules it imports at module
 level, dependencies first, and only edits imports and registrations: imports of bundled modules
 are removed (their names are defined above), type-checking-only imports are dropped, the module-level ``Auto*.register``
@@ -47,8 +47,10 @@ class Bundle:
         return {"AutoConfig": f"{stem}.{self.config}", "AutoModelForCausalLM": f"{stem}.{self.model}"}
 
 
-RETROFIT = Bundle("mythic.models.retrofit", "modeling_mythic.py", "MythicConfig", "MythicForCausalLM")
-OPENMYTHOS = Bundle("mythic.models.openmythos.hf", "modeling_openmythos.py", "MythosHFConfig", "MythosForCausalLM")
+RETROFIT = Bundle("mythic.models.retrofit", "modeling_mythic.py", "RetrofitConfig", "RetrofitForCausalLM")
+OPENMYTHOS = Bundle(
+    "mythic.models.openmythos.hf", "modeling_openmythos.py", "OpenMythosConfig", "OpenMythosForCausalLM"
+)
 
 
 def _is_mythic(module: str | None) -> bool:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mythic.models.retrofit import MythicConfig
+from mythic.models.retrofit import RetrofitConfig
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -33,7 +33,7 @@ def eval_table(data: Any) -> str:
 
 
 def model_card(
-    config: MythicConfig,
+    config: RetrofitConfig,
     pointer: dict[str, Any],
     *,
     kind: str,

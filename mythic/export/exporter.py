@@ -7,7 +7,7 @@ or ``--merge-lora`` are refused.
 
 Full export of CKPT into DIR (``export(ckpt, out)``):
 
-    config.json                   the checkpoint's MythicConfig, ``auto_map`` → modeling_mythic
+    config.json                   the checkpoint's RetrofitConfig, ``auto_map`` → modeling_mythic
     model*.safetensors (+ index)  base weights in ``dtype``, recurrence in float32 (as mythic keeps it), sharded
     modeling_mythic.py            generated from mythic's own source (``mythic.export.bundle``)
     tokenizer files, generation_config.json (``mythic_n_loops``), README.md (``mythic.export.card``)
@@ -69,7 +69,7 @@ from mythic.loading import (
     load_tokenizer,
     parse_dtype,
 )
-from mythic.models.retrofit import RECURRENCE_FILE, MythicConfig, config_fingerprint
+from mythic.models.retrofit import RECURRENCE_FILE, RetrofitConfig, config_fingerprint
 from mythic.progress import Progress
 
 OPENMYTHOS_TYPE = "openmythos"
@@ -103,7 +103,7 @@ def resolve_checkpoint(path: Path) -> tuple[Path, str]:
     model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
     if model_type == OPENMYTHOS_TYPE:
         return path, model_type
-    if model_type != MythicConfig.model_type:
+    if model_type != RetrofitConfig.model_type:
         raise MythicError(
             f"{path} is not a mythic checkpoint (no config.json with model_type 'mythic' or 'openmythos')"
         )
@@ -135,7 +135,7 @@ def _tensor_bytes(model: torch.nn.Module) -> int:
     return sum({p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}.values())
 
 
-def _base_pointer(config: MythicConfig) -> dict[str, Any]:
+def _base_pointer(config: RetrofitConfig) -> dict[str, Any]:
     """Where the base lives: repo id, revision and commit from its manifest, plus its fingerprint."""
     folder = Path(config.base_name_or_path or "")
     manifest = read_manifest(folder) or {}
@@ -149,7 +149,7 @@ def _base_pointer(config: MythicConfig) -> dict[str, Any]:
     }
 
 
-def _check_base(config: MythicConfig, ckpt: Path) -> None:
+def _check_base(config: RetrofitConfig, ckpt: Path) -> None:
     """The checkpoint's base must exist and be the revision it was made on (light export loads no model)."""
     folder = Path(config.base_name_or_path or "")
     if not (folder / "config.json").is_file():
@@ -190,7 +190,7 @@ def export(
                 "so its export is the whole model"
             )
         return export_openmythos(ckpt, settings)
-    config = MythicConfig.from_pretrained(ckpt)
+    config = RetrofitConfig.from_pretrained(ckpt)
     config.n_loops = config.n_loops if n_loops is None else n_loops
     _check_base(config, ckpt)
     lora = base_lora_spec(ckpt)
@@ -233,7 +233,7 @@ def card_sources(ckpt: Path) -> dict[str, Any]:
     return {"recipe": find_recipe(ckpt), "evals": find_evals(ckpt)}
 
 
-def export_light(ckpt: Path, config: MythicConfig, lora: dict[str, Any] | None, settings: Settings) -> ExportReport:
+def export_light(ckpt: Path, config: RetrofitConfig, lora: dict[str, Any] | None, settings: Settings) -> ExportReport:
     """config.json, recurrence (+ base LoRA) weights, base.json and the card: loads on a fetched base."""
     settings.stage(["writing the light export"], "writing the light export")
     pointer = _base_pointer(config)
@@ -253,7 +253,7 @@ def export_light(ckpt: Path, config: MythicConfig, lora: dict[str, Any] | None, 
     return _report(settings, "light", None, config.n_loops, base, config.base_revision, False, estimate)
 
 
-def export_full(ckpt: Path, config: MythicConfig, lora: dict[str, Any] | None, settings: Settings) -> ExportReport:
+def export_full(ckpt: Path, config: RetrofitConfig, lora: dict[str, Any] | None, settings: Settings) -> ExportReport:
     """The base (its LoRA merged) and the recurrence as sharded safetensors, with the bundled modeling file."""
     stages = ["loading the checkpoint", *(["merging the base LoRA"] if lora is not None else []), "writing the weights"]
     tokenizer = load_tokenizer(ckpt)
@@ -277,13 +277,13 @@ def export_full(ckpt: Path, config: MythicConfig, lora: dict[str, Any] | None, s
 
 def export_openmythos(ckpt: Path, settings: Settings) -> ExportReport:
     """An OpenMythos model folder with its bundled modeling file (every weight trained: no light form)."""
-    from mythic.models.openmythos.hf import MythosForCausalLM
+    from mythic.models.openmythos.hf import OpenMythosForCausalLM
 
     stages = ["loading the checkpoint", "writing the weights"]
     tokenizer = load_tokenizer(ckpt)
     settings.stage(stages, "loading the checkpoint")
     with quiet_transformers():
-        model = MythosForCausalLM.from_pretrained(ckpt, dtype=DTYPES[settings.dtype])
+        model = OpenMythosForCausalLM.from_pretrained(ckpt, dtype=DTYPES[settings.dtype])
     if settings.n_loops is not None:
         model.config.n_loops = settings.n_loops
     n_loops = model.config.n_loops or model.config.max_loop_iters

@@ -293,7 +293,7 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
     """Train (or resume) one run, then evaluate it on each of its splits not yet recorded; {split: record}."""
     import torch
 
-    from mythic.eval.tasks import evaluate_tasks, loop_dynamics
+    from mythic.eval.exact_match import evaluate_tasks, loop_dynamics
     from mythic.loading import load_any, load_tokenizer
     from mythic.tasks.files import read_tasks
     from mythic.train.trainer import train

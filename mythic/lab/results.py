@@ -4,7 +4,7 @@ Aggregation, per arm, row (base / T=n / auto) and band (a difficulty range), on 
 and test): each seed's accuracy over the band's examples, then the mean over seeds with its standard
 error (``stats.metric``: the seeds' spread, not the examples'); the same per difficulty (test), and
 the loop-state dynamics c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖ and r_t = ‖h_t‖ / √dim
-(``eval.tasks.loop_dynamics``). An adaptive row also carries what its loops cost (mean ± SE over
+(``eval.exact_match.loop_dynamics``). An adaptive row also carries what its loops cost (mean ± SE over
 seeds): loops per generated token (the EOS step included), the first answer token's loops and the
 prompt's token-loops, overall and per difficulty.
 

@@ -1,6 +1,6 @@
 """``LoopedModel``: what every caller (eval rows, trainer, objective, generate, export) may ask of a looped
-model, whichever kind it is: the retrofit wrapper (``retrofit.MythicForCausalLM``) or the from-scratch
-OpenMythos (``openmythos.MythosForCausalLM``). Callers test whether a model is looped at all (a plain
+model, whichever kind it is: the retrofit wrapper (``retrofit.RetrofitForCausalLM``) or the from-scratch
+OpenMythos (``openmythos.OpenMythosForCausalLM``). Callers test whether a model is looped at all (a plain
 transformers base is not), never which kind it is.
 
     recurrence               the shared ``Recurrence``: its trained loop count (``max_loops``), its

@@ -4,7 +4,7 @@
     block   = layers[s:e]  run T = n_loops times through the loop driver
     coda    = layers[e:]
 
-``MythicForCausalLM`` is a real ``PreTrainedModel`` + ``GenerationMixin``: it owns the base
+``RetrofitForCausalLM`` is a real ``PreTrainedModel`` + ``GenerationMixin``: it owns the base
 causal LM unchanged and replaces each block layer in ``model.model.layers`` by a
 ``BlockSlot``. During the base's own forward, the slots of layers s … e−2 record their
 call (hidden-state input aside, each decoder layer gets its mask, rotary table, per-layer
@@ -68,7 +68,7 @@ RECURRENCE_FILE = "recurrence.safetensors"
 
 
 @strict
-class MythicConfig(PreTrainedConfig):
+class RetrofitConfig(PreTrainedConfig):
     """The base's config (``text_config``, as it was before surgery) plus the surgery settings."""
 
     model_type = "mythic"
@@ -145,7 +145,7 @@ def batch_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
     return value
 
 
-def build_recurrence(config: MythicConfig, dim: int) -> Recurrence:
+def build_recurrence(config: RetrofitConfig, dim: int) -> Recurrence:
     """Every new parameter: update rule (gate, LayerScale, injection/adapter), Depth-LoRA, loop embedding."""
     rule: UpdateRule
     if config.rule == "residual":
@@ -242,17 +242,17 @@ class BlockSlot(nn.Module):
         ).h
 
 
-class MythicForCausalLM(PreTrainedModel, GenerationMixin):
+class RetrofitForCausalLM(PreTrainedModel, GenerationMixin):
     """A pretrained causal LM with a looped middle block; ``n_loops`` is a forward/generate argument."""
 
-    config_class = MythicConfig
+    config_class = RetrofitConfig
     base_model_prefix = "mythic"
     supports_gradient_checkpointing = False
     _keep_in_fp32_modules_strict = ["recurrence"]
     _supports_sdpa = True
     _supports_attention_backend = True
 
-    def __init__(self, config: MythicConfig, base: PreTrainedModel | None = None) -> None:
+    def __init__(self, config: RetrofitConfig, base: PreTrainedModel | None = None) -> None:
         super().__init__(config)
         config.validate_surgery()
         if base is not None:  # it comes initialised (loaded or built): post_init must not touch it
@@ -297,14 +297,14 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
             cfg.layer_types = [cfg.layer_types[i] for i in kept]
 
     @classmethod
-    def from_base(cls, base: PreTrainedModel, **settings: Any) -> MythicForCausalLM:
+    def from_base(cls, base: PreTrainedModel, **settings: Any) -> RetrofitForCausalLM:
         """Surgery in memory on a loaded base: ``from_base(base, block_start=4, block_end=8, max_loops=8)``.
 
         The new parameters stay in float32 whatever the base's dtype (they are few, and trained).
         """
         text_config = copy.deepcopy(base.config)
         settings.setdefault("base_name_or_path", getattr(base.config, "_name_or_path", None) or None)
-        config = MythicConfig(text_config=text_config, **settings)
+        config = RetrofitConfig(text_config=text_config, **settings)
         config.validate_surgery()
         return cls(config, base=base)
 
@@ -475,5 +475,5 @@ class MythicForCausalLM(PreTrainedModel, GenerationMixin):
         return model
 
 
-AutoConfig.register("mythic", MythicConfig)
-AutoModelForCausalLM.register(MythicConfig, MythicForCausalLM)
+AutoConfig.register("mythic", RetrofitConfig)
+AutoModelForCausalLM.register(RetrofitConfig, RetrofitForCausalLM)

@@ -2,8 +2,8 @@
 
 ``model.kind``:
 - ``retrofit``: ``mythic.loading.load_checkpoint(checkpoint)`` (the base comes from its config)
-- ``surgery``: load the HF base, then ``MythicForCausalLM.from_base(base, **surgery)`` in memory
-- ``openmythos``: ``MythosForCausalLM`` (the HF-native OpenMythos) built from scratch from
+- ``surgery``: load the HF base, then ``RetrofitForCausalLM.from_base(base, **surgery)`` in memory
+- ``openmythos``: ``OpenMythosForCausalLM`` (the HF-native OpenMythos) built from scratch from
   ``MythosConfig(**config)``; all of it trains, its MoE balance / ACT ponder terms come back
   as ``out.aux_losses``. Its tokenizer (a folder, or ``chars``: built from the task files) sets
   the vocabulary size when the config gives none, and the EOS / padding ids generation uses.
@@ -36,8 +36,8 @@ from torch import nn
 from mythic.errors import MythicError
 from mythic.loading import DTYPES, load_base_model, load_checkpoint
 from mythic.lora import lora_config
-from mythic.models.openmythos import MythosConfig, MythosForCausalLM, MythosHFConfig
-from mythic.models.retrofit import MythicForCausalLM
+from mythic.models.openmythos import MythosConfig, OpenMythosConfig, OpenMythosForCausalLM
+from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.quant import finish_4bit, quantization_config
 from mythic.train.data import recipe_tokenizer
 from mythic.train.recipe import Data, Lora, ModelSpec, OpenMythosModel, Recipe, RetrofitModel, SurgeryModel
@@ -67,8 +67,8 @@ def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.M
             for name in ("bos_token_id", "eos_token_id", "pad_token_id")
             if getattr(tokenizer, name) is not None
         }
-        config = MythosHFConfig.from_mythos(MythosConfig(**settings), **special)
-        model = MythosForCausalLM(config).to(device=device, dtype=DTYPES[spec.dtype])
+        config = OpenMythosConfig.from_mythos(MythosConfig(**settings), **special)
+        model = OpenMythosForCausalLM(config).to(device=device, dtype=DTYPES[spec.dtype])
         return model, tokenizer
 
     kwargs = _load_kwargs(spec, device)
@@ -82,7 +82,7 @@ def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.M
             raise MythicError(f"recipe model.base: {spec.base} is not a folder (run mythic fetch base first)")
         base = load_base_model(Path(spec.base), **kwargs)
         settings = {"base_name_or_path": str(spec.base), **spec.surgery.model_dump()}
-        model = MythicForCausalLM.from_base(base, **settings)
+        model = RetrofitForCausalLM.from_base(base, **settings)
         base_path = tokenizer_path or spec.base
     if spec.quantization is not None:
         finish_4bit(model.base, device, spec.quantization.kind, spec.quantization.double_quant)

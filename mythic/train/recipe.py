@@ -8,7 +8,7 @@ of pydantic v2 models with ``extra="forbid"``, so an unknown key, a wrong type, 
 required field or an impossible value (negative lr, curriculum weights that do not sum
 to 1, a loop count above ``curriculum.max_loops``) becomes one ``MythicError`` line naming
 the key path and the expected form. ``model.surgery`` and ``model.config`` are typed from the
-model's own config classes (``MythicConfig``, ``MythosConfig``: ``config_section``), and an
+model's own config classes (``RetrofitConfig``, ``MythosConfig``: ``config_section``), and an
 OpenMythos config is checked by ``MythosConfig`` itself, all before anything is loaded.
 
 ``--set key=value`` overrides are applied to the raw YAML before validation: the key is
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from mythic.errors import MythicError
 from mythic.models.openmythos.config import MythosConfig
-from mythic.models.retrofit import MythicConfig
+from mythic.models.retrofit import RetrofitConfig
 
 DType = Literal["float32", "bfloat16", "float16"]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -61,7 +61,7 @@ def config_section(name: str, source: type, leave_out: set[str], optional: set[s
 
 
 SurgerySettings = config_section(
-    "SurgerySettings", MythicConfig, leave_out={"text_config", "base_name_or_path", "base_revision"}, optional=set()
+    "SurgerySettings", RetrofitConfig, leave_out={"text_config", "base_name_or_path", "base_revision"}, optional=set()
 )
 OpenMythosSettings = config_section("OpenMythosSettings", MythosConfig, leave_out=set(), optional={"vocab_size"})
 
@@ -84,7 +84,7 @@ class RetrofitModel(Strict):
 
 
 class SurgeryModel(Strict):
-    """A Hugging Face base folder wrapped in memory with the given ``MythicConfig`` settings."""
+    """A Hugging Face base folder wrapped in memory with the given ``RetrofitConfig`` settings."""
 
     kind: Literal["surgery"]
     base: str

@@ -6,7 +6,7 @@
 experts, ``model`` the network and generation, ``variants`` the
 mythos_1b … mythos_1t configs and parameter counts, ``hf`` the transformers-native wrapper.
 
-The wrapper (``MythosForCausalLM``, ``MythosHFConfig``; importing it registers the ``openmythos``
+The wrapper (``OpenMythosForCausalLM``, ``OpenMythosConfig``; importing it registers the ``openmythos``
 model type with transformers) loads on first use: the bare network imports torch only, which
 saves seconds and ~150 MB of resident memory where transformers is not needed.
 """
@@ -28,8 +28,8 @@ from mythic.models.openmythos.variants import (
 
 __all__ = [
     "MythosConfig",
-    "MythosForCausalLM",
-    "MythosHFConfig",
+    "OpenMythosForCausalLM",
+    "OpenMythosConfig",
     "MythosOutput",
     "OpenMythos",
     "count_parameters",
@@ -44,7 +44,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("MythosForCausalLM", "MythosHFConfig"):
+    if name in ("OpenMythosForCausalLM", "OpenMythosConfig"):
         from mythic.models.openmythos import hf
 
         return getattr(hf, name)

@@ -1,4 +1,4 @@
-"""The transformers-native OpenMythos: ``MythosHFConfig`` / ``MythosForCausalLM``.
+"""The transformers-native OpenMythos: ``OpenMythosConfig`` / ``OpenMythosForCausalLM``.
 
 A ``PreTrainedModel`` + ``GenerationMixin`` that owns one ``OpenMythos`` (``.model``), so a
 from-scratch model saves (``save_pretrained``: config.json + safetensors, head tied to
@@ -32,7 +32,7 @@ from mythic.recurrence.runner import Recurrence
 
 
 @strict
-class MythosHFConfig(PreTrainedConfig, MythosConfig):
+class OpenMythosConfig(PreTrainedConfig, MythosConfig):
     """``MythosConfig`` as a transformers config (model_type ``openmythos``): its fields and checks are
     inherited, not repeated; added are the serving options (``kv_share``; ``n_loops``, the loops a call
     without ``n_loops`` runs, default ``max_loop_iters``) and the token ids."""
@@ -52,7 +52,7 @@ class MythosHFConfig(PreTrainedConfig, MythosConfig):
         self.check()
 
     @classmethod
-    def from_mythos(cls, cfg: MythosConfig, **kwargs: Any) -> MythosHFConfig:
+    def from_mythos(cls, cfg: MythosConfig, **kwargs: Any) -> OpenMythosConfig:
         return cls(**cfg.to_dict(), **kwargs)
 
     def to_mythos(self) -> MythosConfig:
@@ -66,16 +66,16 @@ class MythosCausalLMOutput(CausalLMOutputWithPast):
     aux_losses: dict[str, torch.Tensor] | None = None
 
 
-class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
+class OpenMythosForCausalLM(HFPreTrainedModel, GenerationMixin):
     """OpenMythos as a transformers causal LM; see the module docstring."""
 
-    config_class = MythosHFConfig
+    config_class = OpenMythosConfig
     base_model_prefix = "model"
     _tied_weights_keys = {"model.head.weight": "model.embed.weight"}
     _no_split_modules = ["Block"]  # the unit of device maps and of FSDP sharding
     _supports_sdpa = True
 
-    def __init__(self, config: MythosHFConfig) -> None:
+    def __init__(self, config: OpenMythosConfig) -> None:
         super().__init__(config)
         self.model = OpenMythos(config.to_mythos())
         self.post_init()
@@ -166,5 +166,5 @@ class MythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         return self.model.update_router_bias()
 
 
-AutoConfig.register("openmythos", MythosHFConfig)
-AutoModelForCausalLM.register(MythosHFConfig, MythosForCausalLM)
+AutoConfig.register("openmythos", OpenMythosConfig)
+AutoModelForCausalLM.register(OpenMythosConfig, OpenMythosForCausalLM)
