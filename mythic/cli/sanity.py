@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from mythic.sanity import SanityReport
 
 GB = 1e9
 
@@ -87,6 +90,16 @@ def sanity(
             progress=progress,
         )
 
+    console.print(summary_table(report, four_bit))
+    console.print(candidates_table(report))
+    for line in report.skipped:
+        console.print(f"skipped {line}")
+    console.print(f"recommended: {report.recommendation}")
+    console.print(f"report: {target}")
+
+
+def summary_table(report: SanityReport, four_bit: bool) -> Table:
+    """The load, memory and smoke-test half of a sanity report."""
     summary = Table(title=f"sanity: {report.base}", show_header=False)
     summary.add_row("device / weights", f"{report.device} / {report.quantization}")
     summary.add_row("load time", f"{report.load_seconds} s")
@@ -99,12 +112,13 @@ def sanity(
             summary.add_row(f"unquantised {group['name']}", f"{group['values']:,} values: {group['why']}")
     summary.add_row("smoke test prompt", report.generation["prompt"])
     summary.add_row("completion", report.generation["completion"] or "(empty)")
-    summary.add_row(
-        "held-out sample",
-        f"{report.sample['rows']}×{report.sample['seq_len']} tokens of " + ", ".join(report.sample["files"]),
-    )
-    console.print(summary)
+    sample = report.sample
+    summary.add_row("held-out sample", f"{sample['rows']}×{sample['seq_len']} tokens of " + ", ".join(sample["files"]))
+    return summary
 
+
+def candidates_table(report: SanityReport) -> Table:
+    """The candidate blocks looped untrained: T=1 identity, held-out loss and state growth; ★ the recommended one."""
     table = Table(title="candidate blocks, looped untrained (plain repeat)")
     table.add_column("block")
     table.add_column("T=1 identity |Δ|", justify="right")
@@ -120,8 +134,4 @@ def sanity(
             *(f"{c.loss[t]:.4f}" for t in (1, 2, 4)),
             *(f"{c.norm_growth[t]:.2f}" for t in (1, 2, 4)),
         )
-    console.print(table)
-    for line in report.skipped:
-        console.print(f"skipped {line}")
-    console.print(f"recommended: {report.recommendation}")
-    console.print(f"report: {target}")
+    return table
