@@ -18,7 +18,7 @@ from tiny import tiny_mythos
 
 from mythic.cli.options import parse_loops
 from mythic.errors import MythicError
-from mythic.models.openmythos import OpenMythos
+from mythic.models.openmythos import OpenMythos, OpenMythosConfig, OpenMythosForCausalLM
 from mythic.recurrence.exit import AdaptiveDepth, ExitRun, parse_exit, read_positions
 
 
@@ -62,21 +62,22 @@ def forced(monkeypatch: pytest.MonkeyPatch):
 NEVER = AdaptiveDepth(6, "convergence", 1e-30)
 
 
-@pytest.mark.parametrize("attn_type", ["gqa", "mla"])
-def test_openmythos_criterion_that_never_fires_is_fixed_depth_bit_for_bit(attn_type: str) -> None:
-    model = mythos_model(attn_type)
+KINDS = ["openmythos-gqa", "openmythos-mla", "retrofit-llama", "retrofit-deepseek_v2", "retrofit-gemma4_text"]
+
+
+def looped(kind: str) -> torch.nn.Module:
+    """A looped model of either kind through its transformers class: OpenMythos (GQA or MLA) or a retrofit."""
+    family, _, variant = kind.partition("-")
+    if family == "openmythos":
+        torch.manual_seed(0)
+        return OpenMythosForCausalLM(OpenMythosConfig.from_mythos(tiny_mythos(variant, init_std=0.2))).eval()
+    return wrap(variant, perturb=True)[1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_criterion_that_never_fires_is_fixed_depth_bit_for_bit(kind: str) -> None:
+    model = looped(kind)
     x = ids(length=10) % 64
-    with torch.no_grad():
-        assert (model(x, NEVER) - model(x, 6)).abs().max().item() == 0.0
-        fixed = model.generate(x, 6, n_loops=6, temperature=0)
-        adaptive = model.generate(x, 6, n_loops=NEVER, temperature=0)
-    assert torch.equal(fixed, adaptive)
-
-
-@pytest.mark.parametrize("family", ["llama", "deepseek_v2", "gemma4_text"])
-def test_retrofit_criterion_that_never_fires_is_fixed_depth_bit_for_bit(family: str) -> None:
-    _, model = wrap(family, perturb=True)
-    x = ids(length=10)
     with torch.no_grad():
         fixed = model(x, n_loops=6, use_cache=False).logits
         assert (model(x, n_loops=NEVER, use_cache=False).logits - fixed).abs().max().item() == 0.0
@@ -92,65 +93,37 @@ def depths(batch: int, length: int, max_loops: int) -> torch.Tensor:
     return 1 + (pos.view(1, -1) * 5 + torch.arange(batch).view(-1, 1) * 3) % max_loops
 
 
-def decode_pieces(
-    model, x: torch.Tensor, rule: Forced, depth: AdaptiveDepth, split: int, retrofit: bool, read: int = 0
-):
+def decode_pieces(model, x: torch.Tensor, rule: Forced, depth: AdaptiveDepth, split: int, read: int = 0):
     """x[:, :split] in one call (its logits read at its last ``read`` positions, 0: all), then one token per call."""
     cache = model.new_cache()
     pieces = []
     for start, end in [(0, split), *((i, i + 1) for i in range(split, x.shape[1]))]:
         rule.offset = start
         keep = read if start == 0 else 0
-        if retrofit:
-            pieces.append(
-                model(x[:, start:end], n_loops=depth, cache=cache, use_cache=True, logits_to_keep=keep).logits
-            )
-        else:
-            pieces.append(model(x[:, start:end], depth, cache=cache, logits_to_keep=keep))
+        pieces.append(model(x[:, start:end], n_loops=depth, cache=cache, use_cache=True, logits_to_keep=keep).logits)
     return torch.cat(pieces, 1)
 
 
-@pytest.mark.parametrize("attn_type", ["gqa", "mla"])
-def test_openmythos_forced_exits_decode_equals_one_uncached_forward(forced, attn_type: str) -> None:
-    model = mythos_model(attn_type)
+@pytest.mark.parametrize("kind", KINDS)
+def test_forced_exits_decode_equals_one_uncached_forward(forced, kind: str) -> None:
+    model = looped(kind)
     x = ids(length=12) % 64
-    depth = AdaptiveDepth(5, "convergence", 0.01)
-    rule = forced(depths(2, 12, 5))
-    with torch.no_grad():
-        full = model(x, depth)
-        fixed = model(x, 5)
-        pieces = decode_pieces(model, x, rule, depth, split=7, retrofit=False)
-    assert (full - pieces).abs().max().item() <= 1e-5
-    assert (full - fixed).abs().max().item() > 1e-3, "the forced exits must change the answer"
-
-
-@pytest.mark.parametrize("family", ["llama", "deepseek_v2", "gemma4_text"])
-def test_retrofit_forced_exits_decode_equals_one_uncached_forward(forced, family: str) -> None:
-    _, model = wrap(family, perturb=True)
-    x = ids(length=12)
     depth = AdaptiveDepth(5, "convergence", 0.01)
     rule = forced(depths(2, 12, 5))
     with torch.no_grad():
         full = model(x, n_loops=depth, use_cache=False).logits
         fixed = model(x, n_loops=5, use_cache=False).logits
-        pieces = decode_pieces(model, x, rule, depth, split=7, retrofit=True)
+        pieces = decode_pieces(model, x, rule, depth, split=7)
     assert (full - pieces).abs().max().item() <= 1e-5
     assert (full - fixed).abs().max().item() > 1e-3, "the forced exits must change the answer"
 
 
-def context_model(kind: str):
-    """(model, retrofit?) for the context tests: OpenMythos GQA, or a retrofit llama."""
-    if kind == "openmythos":
-        return mythos_model(), False
-    return wrap("llama", perturb=True)[1], True
-
-
-@pytest.mark.parametrize("kind", ["openmythos", "retrofit"])
+@pytest.mark.parametrize("kind", ["openmythos-gqa", "retrofit-llama"])
 def test_context_positions_run_as_long_as_their_rows_read_position(forced, kind: str) -> None:
     """A prompt read at its last position only (generate's prefill): the criterion decides there; every
     earlier prompt position runs as many passes as it does. So prefill + token-by-token decoding equals
     one uncached forward, every position read, in which the prompt's positions exit with its last one."""
-    model, retrofit = context_model(kind)
+    model = looped(kind)
     x = ids(length=12) % 64
     split = 7
     own = depths(2, 12, 5)
@@ -162,10 +135,10 @@ def test_context_positions_run_as_long_as_their_rows_read_position(forced, kind:
     followed[:, : split - 1] = own[:, split - 1 : split]
     depth = AdaptiveDepth(5, "convergence", 0.01)
     with torch.no_grad():
-        pieces = decode_pieces(model, x, rule, depth, split, retrofit, read=1)
-        every_position = decode_pieces(model, x, rule, depth, split, retrofit)[:, split - 1 :]
+        pieces = decode_pieces(model, x, rule, depth, split, read=1)
+        every_position = decode_pieces(model, x, rule, depth, split)[:, split - 1 :]
         rule.depth, rule.offset = followed, 0
-        full = model(x, n_loops=depth, use_cache=False).logits if retrofit else model(x, depth)
+        full = model(x, n_loops=depth, use_cache=False).logits
     assert pieces.shape[1] == x.shape[1] - split + 1
     assert (full[:, split - 1 :] - pieces).abs().max().item() <= 1e-5
     assert (every_position - pieces).abs().max().item() > 1e-3, "the context rule must change the answer"
@@ -410,14 +383,14 @@ def test_passes_for_the_running_tokens_only_equal_the_masked_passes(
     masked pass gives, prefill and decode, rows with no running token included."""
     from mythic.recurrence import exit as exiting
 
-    model = mythos_model(attn_type)
+    model = looped(f"openmythos-{attn_type}")
     x = ids(batch=3, length=12) % 64
     depth = AdaptiveDepth(6, "convergence", 0.01)
     exits = depths(3, 12, 6)
     exits[2] = 1  # the last row stops after one loop everywhere: no running token at later passes
     outs = []
     computed: list[tuple[int, int]] = []
-    block = model.block
+    block = model.model.block
     original = type(block).forward
     monkeypatch.setattr(
         block, "forward", lambda h, *a, **k: computed.append(h.shape[:2]) or original(block, h, *a, **k)
@@ -426,7 +399,8 @@ def test_passes_for_the_running_tokens_only_equal_the_masked_passes(
         monkeypatch.setattr(exiting, "COMPACT_BELOW", share)
         rule = forced(exits)
         with torch.no_grad():
-            outs.append((model(x, depth), decode_pieces(model, x, rule, depth, split=8, retrofit=False)))
+            full = model(x, n_loops=depth, use_cache=False).logits  # first: decode_pieces moves the rule's offset
+            outs.append((full, decode_pieces(model, x, rule, depth, split=8)))
     (full_masked, pieces_masked), (full_compact, pieces_compact) = outs
     assert (full_masked - full_compact).abs().max().item() <= 1e-5
     assert (pieces_masked - pieces_compact).abs().max().item() <= 1e-5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,9 @@ def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(
     assert (tmp_path / "docs" / "results" / "tiny" / "accuracy-vs-loops.png").is_file()
     assert (tmp_path / "docs" / "results" / "tiny" / "dynamics-looped.png").is_file()
     assert "claims" in stdout
+    # the bars count training steps: 4 tuning runs of 20, then 4 final runs (the first seed's 2 reused)
+    assert re.search(r"tiny tuning: training steps .* 80/80", stdout) and "left ≈" in stdout
+    assert re.search(r"tiny runs: training steps .* 80/80", stdout)
 
     # the records alone rebuild the report: no run folder, no training
     shutil.rmtree(root / "looped")
