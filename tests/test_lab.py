@@ -300,7 +300,7 @@ def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(
         "resolve_then_guess_weighted",
     }
     assert baselines["chance"]["bands"]["beyond"] == pytest.approx(0.5)  # two roots
-    assert baselines["resolve_then_guess"]["bands"]["in"] == 1.0  # the train depth (2) covers the band
+    assert baselines["resolve_then_guess"]["bands"]["in"] == 0.5  # it walks no step of the 1–2 band: a guess
     page = (tmp_path / "docs" / "results.md").read_text()
     assert "## tiny" in page and "| looped | T=4 |" in page and "| baseline | chance | 50.0 | 50.0 |" in page
     assert "looped: best T (on valid) vs single (its best row on valid)" in page and "Tuning (valid split" in page

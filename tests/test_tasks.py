@@ -137,10 +137,14 @@ def test_hops_and_induction_baselines_by_hand() -> None:
 
 def test_baselines_score_per_difficulty_and_band() -> None:
     tasks = [Task("c>a;a>d;b>c;d>b;?++a", "b", 2), Task("a>b;b>b;c>b;?+a", "b", 1)]
-    scores = score(tasks, pointer.baselines, 1, {"one": (1, 1), "both": (1, 2), "none": (5, 8)})
+    scores = score(tasks, pointer.baselines, {"one": (1, 1), "both": (1, 2), "none": (5, 8)})
     assert scores["successor"]["per_difficulty"] == {"1": 1.0, "2": 0.0}
-    assert scores["successor"]["bands"] == {"one": 1.0, "both": 0.5} and scores["successor"]["overall"] == 0.5
-    assert scores["chance"]["overall"] == pytest.approx((1 / 4 + 1 / 3) / 2)
+    assert scores["successor"]["bands"] == {"one": 1.0, "both": 0.5}
+    assert scores["chance"]["bands"]["both"] == pytest.approx((1 / 4 + 1 / 3) / 2)
+    # a heuristic takes fewer steps than the questions need: d − 1 at difficulty d, lo − 1 on a band
+    walked = scores["resolve_then_guess"]
+    assert walked["per_difficulty"] == {"1": 1.0, "2": 0.5}  # 2 steps: a → d walked, then b or c
+    assert walked["bands"]["both"] == pytest.approx((1.0 + 1 / 3) / 2)  # nothing walked: b, c or d
 
 
 def make_splits(out: Path, seed: int = 0, **kwargs: object) -> dict:

@@ -137,11 +137,6 @@ class Experiment(Strict):
     def data_dir(self) -> Path:
         return self.run_dir / "data"
 
-    @property
-    def train_depth(self) -> int:
-        """The deepest difficulty of the train split (what the shallow baselines resolve)."""
-        return parse_difficulty_range(self.tasks.train_difficulty, "tasks.train_difficulty")[1]
-
     def arm_loops(self, arm: Arm | None) -> list[int | AdaptiveDepth]:
         """The rows an arm is evaluated at: loop counts, and ``auto:MAX`` entries with the experiment's ``exit``."""
         entries = (arm.loops if arm is not None else None) or self.loops

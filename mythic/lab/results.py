@@ -9,7 +9,8 @@ seeds): loops per generated token (the EOS step included), the first answer toke
 prompt's token-loops, overall and per difficulty.
 
 Baselines: the generator's shallow heuristics (``tasks/baselines.py``) scored on the test file, per
-band and difficulty; the strongest one per band is what a claim compares against.
+band and difficulty, each taking fewer steps than the band's questions need; the strongest one per
+band is what a claim compares against.
 
 ``compare`` states the claims, each a difference of test accuracies with the standard error
 √(SE_a² + SE_b²) and whether the two seed intervals (mean ± SE) overlap. Every "best" row is chosen
@@ -95,7 +96,7 @@ def experiment_baselines(experiment: Experiment) -> dict[str, Any]:
     """The generator's shallow heuristics scored on the experiment's test file, per band and difficulty."""
     tests = read_tasks(experiment.data_dir / "test.jsonl")
     heuristics = generator(experiment.tasks.generator).baselines
-    return score(tests, heuristics, experiment.train_depth, bands_of(experiment))
+    return score(tests, heuristics, bands_of(experiment))
 
 
 def aggregate(experiment: Experiment, outcome: Outcome, baselines: dict[str, Any]) -> dict[str, Any]:
@@ -441,8 +442,9 @@ def report_section(
     lines += tuning_lines(summary, h2)
     lines += [f"{h2} Accuracy by difficulty band (%, test split, mean ± SE over {seeds} seeds)", ""]
     lines += [
-        "Baseline rows are shallow heuristics scored on the same test file (expected accuracy; "
-        f"`resolve_then_guess` resolves up to the {experiment.train_depth} steps trained on).",
+        "Baseline rows are shallow heuristics scored on the same test file (expected accuracy); a heuristic takes "
+        "fewer steps than any question of the band needs (`resolve_then_guess` walks lo − 1 steps of a band "
+        "lo–hi, then guesses).",
         "",
     ]
     lines += [markdown_table(*accuracy_table(summary)), ""]

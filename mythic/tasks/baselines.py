@@ -2,10 +2,12 @@
 
 Each generator's ``baselines(task, depth)`` gives, for one example, the expected accuracy of every
 heuristic it knows (1 or 0 for a deterministic answer, 1/|candidates| or 0 for a uniform guess);
-``depth`` is the deepest difficulty trained on, for heuristics that resolve that many steps and
-guess the rest. ``score`` averages them per difficulty and over difficulty bands:
+``depth`` is how many steps a heuristic may take before it guesses (``resolve_then_guess``). A
+heuristic is shallow for a set of questions when it takes fewer steps than any of them needs, so
+``score`` lets it take d − 1 steps at difficulty d and lo − 1 on a band [lo, hi] (on 5–8: the 4
+steps trained on; on 1–4: none), and averages:
 
-    baseline(band) = (1/|band|) Σ_{examples in band} E[correct]
+    baseline(band) = (1/|band|) Σ_{examples in band} E[correct | depth = lo − 1]
 
 so every report can put, beside a model's accuracy, the strongest heuristic the format allows.
 """
@@ -25,28 +27,31 @@ def guess(answer: str, candidates: set[str]) -> float:
     return (answer in candidates) / len(candidates) if candidates else 0.0
 
 
-def score(
-    tasks: list[Task], baselines: Baselines, depth: int, bands: dict[str, tuple[int, int]] | None = None
-) -> dict[str, Any]:
-    """{heuristic: {"overall", "per_difficulty": {d: acc}, "bands": {name: acc}}} over ``tasks``."""
-    rows = [(task.difficulty, baselines(task, depth)) for task in tasks]
-    names = list(rows[0][1]) if rows else []
-    result: dict[str, Any] = {}
-    for name in names:
-        per: dict[int, list[float]] = {}
-        for difficulty, values in rows:
-            if difficulty is not None:
-                per.setdefault(difficulty, []).append(values[name])
-        result[name] = {
-            "overall": mean(values[name] for _, values in rows),
-            "per_difficulty": {str(d): mean(per[d]) for d in sorted(per)},
-            "bands": {
-                band: mean(v for d, vs in per.items() if lo <= d <= hi for v in vs)
-                for band, (lo, hi) in (bands or {}).items()
-                if any(lo <= d <= hi for d in per)
-            },
+def score(tasks: list[Task], baselines: Baselines, bands: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """{heuristic: {"per_difficulty": {d: acc}, "bands": {name: acc}}} over ``tasks`` (see the module docstring)."""
+    by_difficulty: dict[int, list[Task]] = {}
+    for task in tasks:
+        if task.difficulty is not None:
+            by_difficulty.setdefault(task.difficulty, []).append(task)
+
+    def scored(group: list[Task], depth: int) -> dict[str, float]:
+        rows = [baselines(task, depth) for task in group]
+        return {name: mean(row[name] for row in rows) for name in rows[0]}
+
+    per = {d: scored(group, d - 1) for d, group in sorted(by_difficulty.items())}
+    banded = {
+        band: scored([t for d, group in by_difficulty.items() if lo <= d <= hi for t in group], lo - 1)
+        for band, (lo, hi) in (bands or {}).items()
+        if any(lo <= d <= hi for d in by_difficulty)
+    }
+    names = next(iter(per.values())).keys() if per else []
+    return {
+        name: {
+            "per_difficulty": {str(d): values[name] for d, values in per.items()},
+            "bands": {band: values[name] for band, values in banded.items()},
         }
-    return result
+        for name in names
+    }
 
 
 def strongest(scores: dict[str, Any], band: str) -> tuple[str, float]:
