@@ -14,11 +14,11 @@ from __future__ import annotations
 import pytest
 import torch
 from test_retrofit import ids, wrap
-from tiny import tiny_mythos
+from tiny import LOOPED_KINDS, looped_model, tiny_mythos
 
 from mythic.cli.options import parse_loops
 from mythic.errors import MythicError
-from mythic.models.openmythos import OpenMythos, OpenMythosConfig, OpenMythosForCausalLM
+from mythic.models.openmythos import OpenMythos
 from mythic.recurrence.exit import AdaptiveDepth, ExitRun, parse_exit, read_positions
 
 
@@ -62,19 +62,12 @@ def forced(monkeypatch: pytest.MonkeyPatch):
 NEVER = AdaptiveDepth(6, "convergence", 1e-30)
 
 
-KINDS = ["openmythos-gqa", "openmythos-mla", "retrofit-llama", "retrofit-deepseek_v2", "retrofit-gemma4_text"]
-
-
 def looped(kind: str) -> torch.nn.Module:
-    """A looped model of either kind through its transformers class: OpenMythos (GQA or MLA) or a retrofit."""
-    family, _, variant = kind.partition("-")
-    if family == "openmythos":
-        torch.manual_seed(0)
-        return OpenMythosForCausalLM(OpenMythosConfig.from_mythos(tiny_mythos(variant, init_std=0.2))).eval()
-    return wrap(variant, perturb=True)[1]
+    """A looped model of either kind (``tiny.looped_model``), OpenMythos without halting at init_std 0.2."""
+    return looped_model(kind, act=False, init_std=0.2) if kind.startswith("openmythos") else looped_model(kind)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LOOPED_KINDS)
 def test_criterion_that_never_fires_is_fixed_depth_bit_for_bit(kind: str) -> None:
     model = looped(kind)
     x = ids(length=10) % 64
@@ -104,7 +97,7 @@ def decode_pieces(model, x: torch.Tensor, rule: Forced, depth: AdaptiveDepth, sp
     return torch.cat(pieces, 1)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LOOPED_KINDS)
 def test_forced_exits_decode_equals_one_uncached_forward(forced, kind: str) -> None:
     model = looped(kind)
     x = ids(length=12) % 64

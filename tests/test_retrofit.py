@@ -58,21 +58,6 @@ def test_base_mode_switches_all_recurrence_and_lora_off(family: str) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prefill_then_token_by_token_decode_equals_the_uncached_forward(family: str) -> None:
-    _, model = wrap(family, perturb=True)
-    x = ids(length=14)
-    for n_loops in (1, 2, 4, 8):
-        with torch.no_grad():
-            full = model(x, n_loops=n_loops, use_cache=False).logits
-            cache = model.new_cache()
-            pieces = [model(x[:, :9], n_loops=n_loops, cache=cache, use_cache=True).logits]
-            for i in range(9, 14):
-                pieces.append(model(x[:, i : i + 1], n_loops=n_loops, cache=cache, use_cache=True).logits)
-        assert (full - torch.cat(pieces, 1)).abs().max().item() <= 1e-5
-        assert cache.n_loop_slots == n_loops, "every (loop, block layer) pair has its own slot"
-
-
-@pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_generate_with_cache_equals_without(family: str) -> None:
     _, model = wrap(family, perturb=True)
     x = ids(batch=1)
@@ -232,29 +217,6 @@ def test_full_save_pretrained_loads_strictly(tmp_path) -> None:
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(MythicError, match="does not match its config: missing keys"):
         RetrofitForCausalLM.from_pretrained(tmp_path)
-
-
-@pytest.mark.parametrize("family", ["llama", "gemma4_text"])
-def test_raising_n_loops_on_a_cache_that_holds_tokens_is_refused(family: str) -> None:
-    """Prefill at 2 loops, decode at 4: loops 2 and 3 have no keys for the prompt. It used to run and be
-    off by up to 0.07 from the uncached forward; now it is a one-line error. The same depth matches the uncached
-    forward; a lower depth runs (its prompt keys after the block come from the deeper prefill), and going back up
-    afterwards is refused because the skipped loop now lacks the newest token."""
-    _, model = wrap(family, perturb=True)
-    x = ids(length=10)
-    with torch.no_grad():
-        cache = model.new_cache()
-        model(x[:, :8], n_loops=2, cache=cache, use_cache=True)
-        with pytest.raises(MythicError, match="holds 0 tokens for loop 2 but 8 before it"):
-            model(x[:, 8:9], n_loops=4, cache=cache, use_cache=True)
-        cache = model.new_cache()
-        model(x[:, :7], n_loops=3, cache=cache, use_cache=True)
-        same = model(x[:, 7:8], n_loops=3, cache=cache, use_cache=True).logits[:, -1]
-        torch.testing.assert_close(same, model(x[:, :8], n_loops=3).logits[:, -1], rtol=1e-4, atol=1e-5)
-        lower = model(x[:, 8:9], n_loops=2, cache=cache, use_cache=True).logits[:, -1]
-        assert bool(torch.isfinite(lower).all())
-        with pytest.raises(MythicError, match="holds 8 tokens for loop 2 but 9 before it"):
-            model(x[:, 9:10], n_loops=3, cache=cache, use_cache=True)
 
 
 def test_the_recurrence_is_built_where_the_base_lives_and_the_base_is_not_reinitialised() -> None:

@@ -155,3 +155,34 @@ def tiny_mythos(attn: str = "gqa", **overrides: object) -> MythosConfig:
     )  # fmt: skip
     settings.update(overrides)
     return MythosConfig(**settings)
+
+
+LOOPED_KINDS = ["openmythos-gqa", "openmythos-mla", "retrofit-llama", "retrofit-deepseek_v2", "retrofit-gemma4_text"]
+
+
+def looped_model(kind: str, **overrides: object) -> torch.nn.Module:
+    """A looped model of either kind through its transformers class, its recurrence woken up (so that T
+    matters): ``openmythos-gqa`` / ``-mla`` (``tiny_mythos``, ACT halting on), ``retrofit-FAMILY`` (block 1:3
+    of ``tiny_base(FAMILY)``, 4 trained loops). ``overrides`` go to ``tiny_mythos``."""
+    from mythic.models.openmythos import OpenMythosConfig, OpenMythosForCausalLM
+    from mythic.models.retrofit import RetrofitForCausalLM
+
+    family, _, variant = kind.partition("-")
+    if family == "openmythos":
+        torch.manual_seed(0)
+        model = OpenMythosForCausalLM(OpenMythosConfig.from_mythos(tiny_mythos(variant, **overrides))).eval()
+        recurrence = model.recurrence
+        with torch.no_grad():
+            for p in recurrence.lora.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+            recurrence.embedding.gamma.normal_(0, 0.3)
+            if recurrence.halting is not None:
+                recurrence.halting.proj.weight.normal_(0, 0.3)
+                recurrence.halting.proj.bias.fill_(-0.5)
+        return model
+    model = RetrofitForCausalLM.from_base(tiny_base(variant), block_start=1, block_end=3, max_loops=4).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for _, p in model.recurrence_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
