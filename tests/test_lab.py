@@ -15,7 +15,7 @@ from cli_runner import run_cli
 from test_train_helpers import HOPS_RECIPE
 
 from mythic.errors import MythicError
-from mythic.lab.experiment import Experiment, Outcome, load_experiment, point_label
+from mythic.lab.experiment import Experiment, Outcome, load_experiment, point_label, time_left
 from mythic.lab.results import aggregate, band_accuracy, compare, write_combined_report
 
 
@@ -180,6 +180,11 @@ def test_a_report_page_keeps_the_sections_of_other_experiments(tmp_path: Path) -
     assert (tmp_path / "results" / "other" / "accuracy-vs-loops.png").is_file()
 
 
+def test_time_left_is_the_rate_so_far_applied_to_the_steps_left() -> None:
+    assert time_left(120.0, 40, 360) == pytest.approx(1080.0)
+    assert time_left(5.0, 0, 100) is None, "no estimate before the first step of this call"
+
+
 def test_grid_points_and_their_folders() -> None:
     exp = experiment(tune={"grid": {"optim.lr": [0.001, 0.003], "model.config.init_std": [0.06]}, "band": "beyond"})
     assert exp.points() == [
@@ -308,7 +313,7 @@ def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(
     assert (tmp_path / "docs" / "results" / "tiny" / "dynamics-looped.png").is_file()
     assert "claims" in stdout
     # the bars count training steps: 4 tuning runs of 20, then 4 final runs (the first seed's 2 reused)
-    assert re.search(r"tiny tuning: training steps .* 80/80", stdout) and "left ≈" in stdout
+    assert re.search(r"tiny tuning: training steps .* 80/80 .* left ≈ 0 s", stdout)
     assert re.search(r"tiny runs: training steps .* 80/80", stdout)
 
     # the records alone rebuild the report: no run folder, no training

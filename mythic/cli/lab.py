@@ -13,6 +13,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,7 +26,6 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -45,23 +45,26 @@ def _commit() -> str:
 
 def run_with_progress(console: Console, experiment: Experiment, jobs: int, records: Path | None) -> Outcome:
     """``run_experiment`` with a bar per phase over its training steps and the time they have left."""
-    from mythic.lab.experiment import run_experiment
+    from mythic.lab.experiment import run_experiment, time_left
 
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("left ≈"),
-        TimeRemainingColumn(),
+        TextColumn("left ≈ {task.fields[left]}"),
     )
     with Progress(*columns, console=console) as progress:
-        bars: dict[str, TaskID] = {}
+        bars: dict[str, tuple[TaskID, int, float]] = {}  # phase → (bar, steps done at its start, start time)
 
         def on_steps(phase: str, done: int, total: int) -> None:
             if phase not in bars:
-                bars[phase] = progress.add_task(f"{experiment.name} {phase}: training steps", total=total)
-            progress.update(bars[phase], completed=done)
+                bar = progress.add_task(f"{experiment.name} {phase}: training steps", total=total, left="…")
+                bars[phase] = (bar, done, time.perf_counter())
+            bar, first, began = bars[phase]
+            left = time_left(time.perf_counter() - began, done - first, total - done)
+            shown = "…" if left is None else f"{left / 60:.0f} min" if left >= 60 else f"{left:.0f} s"
+            progress.update(bar, completed=done, left=shown)
 
         folder = records / experiment.name if records is not None else None
         return run_experiment(experiment, jobs, folder, on_steps)

@@ -365,6 +365,12 @@ def progress(experiment: Experiment, run: Run, results: dict[Run, Any], records:
     return min(steps_done(experiment.run_dir / run.path), steps)
 
 
+def time_left(elapsed: float, trained: int, remaining: int) -> float | None:
+    """Seconds the ``remaining`` training steps take at this call's rate so far (``trained`` steps in
+    ``elapsed`` seconds; None before the first step): what the lab shows once the first steps are done."""
+    return elapsed / trained * remaining if trained > 0 else None
+
+
 def tuning_score(experiment: Experiment, record: dict[str, Any]) -> float:
     """A valid record's score: its best fixed row's accuracy over ``tune.band`` (or every example)."""
     band = experiment.tune.band if experiment.tune is not None else None
