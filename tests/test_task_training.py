@@ -272,6 +272,7 @@ def test_cli_eval_tasks_adaptive_row_reports_its_loops_and_speed(
         ('{"prompt": "a", "answer": "1", "difficulty": "x"}\n', (), "must be an integer"),
         ('{"prompt": "a", "answer": "1"}\n', ("--loops", "0"), "--loops takes"),
         ('{"prompt": "a", "answer": "1"}\n', ("--limit", "0"), "--limit must be at least 1"),
+        (b'{"prompt": "caf\xe9", "answer": "1"}\n', (), "line 1: not UTF-8"),
     ],
 )
 def test_cli_eval_tasks_bad_input(
@@ -279,12 +280,13 @@ def test_cli_eval_tasks_bad_input(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
-    content: str,
+    content: str | bytes,
     extra: tuple[str, ...],
     message: str,
 ) -> None:
     run, _ = hops_run
-    (tmp_path / "bad.jsonl").write_text(content)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content) if isinstance(content, bytes) else bad.write_text(content)
     out = tmp_path / "eval"
     code, _, err = run_cli(
         monkeypatch, capsys, "eval", "tasks", run / "final", tmp_path / "bad.jsonl", "--out", out, *extra
