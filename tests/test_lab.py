@@ -282,6 +282,8 @@ def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(
         for seed in (0, 1):
             rec = json.loads((records / arm / chosen / f"seed-{seed}" / "test.json").read_text())
             assert (rec["arm"], rec["seed"], rec["split"], rec["train_steps"]) == (arm, seed, "test", 20)
+            steps = [step for step, _ in rec["curve"]]  # the training loss its metrics.jsonl logged
+            assert steps == sorted(steps) and steps[-1] == 20 and all(loss > 0 for _, loss in rec["curve"])
             assert sum(r["per_difficulty"]["1"]["accuracy"]["n"] for r in rec["results"]["rows"][:1]) > 0
         assert not (root / arm / ("lr=0.003" if chosen == "lr=0.0001" else "lr=0.0001") / "seed-1").exists()
     looped = results["summary"]["arms"]["looped"]
@@ -311,6 +313,7 @@ def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(
     assert "looped: best T (on valid) vs single (its best row on valid)" in page and "Tuning (valid split" in page
     assert (tmp_path / "docs" / "results" / "tiny" / "accuracy-vs-loops.png").is_file()
     assert (tmp_path / "docs" / "results" / "tiny" / "dynamics-looped.png").is_file()
+    assert (tmp_path / "docs" / "results" / "tiny" / "learning-curves.png").is_file() and "learning curves" in page
     assert "claims" in stdout
     # the bars count training steps: 4 tuning runs of 20, then 4 final runs (the first seed's 2 reused)
     assert re.search(r"tiny tuning: training steps .* 80/80 .* left ≈ 0 s", stdout)

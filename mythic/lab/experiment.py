@@ -19,11 +19,11 @@ arm's setting for every seed; the first seed's run is that point's tuning run, r
 gets the same grid, so the controls are tuned with the budget of the model under test. The test
 split is evaluated once per final run and never used for a choice.
 
-Records: each run's evaluation is a small JSON (``valid.json``, ``test.json``, no weights) in its
-run folder, or under ``records`` (``OUT/<arm>[/<point>]/seed-<s>`` there) when given. A run whose
-records exist is not trained again, so committed records rebuild the report on any machine and an
-experiment longer than one sitting finishes over several calls; an interrupted training resumes
-from its last checkpoint.
+Records: each run's evaluation is a small JSON (``valid.json``, ``test.json``, no weights; with the
+run's training loss curve, ``learning_curve``) in its run folder, or under ``records``
+(``OUT/<arm>[/<point>]/seed-<s>`` there) when given. A run whose records exist is not trained again,
+so committed records rebuild the report on any machine and an experiment longer than one sitting
+finishes over several calls; an interrupted training resumes from its last checkpoint.
 
 Runs go to ``jobs`` worker processes with cores/jobs torch threads each (``cpu_threads``), so no
 combination oversubscribes the machine; ``on_steps(done, total)`` hears the training steps of the
@@ -284,6 +284,19 @@ def steps_done(folder: Path) -> int:
     return int(json.loads(lines[-1])["step"]) if lines else 0
 
 
+CURVE_POINTS = 80
+
+
+def learning_curve(folder: Path) -> list[list[float]]:
+    """The run's training loss against step ([[step, loss], …]), each point the mean of an equal share of its
+    logged steps (at most ``CURVE_POINTS`` points): small enough to keep in every record."""
+    metrics = folder / "metrics.jsonl"
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    size = max(1, -(-len(logged) // CURVE_POINTS))
+    chunks = [logged[i : i + size] for i in range(0, len(logged), size)]
+    return [[c[-1]["step"], sum(r["loss"] for r in c) / len(c)] for c in chunks]
+
+
 def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None) -> dict[str, dict[str, Any]]:
     """Train (or resume) one run, then evaluate it on each of its splits not yet recorded; {split: record}."""
     import torch
@@ -320,6 +333,7 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
                 "split": split,
                 "trained_loops": recipe.curriculum.max_loops,
                 "train_steps": recipe.train.steps,
+                "curve": learning_curve(folder),
                 "results": results,
             }
             deepest = max(n if isinstance(n, int) else 2 for n in loops)

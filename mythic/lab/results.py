@@ -120,8 +120,10 @@ def aggregate(experiment: Experiment, outcome: Outcome, baselines: dict[str, Any
                 }
                 for name, curves in tests[0]["dynamics"].items()
             }
+        curves = [r["curve"] for r in tests if r.get("curve")]
         arms[arm.name] = {
             "description": arm.description,
+            "curves": curves,
             "seeds": [r["seed"] for r in tests],
             "point": tests[0]["point"],
             "trained_loops": tests[0]["trained_loops"],
@@ -321,6 +323,26 @@ def plot_bands(summary: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_curves(summary: dict[str, Any], path: Path) -> bool:
+    """Training loss against step, one line per arm and seed (the arm's colour); False when no record has one."""
+    arms = [(name, arm) for name, arm in summary["arms"].items() if arm["curves"]]
+    if not arms:
+        return False
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    for index, (name, arm) in enumerate(summary["arms"].items()):
+        for seed, curve in enumerate(arm["curves"]):
+            steps, losses = zip(*curve, strict=True)
+            ax.plot(steps, losses, color=f"C{index}", lw=1, alpha=0.8, label=name if seed == 0 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss (mean over logged steps)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
 def plot_dynamics(arm: dict[str, Any], path: Path, title: str) -> None:
     """c_t (log y) and r_t against t, one line per difficulty, side by side."""
     fig = Figure(figsize=(11, 4))
@@ -449,6 +471,13 @@ def report_section(
     ]
     lines += [markdown_table(*accuracy_table(summary)), ""]
     lines += [f"![accuracy against loops]({prefix}accuracy-vs-loops.png)", ""]
+    if plot_curves(summary, folder / "learning-curves.png"):
+        lines += [
+            "Training loss of every run (one line per seed):",
+            "",
+            f"![learning curves]({prefix}learning-curves.png)",
+            "",
+        ]
     lines += [f"{h2} Claims, as measured on test (percentage points; SE = √(SE_a² + SE_b²); best rows chosen on valid)"]
     lines += [
         "",
