@@ -284,17 +284,18 @@ def steps_done(folder: Path) -> int:
     return int(json.loads(lines[-1])["step"]) if lines else 0
 
 
-CURVE_POINTS = 80
+CURVE_POINTS = 40
 
 
 def learning_curve(folder: Path) -> list[list[float]]:
-    """The run's training loss against step ([[step, loss], …]), each point the mean of an equal share of its
-    logged steps (at most ``CURVE_POINTS`` points): small enough to keep in every record."""
+    """The run's training cross-entropy against step ([[step, ce], …]; the whole loss where no plain CE is
+    logged), each point the mean of an equal share of its logged steps (at most ``CURVE_POINTS`` points):
+    small enough to keep in every record."""
     metrics = folder / "metrics.jsonl"
     logged = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
     size = max(1, -(-len(logged) // CURVE_POINTS))
     chunks = [logged[i : i + size] for i in range(0, len(logged), size)]
-    return [[c[-1]["step"], sum(r["loss"] for r in c) / len(c)] for c in chunks]
+    return [[c[-1]["step"], sum(r.get("ce", r["loss"]) for r in c) / len(c)] for c in chunks]
 
 
 def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None) -> dict[str, dict[str, Any]]:

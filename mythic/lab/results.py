@@ -336,7 +336,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> bool:
             ax.plot(steps, losses, color=f"C{index}", lw=1, alpha=0.8, label=name if seed == 0 else None)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("training loss (mean over logged steps)")
+    ax.set_ylabel("training cross-entropy (mean over logged steps)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -473,7 +473,7 @@ def report_section(
     lines += [f"![accuracy against loops]({prefix}accuracy-vs-loops.png)", ""]
     if plot_curves(summary, folder / "learning-curves.png"):
         lines += [
-            "Training loss of every run (one line per seed):",
+            "Training cross-entropy of every run (one line per seed; the answer and EOS tokens):",
             "",
             f"![learning curves]({prefix}learning-curves.png)",
             "",
