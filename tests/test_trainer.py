@@ -428,6 +428,20 @@ def test_base_lora_on_moe_experts_trains_and_switches_off(tmp_path: Path) -> Non
     assert (with_lora - reference).abs().max().item() > 1e-3
 
 
+def test_a_lora_only_run_saves_its_untrained_recurrence_and_its_lora(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    raw = tiny_recipe(tiny[0], tiny[1], tmp_path / "run")
+    raw["trainable"] = {"recurrence": False, "lora": {"rank": 2, "target_modules": ["q_proj", "v_proj"]}}
+    raw["train"]["steps"] = 2
+    result, model = train_keeping_model(raw)
+    loaded = load_checkpoint(result.final_dir).eval()
+    ids, _ = batch()
+    with torch.no_grad():
+        trained = model.eval()(ids, n_loops=2).logits
+        assert (loaded(ids, n_loops=2).logits - trained).abs().max().item() == 0.0
+        with model.base_mode():
+            assert (trained - model(ids).logits).abs().max().item() > 1e-4
+
+
 def train_keeping_model(raw: dict) -> tuple[TrainResult, torch.nn.Module]:
     """``train`` on the raw recipe, and the model it built (to look inside after training)."""
     models: list[torch.nn.Module] = []

@@ -402,7 +402,9 @@ def finish(run: Training, record: dict[str, Any]) -> TrainResult:
     final_dir = recipe.run_dir / "final"
     plot = None
     whole_model = saves_whole_model(run.model, recipe)
-    final_state = parallel.full_state(run.model, None if whole_model else set(run.trainable))
+    # A recurrence checkpoint holds the recurrence whether or not it trained (a LoRA-only control's stays at init).
+    kept = None if whole_model else set(run.trainable) | {n for n, _ in run.model.recurrence_parameters()}
+    final_state = parallel.full_state(run.model, kept)
     if run.accelerator.is_main_process:
         save_final(run.model, final_state, final_dir, whole_model, run.tokenizer, recipe.trainable.lora)
         if recipe.log.plot:
