@@ -41,7 +41,8 @@ COMMIT = "c0ffee" * 6 + "beef"
 IDS = [[5, 17, 42, 9, 88, 3, 61, 30]]
 LORA = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "gate_proj", "down_proj"], "layers": [0, 2]}
 
-CLEAN_LOAD = r"""
+# What every script run in the clean environment starts with: mythic must not be importable there.
+CLEAN_PREAMBLE = r"""
 import json, sys
 try:
     import mythic
@@ -50,6 +51,10 @@ except ImportError:
 else:
     sys.exit("mythic is importable in the clean environment")
 import torch
+"""
+CLEAN_LOAD = (
+    CLEAN_PREAMBLE
+    + r"""
 from transformers import AutoModelForCausalLM
 
 request = json.loads(sys.argv[1])
@@ -72,6 +77,7 @@ for folder in request["folders"]:
     }
 print(json.dumps(results))
 """
+)
 
 
 def load_without_mythic(folders: list[Path], scratch: Path) -> dict[str, dict]:
@@ -466,15 +472,9 @@ def test_the_bundler_refuses_a_function_level_import_of_a_module_it_does_not_bun
         bundle._strip(lazy, {"mythic.errors"}, "mythic.fake")
 
 
-CLEAN_TASKS = r"""
-import json, sys
-try:
-    import mythic
-except ImportError:
-    pass
-else:
-    sys.exit("mythic is importable in the clean environment")
-import torch
+CLEAN_TASKS = (
+    CLEAN_PREAMBLE
+    + r"""
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 request = json.loads(sys.argv[1])
@@ -492,6 +492,7 @@ for loops in request["loops"]:
 default = model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
 print(json.dumps({"answers": answers, "class": type(model).__name__, "default": default[:, -1].tolist()}))
 """
+)
 
 
 def test_an_openmythos_model_exports_and_answers_as_mythic_at_every_loop_count(
