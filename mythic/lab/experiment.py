@@ -19,8 +19,8 @@ arm's setting for every seed; the first seed's run is that point's tuning run, r
 gets the same grid, so the controls are tuned with the budget of the model under test. The test
 split is evaluated once per final run and never used for a choice.
 
-Records: each run's evaluation is a small JSON (``valid.json``, ``test.json``, no weights; with the
-run's training loss curve, ``learning_curve``) in its run folder, or under ``records``
+Records: each run's evaluation is a small JSON (``valid.json``, ``test.json``, no weights; ``curve``:
+the run's training loss curve, ``learning_curve``) in its run folder, or under ``records``
 (``OUT/<arm>[/<point>]/seed-<s>`` there) when given. A run whose records exist is not trained again,
 so committed records rebuild the report on any machine and an experiment longer than one sitting
 finishes over several calls; an interrupted training resumes from its last checkpoint.
@@ -322,6 +322,7 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
         model = load_any(folder / "final").eval()
         tokenizer = load_tokenizer(folder / "final")
         loops = experiment.arm_loops(arm)
+        curve = learning_curve(folder)
         for split in missing:
             tasks = read_tasks(experiment.data_dir / f"{split}.jsonl")
             results = evaluate_tasks(model, tokenizer, tasks, loops=loops, batch_size=experiment.eval_batch_size)
@@ -334,7 +335,7 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
                 "split": split,
                 "trained_loops": recipe.curriculum.max_loops,
                 "train_steps": recipe.train.steps,
-                "curve": learning_curve(folder),
+                "curve": curve,
                 "results": results,
             }
             deepest = max(n if isinstance(n, int) else 2 for n in loops)

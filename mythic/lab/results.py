@@ -325,8 +325,7 @@ def plot_bands(summary: dict[str, Any], path: Path) -> None:
 
 def plot_curves(summary: dict[str, Any], path: Path) -> bool:
     """Training loss against step, one line per arm and seed (the arm's colour); False when no record has one."""
-    arms = [(name, arm) for name, arm in summary["arms"].items() if arm["curves"]]
-    if not arms:
+    if not any(arm["curves"] for arm in summary["arms"].values()):
         return False
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
