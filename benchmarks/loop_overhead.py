@@ -25,58 +25,48 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch.utils import benchmark
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from mythic.models.retrofit import RetrofitForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny import tiny_base  # noqa: E402  (the tests' model factory: one definition of every tiny layout)
 
 LOOPS = (1, 2, 4, 8)
 
 
 def deepseek_v2(hidden: int = 256, vocab: int = 4096) -> PreTrainedModel:
-    """A random deepseek_v2 of DeepSeek-Coder-V2-Lite's layout (MLA, first layer dense, shared + routed experts)."""
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
+    """The tests' deepseek_v2 (DeepSeek-Coder-V2-Lite's layout: MLA, first layer dense, shared + routed experts),
+    scaled up: 8 layers, 16 experts top-4."""
+    return tiny_base(
         "deepseek_v2",
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
+        max_position_embeddings=2048,
         num_hidden_layers=8,
         num_attention_heads=8,
         num_key_value_heads=8,
         kv_lora_rank=64,
-        q_lora_rank=None,
         qk_rope_head_dim=16,
         qk_nope_head_dim=32,
         v_head_dim=32,
         n_routed_experts=16,
-        n_shared_experts=2,
         num_experts_per_tok=4,
         moe_intermediate_size=hidden // 2,
-        first_k_dense_replace=1,
-        topk_method="greedy",
     )
-    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def tiny_llama() -> PreTrainedModel:
-    """``--tiny``'s stand-in for SmolLM2: a random 20-layer llama of width 64 (block 13:17 fits)."""
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=20,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return AutoModelForCausalLM.from_config(config).eval()
+    """``--tiny``'s stand-in for SmolLM2: the tests' llama (width 64) with 20 layers, so that block 13:17 fits."""
+    return tiny_base("llama", vocab_size=512, intermediate_size=128, num_hidden_layers=20)
 
 
 def best_seconds(fns: list, min_run_time: float, rounds: int = 3) -> list[float]:

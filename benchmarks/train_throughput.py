@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,10 +53,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.train import losses
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny import tiny_base  # noqa: E402  (the tests' model factory: one definition of every tiny layout)
 
 LOOPS = (1, 2, 4, 8)
 
@@ -68,11 +72,12 @@ class Row:
     ideal: float
 
 
-def load_base(path: str | None) -> LlamaForCausalLM:
+def load_base(path: str | None) -> PreTrainedModel:
+    """The base at ``path``, else the tests' llama scaled to hidden 256, 8 layers, vocab 8192."""
     if path:
         return AutoModelForCausalLM.from_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    return tiny_base(
+        "llama",
         vocab_size=8192,
         hidden_size=256,
         intermediate_size=768,
@@ -81,7 +86,6 @@ def load_base(path: str | None) -> LlamaForCausalLM:
         num_key_value_heads=4,
         max_position_embeddings=1024,
     )
-    return LlamaForCausalLM(config)
 
 
 def layer_flops(model: torch.nn.Module, layers: range, seq_len: int) -> float:

@@ -133,19 +133,15 @@ def test_cli_scores_a_completions_file(tmp_path: Path) -> None:
     rows.append({"task_id": problems[3].task_id, "completion": ""})
     samples = write_jsonl(tmp_path / "samples.jsonl", rows)
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        app, ["humaneval", "--completions", str(samples), "--limit", "4", "--out", str(out), "--timeout", "5"]
-    )
+    result = CliRunner().invoke(app, ["completions", str(samples), "--limit", "4", "--out", str(out), "--timeout", "5"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "humaneval.json").read_text())
     assert saved["rows"][0]["metrics"]["pass@1"]["value"] == 0.75
     assert saved["rows"][0]["metrics"]["pass@1"]["stderr"] == pytest.approx(0.25)
     assert (out / "humaneval.png").stat().st_size > 1000
     assert "75.00% ± 25.00" in result.output
-    bad = CliRunner().invoke(app, ["humaneval", str(tmp_path), "--completions", str(samples)])
-    assert isinstance(bad.exception, MythicError)
-    ignored = CliRunner().invoke(app, ["humaneval", "--completions", str(samples), "--loops", "1,2", "--chat"])
-    assert str(ignored.exception) == "--completions scores a file as it is; --loops, --chat only apply to generation"
+    generation_only = CliRunner().invoke(app, ["completions", str(samples), "--loops", "1,2"])
+    assert generation_only.exit_code == 2 and "No such option: --loops" in generation_only.output
 
 
 # --- prompting and generation ------------------------------------------------------------------
@@ -296,8 +292,6 @@ def test_a_malformed_completions_file_is_a_one_line_error(
 ) -> None:
     bad = tmp_path / "samples.jsonl"
     bad.write_text('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\nnot json\n')
-    code, stdout, stderr = run_cli(
-        monkeypatch, capsys, "eval", "humaneval", "--completions", bad, "--out", tmp_path / "o"
-    )
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "eval", "completions", bad, "--out", tmp_path / "o")
     assert code == 2 and "samples.jsonl line 2: not JSON" in stderr
     assert "Traceback" not in stdout + stderr

