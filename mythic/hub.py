@@ -10,6 +10,7 @@ Contract of ``download_repo`` (``mythic.fetch.fetch_base`` picks the folder and 
 3. Each file is fetched with huggingface_hub's HTTP client (``get_hf_file_metadata`` + ``http_get``)
    into ``<file>.incomplete`` inside a staging folder ``.<dir>.<commit>.partial`` that survives a
    crash: the client's own retries and the next run both resume it with an HTTP Range request.
+   (``hf_hub_download(local_dir=…)`` would not do: it drops a failed run's partial file and checks no sha256.)
    A finished file must match the hub's sha256 (LFS) or git blob id before it is kept.
 4. Safetensors shards are checked against ``model.safetensors.index.json``: every shard the index
    names exists, its header parses, and it holds exactly the tensors the index assigns to it.
@@ -21,12 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +40,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.file_download import http_get
+from huggingface_hub.hf_api import RepoSibling
 from huggingface_hub.utils import build_hf_headers, validate_repo_id
+from huggingface_hub.utils.sha import git_hash
 from safetensors import SafetensorError, safe_open
 
 from mythic.errors import MythicError
@@ -58,16 +59,6 @@ ALIASES = {
 MANIFEST = "mythic-manifest.json"
 INDEX = "model.safetensors.index.json"
 LATEST = Path("base") / "LATEST"
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One repo file as the hub lists it."""
-
-    path: str
-    size: int
-    sha256: str | None
-    blob_id: str | None
 
 
 def resolve_model(name: str) -> tuple[str, str]:
@@ -97,10 +88,13 @@ def download_repo(
     """Download every file of ``repo_id`` at ``revision`` into ``folder``, verified; returns the manifest."""
     endpoint = hub_endpoint()
     with _hub_errors(repo_id, revision, endpoint):
-        commit, files = list_repo_files(repo_id, revision, endpoint)
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, files_metadata=True)
+    if info.sha is None or info.siblings is None:
+        raise MythicError(f"the hub answered for {repo_id} without a commit or a file list")
+    commit, files = info.sha, info.siblings
     staging = folder.parent / f".{folder.name}.{commit[:12]}.partial"
-    total, done = sum(f.size for f in files), 0
-    check_free_space(total - sum(_bytes_on_disk(staging, f.path) for f in files), folder, "download")
+    total, done = sum(f.size or 0 for f in files), 0
+    check_free_space(total - sum(_bytes_on_disk(staging, f.rfilename) for f in files), folder, "download")
 
     def on_bytes(n: int, what: str) -> None:
         nonlocal done
@@ -110,9 +104,9 @@ def download_repo(
 
     sha256: dict[str, str] = {}
     with _hub_errors(repo_id, revision, endpoint):
-        for f in sorted(files, key=lambda f: (f.size, f.path)):
-            sha256[f.path] = _download_file(
-                repo_id, commit, f, staging, endpoint, functools.partial(on_bytes, what=f.path)
+        for f in sorted(files, key=lambda f: (f.size or 0, f.rfilename)):
+            sha256[f.rfilename] = _download_file(
+                repo_id, commit, f, staging, endpoint, functools.partial(on_bytes, what=f.rfilename)
             )
     try:
         verify_safetensors(staging)
@@ -130,53 +124,43 @@ def download_repo(
     return manifest
 
 
-def list_repo_files(repo_id: str, revision: str | None, endpoint: str) -> tuple[str, list[RemoteFile]]:
-    """The commit sha ``revision`` resolves to, and the repo's files with sizes and checksums."""
-    info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, files_metadata=True)
-    if info.sha is None or info.siblings is None:
-        raise MythicError(f"the hub answered for {repo_id} without a commit or a file list")
-    files = [RemoteFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None, s.blob_id) for s in info.siblings]
-    return info.sha, files
-
-
 def _download_file(
     repo_id: str,
     commit: str,
-    remote: RemoteFile,
+    remote: RepoSibling,
     staging: Path,
     endpoint: str,
     on_bytes: Callable[[int], None],
 ) -> str:
     """Fetch one file into ``staging`` (resuming ``<file>.incomplete``), check it; returns its sha256."""
-    target = staging / remote.path
+    target, size = staging / remote.rfilename, remote.size or 0
     if target.is_file():
-        on_bytes(remote.size)
+        on_bytes(size)
         return sha256_file(target)
     partial = target.with_name(target.name + ".incomplete")
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.touch()
     resume = partial.stat().st_size
-    if resume > remote.size:
+    if resume > size:
         partial.write_bytes(b"")
         resume = 0
-    if resume < remote.size:
-        url = hf_hub_url(repo_id, remote.path, revision=commit, endpoint=endpoint)
+    if resume < size:
+        url = hf_hub_url(repo_id, remote.rfilename, revision=commit, endpoint=endpoint)
         location = get_hf_file_metadata(url, endpoint=endpoint).location
         headers = build_hf_headers()
         if urlsplit(location).netloc != urlsplit(url).netloc:
             headers.pop("authorization", None)
         with partial.open("ab", buffering=0) as out:
             bar = functools.partial(_ByteCounter, on_bytes)
-            http_get(location, out, resume_size=resume, headers=headers, expected_size=remote.size, tqdm_class=bar)
+            http_get(location, out, resume_size=resume, headers=headers, expected_size=size, tqdm_class=bar)
     else:
         on_bytes(resume)
     digest = sha256_file(partial)
-    if (remote.sha256 is not None and digest != remote.sha256) or (
-        remote.sha256 is None and remote.blob_id is not None and _git_blob_id(partial) != remote.blob_id
-    ):
+    expected = remote.lfs.sha256 if remote.lfs else remote.blob_id
+    if expected is not None and expected != (digest if remote.lfs else git_hash(partial.read_bytes())):
         partial.unlink()
         raise MythicError(
-            f"{remote.path} from {repo_id} does not match the hub's checksum; run again to re-download it"
+            f"{remote.rfilename} from {repo_id} does not match the hub's checksum; run again to re-download it"
         )
     os.replace(partial, target)
     return digest
@@ -197,13 +181,6 @@ class _ByteCounter:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _git_blob_id(path: Path) -> str:
-    """The git object id of a file (what the hub reports as ``blobId`` for non-LFS files)."""
-    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def _bytes_on_disk(staging: Path, path: str) -> int:

@@ -42,17 +42,13 @@ def atomic_dir(target: str | os.PathLike[str], *, force: bool = False) -> Iterat
         os.replace(tmp, target)
 
 
-def free_bytes(folder: str | os.PathLike[str]) -> int:
-    """Free bytes on the filesystem that holds ``folder`` (or its nearest existing parent)."""
+def check_free_space(needed: int, folder: str | os.PathLike[str], what: str) -> None:
+    """Refuse (one line) when ``what`` needs more bytes than are free where ``folder`` (or its nearest existing
+    parent) will be written."""
     probe = Path(folder)
     while not probe.exists():
         probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
-def check_free_space(needed: int, folder: str | os.PathLike[str], what: str) -> None:
-    """Refuse (one line) when ``what`` needs more bytes than are free where ``folder`` will be written."""
-    free = free_bytes(folder)
+    free = shutil.disk_usage(probe).free
     if needed > free:
         raise MythicError(
             f"not enough disk space for {folder}: the {what} needs {needed} bytes ({needed / 1e9:.2f} GB), "
@@ -85,20 +81,16 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' logging progress bars (the library reports through its own callbacks).
-
-    The GGUF de-quantisation bar of transformers uses plain tqdm and still shows.
+    """Silence the progress bars of transformers and of huggingface_hub (which transformers' switch also turns
+    off); the library reports through its own callbacks. The GGUF de-quantisation bar uses plain tqdm and still shows.
     """
     from transformers.utils import logging as hf_logging
 

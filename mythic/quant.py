@@ -112,12 +112,9 @@ def estimate_memory(
     model = skeleton(config)
     linear, cubes = quantizable(model) if quantize else (set(), set())
     itemsize = torch.tensor([], dtype=torch.bfloat16 if quantize else dtype).element_size()
-    seen: dict[int, tuple[str, int]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        seen.setdefault(id(p), (name, p.numel()))
-    weights = load_peak = quantized = total = 0
-    largest_cube = 0
-    for name, n in seen.values():
+    weights = load_peak = quantized = total = largest_cube = 0
+    for name, p in model.named_parameters():  # a tied tensor once, under its first name
+        n = p.numel()
         total += n
         if name in linear or name in cubes:
             quantized += n
@@ -178,22 +175,6 @@ def quantization_config(
     )
 
 
-def quantize_cubes(model: nn.Module, device: str | torch.device, kind: str = "nf4", double_quant: bool = True) -> int:
-    """4-bit-quantise every 3-D parameter (fused MoE experts) on ``device``, module by module; returns how many."""
-    from bitsandbytes.nn.parametrize import replace_parameter_4bit
-
-    count = 0
-    for module in list(model.modules()):
-        names = [name for name, p in module.named_parameters(recurse=False) if p.ndim == 3]
-        if not names:
-            continue
-        module.to(device)
-        for name in names:
-            replace_parameter_4bit(module, name, compress_statistics=double_quant, quant_type=kind)
-            count += 1
-    return count
-
-
 def fix_cpu_packing(model: nn.Module) -> list[str]:
     """Send Linear4bit modules the packed CPU kernel cannot take to the generic path; returns their names."""
     import bitsandbytes as bnb
@@ -227,17 +208,22 @@ def load_base(
 def finish_4bit(
     model: nn.Module, device: str | torch.device, kind: str = "nf4", double_quant: bool = True
 ) -> tuple[list[str], int]:
-    """What transformers' 4-bit load leaves undone: quantise the 3-D expert weights on ``device``, move
-    the model there, and on the CPU route unpackable widths to the generic kernel.
+    """What transformers' 4-bit load leaves undone: quantise the 3-D expert weights on ``device``, module by
+    module, move the model there, and on the CPU route unpackable widths to the generic kernel.
     Returns (Linear4bit modules on the generic CPU path, 3-D parameters quantised)."""
-    cubes = quantize_cubes(model, device, kind, double_quant)
+    from bitsandbytes.nn.parametrize import replace_parameter_4bit
+
+    cubes = 0
+    for module in list(model.modules()):
+        names = [name for name, p in module.named_parameters(recurse=False) if p.ndim == 3]
+        if names:
+            module.to(device)
+        for name in names:
+            replace_parameter_4bit(module, name, compress_statistics=double_quant, quant_type=kind)
+            cubes += 1
     model.to(device)
     generic = fix_cpu_packing(model) if torch.device(device).type == "cpu" else []
     return generic, cubes
-
-
-def _group(name: str) -> str:
-    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
 
 
 def unquantized_parameters(model: PreTrainedModel) -> list[dict[str, Any]]:
@@ -259,7 +245,8 @@ def unquantized_parameters(model: PreTrainedModel) -> list[dict[str, Any]]:
             why = "1-D (norm weight or bias)"
         else:
             why = f"{p.ndim}-D parameter outside nn.Linear"
-        group = groups.setdefault(_group(name), {"name": _group(name), "tensors": 0, "values": 0, "why": why})
+        pattern = re.sub(r"\.\d+(?=\.|$)", ".*", name)
+        group = groups.setdefault(pattern, {"name": pattern, "tensors": 0, "values": 0, "why": why})
         group["tensors"] += 1
         group["values"] += p.numel()
     return sorted(groups.values(), key=lambda g: -g["values"])

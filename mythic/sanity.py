@@ -37,7 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mythic.errors import MythicError
 from mythic.eval.generate import encode_prompt
 from mythic.io import quiet_transformers, write_json
-from mythic.loading import DTYPES, check_base_dir, load_base_config, load_tokenizer, parse_dtype
+from mythic.loading import DTYPES, check_base_dir, default_device, load_base_config, load_tokenizer, parse_dtype
 from mythic.models.families import check_block, decoder_layers, family_of
 from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.progress import Progress
@@ -88,9 +88,6 @@ class SanityReport:
     recommendation: str
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -169,10 +166,6 @@ def looped(base: PreTrainedModel, block: tuple[int, int], **settings: Any) -> It
             layers[i] = layer
 
 
-def _first(value: Any) -> torch.Tensor:
-    return value[0] if isinstance(value, tuple) else value
-
-
 def probe_block(
     base: PreTrainedModel, block: tuple[int, int], sample: torch.Tensor, probe: torch.Tensor, expected: torch.Tensor
 ) -> Candidate:
@@ -186,7 +179,8 @@ def probe_block(
 
         def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
             e = args[0] if args else kwargs["hidden_states"]
-            norms.append((float(e.float().norm(dim=-1).mean()), float(_first(out).float().norm(dim=-1).mean())))
+            h = out[0] if isinstance(out, tuple) else out
+            norms.append((float(e.float().norm(dim=-1).mean()), float(h.float().norm(dim=-1).mean())))
 
         last = decoder_layers(model.base)[model.block_range[1] - 1]
         handle = last.register_forward_hook(record, with_kwargs=True)
@@ -262,7 +256,7 @@ def sanity(
     dtype = parse_dtype(dtype)
     if rows < 1 or seq_len < 2:
         raise MythicError("the held-out sample needs at least 1 row of at least 2 tokens")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MythicError(f"--device {device}: no CUDA device is available")
     config = load_base_config(base_dir)
@@ -322,5 +316,5 @@ def sanity(
     )
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, report.to_json())
+        write_json(out, asdict(report))
     return report

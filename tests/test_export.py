@@ -332,7 +332,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         out.mkdir(parents=True)
         (out / "keep.txt").write_text("mine")
     elif case == "disk":
-        monkeypatch.setattr("mythic.io.free_bytes", lambda folder: 4096)
+        real = shutil.disk_usage
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=4096))
     elif case == "not-a-checkpoint":
         ckpt = tmp_path
     elif case == "merge-without-lora":

@@ -56,7 +56,6 @@ def export(
     """
     from mythic.export.exporter import export as run_export
     from mythic.export.push import push_to_hub as run_push
-    from mythic.loading import parse_dtype
 
     if private and not push_to_hub:
         raise MythicError("--private only applies with --push-to-hub")
@@ -65,7 +64,7 @@ def export(
         report = run_export(
             ckpt,
             out,
-            dtype=parse_dtype(dtype),
+            dtype=dtype,
             n_loops=loops,
             light=light,
             merge_lora=merge_lora,

@@ -63,13 +63,11 @@ def surgery(
 
     Every default is RetrofitConfig's own default."""
     from mythic.hub import default_base_dir
-    from mythic.loading import parse_dtype
     from mythic.surgery import surgery as run_surgery
 
     if (layer is None) == (block is None):
         raise MythicError("give exactly one of --layer N or --block START:END")
     span = (layer, layer + 1) if layer is not None else parse_range(block or "", "--block")
-    dtype = parse_dtype(dtype)
     base_dir = base if base is not None else default_base_dir()
     target = out if out is not None else Path("ckpts") / f"{base_dir.name}-b{span[0]}-{span[1]}"
     console = Console()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +13,6 @@ from rich.table import Table
 from mythic.errors import MythicError
 
 app = typer.Typer(help="Depth-reasoning task files: generate them (train/valid/test JSON lines).", no_args_is_help=True)
-
-OWN_OPTIONS = {"hops": ("roots", "chain", "intermediate"), "induction": ("length", "symbols"), "pointer": ("nodes",)}
 
 
 @app.command("make")
@@ -48,19 +47,14 @@ def make(
     force: Annotated[bool, typer.Option(help="Replace the output folder.")] = False,
 ) -> None:
     """Write NAME's train / valid / test task files into --out (deterministic from --seed; no prompt in two splits)."""
-    from mythic.tasks import hops, induction, pointer
-    from mythic.tasks.make import generator, make, parse_difficulty_range
+    from mythic.tasks.make import GENERATORS, generator, make, parse_difficulty_range
 
-    generator(name)
-    other = [option for kind, options in OWN_OPTIONS.items() if kind != name for option in options]
-    given = [n for n in other if context.get_parameter_source(n).name != "DEFAULT"]
+    own = [f.name for f in fields(generator(name).options)]
+    others = [f.name for gen in GENERATORS.values() for f in fields(gen.options) if f.name not in own]
+    given = [n for n in others if context.get_parameter_source(n).name != "DEFAULT"]
     if given:
         raise MythicError(f"--{given[0]} does not apply to the {name} generator")
-    options = {
-        "hops": lambda: hops.HopsOptions(roots, chain, intermediate),
-        "induction": lambda: induction.InductionOptions(length, symbols),
-        "pointer": lambda: pointer.PointerOptions(nodes),
-    }[name]()
+    options = generator(name).options(**{n: context.params[n] for n in own})
     meta = make(
         name,
         out,

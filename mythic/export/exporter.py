@@ -88,7 +88,7 @@ class ExportReport:
     base_revision: str | None
     merged_lora: bool
     bytes_estimated: int
-    bytes_written: int
+    bytes_written: int = 0
     files: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -119,15 +119,6 @@ def _nearby(ckpt: Path, pattern: str) -> list[Path]:
         if found:
             return found
     return []
-
-
-def find_recipe(ckpt: Path) -> Path | None:
-    found = _nearby(ckpt, RECIPE)
-    return found[0] if found else None
-
-
-def find_evals(ckpt: Path) -> list[Path]:
-    return sorted({p for pattern in EVAL_PATTERNS for p in _nearby(ckpt, pattern)})
 
 
 def _tensor_bytes(model: torch.nn.Module) -> int:
@@ -182,16 +173,26 @@ def export(
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
     if n_loops is not None and n_loops < 1:
         raise MythicError(f"--loops must be at least 1, got {n_loops}")
-    settings = Settings(out, dtype, n_loops, force, max_shard_size, progress, started)
+    settings = Settings(out, dtype, n_loops, force, max_shard_size, progress)
     if model_type == OPENMYTHOS_TYPE:
         if light or merge_lora:
             raise MythicError(
                 f"--{'light' if light else 'merge-lora'} applies to retrofits: an OpenMythos model has no base, "
                 "so its export is the whole model"
             )
-        return export_openmythos(ckpt, settings)
+        report = export_openmythos(ckpt, settings)
+    else:
+        report = export_retrofit(ckpt, settings, light, merge_lora)
+    report.files = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+    report.bytes_written = sum(report.files.values())
+    report.seconds = round(time.perf_counter() - started, 2)
+    return report
+
+
+def export_retrofit(ckpt: Path, settings: Settings, light: bool, merge_lora: bool) -> ExportReport:
+    """Check a retrofit export request against the checkpoint (its base, its LoRA), then write it."""
     config = RetrofitConfig.from_pretrained(ckpt)
-    config.n_loops = config.n_loops if n_loops is None else n_loops
+    config.n_loops = config.n_loops if settings.n_loops is None else settings.n_loops
     _check_base(config, ckpt)
     lora = base_lora_spec(ckpt)
     if light and merge_lora:
@@ -213,7 +214,7 @@ def export(
 @dataclass(frozen=True)
 class Settings:
     """What every export path shares: where, in which dtype, the default loop count (None: keep the
-    checkpoint's), whether to replace, shard size, progress, and when the export started."""
+    checkpoint's), whether to replace, shard size and progress."""
 
     out: Path
     dtype: str
@@ -221,7 +222,6 @@ class Settings:
     force: bool
     max_shard_size: str | int
     progress: Progress | None
-    started: float
 
     def stage(self, stages: list[str], what: str) -> None:
         if self.progress is not None:
@@ -230,7 +230,11 @@ class Settings:
 
 def card_sources(ckpt: Path) -> dict[str, Any]:
     """The recipe and eval JSONs found beside a checkpoint, for its model card."""
-    return {"recipe": find_recipe(ckpt), "evals": find_evals(ckpt)}
+    recipe = _nearby(ckpt, RECIPE)
+    return {
+        "recipe": recipe[0] if recipe else None,
+        "evals": sorted({p for pattern in EVAL_PATTERNS for p in _nearby(ckpt, pattern)}),
+    }
 
 
 def export_light(ckpt: Path, config: RetrofitConfig, lora: dict[str, Any] | None, settings: Settings) -> ExportReport:
@@ -250,28 +254,29 @@ def export_light(ckpt: Path, config: RetrofitConfig, lora: dict[str, Any] | None
         card = model_card(config, pointer, kind="light", merged_lora=False, **card_sources(ckpt))
         (tmp / "README.md").write_text(card)
     base = pointer["repo_id"] or str(config.base_name_or_path)
-    return _report(settings, "light", None, config.n_loops, base, config.base_revision, False, estimate)
+    return ExportReport(str(settings.out), "light", None, config.n_loops, base, config.base_revision, False, estimate)
 
 
 def export_full(ckpt: Path, config: RetrofitConfig, lora: dict[str, Any] | None, settings: Settings) -> ExportReport:
     """The base (its LoRA merged) and the recurrence as sharded safetensors, with the bundled modeling file."""
-    stages = ["loading the checkpoint", *(["merging the base LoRA"] if lora is not None else []), "writing the weights"]
+    merged = lora is not None
+    stages = ["loading the checkpoint", *(["merging the base LoRA"] if merged else []), "writing the weights"]
     tokenizer = load_tokenizer(ckpt)
     settings.stage(stages, "loading the checkpoint")
     with quiet_transformers():
         model = load_checkpoint(ckpt, dtype=DTYPES[settings.dtype], base_lora=False)
-    if lora is not None:
+    if merged:
         settings.stage(stages, "merging the base LoRA")
         attach_base_lora(model, ckpt, lora).merge_and_unload()
     model.config.n_loops = config.n_loops
     model.base.to(DTYPES[settings.dtype])
     pointer = _base_pointer(config)
-    card = model_card(model.config, pointer, kind="full", merged_lora=lora is not None, **card_sources(ckpt))
+    card = model_card(model.config, pointer, kind="full", merged_lora=merged, **card_sources(ckpt))
     settings.stage(stages, "writing the weights")
     estimate = write_bundled(model, tokenizer, RETROFIT, config.n_loops, card, settings)
     base = pointer["repo_id"] or str(config.base_name_or_path)
-    return _report(
-        settings, "full", settings.dtype, config.n_loops, base, config.base_revision, lora is not None, estimate
+    return ExportReport(
+        str(settings.out), "full", settings.dtype, config.n_loops, base, config.base_revision, merged, estimate
     )
 
 
@@ -290,7 +295,8 @@ def export_openmythos(ckpt: Path, settings: Settings) -> ExportReport:
     card = openmythos_card(model.config, **card_sources(ckpt))
     settings.stage(stages, "writing the weights")
     estimate = write_bundled(model, tokenizer, OPENMYTHOS, n_loops, card, settings)
-    return _report(settings, "full", settings.dtype, n_loops, "none (trained from scratch)", None, False, estimate)
+    base = "none (trained from scratch)"
+    return ExportReport(str(settings.out), "full", settings.dtype, n_loops, base, None, False, estimate)
 
 
 def write_bundled(model: Any, tokenizer: Any, bundle: Bundle, n_loops: int, card: str, settings: Settings) -> int:
@@ -301,42 +307,10 @@ def write_bundled(model: Any, tokenizer: Any, bundle: Bundle, n_loops: int, card
     check_free_space(estimate, settings.out.parent, "export")
     with atomic_dir(settings.out, force=settings.force) as tmp, quiet_transformers():
         model.config.auto_map = bundle.auto_map
-        model.generation_config = _generation_config(model, n_loops)
+        model.generation_config = model.generation_config or GenerationConfig()
+        model.generation_config.mythic_n_loops = n_loops
         model.save_pretrained(tmp, max_shard_size=settings.max_shard_size)
         tokenizer.save_pretrained(tmp)
         (tmp / bundle.file).write_text(modeling)
         (tmp / "README.md").write_text(card)
     return estimate
-
-
-def _report(
-    settings: Settings,
-    kind: str,
-    dtype: str | None,
-    n_loops: int,
-    base: str,
-    revision: str | None,
-    merged_lora: bool,
-    estimate: int,
-) -> ExportReport:
-    out = settings.out
-    sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
-    return ExportReport(
-        out=str(out),
-        kind=kind,
-        dtype=dtype,
-        n_loops=n_loops,
-        base=base,
-        base_revision=revision,
-        merged_lora=merged_lora,
-        bytes_estimated=estimate,
-        bytes_written=sum(sizes.values()),
-        files=sizes,
-        seconds=round(time.perf_counter() - settings.started, 2),
-    )
-
-
-def _generation_config(model: Any, n_loops: int) -> GenerationConfig:
-    config = GenerationConfig.from_dict(model.generation_config.to_dict() if model.generation_config else {})
-    config.mythic_n_loops = n_loops
-    return config

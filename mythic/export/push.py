@@ -3,13 +3,12 @@ to ``$HF_ENDPOINT``; every failure becomes a one-line ``MythicError``."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mythic.errors import MythicError
 from mythic.hub import hub_endpoint
+from mythic.io import quiet_transformers
 
 
 @dataclass
@@ -18,20 +17,6 @@ class PushReport:
     url: str
     commit: str
     files: int
-
-
-@contextlib.contextmanager
-def _quiet_hub() -> Iterator[None]:
-    """Silence huggingface_hub's upload progress bars (the library never prints)."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            enable_progress_bars()
 
 
 def push_to_hub(folder: Path, repo_id: str, *, private: bool | None = None) -> PushReport:
@@ -48,7 +33,7 @@ def push_to_hub(folder: Path, repo_id: str, *, private: bool | None = None) -> P
     endpoint = hub_endpoint()
     api = HfApi(endpoint=endpoint)
     try:
-        with _quiet_hub():
+        with quiet_transformers():
             url = api.create_repo(repo_id, exist_ok=True, repo_type="model", private=private)
             info = api.upload_folder(
                 repo_id=repo_id, folder_path=folder, commit_message=f"mythic export ({folder.name})"

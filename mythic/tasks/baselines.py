@@ -14,7 +14,8 @@ so every report can put, beside a model's accuracy, the strongest heuristic the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from statistics import fmean
 from typing import Any
 
 from mythic.tasks.files import Task
@@ -36,7 +37,7 @@ def score(tasks: list[Task], baselines: Baselines, bands: dict[str, tuple[int, i
 
     def scored(group: list[Task], depth: int) -> dict[str, float]:
         rows = [baselines(task, depth) for task in group]
-        return {name: mean(row[name] for row in rows) for name in rows[0]}
+        return {name: fmean(row[name] for row in rows) for name in rows[0]}
 
     per = {d: scored(group, d - 1) for d, group in sorted(by_difficulty.items())}
     banded = {
@@ -58,8 +59,3 @@ def strongest(scores: dict[str, Any], band: str) -> tuple[str, float]:
     """The heuristic with the highest accuracy on ``band``, and that accuracy."""
     name = max(scores, key=lambda n: scores[n]["bands"].get(band, 0.0))
     return name, scores[name]["bands"].get(band, 0.0)
-
-
-def mean(values: Iterable[float]) -> float:
-    items = list(values)
-    return sum(items) / len(items) if items else 0.0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +69,13 @@ def parse_intermediate(value: Any, length: int, where: str) -> tuple[tuple[int, 
     shape = f"{where}: 'intermediate' must be a list of [end, answer] pairs with 0 < end < len(prompt)"
     if not isinstance(value, list):
         raise MythicError(shape)
-    pairs = []
     for pair in value:
-        if not (isinstance(pair, list) and len(pair) == 2):
-            raise MythicError(shape)
-        end, answer = pair
+        end, answer = pair if isinstance(pair, list) and len(pair) == 2 else (None, None)
         if isinstance(end, bool) or not isinstance(end, int) or not 0 < end < length:
             raise MythicError(shape)
         if not isinstance(answer, str) or not answer.strip():
             raise MythicError(shape)
-        pairs.append((end, answer))
-    return tuple(pairs)
+    return tuple((end, answer) for end, answer in value)
 
 
 def read_tasks(path: str | os.PathLike[str]) -> list[Task]:
@@ -108,19 +104,13 @@ def read_tasks(path: str | os.PathLike[str]) -> list[Task]:
 
 def write_tasks(path: str | os.PathLike[str], tasks: Iterable[Task]) -> int:
     """Write ``tasks`` as JSON lines; returns how many."""
-    count = 0
-    with Path(path).open("w", encoding="utf-8") as f:
-        for task in tasks:
-            f.write(json.dumps(task.to_json()) + "\n")
-            count += 1
-    return count
+    lines = [json.dumps(task.to_json()) + "\n" for task in tasks]
+    Path(path).write_text("".join(lines), encoding="utf-8")
+    return len(lines)
 
 
 def write_predictions(path: str | os.PathLike[str], tasks: Iterable[Task], predictions: Iterable[str]) -> None:
     """One JSON line per example: prompt, answer, difficulty, prediction and whether it matched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for task, prediction in zip(tasks, predictions, strict=True):
-            row = task.to_json() | {"prediction": prediction, "correct": task.matches(prediction)}
-            f.write(json.dumps(row) + "\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pairs = zip(tasks, predictions, strict=True)
+    write_tasks(path, (replace(t, extra=t.extra | {"prediction": p, "correct": t.matches(p)}) for t, p in pairs))
