@@ -65,6 +65,8 @@ def test_v6h_and_v6k_encode_the_prior_runs() -> None:
     ("top", "expected"),
     [
         ({"optim": {"lr": -1}}, "recipe optim.lr: Input should be greater than 0 (got -1)"),
+        ({"optim": {"lr": float("inf")}}, "recipe optim.lr: Input should be a finite number (got inf)"),
+        ({"optim": {"lr": 1e-3, "weight_decay": float("nan")}}, "recipe optim.weight_decay: Input should be a finite"),
         ({"optim": {"lr": 1e-3, "lrr": 2}}, "recipe optim.lrr: unknown key"),
         ({"train": {"steps": "many"}}, "recipe train.steps: Input should be a valid integer"),
         ({"model": {"kind": "zzz"}}, "recipe model.kind: expected one of 'retrofit', 'surgery', 'openmythos'"),
@@ -89,6 +91,14 @@ def test_v6h_and_v6k_encode_the_prior_runs() -> None:
         (
             {"curriculum": {"kind": "stages", "stages": [{"start": 0, "weights": {1: 0.5, 2: 0.4}}]}},
             "recipe curriculum.stages.0.weights: must sum to 1 (they sum to 0.9)",
+        ),
+        (
+            {"curriculum": {"kind": "stages", "stages": [{"start": 0, "weights": {1: 1.5, 2: -0.5}}]}},
+            "recipe curriculum.stages.0.weights.2: Input should be greater than or equal to 0 (got -0.5)",
+        ),
+        (
+            {"curriculum": {"kind": "stages", "stages": [{"start": 0, "weights": {}}]}},
+            "recipe curriculum.stages.0.weights: Dictionary should have at least 1 item",
         ),
         (
             {"curriculum": {"kind": "stages", "stages": [{"start": 0, "weights": {1: 0.5, 9: 0.5}}]}},

@@ -12,7 +12,7 @@ checkpoints or the new one, never a half-written folder):
 
 Tensors are whole (gathered from every rank by ``mythic.train.parallel``, whatever the run's
 ``train.parallel``). Only the last ``keep`` checkpoints are kept; ``latest_checkpoint`` picks
-the highest step. Loading is strict: ``check_trainable`` (``mythic.tensors``) refuses a missing, unexpected or
+the highest step. Loading is strict: ``mythic.tensors.check_tensors`` refuses a missing, unexpected or
 mis-shaped tensor before anything is copied, never a silent partial load.
 """
 
@@ -22,7 +22,7 @@ import json
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from safetensors.torch import load_file, save_file
 from mythic.errors import MythicError
 from mythic.io import atomic_dir, write_json
 from mythic.loading import load_tokenizer
-from mythic.tensors import check_tensors
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -46,14 +45,6 @@ class TrainState:
     scheduler: dict[str, Any]
     data: dict[str, Any]
     skipped_steps: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "scheduler": self.scheduler,
-            "data": self.data,
-            "skipped_steps": self.skipped_steps,
-        }
 
 
 def rng_state() -> dict[str, Any]:
@@ -97,28 +88,23 @@ def save_checkpoint(
     optimizer: dict[str, Any],
     rng: list[dict[str, Any]],
     keep: int,
-    tokenizer: Any = None,
-) -> Path:
+    tokenizer: Any,
+) -> None:
     """Write ``root/step-NNNNNNN`` atomically, then drop all but the newest ``keep``."""
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".step-*"):
+    for stale in root.glob(".step-*"):  # a killed save's temp folder
         shutil.rmtree(stale, ignore_errors=True)
-    target = root / f"step-{state.step:07d}"
-    with atomic_dir(target, force=True) as tmp:
+    with atomic_dir(root / f"step-{state.step:07d}", force=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(rng, tmp / "rng.pt")
-        write_json(tmp / "state.json", state.to_json())
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        write_json(tmp / "state.json", asdict(state))
+        tokenizer.save_pretrained(tmp)
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 @dataclass
 class Checkpoint:
-    path: Path
     state: TrainState
     trainable: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
@@ -134,12 +120,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         rng = torch.load(path / "rng.pt", weights_only=False)
     except (OSError, ValueError) as err:
         raise MythicError(f"checkpoint {path} is unreadable: {str(err).splitlines()[0]}") from None
-    return Checkpoint(path, TrainState(**raw), trainable, optimizer, rng)
-
-
-def check_trainable(named: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor], where: Path) -> None:
-    """A checkpoint's tensors must be exactly the model's trainable parameters: every name, every shape."""
-    check_tensors(named, tensors, f"checkpoint {where}")
+    return Checkpoint(TrainState(**raw), trainable, optimizer, rng)
 
 
 def check_same_tokenizer(path: Path, tokenizer: Any) -> None:

@@ -71,12 +71,8 @@ def ramped_mean(spec: PoissonLognormalCurriculum, step: int) -> float:
 
 
 def stage_at(spec: StagesCurriculum, step: int) -> dict[int, float]:
-    """The {T: weight} table in force at ``step``."""
-    weights = spec.stages[0].weights
-    for stage in spec.stages:
-        if stage.start <= step:
-            weights = stage.weights
-    return weights
+    """The {T: weight} table in force at ``step`` (the first stage starts at 0)."""
+    return next(stage.weights for stage in reversed(spec.stages) if stage.start <= step)
 
 
 class Curriculum:

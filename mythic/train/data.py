@@ -20,13 +20,9 @@ attend to each other's prompts): ``prompt`` tokens (with the tokenizer's special
 ``answer`` tokens and EOS, right-padded to the longest row of the global micro-batch; the
 labels are the answer tokens and EOS only (the prompt and the padding are -100). Right padding
 needs no attention mask: a causal model never lets a token see the padding after it. Examples
-are drawn from the sources by the same mixture rule; within a source, by difficulty group (see
-``TaskReader``), with an optional hop curriculum: ``difficulty_ramp`` raises the highest difficulty
-drawn linearly from the file's lowest to its highest over that many steps. With ``data.bucket = K``
-the stream draws K global micro-batches' examples at once, sorts them by length (stable), cuts them
-into K micro-batches and hands those out in an order drawn from ``default_rng([seed, pool, salt])``:
-the same examples, a fraction of the padding (the pool's examples all see the difficulty cap of the
-step that drew it).
+are drawn from the sources by the same mixture rule, within a source as ``TaskReader`` says
+(``difficulty_ramp``: a hop curriculum). ``data.bucket = K`` batches K global micro-batches'
+examples by length (``TaskStream.bucketed``): the same examples, a fraction of the padding.
 
 Resume: ``state_dict()`` holds the document counter, each source's (epoch, position) and the
 packer's leftover tokens, so ``load_state_dict`` continues with exactly the same samples.
@@ -59,21 +55,18 @@ from mythic.train.recipe import Data, FilesSource, HFSource, StdlibSource, Tasks
 Document = str | list[dict[str, Any]]
 Row = tuple[list[int], list[int], int]  # a task example: input_ids, labels (shifted), difficulty (0: none)
 SALT = 0xDA7A
+END = object()  # a reader's iterator is exhausted
 
 
 @dataclass
 class Batch:
-    """One rank's rows; ``difficulty`` (B,): task examples' difficulties (0 where a row has none; None for text);
-    ``real``: the positions that hold a token rather than padding (every position of packed text)."""
+    """One rank's rows; ``real_tokens``: the positions that hold a token rather than padding (every position of
+    packed text); ``difficulty`` (B,): task examples' difficulties (0 where a row has none; None for text)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
+    real_tokens: int
     difficulty: torch.Tensor | None = None
-    real: int | None = None
-
-    @property
-    def real_tokens(self) -> int:
-        return self.input_ids.numel() if self.real is None else self.real
 
 
 def recipe_tokenizer(path: str | Path, data: Data | None = None) -> Any:
@@ -114,53 +107,44 @@ class SourceReader:
     """One source as an endless, deterministic document iterator that can skip to a position."""
 
     def __init__(self, spec: FilesSource | HFSource | StdlibSource, index: int, seed: int) -> None:
-        self.spec = spec
-        self.index = index
-        self.seed = seed
+        self.spec, self.index, self.seed = spec, index, seed
         self.where = f"data.sources.{index}"
-        self.epoch = 0
-        self.position = 0
-        self._files = self._list_files()
+        self.epoch = self.position = 0
         self._iter: Iterator[Document] | None = None
-
-    def _list_files(self) -> list[Path]:
-        if isinstance(self.spec, StdlibSource):
-            files = stdlib_files()
-        elif isinstance(self.spec, FilesSource):
-            found = {Path(p) for pattern in self.spec.paths for p in glob.glob(pattern, recursive=True)}
-            files = sorted(p for p in found if p.is_file())
-        else:
-            return []
-        if not files:
+        self._files: list[Path] = []
+        if isinstance(spec, StdlibSource):
+            self._files = stdlib_files()
+        elif isinstance(spec, FilesSource):
+            found = {Path(p) for pattern in spec.paths for p in glob.glob(pattern, recursive=True)}
+            self._files = sorted(p for p in found if p.is_file())
+        if not self._files and not isinstance(spec, HFSource):
             raise MythicError(f"{self.where}: no files found")
-        return files
 
-    def _epoch_documents(self) -> Iterator[Document]:
-        spec = self.spec
-        if isinstance(spec, HFSource):
-            yield from self._hf_documents(spec)
-            return
+    def _start(self) -> Iterator[Document]:
+        """This epoch's documents from ``position`` on (a source's files in an order drawn per epoch)."""
+        if isinstance(self.spec, HFSource):
+            return self._hf_documents(self.spec)
         order = np.random.default_rng([self.seed, self.epoch, self.index]).permutation(len(self._files))
-        for i in order:
-            path = self._files[i]
-            if isinstance(spec, StdlibSource) or spec.format == "text":
-                yield path.read_text(errors="replace")
-            elif spec.format == "jsonl":
-                for line in path.read_text().splitlines():
-                    if line.strip():
-                        yield _record_document(json.loads(line), spec, self.where)
-            else:
-                yield from self._parquet_documents(path, spec)
+        documents = (doc for i in order for doc in self._file_documents(self._files[i]))
+        return itertools.islice(documents, self.position, None)
 
-    def _parquet_documents(self, path: Path, spec: FilesSource) -> Iterator[Document]:
-        import pyarrow.parquet as pq
+    def _file_documents(self, path: Path) -> Iterator[Document]:
+        spec = self.spec
+        if isinstance(spec, StdlibSource) or spec.format == "text":
+            yield path.read_text(errors="replace")
+        elif spec.format == "jsonl":
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    yield _record_document(json.loads(line), spec, self.where)
+        else:
+            import pyarrow.parquet as pq
 
-        field = spec.messages_field or spec.text_field
-        table = pq.ParquetFile(path)
-        if field not in table.schema_arrow.names:
-            raise MythicError(f"{self.where}: {path} has no column {field!r}")
-        for batch in table.iter_batches(columns=[field]):
-            yield from batch.column(0).to_pylist()
+            field = spec.messages_field or spec.text_field
+            table = pq.ParquetFile(path)
+            if field not in table.schema_arrow.names:
+                raise MythicError(f"{self.where}: {path} has no column {field!r}")
+            for batch in table.iter_batches(columns=[field]):
+                yield from batch.column(0).to_pylist()
 
     def _hf_documents(self, spec: HFSource) -> Iterator[Document]:
         try:
@@ -184,27 +168,19 @@ class SourceReader:
         for record in dataset:
             yield _record_document(record, spec, self.where)
 
-    def _start(self) -> Iterator[Document]:
-        documents = self._epoch_documents()
-        if isinstance(self.spec, HFSource):
-            return documents
-        return itertools.islice(documents, self.position, None)
-
     def next_document(self) -> Document:
+        """The next document; at the end of an epoch, the first of the next (reshuffled) one."""
         if self._iter is None:
             self._iter = self._start()
-        for _ in range(2):
-            try:
-                document = next(self._iter)
-            except StopIteration:
-                if self.position == 0:
-                    break
-                self.epoch, self.position = self.epoch + 1, 0
-                self._iter = self._start()
-                continue
-            self.position += 1
-            return document
-        raise MythicError(f"{self.where}: the source holds no documents")
+        document = next(self._iter, END)
+        if document is END and self.position:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._iter = self._start()
+            document = next(self._iter, END)
+        if document is END:
+            raise MythicError(f"{self.where}: the source holds no documents")
+        self.position += 1
+        return document
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -251,22 +227,38 @@ def pick_source(seed: int, n: int, weights: np.ndarray) -> int:
     return int(np.random.default_rng([seed, n, SALT]).choice(len(weights), p=weights))
 
 
-def source_weights(spec: Data) -> np.ndarray:
-    weights = np.array([s.weight for s in spec.sources], dtype=np.float64)
-    return weights / weights.sum()
+class Stream:
+    """What both streams share: one reader per source, the mixture weights, the sample counter, and
+    the readers' and counter's state."""
 
-
-class PackedStream:
-    """The global stream of packed samples; see the module docstring."""
+    Reader: Any
 
     def __init__(self, spec: Data, tokenizer: Any, seed: int) -> None:
-        self.spec = spec
-        self.tokenizer = tokenizer
-        self.seed = seed
-        self.readers = [SourceReader(source, i, seed) for i, source in enumerate(spec.sources)]
-        self.weights = source_weights(spec)
-        self.documents = 0
+        self.spec, self.tokenizer, self.seed = spec, tokenizer, seed
+        self.readers = [self.Reader(source, i, seed) for i, source in enumerate(spec.sources)]
+        weights = np.array([s.weight for s in spec.sources], dtype=np.float64)
+        self.weights = weights / weights.sum()
         self.samples = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "sources": [reader.state_dict() for reader in self.readers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["sources"]) != len(self.readers):
+            raise MythicError("the checkpoint's data state has a different number of sources than the recipe")
+        self.samples = int(state["samples"])
+        for reader, reader_state in zip(self.readers, state["sources"], strict=True):
+            reader.load_state_dict(reader_state)
+
+
+class PackedStream(Stream):
+    """The global stream of packed samples; see the module docstring."""
+
+    Reader = SourceReader
+
+    def __init__(self, spec: Data, tokenizer: Any, seed: int) -> None:
+        super().__init__(spec, tokenizer, seed)
+        self.documents = 0
         self.buffer: list[int] = []
         self.mask: list[bool] = []
 
@@ -298,26 +290,15 @@ class PackedStream:
         is unused: text has no curriculum)."""
         rows = [self.next_sample() for _ in range(batch_size * world_size)]
         mine = rows[rank * batch_size : (rank + 1) * batch_size]
-        return Batch(
-            input_ids=torch.tensor([r[0] for r in mine], dtype=torch.long),
-            labels=torch.tensor([r[1] for r in mine], dtype=torch.long),
-        )
+        input_ids = torch.tensor([r[0] for r in mine], dtype=torch.long)
+        return Batch(input_ids, torch.tensor([r[1] for r in mine], dtype=torch.long), input_ids.numel())
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "documents": self.documents,
-            "samples": self.samples,
-            "sources": [reader.state_dict() for reader in self.readers],
-            "buffer": list(self.buffer),
-            "mask": list(self.mask),
-        }
+        return super().state_dict() | {"documents": self.documents, "buffer": self.buffer[:], "mask": self.mask[:]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["sources"]) != len(self.readers):
-            raise MythicError("the checkpoint's data state has a different number of sources than the recipe")
-        self.documents, self.samples = int(state["documents"]), int(state["samples"])
-        for reader, reader_state in zip(self.readers, state["sources"], strict=True):
-            reader.load_state_dict(reader_state)
+        super().load_state_dict(state)
+        self.documents = int(state["documents"])
         self.buffer, self.mask = list(state["buffer"]), [bool(m) for m in state["mask"]]
 
 
@@ -358,19 +339,19 @@ class TaskReader:
         self.spec, self.index, self.seed = spec, index, seed
         groups: dict[int, list[Task]] = {}
         for task in read_tasks(spec.path):
-            groups.setdefault(task.difficulty if task.difficulty is not None else 0, []).append(task)
+            groups.setdefault(task.difficulty or 0, []).append(task)
         self.difficulties = sorted(groups)
         self.groups = [groups[d] for d in self.difficulties]
         self.state = [[0, 0] for _ in self.groups]  # (epoch, position) per group
         self._orders = [self._permutation(g) for g in range(len(self.groups))]
 
     def _permutation(self, group: int) -> np.ndarray:
-        epoch = self.state[group][0]
-        key = [self.seed, epoch, self.index, self.difficulties[group]]
+        key = [self.seed, self.state[group][0], self.index, self.difficulties[group]]  # the group's epoch
         return np.random.default_rng(key).permutation(len(self.groups[group]))
 
     def cap(self, step: int) -> int:
-        """The highest difficulty drawn at ``step``: it ramps linearly over ``difficulty_ramp`` steps."""
+        """The highest difficulty drawn at ``step``: it rises linearly from the file's lowest to its highest
+        over ``difficulty_ramp`` steps (0: the highest from the start)."""
         low, high = self.difficulties[0], self.difficulties[-1]
         if not self.spec.difficulty_ramp:
             return high
@@ -401,17 +382,14 @@ class TaskReader:
         self._orders = [self._permutation(g) for g in range(len(self.groups))]
 
 
-class TaskStream:
+class TaskStream(Stream):
     """Task-file examples as right-padded rows with answer-only labels; see the module docstring."""
 
+    Reader = TaskReader
+
     def __init__(self, spec: Data, tokenizer: Any, seed: int) -> None:
-        self.spec = spec
-        self.tokenizer = tokenizer
-        self.seed = seed
-        self.readers = [TaskReader(source, i, seed) for i, source in enumerate(spec.sources)]
-        self.weights = source_weights(spec)
+        super().__init__(spec, tokenizer, seed)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.samples = 0
         self.pending: list[list[Row]] = []  # bucketed micro-batches not yet handed out
 
     def next_sample(self, step: int = 0) -> Row:
@@ -442,11 +420,12 @@ class TaskStream:
             input_ids=torch.tensor([ids + [self.pad_id] * (width - len(ids)) for ids, _, _ in mine], dtype=torch.long),
             labels=torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab, _ in mine], dtype=torch.long),
             difficulty=torch.tensor([d for _, _, d in mine], dtype=torch.long),
-            real=sum(len(ids) for ids, _, _ in mine),
+            real_tokens=sum(len(ids) for ids, _, _ in mine),
         )
 
     def bucketed(self, size: int, step: int) -> list[list[Row]]:
-        """``bucket`` global micro-batches of ``size`` rows: one pool sorted by length, cut, then shuffled."""
+        """``bucket`` global micro-batches of ``size`` rows: one pool (all at ``step``'s difficulty cap) sorted
+        by length (stable), cut, then shuffled by ``default_rng([seed, samples drawn, SALT])``."""
         pool = [self.next_sample(step) for _ in range(size * self.spec.bucket)]
         pool.sort(key=lambda row: len(row[0]))
         batches = [pool[i : i + size] for i in range(0, len(pool), size)]
@@ -454,18 +433,13 @@ class TaskStream:
         return [batches[i] for i in order]
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "samples": self.samples,
-            "sources": [reader.state_dict() for reader in self.readers],
-            "pending": [[[list(ids), list(labels), difficulty] for ids, labels, difficulty in b] for b in self.pending],
-        }
+        pending = [[[list(ids), list(labels), difficulty] for ids, labels, difficulty in b] for b in self.pending]
+        return super().state_dict() | {"pending": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "buffer" in state or len(state["sources"]) != len(self.readers):
-            raise MythicError("the checkpoint's data state does not fit the recipe's task sources")
-        self.samples = int(state["samples"])
-        for reader, reader_state in zip(self.readers, state["sources"], strict=True):
-            reader.load_state_dict(reader_state)
+        if "buffer" in state:
+            raise MythicError("the checkpoint's data state is packed text, not the recipe's task sources")
+        super().load_state_dict(state)
         self.pending = [[(list(ids), list(labels), int(d)) for ids, labels, d in b] for b in state.get("pending", [])]
 
 

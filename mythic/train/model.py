@@ -8,10 +8,9 @@
   as ``out.aux_losses``. Its tokenizer (a folder, or ``chars``: built from the task files) sets
   the vocabulary size when the config gives none, and the EOS / padding ids generation uses.
 
-A 4-bit base is loaded as ``mythic sanity`` loads it (``mythic.quant``): on the CPU, its Linear layers
-through ``transformers.BitsAndBytesConfig`` (nf4/fp4, double quant, compute dtype), then its 3-D MoE
-expert weights quantised module by module on the device, so that the device never holds them in bf16
-and its memory is what sanity estimated.
+A 4-bit base is loaded as ``mythic sanity`` loads it (``mythic.quant``: Linear layers on the CPU, then
+the 3-D MoE expert weights module by module on the device, never held there in bf16).
+
 Trainable set: the recurrence modules (``model.recurrence_parameters()``) and, optionally, a
 peft LoRA on the frozen base (``target_modules`` for Linear layers, ``target_parameters``
 for 3-D MoE expert weights); everything else is frozen.
@@ -40,16 +39,7 @@ from mythic.models.openmythos import MythosConfig, OpenMythosConfig, OpenMythosF
 from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.quant import finish_4bit, quantization_config
 from mythic.train.data import recipe_tokenizer
-from mythic.train.recipe import Data, Lora, ModelSpec, OpenMythosModel, Recipe, RetrofitModel, SurgeryModel
-
-
-def _load_kwargs(spec: RetrofitModel | SurgeryModel, device: torch.device) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"dtype": DTYPES[spec.dtype]}
-    if spec.quantization is not None:
-        q = spec.quantization
-        kwargs["quantization_config"] = quantization_config(q.kind, q.double_quant, DTYPES[q.compute_dtype])
-        kwargs["device_map"] = {"": "cpu"}  # its expert cubes are still bf16 here: quantised on the device later
-    return kwargs
+from mythic.train.recipe import Data, Lora, ModelSpec, OpenMythosModel, Recipe, RetrofitModel
 
 
 def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.Module, Any]:
@@ -62,16 +52,15 @@ def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.M
             raise MythicError(
                 f"recipe model.config.vocab_size: {settings['vocab_size']} is below the tokenizer's {len(tokenizer)}"
             )
-        special = {
-            name: getattr(tokenizer, name)
-            for name in ("bos_token_id", "eos_token_id", "pad_token_id")
-            if getattr(tokenizer, name) is not None
-        }
+        special = {name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
         config = OpenMythosConfig.from_mythos(MythosConfig(**settings), **special)
         model = OpenMythosForCausalLM(config).to(device=device, dtype=DTYPES[spec.dtype])
         return model, tokenizer
 
-    kwargs = _load_kwargs(spec, device)
+    kwargs: dict[str, Any] = {"dtype": DTYPES[spec.dtype]}
+    if (q := spec.quantization) is not None:
+        kwargs["quantization_config"] = quantization_config(q.kind, q.double_quant, DTYPES[q.compute_dtype])
+        kwargs["device_map"] = {"": "cpu"}  # its expert cubes are still bf16 here: quantised on the device later
     if isinstance(spec, RetrofitModel):
         if not Path(spec.checkpoint).is_dir():
             raise MythicError(f"recipe model.checkpoint: {spec.checkpoint} is not a folder")
@@ -84,8 +73,8 @@ def build_model(spec: ModelSpec, device: torch.device, data: Data) -> tuple[nn.M
         settings = {"base_name_or_path": str(spec.base), **spec.surgery.model_dump()}
         model = RetrofitForCausalLM.from_base(base, **settings)
         base_path = tokenizer_path or spec.base
-    if spec.quantization is not None:
-        finish_4bit(model.base, device, spec.quantization.kind, spec.quantization.double_quant)
+    if q is not None:
+        finish_4bit(model.base, device, q.kind, q.double_quant)
     return model.to(device), recipe_tokenizer(base_path)
 
 
@@ -142,7 +131,5 @@ def param_groups(model: nn.Module, trainable: dict[str, nn.Parameter], weight_de
     unique = list({id(p): p for p in trainable.values()}.values())
     decay = [p for p in unique if id(p) in decayed]
     no_decay = [p for p in unique if id(p) not in decayed]
-    groups = [{"params": no_decay, "weight_decay": 0.0}]
-    if decay:
-        groups.insert(0, {"params": decay, "weight_decay": weight_decay})
-    return groups
+    groups = [{"params": decay, "weight_decay": weight_decay}] if decay else []
+    return groups + [{"params": no_decay, "weight_decay": 0.0}]

@@ -50,80 +50,62 @@ class Objective(nn.Module):
         self.model = model
         self.loss = loss
 
-    def run(self, input_ids: torch.Tensor, depth: Depth, keep: torch.Tensor) -> Any:
-        return self.model(
-            input_ids,
-            n_loops=depth.n_loops,
-            grad_loops=depth.grad_loops,
-            checkpoint_loops=depth.checkpoint_loops,
-            logits_to_keep=keep,
-        )
-
-    def logits(self, out: Any) -> torch.Tensor:
-        """The kept positions' logits as one sequence, (1, N, V)."""
-        return logits_of(out).unsqueeze(0)
-
     def forward(
         self, input_ids: torch.Tensor, labels: torch.Tensor, depth: Depth, anchor: bool = False
     ) -> dict[str, torch.Tensor]:
         cfg = self.loss
-        terms: dict[str, torch.Tensor] = {}
         batch = input_ids.shape[0]
         keep = losses.valid_mask(labels)
         rows = keep.nonzero()[:, 0]
         labels = labels[keep].unsqueeze(0)
-        hi_loops = torch.tensor(depth.per_sequence(batch))
-        if cfg.dual_t is None:
-            outs = [self.run(input_ids, depth, keep)]
-            main = self.logits(outs[0])
-            ce = losses.cross_entropy(main, labels)
-            terms["ce"] = ce
-            loss = ce
-            seq_ce = losses.sequence_ce(main.detach(), labels, rows, batch)
-            seq_loops = hi_loops
-        else:
+        depths = [depth]
+        if cfg.dual_t is not None:
             t_lo = cfg.dual_t.t_lo
             lo_grad = None if depth.grad_loops is None else min(t_lo, depth.grad_loops)
-            lo_depth = Depth(t_lo, lo_grad, depth.checkpoint_loops)
-            outs = [self.run(input_ids, lo_depth, keep), self.run(input_ids, depth, keep)]
-            lo, main = self.logits(outs[0]), self.logits(outs[1])
-            ce_lo, plain_hi = losses.cross_entropy(lo, labels), losses.cross_entropy(main, labels)
-            ce_hi = plain_hi
+            depths.insert(0, Depth(t_lo, lo_grad, depth.checkpoint_loops))
+        outs = [
+            self.model(
+                input_ids,
+                n_loops=d.n_loops,
+                grad_loops=d.grad_loops,
+                checkpoint_loops=d.checkpoint_loops,
+                logits_to_keep=keep,
+            )
+            for d in depths
+        ]
+        logits = [logits_of(out).unsqueeze(0) for out in outs]  # the kept positions as one sequence, (1, N, V)
+        main = logits[-1]
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.dual_t is None:
+            terms["ce"] = losses.cross_entropy(main, labels)
+        else:
+            lo = logits[0]
+            ce_lo = terms["ce_lo"] = losses.cross_entropy(lo, labels)
+            plain_hi = terms["ce_hi"] = losses.cross_entropy(main, labels)
             if cfg.focal is not None:
-                ce_hi = losses.focal_ce(main, labels, losses.focal_weights(lo, labels, cfg.focal.gamma))
+                terms["ce_hi"] = losses.focal_ce(main, labels, losses.focal_weights(lo, labels, cfg.focal.gamma))
                 terms["ce_hi_unweighted"] = plain_hi
-            terms["ce_lo"], terms["ce_hi"] = ce_lo, ce_hi
-            loss = 0.5 * (ce_lo + ce_hi)
             if cfg.margin is not None:
                 terms["margin"] = losses.margin_term(ce_lo, plain_hi, cfg.margin.alpha, cfg.margin.m)
-                loss = loss + terms["margin"]
             if cfg.self_distill is not None:
                 terms["self_distill"] = cfg.self_distill.alpha * losses.kl_divergence(lo, main.detach(), labels)
-                loss = loss + terms["self_distill"]
-            seq_ce = torch.cat(
-                [
-                    losses.sequence_ce(lo.detach(), labels, rows, batch),
-                    losses.sequence_ce(main.detach(), labels, rows, batch),
-                ]
-            )
-            seq_loops = torch.cat([torch.full((batch,), t_lo), hi_loops])
         if anchor and cfg.kl_anchor is not None:
             if not isinstance(self.model, LoopedModel) or not self.model.has_base:
                 raise MythicError("loss.kl_anchor needs a model with a base (the retrofit wrapper)")
             with torch.no_grad(), self.model.base_mode():
-                base = self.logits(self.model(input_ids, n_loops=1, logits_to_keep=keep))
+                base = logits_of(self.model(input_ids, n_loops=1, logits_to_keep=keep)).unsqueeze(0)
             terms["kl_anchor"] = cfg.kl_anchor.alpha * losses.kl_divergence(base, main, labels)
-            loss = loss + terms["kl_anchor"]
         aux: dict[str, list[torch.Tensor]] = {}
         for out in outs:
             for name, value in losses.model_aux_terms(out).items():
                 aux.setdefault(name, []).append(value)
         for name, values in aux.items():
-            weighted = cfg.aux_weights.get(name, 1.0) * torch.stack(values).mean()
-            terms[f"aux_{name}"] = weighted
-            loss = loss + weighted
+            terms[f"aux_{name}"] = cfg.aux_weights.get(name, 1.0) * torch.stack(values).mean()
+        loss = terms["ce"] if cfg.dual_t is None else 0.5 * (terms["ce_lo"] + terms["ce_hi"])
+        for name, value in terms.items():
+            if not name.startswith("ce"):  # the added terms: margin, self-distillation, KL anchor, model aux
+                loss = loss + value
         result = {name: value.detach() for name, value in terms.items()}
-        result["loss"] = loss
-        result["seq_ce"] = seq_ce
-        result["seq_loops"] = seq_loops
-        return result
+        seq_ce = [losses.sequence_ce(x.detach(), labels, rows, batch) for x in logits]
+        seq_loops = [torch.tensor(d.per_sequence(batch)) for d in depths]
+        return result | {"loss": loss, "seq_ce": torch.cat(seq_ce), "seq_loops": torch.cat(seq_loops)}

@@ -106,17 +106,16 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 def load_full_state(
     model: nn.Module,
     tensors: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer | None = None,
-    optimizer_state: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
 ) -> None:
     """Copy whole tensors (every rank passes them all) into the model and optimizer, sharding as needed.
     The dicts are consumed: torch replaces their tensors by distributed ones in place."""
     set_model_state_dict(model, tensors, options=SCATTER)
-    if optimizer is not None and optimizer_state is not None:
-        set_optimizer_state_dict(model, optimizer, optimizer_state, options=SCATTER)
-        # That call first gives every parameter a zero state at step 1 (a dummy step with lr 0); one
-        # that had no state in the checkpoint (no gradient yet) must stay without, or its first real
-        # AdamW step would count from 2.
-        for name, param in model.named_parameters():
-            if name not in optimizer_state["state"]:
-                optimizer.state.pop(param, None)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=SCATTER)
+    # That call first gives every parameter a zero state at step 1 (a dummy step with lr 0); one
+    # that had no state in the checkpoint (no gradient yet) must stay without, or its first real
+    # AdamW step would count from 2.
+    for name, param in model.named_parameters():
+        if name not in optimizer_state["state"]:
+            optimizer.state.pop(param, None)

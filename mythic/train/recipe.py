@@ -19,7 +19,6 @@ as YAML (``optim.lr=1e-4``, ``loss.focal=null``, ``curriculum.stages=[...]``).
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,9 +36,9 @@ WEIGHT_TOLERANCE = 1e-6
 
 
 class Strict(BaseModel):
-    """Base of every recipe section: unknown keys and type coercions are errors."""
+    """Base of every recipe section: unknown keys are errors; a validated section is frozen."""
 
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ----------------------------------------------------------------------------- model
@@ -245,14 +244,10 @@ class FixedCurriculum(CurriculumBase):
 
 class Stage(Strict):
     start: int = Field(ge=0)
-    weights: dict[PositiveInt, float]
+    weights: dict[PositiveInt, Annotated[float, Field(ge=0)]] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _distribution(self) -> Stage:
-        if not self.weights:
-            raise ValueError("weights: name at least one T")
-        if any(w < 0 for w in self.weights.values()):
-            raise ValueError("weights: every weight must be >= 0")
         total = sum(self.weights.values())
         if abs(total - 1.0) > WEIGHT_TOLERANCE:
             raise ValueError(f"weights: must sum to 1 (they sum to {total:g})")
@@ -366,8 +361,8 @@ class Loss(Strict):
 
 class Optim(Strict):
     name: Literal["adamw"] = "adamw"
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float | None = Field(1.0, gt=0)
@@ -474,47 +469,38 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     parts = key.strip().split(".")
     node: Any = data
     for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        where = ".".join(parts[: i + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(parts[: i + 1])
                 raise MythicError(f"--set {key}: {where} is not an index of a list of {len(node)}")
             index: int | str = int(part)
         elif isinstance(node, dict):
             index = int(part) if part.isdigit() and int(part) in node else part
         else:
             raise MythicError(f"--set {key}: {'.'.join(parts[:i])} is not a mapping")
-        if last:
+        if i == len(parts) - 1:
             node[index] = yaml.safe_load(raw)
-        else:
-            if isinstance(node, dict) and node.get(index) is None:
-                node[index] = {}
-            node = node[index]
+            return
+        if isinstance(node, dict) and node.get(index) is None:
+            node[index] = {}
+        node = node[index]
 
 
 def _walk_loc(data: Any, loc: tuple[int | str, ...]) -> list[str]:
-    """The user-facing key path of a pydantic error location, dropping union tags and markers."""
+    """The user-facing key path of a pydantic error location, dropping union tags and ``[key]`` markers."""
     path: list[str] = []
     node = data
-    entered = True
+    tag = data.get("kind") if isinstance(data, dict) else None  # a union member's tag follows its field
     for part in loc:
-        if entered and isinstance(node, dict) and node.get("kind") == part:
-            entered = False
+        if part == tag or part == "[key]":
+            tag = None
             continue
-        entered = False
-        if part == "[key]":
-            continue
-        key: int | str = part
-        if isinstance(node, dict) and isinstance(part, str) and part.isdigit() and int(part) in node:
-            key = int(part)
-        if (isinstance(node, dict) and key in node) or (
-            isinstance(node, list) and isinstance(key, int) and key < len(node)
-        ):
-            node = node[key]
-            entered = True
-        else:
-            node = None
         path.append(str(part))
+        if isinstance(node, dict):
+            node = node.get(int(part) if str(part).isdigit() and int(part) in node else part)
+        else:
+            node = node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
+        tag = node.get("kind") if isinstance(node, dict) else None
     return path
 
 
@@ -549,12 +535,9 @@ def validate_recipe(data: Any) -> Recipe:
     if not isinstance(data, dict):
         raise MythicError("recipe: expected a YAML mapping at the top level")
     try:
-        recipe = Recipe.model_validate(data)
+        return Recipe.model_validate(data)
     except ValidationError as err:
         raise MythicError(format_validation_error(err, data)) from None
-    if not all(math.isfinite(v) for v in (recipe.optim.lr, recipe.optim.weight_decay)):
-        raise MythicError("recipe optim: lr and weight_decay must be finite numbers")
-    return recipe
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -568,11 +551,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise MythicError(f"recipe {path}: not valid YAML{where}") from None
-    data = data if data is not None else {}
-    for assignment in overrides or []:
-        if not isinstance(data, dict):
-            break
-        apply_override(data, assignment)
+    data = {} if data is None else data
+    if isinstance(data, dict):
+        for assignment in overrides or []:
+            apply_override(data, assignment)
     return validate_recipe(data)
 
 

@@ -5,7 +5,7 @@ of a step in one forward), under HF ``accelerate`` (processes from torchrun / ``
 launch``, mixed precision, gradient accumulation with ``accelerator.accumulate``). Ranks share
 the model as ``train.parallel`` says (``mythic.train.parallel``): DDP, or FSDP2 shards.
 The depth of every micro-batch comes from the curriculum keyed by (seed, step, micro, rank),
-the data from the packed stream (each rank its rows of the global micro-batch).
+the data from the stream (each rank its rows of the global micro-batch).
 
 Non-finite loss or gradient norm (on any rank): the update is skipped and counted; after
 ``train.max_bad_steps`` in a row the run stops with a ``MythicError`` and the last good
@@ -14,20 +14,14 @@ last ``checkpoint.keep``; ``resume=True`` continues from the newest one exactly 
 optimizer, scheduler, RNG of every rank, data position; the curriculum is stateless).
 
 Run folder ``recipe.run_dir``: ``recipe.yaml`` (resolved), ``metrics.jsonl`` (one record per
-logged step: every loss term separately (averaged over ranks), ``ce_T{t}`` per loop count and
-the mean depth ``T`` (rank 0's), lr, grad norm, ``tokens`` (positions computed, padding included) and
-``real_tokens`` (padding left out), each per second too, ``rec/*`` recurrence stats),
-``checkpoints/``, ``final/`` (``save_recurrence``: the folder ``mythic.loading.load_checkpoint``
-loads, plus ``base_lora.safetensors`` and its spec ``base_lora.json`` when a base LoRA was trained
-(``mythic.loading``); ``save_pretrained`` of the
-whole model when every weight trained: OpenMythos, ``trainable.base``) and ``loss.png``. The same
-records go to TensorBoard / Weights & Biases through accelerate's trackers (``log.trackers``).
-Checkpoints and ``final/`` hold whole tensors, gathered from the shards under FSDP. AdamW is
-PyTorch's fused one; ``train.compile`` compiles the model's forward (``torch.compile``) first.
+logged step: every loss term (averaged over ranks), ``ce_T{t}`` per loop count, the mean depth
+``T`` (rank 0's), lr, grad norm, ``tokens`` (padding included) and ``real_tokens``, each per second
+too, ``rec/*`` recurrence stats; also sent to accelerate's trackers), ``checkpoints/``, ``final/``
+(see ``finish``) and ``loss.png``. Checkpoints and ``final/`` hold whole tensors, gathered from the
+shards under FSDP. AdamW is PyTorch's fused one; ``train.compile`` compiles the model's forward first.
 
-``train`` reads as its steps: ``setup`` (model, trainable set, optimizer, data, curriculum),
-``resume_from_latest``, ``prepare`` (accelerate, run folder), then ``train_step`` / ``log_step`` /
-``save_step`` per step, and ``finish`` (``final/``, the plot).
+``train`` reads as its steps: ``setup``, ``resume_from_latest``, ``prepare``, then ``train_step`` /
+``log_step`` / ``save_step`` per step, and ``finish``.
 """
 
 from __future__ import annotations
@@ -52,11 +46,11 @@ from torch import nn
 from mythic.errors import MythicError
 from mythic.io import atomic_dir
 from mythic.loading import save_base_lora
+from mythic.tensors import check_tensors
 from mythic.train import parallel
 from mythic.train.checkpoint import (
     TrainState,
     check_same_tokenizer,
-    check_trainable,
     latest_checkpoint,
     read_checkpoint,
     rng_state,
@@ -68,13 +62,12 @@ from mythic.train.data import make_stream
 from mythic.train.model import build_model, param_groups, select_trainable
 from mythic.train.objective import Objective
 from mythic.train.plots import plot_run
-from mythic.train.recipe import Lora, Recipe, recipe_to_yaml
+from mythic.train.recipe import Recipe, recipe_to_yaml
 from mythic.train.schedule import make_scheduler
 
 OnStep = Callable[[int, int, dict[str, float]], None]
 """Called on the main process after every step as ``on_step(done, total, record)``."""
 BuildFn = Callable[[Recipe, torch.device], tuple[nn.Module, Any]]
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 @dataclass
@@ -99,10 +92,8 @@ class MetricsLog:
 
     def read(self) -> list[dict[str, Any]]:
         """All complete records (a line cut short by a kill is dropped)."""
-        if not self.path.exists():
-            return []
         records = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text().splitlines() if self.path.exists() else []:
             with contextlib.suppress(json.JSONDecodeError):
                 records.append(json.loads(line))
         return records
@@ -118,47 +109,15 @@ class MetricsLog:
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume or not run_dir.exists():
-        return
-    if any((run_dir / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
+    """A new run must not write over an earlier run's folder."""
+    if not resume and any((run_dir / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
         raise MythicError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or set out_dir")
 
 
 def check_trackers(trackers: list[str]) -> None:
     for name in trackers:
-        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
-            raise MythicError(f"recipe log.trackers: {name} is not installed (pip install {TRACKER_PACKAGES[name]})")
-
-
-def saves_whole_model(model: nn.Module, recipe: Recipe) -> bool:
-    """OpenMythos and ``trainable.base`` runs train every weight: their result is the whole model."""
-    return not model.has_base or recipe.trainable.base
-
-
-def save_final(
-    model: nn.Module,
-    state: dict[str, torch.Tensor],
-    target: Path,
-    whole_model: bool,
-    tokenizer: Any,
-    lora: Lora | None,
-) -> Path:
-    """The run's result from whole tensors ``state``: ``save_pretrained`` of the whole model, or
-    ``save_recurrence`` plus the base LoRA's tensors and spec (``mythic.loading.save_base_lora``);
-    and the tokenizer."""
-    with atomic_dir(target, force=True) as tmp:
-        tokenizer.save_pretrained(tmp)
-        if whole_model:
-            model.save_pretrained(tmp, state_dict=state)
-        else:
-            model.save_recurrence(tmp, state)
-            tensors = {n: t for n, t in state.items() if "lora_" in n}
-            if tensors and lora is not None:
-                save_base_lora(tmp, tensors, lora.model_dump())
-    return target
-
-
-RESUME_MAY_CHANGE = ("train.steps", "log", "checkpoint")
+        if importlib.util.find_spec(name) is None:
+            raise MythicError(f"recipe log.trackers: {name} is not installed (pip install {name})")
 
 
 def check_same_recipe(saved: Path, recipe: Recipe) -> None:
@@ -168,13 +127,8 @@ def check_same_recipe(saved: Path, recipe: Recipe) -> None:
 
     def comparable(text: str) -> dict[str, Any]:
         data = yaml.safe_load(text) or {}
-        for key in RESUME_MAY_CHANGE:
-            head, _, tail = key.partition(".")
-            if tail:
-                (data.get(head) or {}).pop(tail, None)
-            else:
-                data.pop(head, None)
-        return data
+        train = {k: v for k, v in (data.get("train") or {}).items() if k != "steps"}
+        return {k: v for k, v in data.items() if k not in ("log", "checkpoint")} | {"train": train}
 
     old, new = comparable(saved.read_text()), comparable(recipe_to_yaml(recipe))
     for key in sorted(old.keys() | new.keys()):
@@ -190,14 +144,14 @@ class Training:
     accelerator: Accelerator
     model: nn.Module
     objective: nn.Module
-    optimizer: Any
-    torch_optimizer: torch.optim.Optimizer
+    optimizer: Any  # accelerate's wrapper after ``prepare``
     scheduler: Any
     stream: Any
     curriculum: Curriculum
     trainable: dict[str, nn.Parameter]
     tokenizer: Any
     metrics: MetricsLog
+    fsdp: bool
     start: int = 0
     skipped: int = 0
 
@@ -223,17 +177,12 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     return accelerator
 
 
-def sharded(recipe: Recipe, accelerator: Accelerator) -> bool:
-    """FSDP shards the model (``train.parallel: fsdp`` in a single process is the plain model)."""
-    return recipe.train.parallel == "fsdp" and accelerator.num_processes > 1
-
-
 def setup(recipe: Recipe, build: BuildFn) -> Training:
     """Model, trainable set (sharded under FSDP), objective, optimizer, scheduler, data and curriculum."""
     check_trackers(recipe.log.trackers)
     accelerator = make_accelerator(recipe)
     set_seed(recipe.seed)
-    fsdp = sharded(recipe, accelerator)
+    fsdp = recipe.train.parallel == "fsdp" and accelerator.num_processes > 1  # one process: the plain model
     model, tokenizer = build(recipe, torch.device("cpu") if fsdp else accelerator.device)
     trainable = select_trainable(model, recipe)
     model.train()
@@ -255,13 +204,13 @@ def setup(recipe: Recipe, build: BuildFn) -> Training:
         model=model,
         objective=Objective(model, recipe.loss),
         optimizer=optimizer,
-        torch_optimizer=optimizer,
         scheduler=make_scheduler(optimizer, recipe.optim, recipe.train.steps),
         stream=make_stream(recipe.data, tokenizer, recipe.seed),
         curriculum=Curriculum(recipe.curriculum, recipe.seed),
         trainable=trainable,
         tokenizer=tokenizer,
         metrics=MetricsLog(recipe.run_dir / "metrics.jsonl"),
+        fsdp=fsdp,
     )
 
 
@@ -275,7 +224,7 @@ def resume_from_latest(run: Training) -> None:
     check_same_recipe(recipe.run_dir / "recipe.yaml", recipe)
     check_same_tokenizer(found, run.tokenizer)
     ckpt = read_checkpoint(found)
-    check_trainable(run.trainable, ckpt.trainable, found)
+    check_tensors(run.trainable, ckpt.trainable, f"checkpoint {found}")
     parallel.load_full_state(run.model, ckpt.trainable, run.optimizer, ckpt.optimizer)
     run.scheduler.load_state_dict(ckpt.state.scheduler)
     run.stream.load_state_dict(ckpt.state.data)
@@ -289,7 +238,7 @@ def prepare(run: Training) -> None:
     """Hand the objective and optimizer to accelerate (FSDP: the optimizer only), write recipe.yaml,
     cut metrics.jsonl back to the resumed step, start the trackers."""
     recipe, accelerator = run.recipe, run.accelerator
-    if sharded(recipe, accelerator):
+    if run.fsdp:
         run.optimizer = accelerator.prepare(run.optimizer)
     else:
         run.objective, run.optimizer = accelerator.prepare(run.objective, run.optimizer)
@@ -382,7 +331,7 @@ def save_step(run: Training, done: int) -> None:
     """A checkpoint of whole tensors (gathered from every rank) at ``done``; keeps the newest ``keep``."""
     rng = gather_object([rng_state()])
     tensors = parallel.full_state(run.model, set(run.trainable))
-    optimizer_state = parallel.full_optimizer_state(run.model, run.torch_optimizer)
+    optimizer_state = parallel.full_optimizer_state(run.model, run.optimizer.optimizer)
     if run.accelerator.is_main_process:
         save_checkpoint(
             run.checkpoints,
@@ -397,16 +346,26 @@ def save_step(run: Training, done: int) -> None:
 
 
 def finish(run: Training, record: dict[str, Any]) -> TrainResult:
-    """``final/`` from whole tensors, the loss plot, trackers closed."""
-    recipe = run.recipe
+    """``final/`` from whole tensors with the tokenizer: ``save_pretrained`` of the whole model when every
+    weight trained, else ``save_recurrence`` (the folder ``mythic.loading.load_checkpoint`` loads) plus the
+    base LoRA's tensors and spec (``mythic.loading.save_base_lora``); the loss plot; trackers closed."""
+    recipe, model = run.recipe, run.model
     final_dir = recipe.run_dir / "final"
     plot = None
-    whole_model = saves_whole_model(run.model, recipe)
+    whole_model = not model.has_base or recipe.trainable.base  # OpenMythos, trainable.base
     # A recurrence checkpoint holds the recurrence whether or not it trained (a LoRA-only control's stays at init).
-    kept = None if whole_model else set(run.trainable) | {n for n, _ in run.model.recurrence_parameters()}
-    final_state = parallel.full_state(run.model, kept)
+    kept = None if whole_model else set(run.trainable) | {n for n, _ in model.recurrence_parameters()}
+    state = parallel.full_state(model, kept)
     if run.accelerator.is_main_process:
-        save_final(run.model, final_state, final_dir, whole_model, run.tokenizer, recipe.trainable.lora)
+        with atomic_dir(final_dir, force=True) as tmp:
+            run.tokenizer.save_pretrained(tmp)
+            if whole_model:
+                model.save_pretrained(tmp, state_dict=state)
+            else:
+                model.save_recurrence(tmp, state)
+                lora = {n: t for n, t in state.items() if "lora_" in n}
+                if lora and recipe.trainable.lora is not None:
+                    save_base_lora(tmp, lora, recipe.trainable.lora.model_dump())
         if recipe.log.plot:
             plot = plot_run(run.metrics.read(), recipe.run_dir / "loss.png", title=recipe.name)
     run.accelerator.wait_for_everyone()
