@@ -19,6 +19,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 from mythic.errors import MythicError
 from mythic.eval.humaneval import Problem
-from mythic.eval.rows import Row, loops_meter, row_mode
+from mythic.eval.rows import GREEDY, Row, loops_meter, prepare_tokenizer, row_mode
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
 FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
+@dataclass(eq=False)  # compared and hashed by identity
 class StopOnStrings(StoppingCriteria):
     """Finish a row once its generated text (after ``prompt_len`` tokens) contains a stop sequence.
 
@@ -41,10 +43,9 @@ class StopOnStrings(StoppingCriteria):
     which needs a byte-level vocabulary.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, stops: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.stops = stops
+    tokenizer: PreTrainedTokenizerBase
+    prompt_len: int
+    stops: Sequence[str]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
@@ -124,14 +125,9 @@ def generate_samples(
     )
     batches = [(b, pairs[start : start + batch_size]) for b, start in enumerate(range(0, len(pairs), batch_size))]
     todo = [(b, batch) for b, batch in batches if any((p.task_id, i) not in done for p, i in batch)]
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
-    if temperature > 0:
-        settings.update(do_sample=True, temperature=temperature, top_p=0.95)
-    else:
-        settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    prepare_tokenizer(tokenizer)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else GREEDY
+    settings = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id, **sampling}
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
         out.open("a", encoding="utf-8") as sink,
@@ -140,12 +136,8 @@ def generate_samples(
         torch.no_grad(),
     ):
         for b, batch in todo:
-            enc = tokenizer(
-                [prompts[p.task_id] for p, _ in batch],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=not chat,
-            ).to(model.device)
+            texts = [prompts[p.task_id] for p, _ in batch]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
             torch.manual_seed(seed + b)
             began = time.perf_counter()
             stop = [] if chat else [StopOnStrings(tokenizer, enc.input_ids.shape[1], STOP_SEQUENCES)]

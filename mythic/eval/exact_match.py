@@ -35,6 +35,7 @@ more loops change nothing; r_t shows whether it settles, grows or shrinks on the
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -44,27 +45,18 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
-from mythic.eval.rows import Row, loop_context, loop_rows, loops_meter, row_fields, row_label, row_mode
+from mythic.eval.rows import GREEDY, Row, loop_context, loop_rows, loops_meter, prepare_tokenizer, row_fields, row_mode
 from mythic.eval.stats import metric
 from mythic.tasks.files import Task
 
 
 class Prediction(NamedTuple):
-    """One row's answers (in task order); per task the loops used per generated token, the loops of the
-    first answer token and the prompt's tokens (None / 0 for the base); the tokens generated."""
+    """One row's answers (in task order); a looped row's loop costs (module docstring) per task, cost → [value]
+    (none for the base); the tokens generated."""
 
     answers: list[str]
-    loops: list[float | None]
-    answer_loops: list[float | None]
-    prompt_tokens: list[int]
+    costs: dict[str, list[float]]
     tokens: int
-
-
-def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
-    """Left padding (so every prompt ends at the last position), with EOS as padding when there is none."""
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
 
 
 def answer_budget(tokenizer: PreTrainedTokenizerBase, tasks: Sequence[Task]) -> int:
@@ -93,9 +85,8 @@ def predict(
     prepare_tokenizer(tokenizer)
     budget = answer_budget(tokenizer, tasks)
     answers = [""] * len(tasks)
-    fixed = float(n_loops) if isinstance(n_loops, int) else None
-    loops, answer_loops = [fixed] * len(tasks), [fixed] * len(tasks)
-    prompt_tokens = [0] * len(tasks)
+    names = ("mean_loops", "answer_loops", "prompt_token_loops")
+    costs = {} if n_loops is None else {name: [0.0] * len(tasks) for name in names}
     tokens = 0
     with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered, torch.no_grad():
         for batch in batches(tokenizer, tasks, batch_size):
@@ -104,10 +95,7 @@ def predict(
                 **enc,
                 **loop_kwargs,
                 max_new_tokens=budget,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
+                **GREEDY,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
@@ -116,12 +104,13 @@ def predict(
             used = metered()
             for j, (i, ids) in enumerate(zip(batch, new, strict=True)):
                 answers[i] = tokenizer.decode(ids, skip_special_tokens=True)
-                prompt_tokens[i] = int(enc.attention_mask[j].sum())
-                if used is not None:
-                    loops[i], answer_loops[i] = float(used[:, j].mean()), float(used[0, j])
+                if costs:  # an adaptive row's loops are metered; a fixed row loops T times at every token
+                    mean, first = (used[:, j].mean(), used[0, j]) if used is not None else (n_loops, n_loops)
+                    costs["mean_loops"][i], costs["answer_loops"][i] = float(mean), float(first)
+                    costs["prompt_token_loops"][i] = float(first) * int(enc.attention_mask[j].sum())
             if on_batch is not None:
                 on_batch(len(batch))
-    return Prediction(answers, loops, answer_loops, prompt_tokens, tokens)
+    return Prediction(answers, costs, tokens)
 
 
 def new_tokens(new: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -129,17 +118,14 @@ def new_tokens(new: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> int:
     if tokenizer.eos_token_id is None:
         return new.numel()
     is_eos = new == tokenizer.eos_token_id
-    first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full_like(is_eos[:, 0], new.shape[1]).long())
-    return int(first.sum())
+    return int(torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, new.shape[1]).sum())
 
 
 def score(tasks: Sequence[Task], predictions: Sequence[str], prediction: Prediction | None = None) -> dict[str, Any]:
-    """Accuracy overall and per difficulty (keys are the difficulties as strings, sorted), and beside each,
-    for a looped row (``prediction``'s loops known), ``mean_loops`` per generated token (the EOS step
-    included), ``answer_loops`` (the first answer token's) and ``prompt_token_loops`` (the prompt's tokens
-    × the answer token's loops: every prompt token loops as long as the last one, ``recurrence/exit.py``)."""
+    """Accuracy overall and per difficulty (keys: the difficulties as strings, sorted), and beside each, for a
+    looped row (``prediction``'s loops known), what its loops cost (module docstring)."""
     correct = [float(t.matches(p)) for t, p in zip(tasks, predictions, strict=True)]
-    looped = prediction is not None and None not in prediction.loops
+    costs = prediction.costs if prediction is not None else {}
     by_difficulty: dict[int, list[int]] = defaultdict(list)
     for i, task in enumerate(tasks):
         if task.difficulty is not None:
@@ -147,15 +133,7 @@ def score(tasks: Sequence[Task], predictions: Sequence[str], prediction: Predict
 
     def summary(indices: Sequence[int]) -> dict[str, Any]:
         out: dict[str, Any] = {"accuracy": metric([correct[i] for i in indices])}
-        if looped:
-            assert prediction is not None
-            cost = {
-                "mean_loops": [prediction.loops[i] for i in indices],
-                "answer_loops": [prediction.answer_loops[i] for i in indices],
-                "prompt_token_loops": [prediction.answer_loops[i] * prediction.prompt_tokens[i] for i in indices],
-            }
-            out |= {name: round(sum(values) / len(values), 3) for name, values in cost.items()}  # type: ignore[arg-type]
-        return out
+        return out | {name: round(statistics.fmean(v[i] for i in indices), 3) for name, v in costs.items()}
 
     overall = summary(range(len(tasks)))
     result: dict[str, Any] = {"metrics": {"accuracy": overall.pop("accuracy")}, **overall}
@@ -177,18 +155,12 @@ def evaluate_tasks(
         raise MythicError("no examples to evaluate")
     rows = []
     for n_loops in loop_rows(model, loops):
-        label = row_label(n_loops)
+        row = row_fields(n_loops)
+        on_batch = on_row(row["label"], len(tasks)) if on_row is not None else None
         started = time.perf_counter()
-        prediction = predict(
-            model,
-            tokenizer,
-            tasks,
-            n_loops,
-            batch_size=batch_size,
-            on_batch=on_row(label, len(tasks)) if on_row is not None else None,
-        )
+        prediction = predict(model, tokenizer, tasks, n_loops, batch_size=batch_size, on_batch=on_batch)
         seconds = time.perf_counter() - started
-        row = {**row_fields(n_loops), **score(tasks, prediction.answers, prediction)}
+        row |= score(tasks, prediction.answers, prediction)
         row["seconds"] = round(seconds, 2)
         row["tokens_per_second"] = round(prediction.tokens / seconds, 2)
         row["predictions"] = prediction.answers

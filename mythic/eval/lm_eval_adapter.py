@@ -69,12 +69,7 @@ class MythicLM(HFLM):
             return super()._model_generate(context, max_length, stop, **generation_kwargs, **loop_kwargs)
 
 
-def main() -> None:
-    """``lm_eval``'s command line with the ``mythic`` model registered."""
+if __name__ == "__main__":  # lm_eval's command line, with the ``mythic`` model registered
     from lm_eval.__main__ import cli_evaluate
 
     cli_evaluate()
-
-
-if __name__ == "__main__":
-    main()

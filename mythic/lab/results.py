@@ -4,9 +4,8 @@ Aggregation, per arm, row (base / T=n / auto) and band (a difficulty range), on 
 and test): each seed's accuracy over the band's examples, then the mean over seeds with its standard
 error (``stats.metric``: the seeds' spread, not the examples'); the same per difficulty (test), and
 the loop-state dynamics c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖ and r_t = ‖h_t‖ / √dim
-(``eval.exact_match.loop_dynamics``). An adaptive row also carries what its loops cost (mean ± SE over
-seeds): loops per generated token (the EOS step included), the first answer token's loops and the
-prompt's token-loops, overall and per difficulty.
+(``eval.exact_match.loop_dynamics``). An adaptive row also carries what its loops cost (``COSTS``, mean ± SE
+over seeds), overall and per difficulty.
 
 Baselines: the generator's shallow heuristics (``tasks/baselines.py``) scored on the test file, per
 band and difficulty, each taking fewer steps than the band's questions need; the strongest one per
@@ -29,65 +28,53 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from mythic.eval.report import heatmap_figure
+from mythic.eval.report import heatmap_figure, metric_text, plot_rows, row_title
 from mythic.eval.stats import metric
 from mythic.io import write_json
-from mythic.lab.experiment import Experiment, Outcome, point_label
+from mythic.lab.experiment import Experiment, Outcome, band_accuracy, point_label
 from mythic.tasks.baselines import score, strongest
 from mythic.tasks.files import read_tasks
-from mythic.tasks.make import generator, parse_difficulty_range
+from mythic.tasks.make import generator
 
-COSTS = ("mean_loops", "answer_loops", "prompt_token_loops")
-
-
-def band_accuracy(row: dict[str, Any], band: tuple[int, int]) -> float | None:
-    """A row's accuracy over the examples whose difficulty lies in ``band`` (None if there are none)."""
-    total = correct = 0.0
-    for d, entry in row["per_difficulty"].items():
-        if band[0] <= int(d) <= band[1]:
-            m = entry["accuracy"]
-            total += m["n"]
-            correct += m["value"] * m["n"]
-    return correct / total if total else None
+COSTS = {  # what an adaptive row's loops cost → its column in the report
+    "answer_loops": "answer token",
+    "mean_loops": "per generated token (EOS step included)",
+    "prompt_token_loops": "prompt token-loops",
+}
 
 
-def bands_of(experiment: Experiment) -> dict[str, tuple[int, int]]:
-    return {name: parse_difficulty_range(text, f"bands.{name}") for name, text in experiment.bands.items()}
+def per_difficulty(
+    seed_rows: list[dict[str, Any]], difficulties: list[int], value: Callable[[dict[str, Any]], float]
+) -> dict[str, Any]:
+    """Mean ± SE over seeds of ``value(entry)`` of each difficulty's entry of the seeds' rows."""
+    return {str(d): metric([value(row["per_difficulty"][str(d)]) for row in seed_rows]) for d in difficulties}
 
 
 def split_rows(experiment: Experiment, mine: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One split's records of one arm (sorted by seed) → its rows, mean ± SE over seeds per band and difficulty."""
-    bands = bands_of(experiment)
+    bands = experiment.band_ranges()
     difficulties = mine[0]["results"]["difficulties"]
     rows = []
     for i, first in enumerate(mine[0]["results"]["rows"]):
         seed_rows = [r["results"]["rows"][i] for r in mine]
-        per_band = {}
-        for name, band in bands.items():
-            values = [band_accuracy(row, band) for row in seed_rows]
-            if all(v is not None for v in values):
-                per_band[name] = metric(values)  # type: ignore[arg-type]
+        per_band = {name: [band_accuracy(row, band) for row in seed_rows] for name, band in bands.items()}
         row = {
             "label": first["label"],
             "n_loops": first["n_loops"],
-            "bands": per_band,
-            "per_difficulty": {
-                str(d): metric([row["per_difficulty"][str(d)]["accuracy"]["value"] for row in seed_rows])
-                for d in difficulties
-            },
+            "bands": {name: metric(values) for name, values in per_band.items() if None not in values},
+            "per_difficulty": per_difficulty(seed_rows, difficulties, lambda entry: entry["accuracy"]["value"]),
         }
         if first["n_loops"] == "auto":
             row["exit"] = first["exit"]
             for cost in COSTS:
                 row[cost] = metric([r[cost] for r in seed_rows])
-                row[f"{cost}_per_difficulty"] = {
-                    str(d): metric([r["per_difficulty"][str(d)][cost] for r in seed_rows]) for d in difficulties
-                }
+                row[f"{cost}_per_difficulty"] = per_difficulty(seed_rows, difficulties, itemgetter(cost))
         rows.append(row)
     return rows
 
@@ -96,7 +83,7 @@ def experiment_baselines(experiment: Experiment) -> dict[str, Any]:
     """The generator's shallow heuristics scored on the experiment's test file, per band and difficulty."""
     tests = read_tasks(experiment.data_dir / "test.jsonl")
     heuristics = generator(experiment.tasks.generator).baselines
-    return score(tests, heuristics, bands_of(experiment))
+    return score(tests, heuristics, experiment.band_ranges())
 
 
 def aggregate(experiment: Experiment, outcome: Outcome, baselines: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +91,10 @@ def aggregate(experiment: Experiment, outcome: Outcome, baselines: dict[str, Any
     ``baselines`` (``experiment_baselines``); see the module docstring."""
     arms: dict[str, Any] = {}
     for arm in experiment.arms:
-        tests = sorted((r for r in outcome.records["test"] if r["arm"] == arm.name), key=lambda r: r["seed"])
-        valids = sorted((r for r in outcome.records["valid"] if r["arm"] == arm.name), key=lambda r: r["seed"])
+        tests, valids = (
+            sorted((r for r in outcome.records[split] if r["arm"] == arm.name), key=lambda r: r["seed"])
+            for split in ("test", "valid")
+        )
         if not tests:
             continue
         rows = split_rows(experiment, tests)
@@ -150,14 +139,12 @@ def overlap_text(claim: dict[str, Any]) -> str:
     return "-" if claim["overlap"] is None else "yes" if claim["overlap"] else "no"
 
 
-def best_row(rows: list[dict[str, Any]], band: str, allowed: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+def best_row(
+    rows: list[dict[str, Any]], band: str, allowed: Callable[[dict[str, Any]], bool] = lambda r: True
+) -> dict[str, Any] | None:
     """The allowed row with the highest mean valid accuracy on ``band`` (the first of a tie)."""
     candidates = [r for r in rows if band in r["valid_bands"] and band in r["bands"] and allowed(r)]
     return max(candidates, key=lambda r: r["valid_bands"][band]["value"]) if candidates else None
-
-
-def claim(text: str, band: str, a: dict[str, Any], b: dict[str, Any], rows: list[str]) -> dict[str, Any]:
-    return {"claim": text, "band": band, "rows": rows, **difference(a, b)}
 
 
 def compare(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -172,72 +159,43 @@ def compare(summary: dict[str, Any]) -> list[dict[str, Any]]:
     at_trained = next((r for r in looped if r["n_loops"] == trained), None)
     claims = []
     for band in summary["bands"]:
-        best = best_row(looped, band, lambda r: True)
+        best = best_row(looped, band)
         if best is None:
             continue
+        pairs = []  # (claim, row a, row b): the claim is a − b
         deeper = best_row(looped, band, lambda r: r["n_loops"] > trained)
         if at_trained is not None and deeper is not None:
-            claims.append(
-                claim(
-                    f"{main_name}: best T > {trained} (on valid) vs T={trained}",
-                    band,
-                    deeper["bands"][band],
-                    at_trained["bands"][band],
-                    [deeper["label"], at_trained["label"]],
-                )
-            )
+            pairs.append((f"best T > {trained} (on valid) vs T={trained}", deeper, at_trained))
         last = max(looped, key=lambda r: r["n_loops"])
         if last is not best:
-            claims.append(
-                claim(
-                    f"{main_name}: T={last['n_loops']} (most loops) vs best T (on valid)",
-                    band,
-                    last["bands"][band],
-                    best["bands"][band],
-                    [last["label"], best["label"]],
-                )
-            )
+            pairs.append((f"T={last['n_loops']} (most loops) vs best T (on valid)", last, best))
         for auto in adaptive:
             if band in auto["bands"]:
-                claims.append(
-                    claim(
-                        f"{main_name}: {auto['label']} {auto['exit']} (adaptive) vs best T (on valid)",
-                        band,
-                        auto["bands"][band],
-                        best["bands"][band],
-                        [auto["label"], best["label"]],
-                    )
-                )
+                pairs.append((f"{row_title(auto)} (adaptive) vs best T (on valid)", auto, best))
         if summary["baselines"]:
             name, value = strongest(summary["baselines"], band)
-            claims.append(
-                claim(
-                    f"{main_name}: best T (on valid) vs the strongest baseline",
-                    band,
-                    best["bands"][band],
-                    {"value": value, "stderr": 0.0},
-                    [best["label"], name],
-                )
-            )
+            heuristic = {"label": name, "bands": {band: {"value": value, "stderr": 0.0}}}
+            pairs.append(("best T (on valid) vs the strongest baseline", best, heuristic))
         for name, arm in list(arms.items())[1:]:
-            control = best_row(arm["rows"], band, lambda r: True)
+            control = best_row(arm["rows"], band)
             if control is not None:
-                claims.append(
-                    claim(
-                        f"{main_name}: best T (on valid) vs {name} (its best row on valid)",
-                        band,
-                        best["bands"][band],
-                        control["bands"][band],
-                        [best["label"], f"{name} {control['label']}"],
-                    )
-                )
+                control = control | {"label": f"{name} {control['label']}"}
+                pairs.append((f"best T (on valid) vs {name} (its best row on valid)", best, control))
+        claims += [
+            {
+                "claim": f"{main_name}: {text}",
+                "band": band,
+                "rows": [a["label"], b["label"]],
+                **difference(a["bands"][band], b["bands"][band]),
+            }
+            for text, a, b in pairs
+        ]
     return claims
 
 
 def points(m: dict[str, Any]) -> str:
-    """A metric in percentage points: '43.1 ± 2.0' (no ± with one seed or an exact value)."""
-    se = f" ± {m['stderr'] * 100:.1f}" if m.get("stderr") else ""
-    return f"{m['value'] * 100:.1f}{se}"
+    """A metric in percentage points: '43.1 ± 2.0' (no ± with one seed or an exact value: SE 0)."""
+    return metric_text(m if m.get("stderr") else {"value": m["value"]}, 100, 1)
 
 
 def accuracy_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -257,17 +215,6 @@ def accuracy_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
-def loops_text(m: dict[str, Any]) -> str:
-    """Mean loops as '4.26 ± 0.31' (no ± with one seed)."""
-    se = f" ± {m['stderr']:.2f}" if m.get("stderr") is not None else ""
-    return f"{m['value']:.2f}{se}"
-
-
-def row_title(row: dict[str, Any]) -> str:
-    """A row's label; an adaptive row's with its exit rule ('auto:32 kl:0.001')."""
-    return f"{row['label']} {row['exit']}" if row["n_loops"] == "auto" else row["label"]
-
-
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -275,51 +222,22 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def plot_bands(summary: dict[str, Any], path: Path) -> None:
-    """Accuracy against loops, one panel per band, one line per arm (mean ± SE over seeds); adaptive rows as
-    stars at their loops per answer token; the strongest baseline as a dotted line."""
+    """Accuracy against loops, one panel per band, one line per arm (mean ± SE over seeds; ``report.plot_rows``):
+    adaptive rows as stars at their loops per answer token; the strongest baseline as a dotted black line."""
     bands = list(summary["bands"])
-    fig = Figure(figsize=(4.2 * len(bands), 3.6))
+    fig = Figure(figsize=(4.2 * len(bands), 3.6), layout="tight")
     axes = fig.subplots(1, len(bands), squeeze=False)[0]
     for ax, band in zip(axes, bands, strict=True):
         for index, (name, arm) in enumerate(summary["arms"].items()):
-            colour = f"C{index}"
-            rows = [r for r in arm["rows"] if isinstance(r["n_loops"], int) and band in r["bands"]]
-            for r in arm["rows"]:
-                if r["n_loops"] == "auto" and band in r["bands"]:
-                    ax.plot(
-                        [r["answer_loops"]["value"]],
-                        [r["bands"][band]["value"]],
-                        marker="*",
-                        markersize=12,
-                        linestyle="none",
-                        color=colour,
-                        label=f"{name} {r['label']} {r['exit']} (at its answer loops)",
-                    )
-            if len(rows) > 1:
-                ax.errorbar(
-                    [r["n_loops"] for r in rows],
-                    [r["bands"][band]["value"] for r in rows],
-                    yerr=[r["bands"][band]["stderr"] or 0.0 for r in rows],
-                    marker="o",
-                    capsize=3,
-                    color=colour,
-                    label=name,
-                )
-            elif rows:
-                ax.axhline(rows[0]["bands"][band]["value"], linestyle="--", color=colour, label=name)
-            base = next((r for r in arm["rows"] if r["n_loops"] is None and band in r["bands"]), None)
-            if base is not None:
-                ax.axhline(base["bands"][band]["value"], linestyle=":", color="gray", label=f"{name} base")
+            shown = [(r, r["bands"][band]) for r in arm["rows"] if band in r["bands"]]
+            plot_rows(ax, shown, name, f"C{index}", star="answer_loops")
         if summary["baselines"]:
             heuristic, value = strongest(summary["baselines"], band)
             ax.axhline(value, linestyle=":", color="black", label=f"baseline: {heuristic}")
-        ax.set_xscale("log", base=2)
         ax.set_ylim(0.0, 1.02)
-        ax.set_xlabel("loops (T)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{band} (difficulty {summary['bands'][band]})", fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
@@ -327,7 +245,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> bool:
     """Training loss against step, one line per arm and seed (the arm's colour); False when no record has one."""
     if not any(arm["curves"] for arm in summary["arms"].values()):
         return False
-    fig = Figure(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4), layout="tight")
     ax = fig.subplots()
     for index, (name, arm) in enumerate(summary["arms"].items()):
         for seed, curve in enumerate(arm["curves"]):
@@ -337,19 +255,15 @@ def plot_curves(summary: dict[str, Any], path: Path) -> bool:
     ax.set_xlabel("training step")
     ax.set_ylabel("training cross-entropy (mean over logged steps)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
 
 
 def plot_dynamics(arm: dict[str, Any], path: Path, title: str) -> None:
     """c_t (log y) and r_t against t, one line per difficulty, side by side."""
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(11, 4), layout="tight")
     left, right = fig.subplots(1, 2)
-    for ax, name, label in (
-        (left, "change", "‖h_{t+1} − h_t‖ / ‖h_t‖"),
-        (right, "rms", "‖h_t‖ / √dim"),
-    ):
+    for ax, name, label in ((left, "change", "‖h_{t+1} − h_t‖ / ‖h_t‖"), (right, "rms", "‖h_t‖ / √dim")):
         for key, values in arm["dynamics"][name].items():
             ys = [max(v["value"], 1e-8) for v in values]
             ax.plot(range(1, len(ys) + 1), ys, label=key, lw=2 if key == "all" else 1)
@@ -358,63 +272,41 @@ def plot_dynamics(arm: dict[str, Any], path: Path, title: str) -> None:
     left.set_yscale("log")
     left.set_title(title, fontsize=9)
     right.legend(fontsize=6, ncol=2, title="difficulty")
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def tuning_lines(summary: dict[str, Any], h2: str) -> list[str]:
+def tuning_blocks(summary: dict[str, Any], h2: str) -> list[str]:
     """The tuning table: every arm's grid points with their valid score, the chosen one marked."""
-    tuned = {name: arm["tuning"] for name, arm in summary["arms"].items() if arm["tuning"]}
-    if not tuned:
-        return []
     table = [
         [name, point_label(entry["point"]).replace(",", ", "), f"{entry['valid'] * 100:.1f}", "yes" if i == 0 else ""]
-        for name, entries in tuned.items()
-        for i, entry in enumerate(entries)
+        for name, arm in summary["arms"].items()
+        for i, entry in enumerate(arm["tuning"])
     ]
+    if not table:
+        return []
     return [
         f"{h2} Tuning (valid split, first seed; every arm the same grid)",
-        "",
         markdown_table(["arm", "point", "valid accuracy % (best fixed row)", "chosen"], table),
-        "",
     ]
 
 
-def adaptive_lines(main_name: str, main: dict[str, Any], h2: str) -> list[str]:
+def adaptive_blocks(main_name: str, main: dict[str, Any], h2: str) -> list[str]:
     """What the adaptive rows' loops cost, per difficulty."""
     adaptive = [r for r in main["rows"] if r["n_loops"] == "auto"]
     if not adaptive:
         return []
-    header = ["difficulty"]
-    for r in adaptive:
-        header += [f"{r['label']}: answer token", f"{r['label']}: per generated token (EOS step included)"]
-        header += [f"{r['label']}: prompt token-loops"]
+    header = ["difficulty", *(f"{r['label']}: {column}" for r in adaptive for column in COSTS.values())]
     body = [
-        [
-            str(d),
-            *(
-                loops_text(r[f"{cost}_per_difficulty"][str(d)])
-                for r in adaptive
-                for cost in ("answer_loops", "mean_loops", "prompt_token_loops")
-            ),
-        ]
+        [str(d), *(metric_text(r[f"{cost}_per_difficulty"][str(d)]) for r in adaptive for cost in COSTS)]
         for d in main["difficulties"]
     ]
-    body.append(
-        [
-            "all",
-            *(loops_text(r[cost]) for r in adaptive for cost in ("answer_loops", "mean_loops", "prompt_token_loops")),
-        ]
-    )
+    body.append(["all", *(metric_text(r[cost]) for r in adaptive for cost in COSTS)])
     return [
         f"{h2} Adaptive depth: {main_name}, the loops it spends (mean ± SE over seeds)",
-        "",
         "The answer token's loops are those of the prompt's forward; the mean per generated token also counts the "
         "EOS step; every prompt token loops as long as the prompt's last one, so the prompt's token-loops are its "
         "tokens × the answer token's loops.",
-        "",
         markdown_table(header, body),
-        "",
     ]
 
 
@@ -427,67 +319,46 @@ def report_section(
     prefix: str = "",
     level: int = 1,
 ) -> str:
-    """The experiment's Markdown (figures written into ``folder``, linked as ``prefix`` + name)."""
+    """The experiment's Markdown, blocks separated by blank lines (figures written into ``folder``, linked as
+    ``prefix`` + name)."""
     folder.mkdir(parents=True, exist_ok=True)
     main_name, main = next(iter(summary["arms"].items()))
     plot_bands(summary, folder / "accuracy-vs-loops.png")
+    values = [[row["per_difficulty"][str(d)]["value"] for row in main["rows"]] for d in main["difficulties"]]
+    title = f"{experiment.name}: {main_name}, mean over seeds"
+    labels = [row["label"] for row in main["rows"]]
     heatmap_figure(
-        [[row["per_difficulty"][str(d)]["value"] for row in main["rows"]] for d in main["difficulties"]],
-        [row["label"] for row in main["rows"]],
-        main["difficulties"],
-        folder / f"heatmap-{main_name}.png",
-        f"{experiment.name}: {main_name}, mean over seeds",
-        "accuracy (mean over seeds)",
+        values, labels, main["difficulties"], folder / f"heatmap-{main_name}.png", title, "accuracy (mean over seeds)"
     )
-    seeds = len(experiment.seeds)
     h1, h2 = "#" * level, "#" * (level + 1)
-    lines = [f"{h1} {experiment.name}", "", preamble.strip(), ""] if preamble else [f"{h1} {experiment.name}", ""]
-    lines += [f"{h2} Arms", ""]
-    lines += [
-        markdown_table(
-            ["arm", "recipe", "overrides", "chosen on valid", "what it is"],
-            [
-                [
-                    a.name,
-                    f"`{a.recipe}`",
-                    "<br>".join(f"`{o}`" for o in a.set) or "-",
-                    point_label(summary["arms"][a.name]["point"]).replace(",", ", ") or "-",
-                    a.description,
-                ]
-                for a in experiment.arms
-                if a.name in summary["arms"]
-            ],
-        ),
-        "",
+    arms = [
+        [
+            a.name,
+            f"`{a.recipe}`",
+            "<br>".join(f"`{o}`" for o in a.set) or "-",
+            point_label(summary["arms"][a.name]["point"]).replace(",", ", ") or "-",
+            a.description,
+        ]
+        for a in experiment.arms
+        if a.name in summary["arms"]
     ]
-    lines += tuning_lines(summary, h2)
-    lines += [f"{h2} Accuracy by difficulty band (%, test split, mean ± SE over {seeds} seeds)", ""]
-    lines += [
+    blocks = [f"{h1} {experiment.name}", *([preamble.strip()] if preamble else []), f"{h2} Arms"]
+    blocks += [markdown_table(["arm", "recipe", "overrides", "chosen on valid", "what it is"], arms)]
+    blocks += tuning_blocks(summary, h2)
+    blocks += [
+        f"{h2} Accuracy by difficulty band (%, test split, mean ± SE over {len(experiment.seeds)} seeds)",
         "Baseline rows are shallow heuristics scored on the same test file (expected accuracy); a heuristic takes "
         "fewer steps than any question of the band needs (`resolve_then_guess` walks lo − 1 steps of a band "
         "lo–hi, then guesses).",
-        "",
+        markdown_table(*accuracy_table(summary)),
+        f"![accuracy against loops]({prefix}accuracy-vs-loops.png)",
     ]
-    lines += [markdown_table(*accuracy_table(summary)), ""]
-    lines += [f"![accuracy against loops]({prefix}accuracy-vs-loops.png)", ""]
     if plot_curves(summary, folder / "learning-curves.png"):
-        lines += [
+        blocks += [
             "Training cross-entropy of every run (one line per seed; the answer and EOS tokens):",
-            "",
             f"![learning curves]({prefix}learning-curves.png)",
-            "",
         ]
-    lines += [f"{h2} Claims, as measured on test (percentage points; SE = √(SE_a² + SE_b²); best rows chosen on valid)"]
-    lines += [
-        "",
-        markdown_table(
-            ["claim", "band", "rows", "difference", "seed intervals overlap"],
-            [[c["claim"], c["band"], " vs ".join(c["rows"]), points(c), overlap_text(c)] for c in claims],
-        ),
-        "",
-        f"{h2} Per difficulty: {main_name} (%, test, mean ± SE over seeds), and the baselines",
-        "",
-    ]
+    claims_rows = [[c["claim"], c["band"], " vs ".join(c["rows"]), points(c), overlap_text(c)] for c in claims]
     per_difficulty = [
         [
             str(d),
@@ -499,46 +370,36 @@ def report_section(
         ]
         for d in main["difficulties"]
     ]
-    header = ["difficulty", *(r["label"] for r in main["rows"]), *summary["baselines"]]
-    lines += [markdown_table(header, per_difficulty), ""]
-    lines += [f"![heatmap]({prefix}heatmap-{main_name}.png)", ""]
-    lines += adaptive_lines(main_name, main, h2)
+    blocks += [
+        f"{h2} Claims, as measured on test (percentage points; SE = √(SE_a² + SE_b²); best rows chosen on valid)",
+        markdown_table(["claim", "band", "rows", "difference", "seed intervals overlap"], claims_rows),
+        f"{h2} Per difficulty: {main_name} (%, test, mean ± SE over seeds), and the baselines",
+        markdown_table(["difficulty", *(r["label"] for r in main["rows"]), *summary["baselines"]], per_difficulty),
+        f"![heatmap]({prefix}heatmap-{main_name}.png)",
+    ]
+    blocks += adaptive_blocks(main_name, main, h2)
     if main["dynamics"] is not None:
         plot_dynamics(main, folder / f"dynamics-{main_name}.png", f"{main_name}: loop state at the answer position")
-        change, rms = main["dynamics"]["change"], main["dynamics"]["rms"]
-        shown = [t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 31, 32) if t <= len(rms["all"])]
-        steps = [t for t in shown if t <= len(change["all"])]  # c_t stops one loop before r_t
-        lines += [
-            f"{h2} Loop state: {main_name} (at the answer position, mean over seeds)",
-            "",
-            "c_t = ‖h_(t+1) − h_t‖ / ‖h_t‖ (0: a fixed point, more loops change nothing):",
-            "",
-            markdown_table(
-                ["difficulty", *(f"t={t}" for t in steps)],
-                [[k, *(f"{v[t - 1]['value']:.2e}" for t in steps)] for k, v in change.items()],
-            ),
-            "",
-            "r_t = ‖h_t‖ / √dim:",
-            "",
-            markdown_table(
-                ["difficulty", *(f"t={t}" for t in shown)],
-                [[k, *(f"{v[t - 1]['value']:.3g}" for t in shown)] for k, v in rms.items()],
-            ),
-            "",
-            f"![loop state]({prefix}dynamics-{main_name}.png)",
-            "",
-        ]
-    return "\n".join(lines)
+        blocks += [f"{h2} Loop state: {main_name} (at the answer position, mean over seeds)"]
+        for name, caption, spec in (
+            ("change", "c_t = ‖h_(t+1) − h_t‖ / ‖h_t‖ (0: a fixed point, more loops change nothing):", ".2e"),
+            ("rms", "r_t = ‖h_t‖ / √dim:", ".3g"),
+        ):
+            curves = main["dynamics"][name]
+            shown = [t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 31, 32) if t <= len(curves["all"])]
+            rows = [[k, *(f"{v[t - 1]['value']:{spec}}" for t in shown)] for k, v in curves.items()]
+            blocks += [caption, markdown_table(["difficulty", *(f"t={t}" for t in shown)], rows)]
+        blocks += [f"![loop state]({prefix}dynamics-{main_name}.png)"]
+    return "\n\n".join(blocks) + "\n"
 
 
 def write_report(
     experiment: Experiment, summary: dict[str, Any], claims: list[dict[str, Any]], folder: Path, preamble: str = ""
 ) -> Path:
     """``results.json``, ``results.md`` and the figures into ``folder``; returns the Markdown path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "results.json", {"summary": summary, "claims": claims})
     path = folder / "results.md"
     path.write_text(report_section(experiment, summary, claims, folder, preamble))
+    write_json(folder / "results.json", {"summary": summary, "claims": claims})
     return path
 
 
@@ -551,12 +412,8 @@ def write_combined_report(
     """One Markdown page for several experiments, figures in ``<page stem>/<experiment>/`` beside it. A page
     that exists keeps the sections of experiments not given here (each section starts with a marker line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    kept: dict[str, str] = {}
-    if path.is_file():
-        pieces = path.read_text().split(SECTION.format("")[:-4])
-        for piece in pieces[1:]:
-            name, _, body = piece.partition(" -->\n")
-            kept[name] = body
+    pieces = path.read_text().split(SECTION.format("")[:-4])[1:] if path.is_file() else []
+    kept = {name: body for name, _, body in (piece.partition(" -->\n") for piece in pieces)}
     for experiment, summary, claims, preamble in sections:
         folder = path.parent / path.stem / experiment.name
         prefix = f"{path.stem}/{experiment.name}/"
