@@ -1,17 +1,14 @@
 """Where models and tokenizers come from: base folders, mythic checkpoints, exports, base LoRAs.
 
 A mythic checkpoint folder (what surgery writes, a run's ``final/``, a light export, which adds
-``base.json``: the base's repo, revision and fingerprint) holds
-``config.json`` (model_type ``mythic``: the base's config, where the base lives, its
-revision, the block, the rule, every hyperparameter) and ``recurrence.safetensors`` (the
-new parameters only). When a training run adapted the base with peft, ``base_lora.safetensors``
-(its tensors) and ``base_lora.json`` (its rank, alpha and targets, see ``mythic.lora``) lie
-beside them, so the folder describes itself.
+``base.json``: the base's repo, revision and fingerprint) holds ``config.json`` (model_type ``mythic``:
+the base's config, where the base lives, its revision, the block, the rule, every hyperparameter) and
+``recurrence.safetensors`` (the new parameters only); with a peft LoRA on the base,
+``base_lora.safetensors`` and ``base_lora.json`` (its rank, alpha and targets, see ``mythic.lora``).
 
-Loading is strict: the base must be the revision (manifest) and architecture (config
-fingerprint) the checkpoint was made on, and every tensor of the recurrence and the base LoRA
-must be present with the shape the config implies (``mythic.tensors``). Every failure is a
-one-line ``MythicError``.
+Loading is strict: the base must be the revision (manifest) and architecture (config fingerprint) the
+checkpoint was made on, and every tensor must be present with the shape the config implies
+(``mythic.tensors``). Every failure is a one-line ``MythicError``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
 """Surgery: turn a base folder into a mythic checkpoint.
 
-The checkpoint folder holds ``config.json`` (model_type ``mythic``: the base's config, where
-the base lives, its revision, the block, the rule and every hyperparameter),
-``recurrence.safetensors`` (the new parameters only) and ``surgery-report.json``; it loads
-back through ``mythic.loading``. It is written through a temp folder and renamed at the end,
-so a failed surgery leaves nothing.
+The checkpoint folder (``mythic.loading`` describes and loads it) gets a ``surgery-report.json`` too;
+it is written through a temp folder and renamed at the end, so a failed surgery leaves nothing.
 
-The T = 1 identity check is part of surgery: the base's logits on a fixed batch of token
-ids are computed before the wrapper is built and compared with the wrapper's at
-``n_loops=1``; the max abs diff is reported (0.0 for a fresh wrapper with an
-identity-preserving rule).
+The T = 1 identity check is part of surgery: the base's logits on a fixed batch of token ids are
+compared with the wrapper's at ``n_loops=1``; the max abs diff is reported (0.0 for a fresh wrapper
+with an identity-preserving rule).
 """
 
 from __future__ import annotations
@@ -24,7 +20,6 @@ import torch
 from mythic.errors import MythicError
 from mythic.io import atomic_dir, write_json
 from mythic.loading import DTYPES, base_revision, check_base_dir, load_base_config, load_base_model, parse_dtype
-from mythic.models.families import check_block, family_of
 from mythic.models.retrofit import RetrofitConfig, RetrofitForCausalLM
 
 REPORT_FILE = "surgery-report.json"
@@ -65,21 +60,14 @@ def surgery(
     if out.exists() and not force:
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
     config = load_base_config(base_dir)
-    family_of(config)
-    check_block(config, block[0], block[1], drop)
-    RetrofitConfig(text_config=config, block_start=block[0], block_end=block[1], **settings).validate_surgery()
+    settings |= {"block_start": block[0], "block_end": block[1], "drop": list(drop) if drop else None}
+    RetrofitConfig(text_config=config, **settings).validate_surgery()
     base = load_base_model(base_dir, dtype=DTYPES[parse_dtype(dtype)]).eval()
     probe = identity_probe(config.vocab_size)
     with torch.no_grad():
         expected = base(probe).logits
     model = RetrofitForCausalLM.from_base(
-        base,
-        block_start=block[0],
-        block_end=block[1],
-        drop=list(drop) if drop else None,
-        base_name_or_path=str(base_dir.resolve()),
-        base_revision=base_revision(base_dir),
-        **settings,
+        base, base_name_or_path=str(base_dir.resolve()), base_revision=base_revision(base_dir), **settings
     ).eval()
     with torch.no_grad():
         diff = float((model(probe, n_loops=1).logits - expected).abs().max()) if not drop else None

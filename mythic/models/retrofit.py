@@ -1,36 +1,25 @@
 """The retrofit wrapper: a pretrained decoder whose middle block is looped T times.
 
     prelude = layers[:s]   (optionally minus a dropped range [a, b) ⊂ [0, s), retrofit-paper surgery)
-    block   = layers[s:e]  run T = n_loops times through the loop driver
+    block   = layers[s:e]  run T = n_loops times by the runner (``recurrence/runner.py``)
     coda    = layers[e:]
 
-``RetrofitForCausalLM`` is a real ``PreTrainedModel`` + ``GenerationMixin``: it owns the base
-causal LM unchanged and replaces each block layer in ``model.model.layers`` by a
-``BlockSlot``. During the base's own forward, the slots of layers s … e−2 record their
-call (hidden-state input aside, each decoder layer gets its mask, rotary table, per-layer
-input, cache…) and pass the hidden state through; the slot of layer e−1 then hands the
-recorded calls (``LayerCalls``, this kind's adapter) to the runner (``recurrence/runner.py``),
-which loops them. The base's forward sits between the wrapper's forward and the block, so the
-forward's ``Request`` reaches the slots through the model's loop context. Embeddings, masks,
-norms and heads stay the base's own code for every family, so a fresh wrapper at T = 1
-computes exactly what the base computes: bit-for-bit identical logits.
+``RetrofitForCausalLM`` is a ``PreTrainedModel`` + ``GenerationMixin`` that owns the base causal LM
+unchanged and replaces each block layer in its layer list by a ``BlockSlot``. During the base's own
+forward, the slots of layers s … e−2 record their call (each layer's mask, rotary table, per-layer input,
+cache …) and pass the hidden state through; the slot of layer e−1 hands the recorded calls
+(``LayerCalls``, this kind's adapter) to the runner. The base's forward sits between the wrapper's and
+the block, so the forward's ``Request`` reaches the slots through the model's loop context. Embeddings,
+masks, norms and heads stay the base's own code for every family, so a fresh wrapper at T = 1 computes
+the base's logits bit for bit. A pass for some rows alone gathers the recorded calls' arguments by row
+(``batch_rows``), except through layers that share keys with others (``families.batch_separable``).
 
-The cache is a ``LoopCache`` (one KV slot per loop and block layer). ``base_mode()`` switches all
-of the recurrence, the Depth-LoRA and any peft LoRA on the base off: the result is the base model
-(the eval base row and the KL-anchor target alike).
+``base_mode()`` switches the recurrence, the Depth-LoRA and any peft LoRA on the base off: the result is
+the base model (the eval base row and the KL-anchor target alike).
 
-Adaptive depth, halting, KV sharing and compaction are the runner's: a pass computed for some rows
-alone gathers the recorded calls' arguments by row (``batch_rows``), except through layers that
-share keys with other layers (gemma4's KV sharing: ``families.batch_separable``); the ``kl`` exit
-criterion reads the loop state through the base's final norm and head (``readout``).
-
-Loop counts above ``max_loops`` (the trained maximum) run: the per-loop parameters of
-the last trained loop are reused for every deeper loop.
-
-A surgery/training checkpoint holds ``config.json`` plus ``recurrence.safetensors`` (the
-new parameters only); ``mythic.loading.load_checkpoint`` loads the base named in the config and
-then the recurrence tensors strictly. A full export (``save_pretrained``) holds everything and
-loads with ``from_pretrained``.
+A surgery/training checkpoint holds ``config.json`` plus ``recurrence.safetensors`` (the new parameters
+only), loaded by ``mythic.loading.load_checkpoint``; a full export (``save_pretrained``) holds everything
+and loads with ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -54,6 +43,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mythic.errors import MythicError
 from mythic.models.families import batch_separable, check_block, decoder_layers, family_of, final_norm
+from mythic.models.protocol import LoopedModel
 from mythic.recurrence import RULES
 from mythic.recurrence.cache import LoopCache, check_kv_share
 from mythic.recurrence.depth_lora import DepthLoRA
@@ -121,7 +111,14 @@ class RetrofitConfig(PreTrainedConfig):
         return [i for i in range(n) if not a <= i < b]
 
 
-FINGERPRINT_IGNORES = {"transformers_version", "dtype", "torch_dtype", "use_cache", "architectures"}
+FINGERPRINT_IGNORES = {
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "use_cache",
+    "architectures",
+    "quantization_config",
+}
 
 
 def config_fingerprint(config: PreTrainedConfig) -> str:
@@ -195,12 +192,10 @@ class LayerCalls:
     def separable(self) -> bool:
         return all(batch_separable(layer) for layer, _, _ in self.calls)
 
-    def __call__(self, x: torch.Tensor, t: int, view: Any, token_mask: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, view: Any, token_mask: torch.Tensor | None) -> torch.Tensor:
         return self.replay(x, view, self.calls)
 
-    def subset(
-        self, x: torch.Tensor, t: int, view: Any, rows: torch.Tensor, index: torch.Tensor | None
-    ) -> torch.Tensor:
+    def subset(self, x: torch.Tensor, view: Any, rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         picked = [batch_rows(call, rows, x.shape[0]) for call in self.calls]
         return self.replay(x[rows], view, picked)
 
@@ -212,15 +207,9 @@ class LayerCalls:
 
 
 class BlockSlot(nn.Module):
-    """Stands in for one block layer inside the base's layer list.
-
-    The base model's own forward calls its decoder layers one after the other, so the wrapper cannot hand
-    the block its ``Request``: it sets it in the loop context for the extent of the base's forward. With
-    a request there, the slots of the block's first layers record their call (hidden-state input aside:
-    each layer's masks, rotary tables, per-layer inputs, cache) and pass the hidden state through, and the
-    slot of the last layer runs the recurrence over the recorded calls (``LayerCalls``). Without one
-    (base mode, or the base called directly) every slot is its plain layer.
-    """
+    """Stands in for one block layer inside the base's layer list (see the module docstring): with a
+    ``Request`` in the loop context it records its call, and the last slot runs the recurrence over the
+    recorded calls; without one (base mode, or the base called directly) it is its plain layer."""
 
     def __init__(self, layer: nn.Module, last: bool, recurrence: Recurrence, readout: Callable[..., Any]) -> None:
         super().__init__()
@@ -237,12 +226,11 @@ class BlockSlot(nn.Module):
         if not self.last:
             return hidden_states
         calls, state.calls = state.calls, []
-        return recurrence.run(
-            LayerCalls(calls), hidden_states, state.request, kwargs.get("cache"), state.past, readout
-        ).h
+        h, _ = recurrence.run(LayerCalls(calls), hidden_states, state.request, kwargs.get("cache"), state.past, readout)
+        return h
 
 
-class RetrofitForCausalLM(PreTrainedModel, GenerationMixin):
+class RetrofitForCausalLM(PreTrainedModel, LoopedModel, GenerationMixin):
     """A pretrained causal LM with a looped middle block; ``n_loops`` is a forward/generate argument."""
 
     config_class = RetrofitConfig
@@ -304,9 +292,7 @@ class RetrofitForCausalLM(PreTrainedModel, GenerationMixin):
         """
         text_config = copy.deepcopy(base.config)
         settings.setdefault("base_name_or_path", getattr(base.config, "_name_or_path", None) or None)
-        config = RetrofitConfig(text_config=text_config, **settings)
-        config.validate_surgery()
-        return cls(config, base=base)
+        return cls(RetrofitConfig(text_config=text_config, **settings), base=base)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.base.get_input_embeddings()
@@ -373,17 +359,10 @@ class RetrofitForCausalLM(PreTrainedModel, GenerationMixin):
             raise MythicError("checkpoint_loops needs use_cache=False: recomputation would write the KV cache twice")
         if cache is not None and not isinstance(cache, LoopCache):
             raise MythicError("cache must be a LoopCache: create it with model.new_cache()")
-        outer = self.recurrence.context.forward
-        state = outer
-        if outer is None or outer.request is not None:  # base mode keeps its plain layers for the whole call
+        state = self.recurrence.context.forward
+        if state is None or state.request is not None:  # base mode keeps its plain layers for the whole call
             check_kv_share(self.config.kv_share)
-            request = Request(
-                n_loops,
-                grad_loops=grad_loops,
-                checkpoint=checkpoint_loops,
-                kv_share=self.config.kv_share == "last",
-                logits_to_keep=logits_to_keep,
-            )
+            request = Request(n_loops, grad_loops, checkpoint_loops, self.config.kv_share == "last", logits_to_keep)
             state = Forward(request, cache.get_seq_length() if cache is not None else 0)
         with self.recurrence.context.forwarding(state):
             out = self.base(
@@ -405,35 +384,12 @@ class RetrofitForCausalLM(PreTrainedModel, GenerationMixin):
         """Next-token logits read straight off a loop state: the base's final norm and head (the logit lens)."""
         return self.base.get_output_embeddings()(final_norm(self.base)(h))
 
-    def _prepare_cache_for_generation(
-        self, generation_config: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
-    ) -> None:
-        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
-            model_kwargs["cache"] = self.new_cache()
-            return
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-
     def recurrence_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) of the new recurrence modules only: the default trainable set."""
         return self.recurrence.named_parameters(prefix="recurrence")
 
     def recurrence_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.recurrence_parameters()}
-
-    def recurrence_stats(self) -> dict[str, float]:
-        """ρ(Ā), gate and LayerScale values per loop: what a run logs to see the recurrence wake up."""
-        stats = self.recurrence.stats()
-        rule = self.recurrence.rule
-        with torch.no_grad():
-            if isinstance(rule, ResidualRule):
-                for t in range(1, self.config.max_loops):
-                    stats[f"gate/{t}"] = float(rule.gate(t).mean())
-                    stats[f"layerscale/{t}"] = float(rule.scale(t).mean())
-        return stats
-
-    def after_optimizer_step(self) -> dict[str, float]:
-        """Nothing to do after an optimizer step (the protocol's hook; OpenMythos balances its router)."""
-        return {}
 
     def save_recurrence(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Write ``config.json`` and the new parameters (``recurrence.safetensors``) into ``directory``.

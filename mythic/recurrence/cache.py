@@ -5,27 +5,21 @@ A base with L layers whose block is layers [s, e) (k = e − s) gets
     slot(0, j) = j                          the base's own slots (loop 0, prelude, coda)
     slot(t, j) = L + (t − 1)·k + (j − s)    for t ≥ 1 and s ≤ j < e
 
-so every pass of every block layer has its own keys and values; reusing one slot for
-two passes corrupts prefill silently and crashes at decode (prior art). Extra slots are
-created on first use with the cache-layer type of the block layer they mirror (full,
-sliding-window, KV-sharing dummy), so any loop count works without sizing the cache up
-front. The loop driver hands each pass a ``LoopSlots`` view whose ``update`` remaps the
-attention module's ``layer_idx``; everything else (sequence length, masks, beam
-reordering, cropping) is the DynamicCache's own.
+so every pass of every block layer has its own keys and values (sharing one slot between two
+passes corrupts prefill silently). Extra slots are created on first use with the cache-layer type of
+the block layer they mirror (full, sliding-window, KV-sharing dummy), so any loop count works. Each
+pass writes through a view (``CacheView``) whose ``update`` remaps the attention module's
+``layer_idx``; everything else (sequence length, masks, beam reordering, cropping) is the cache's own:
 
-Adaptive exit (``exit.py``): ``FillForward`` gives positions that have exited the keys and values
-of their last computed pass at every later pass (those of pass t − 1, themselves filled forward
-if they had exited before), and appends those entries to the slots of a pass that is skipped.
-
-KV sharing across loops (``SharedPass``, ``kv_share: last``): every pass beyond the first uses one
-slot per block layer, which keeps each token's last-pass keys and values; a loop count then costs
-(L + k)/L of the T = 1 cache instead of (L + (T − 1)·k)/L. Ouro reports it near-lossless; its
-cost here is measured in docs/benchmarks.md.
+    LoopSlots    pass t ≥ 1: slot(t, j)
+    SharedPass   ``kv_share: last`` (Ouro): every pass beyond the first shares slot(1, j), which keeps each
+                 token's last-pass entries: (L + k)/L of the T = 1 cache instead of (L + (T − 1)·k)/L
+    FillForward  adaptive exit (``exit.py``): exited positions present their last computed pass's entries
+    Compacted    adaptive exit: a pass computed for some rows (and tokens) alone
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,7 +81,17 @@ class LoopCache(DynamicCache):
         return 1 + (len(self.layers) - self.n_base) // (self.block_end - self.block_start)
 
 
-class LoopSlots:
+class View:
+    """A view of a cache: its own ``update(keys, values, layer_idx)``; every other attribute (sequence
+    length, mask sizes, layer types …, what attention code reads) is the cache's below it (``self.cache``)."""
+
+    cache: Any
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cache, name)
+
+
+class LoopSlots(View):
     """The cache as seen by pass t ≥ 1 of the block: ``update`` writes slot(t, layer_idx)."""
 
     def __init__(self, cache: LoopCache, t: int) -> None:
@@ -100,14 +104,11 @@ class LoopSlots:
         self.cache.ensure_slot(idx)
         return self.cache.update(key_states, value_states, idx, *args, **kwargs)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.cache, name)
-
 
 Written = dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
-class FillForward:
+class FillForward(View):
     """The cache as seen by pass t of an adaptive-depth forward (see ``exit.py``).
 
     ``update`` writes as usual, except that ``frozen`` positions (B, q) get the keys and values
@@ -142,27 +143,24 @@ class FillForward:
             self.written[(self.t, layer)] = (keys, values)
             self.cache.update(keys, values, layer)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.cache, name)
 
-
-class Compacted:
+class Compacted(View):
     """The cache as seen by a pass computed for a subset of the batch (adaptive exit): the batch rows
     ``rows`` (R,) of ``batch`` and in them the new tokens ``index`` (R, Q) of ``length`` (None: all of
-    them, in order). ``update``
-    scatters their keys and values into full tensors for ``inner`` — a ``FillForward`` view, which
-    puts the exited tokens' own entries in every other place (padding indices must point at exited
-    tokens or repeat a computed one) — and returns the keys and values of the rows computed."""
+    them, in order). ``update`` scatters their keys and values into full tensors for ``inner`` — a
+    ``FillForward`` view, which puts the exited tokens' own entries in every other place (padding indices
+    must point at exited tokens or repeat a computed one) — and returns the keys and values of the rows
+    computed."""
 
     def __init__(
         self, inner: FillForward, rows: torch.Tensor, index: torch.Tensor | None, batch: int, length: int
     ) -> None:
-        self.inner, self.rows, self.index, self.batch, self.length = inner, rows, index, batch, length
+        self.cache, self.rows, self.index, self.batch, self.length = inner, rows, index, batch, length
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.inner.update(
+        keys, values = self.cache.update(
             self._scatter(key_states), self._scatter(value_states), layer_idx, *args, **kwargs
         )
         return keys[self.rows], values[self.rows]
@@ -176,9 +174,6 @@ class Compacted:
             )
         return states.new_zeros(self.batch, h, self.length, d).index_copy(0, self.rows, positions)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
 
 KV_SHARE = (None, "last")
 
@@ -189,36 +184,28 @@ def check_kv_share(value: str | None) -> None:
         raise MythicError(f"kv_share must be 'last' or unset, got {value!r}")
 
 
-class SharedPass:
+class SharedPass(LoopSlots):
     """KV sharing across loops (``kv_share: last``, Ouro): the cache as seen by pass t ≥ 1, which
-    reads and writes one slot shared by every pass beyond the first (``shared(layer_idx)``).
+    reads and writes the slots of pass 1, shared by every pass beyond the first.
 
     The pass attends to the stored tokens' entries — those of their last pass — followed by this
     call's tokens' entries of pass t; only the last pass (``store``) appends its entries, so the
     slot holds one pass's keys per token whatever the loop count."""
 
-    def __init__(self, cache: DynamicCache, shared: Callable[[int], int], store: bool) -> None:
-        self.cache, self.shared, self.store = cache, shared, store
+    def __init__(self, cache: LoopCache, store: bool) -> None:
+        super().__init__(cache, 1)
+        self.store = store
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.shared(layer_idx)
         if self.store:
-            if isinstance(self.cache, LoopCache):
-                self.cache.ensure_slot(idx)
-            return self.cache.update(key_states, value_states, idx, *args, **kwargs)
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        idx = self.cache.slot(1, layer_idx)
         layer = self.cache.layers[idx] if idx < len(self.cache.layers) else None
         if layer is None or getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             return key_states, value_states
         return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.cache, name)
 
-
-CacheView = LoopCache | LoopSlots | FillForward | SharedPass | Compacted
-"""What a pass writes its keys and values through: the cache itself or a view of it. Each view has the
-cache's ``update(keys, values, layer_idx)`` and hands every other attribute (sequence length, mask
-sizes, layer types, …) to the cache below it, which is what attention code reads; ``CacheView`` names
-them for type hints."""
+CacheView = LoopCache | View  # what a pass writes its keys and values through: the cache or a view of it

@@ -24,15 +24,8 @@ import torch
 
 
 class LoopContext:
-    """Per-model context: the current loop index (for Depth-LoRA), the current run settings, an
-    optional observer the loop driver hands every new state to (``observer(t, h_t)``), and an
-    optional meter of the loops adaptive-depth forwards used (``metering``).
-
-    Each value is set for the extent of a ``with`` block. In eager mode it lives in a
-    ``ContextVar`` (one per value and model), so two threads running one model never see each
-    other's loop; under ``torch.compile``, which cannot trace ContextVars, it is a plain attribute
-    read at trace time (the loop index is a constant of the traced graph).
-    """
+    """Per-model context: the loop index (for Depth-LoRA), the current forward's state (a retrofit's), an
+    observer the loop driver hands every new state to (``observer(t, h_t)``), a meter of adaptive loops."""
 
     NAMES = ("loop", "forward", "observer", "meter")
 
@@ -51,18 +44,17 @@ class LoopContext:
     @contextlib.contextmanager
     def _setting(self, name: str, value: Any) -> Iterator[None]:
         if torch.compiler.is_compiling():
-            previous = self._traced[name]
-            self._traced[name] = value
+            previous, self._traced[name] = self._traced[name], value
             try:
                 yield
             finally:
                 self._traced[name] = previous
-            return
-        token = self._vars[name].set(value)
-        try:
-            yield
-        finally:
-            self._vars[name].reset(token)
+        else:
+            token = self._vars[name].set(value)
+            try:
+                yield
+            finally:
+                self._vars[name].reset(token)
 
     @property
     def loop(self) -> int | None:

@@ -2,13 +2,11 @@
 
     y = W x + (α / r) · B_t A_t x        A_t ∈ R^{r×in}, B_t ∈ R^{out×r}, B_t = 0 at init
 
-The delta is added by a forward hook on the original module, so the base module (a
-plain ``nn.Linear``, a bitsandbytes ``Linear4bit``, a peft layer) is never replaced and
-keeps its parameter names. The loop index t reaches the hook through the model's ``LoopContext``
-(``context.py``: a hook on a module inside the block has no other way in), so nothing is shared
-between models or threads. Outside the loop driver (t is None)
-the hook adds nothing, which is how ``base_mode`` switches the LoRA off. Loops past the trained maximum reuse the last
-loop's A, B.
+The delta is added by a forward hook on the original module, so the base module (a plain ``nn.Linear``,
+a bitsandbytes ``Linear4bit``, a peft layer) is never replaced and keeps its parameter names. The loop
+index t reaches the hook through the model's ``LoopContext`` (``context.py``). Outside the loop driver
+(t is None) the hook adds nothing, which is how ``base_mode`` switches the LoRA off. Loops past the
+trained maximum reuse the last loop's A, B.
 """
 
 from __future__ import annotations
@@ -58,17 +56,13 @@ class DepthLoRA(nn.Module):
         self.n_loops, self.rank, self.alpha = n_loops, rank, alpha
         self.deltas = nn.ModuleDict()
 
-    @staticmethod
-    def key(path: str) -> str:
-        return path.replace(".", "__")
-
     def attach(self, block: nn.ModuleList, targets: tuple[str, ...], context: LoopContext) -> list[str]:
         """Create (if missing) and hook a delta on every Linear in ``block`` whose name ends in a target."""
         attached = []
         for path, module in block.named_modules():
             if path.rsplit(".", 1)[-1] not in targets or not hasattr(module, "in_features"):
                 continue
-            key = self.key(path)
+            key = path.replace(".", "__")
             if key not in self.deltas:
                 self.deltas[key] = LoRADelta(
                     module.in_features, module.out_features, self.n_loops, self.rank, self.alpha

@@ -10,14 +10,10 @@ that is still running exits when
                   pass per loop and position)
     act           the halting head's cumulative probability ≥ its threshold (ACT, ``halting.py``)
 
-Which positions decide (``read``, the model's ``logits_to_keep``): the criterion decides only at
-the positions whose next-token logits the caller reads (``generate`` reads the last one); every
-other position of the forward is context and runs as long as any read position of its row runs.
-A context position's own next token is given, so its readout says nothing about when it is done:
-a prompt token whose value waits on an upstream lookup sees its readout stand still, and would
-exit before the lookup resolves (docs/lab-notes.md measures this). With ``act`` the halting head
-likewise decides at read positions only. ``read = 0`` (the default, every position read) lets
-every position decide for itself.
+Which positions decide (``read``, the model's ``logits_to_keep``; 0, the default: all): only those whose
+next-token logits the caller reads (``generate``: the last one), the halting head's too with ``act``; every
+other position is context and runs as long as any read position of its row runs (a context token's own
+readout says nothing about when it is done: docs/lab-notes.md).
 
 An exited position keeps its state (h ← h) for the remaining passes, so the block's output at it
 is the state after its last computed pass. Keys and values (fill-forward): at every pass after
@@ -117,31 +113,21 @@ def parse_exit(text: str) -> tuple[str, float | None]:
     name, _, value = text.strip().partition(":")
     if name not in CRITERIA:
         raise MythicError(f"--exit: unknown criterion {name!r}: use convergence:EPS, kl:EPS or act")
-    if name == "act":
-        if value:
-            raise MythicError("--exit act takes no EPS")
-        return name, None
     try:
-        eps = float(value)
+        eps = float(value) if value or name != "act" else None
     except ValueError:
         raise MythicError(f"--exit {name}:EPS needs a number, got {value!r}") from None
-    if not math.isfinite(eps) or eps <= 0:
-        raise MythicError(f"--exit {name}:EPS needs EPS > 0, got {value}")
+    AdaptiveDepth(None, name, eps)  # its checks: EPS > 0 for convergence and kl, no EPS for act
     return name, eps
-
-
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class ExitRun:
     """The exit state of one forward call; the loop driver calls ``begin`` / ``update`` / ``stop``.
 
-    ``readout(h)`` gives next-token logits for states (the ``kl`` criterion); ``fill(t)`` writes
-    the fill-forward cache entries of pass t when that pass is skipped; ``written`` holds the
-    keys and values this forward wrote per (pass, block layer), for ``cache.FillForward``;
-    ``read`` is the model's ``logits_to_keep`` (int: the last ``read`` positions, 0: all; or a
-    tensor of positions): where the criterion decides, every other position being context.
+    ``readout(h)`` gives next-token logits for states (the ``kl`` criterion); ``fill(t)`` writes the
+    fill-forward cache entries of a skipped pass t; ``fires(h, h_next, t)`` replaces the criterion;
+    ``written`` holds the keys and values this forward wrote per (pass, block layer), for
+    ``cache.FillForward``; ``read`` is the model's ``logits_to_keep`` (see the module docstring).
     """
 
     def __init__(
@@ -167,7 +153,7 @@ class ExitRun:
         self.masks: list[torch.Tensor] = []
         self.log_p: torch.Tensor | None = None
         self.written: Written = {}
-        self.may_stop = not distributed()
+        self.may_stop = not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
     def begin(self, t: int, running: torch.Tensor | None = None) -> torch.Tensor:
         """The positions that run pass t (also halting's ``running`` when given, at read positions), recorded."""

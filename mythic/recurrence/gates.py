@@ -30,12 +30,7 @@ class IdentityBiasedGate(nn.Module):
 
     def __init__(self, n_loops: int, dim: int, per_channel: bool = False, bias_init: float = 0.0) -> None:
         super().__init__()
-        self.init = bias_init
         self.value = nn.Parameter(torch.full((n_loops, dim if per_channel else 1), float(bias_init)))
-
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.value.fill_(self.init)
 
     def forward(self, t: int) -> torch.Tensor:
         return torch.sigmoid(self.value[loop_slot(t, self.value.shape[0])])
@@ -57,11 +52,8 @@ class LayerScale(nn.Module):
         self, n_loops: int, dim: int, per_channel: bool = False, init: float = 0.05, max_value: float = 0.5
     ) -> None:
         super().__init__()
-        self.init, self.max_value = init, max_value
+        self.max_value = max_value
         self.logit = nn.Parameter(torch.full((n_loops, dim if per_channel else 1), scale_logit(init, max_value)))
-
-    def reset_parameters(self) -> None:
-        self.set(self.init)
 
     @torch.no_grad()
     def set(self, value: float) -> None:

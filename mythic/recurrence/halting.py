@@ -7,22 +7,18 @@ After pass t has produced h_{t+1}, every position that is still running gets
     w_t   = 1 − c  if halts  else  p_t                            c ← c + w_t
     out   = Σ_t w_t · h_{t+1}
 
-so the weights of every position sum to exactly 1, whether it halted early or ran out
-of loops (the reference left never-halting positions with weights summing to
-0.007–0.03). The ponder cost is Graves' ρ = N + R per position (N the loops it ran,
-R = 1 − c before its last step, differentiable through the p_t), averaged.
+so the weights of every position sum to exactly 1, whether it halted early or ran out of loops
+(the reference's did not). The ponder cost is Graves' ρ = N + R per position (N the loops it
+ran, R = 1 − c before its last step, differentiable through the p_t), averaged.
 
-Initialisation: w = 0 and b = logit(1 / max_loops), so p = 1 / max_loops everywhere:
-at init the output is the uniform average of the first max_loops states (a shorter run
-gives its last state the remainder), and more loops change it (the reference halted
-every position after two loops: p ≈ 0.5 with τ = 0.99).
+Initialisation: w = 0 and b = logit(1 / max_loops), so p = 1 / max_loops everywhere: at init the
+output is the uniform average of the first max_loops states (the reference halted every position
+after two loops).
 
-Halting never ends the loop early: the driver always runs max(n_loops) passes, so
-every rank of a distributed job makes the same collective calls. It only masks:
-``begin(t)`` returns the positions still running at pass t, the driver freezes the
-state of the others (h ← h), and a block may skip their expensive parts (OpenMythos
-skips their MoE FFN). The mask is recorded once per pass, so an activation-checkpoint
-recomputation sees the same mask as the forward did.
+Halting never ends the loop early (every rank of a distributed job makes the same collective
+calls): ``begin(t)`` returns the positions still running at pass t, recorded once per pass so that
+an activation-checkpoint recomputation sees the same mask; the driver freezes the others (h ← h),
+and a block may skip their expensive parts (OpenMythos skips their MoE FFN).
 """
 
 from __future__ import annotations
@@ -65,10 +61,7 @@ class ACTRun:
     def __init__(self, head: ACTHalting, e: torch.Tensor, n_loops: int | torch.Tensor) -> None:
         self.head = head
         shape = e.shape[:-1]
-        if isinstance(n_loops, torch.Tensor):
-            self.last = (n_loops.to(e.device) - 1).view(-1, *([1] * (len(shape) - 1))).expand(shape)
-        else:
-            self.last = torch.full(shape, int(n_loops) - 1, device=e.device)
+        self.last = (torch.as_tensor(n_loops, device=e.device) - 1).view(-1, *([1] * (len(shape) - 1))).expand(shape)
         self.cumulative = torch.zeros(shape, device=e.device)
         self.halted = torch.zeros(shape, dtype=torch.bool, device=e.device)
         self.steps = torch.zeros(shape, device=e.device)
@@ -80,9 +73,6 @@ class ACTRun:
         """The positions still running at pass t (recorded, so a recomputation sees the same mask)."""
         if t == len(self.masks):
             self.masks.append(~self.halted & (t <= self.last))
-        return self.masks[t]
-
-    def running(self, t: int) -> torch.Tensor:
         return self.masks[t]
 
     def update(self, h: torch.Tensor, t: int) -> None:

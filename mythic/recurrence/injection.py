@@ -5,13 +5,10 @@
     B̄  = Δ · B                                   (B diagonal by default, or a full matrix)
     inj(h, e) = Ā ⊙ h + B̄ e
 
-Spectral radius: Ā is diagonal, so ρ(Ā) = max Ā. The exponent is ε = 2⁻⁷ plus a
-non-negative term, so it is at least ε in float32 arithmetic too, hence Ā ≤ exp(−2⁻⁷) ≈
-0.99222, which stays strictly below 1 after rounding to bfloat16 (0.9921875) as well as in
-float32, for *every* parameter value: tiny or huge Δ, A_log = ±inf, and NaN (mapped to a
-zero term). Prior art reached exactly 1.0 in fp32 at its clamp and earlier in bf16. The
-offset is smooth where a floor (max(·, ε)) would pass zero gradient to a rate below it.
-Ā is computed in float32 and only then cast.
+Spectral radius: Ā is diagonal, so ρ(Ā) = max Ā. The exponent is at least ε = 2⁻⁷ in float32
+arithmetic too, hence Ā ≤ exp(−2⁻⁷) ≈ 0.99222 < 1 in float32 and after rounding to bfloat16
+(0.9921875), for *every* parameter value: tiny or huge Δ, A_log = ±inf, and NaN (mapped to a zero
+term). The offset is smooth where a floor would pass zero gradient. Ā is computed in float32.
 
 Initialisation follows Parcae: Ā ≈ 0.447 (ε + Δ·exp(A_log) ≈ 0.805), B = 1.
 These parameters must get no weight decay (``mythic.train.model.param_groups`` exempts them).
@@ -39,11 +36,9 @@ def stable_decay(a_log: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:
 class LTIInjection(nn.Module):
     """inj(h, e) = Ā ⊙ h + B̄ e with ρ(Ā) < 1 strictly; see the module docstring."""
 
-    def __init__(self, dim: int, full_b: bool = False, b_init: float = 1.0) -> None:
+    def __init__(self, dim: int, full_b: bool = False) -> None:
         super().__init__()
-        self.dim = dim
         self.full_b = full_b
-        self.b_init = b_init
         self.A_log = nn.Parameter(torch.zeros(dim))
         self.dt_bias = nn.Parameter(torch.zeros(dim))
         self.B = nn.Parameter(torch.empty(dim, dim) if full_b else torch.empty(dim))
@@ -53,10 +48,7 @@ class LTIInjection(nn.Module):
         with torch.no_grad():
             self.A_log.zero_()
             self.dt_bias.fill_(math.log(math.expm1(INIT_DECAY - EPS_EXPONENT)))
-            if self.full_b:
-                self.B.copy_(torch.eye(self.dim) * self.b_init)
-            else:
-                self.B.fill_(self.b_init)
+            self.B.copy_(torch.eye(self.B.shape[0]) if self.full_b else torch.ones_like(self.B))
 
     def get_A(self) -> torch.Tensor:  # noqa: N802 - the OpenMythos API name
         """The diagonal of Ā (float32); ``get_A().max() < 1`` is the stability check."""

@@ -1,6 +1,4 @@
-"""THE loop driver. Every path — cached and uncached forward, training and eval, the
-retrofit wrapper and the from-scratch model — runs its recurrent block through
-``run_loops``.
+"""THE loop driver: the runner (``runner.py``) runs every model's block through ``run_loops``.
 
     h₀ = e
     for t in 0 … T−1:
@@ -9,33 +7,24 @@ retrofit wrapper and the from-scratch model — runs its recurrent block through
         h_{t+1} = rule.exit(h_t, b_t, e, t)
     return h_T
 
-``n_loops`` is an int, or a LongTensor (B,) of per-sequence depths (Parcae's per-sequence
-depth, continuous depth-wise batching): the batch runs max(n) loops and a sequence whose
-depth is reached keeps its state (h ← where(t < n_b, h_new, h)).
+``n_loops`` is an int, or a LongTensor (B,) of per-sequence depths (Parcae; continuous depth-wise
+batching): the batch runs max(n) loops and a sequence whose depth is reached keeps its state
+(h ← where(t < n_b, h_new, h)).
 
-Truncated backprop through depth: with ``grad_loops = k`` every sequence b backpropagates
-through its own last min(n_b, k) loops, t ∈ [n_b − k, n_b) (Parcae's rule): loops before
-min_b(n_b − k) run under ``torch.no_grad`` for the whole batch (their activations are not kept,
-so memory does not grow with them); in later loops a sequence that is still in its no-gradient
-part has its new state detached. A shallow sequence batched with a deep one therefore gets the
-same gradient as alone. ``checkpoint=True`` wraps each graph-building loop in
-non-reentrant activation checkpointing, which also works when h does not require grad.
-Never checkpoint while writing a KV cache: the recomputation would write it twice.
+Truncated backprop through depth: with ``grad_loops = k`` every sequence b backpropagates through its
+own last min(n_b, k) loops, t ∈ [n_b − k, n_b) (Parcae's rule): loops before min_b(n_b − k) run under
+``torch.no_grad`` for the whole batch (memory does not grow with them); in later loops a sequence still
+in its no-gradient part has its new state detached, so a shallow sequence batched with a deep one gets
+the same gradient as alone. ``checkpoint=True`` wraps each graph-building loop in non-reentrant
+activation checkpointing (never while writing a KV cache: the recomputation would write it twice).
 
-ACT halting (``halting``, an ``ACTRun`` from ``halting.py``): before pass t the driver asks
-which positions still run (``halting.begin(t)``), freezes the others after the pass
-(h ← where(running, h_new, h)) and folds h_{t+1} into the halting-weighted output, which
-is returned instead of h_T. Every pass still runs for the whole batch: halting masks,
-it never exits early.
+Masks: before pass t the driver asks which positions still run — ACT halting (``halting.begin(t)``,
+``halting.py``) and adaptive exit (``early_exit.begin``, ``exit.py``), ANDed — and freezes the others
+after the pass (h ← where(running, h_new, h)). ACT folds every h_{t+1} into its weighted output, returned
+instead of h_T; adaptive exit stops the loop when no position runs pass t (``early_exit.stop`` writes the
+skipped passes' fill-forward cache entries).
 
-Adaptive exit (``early_exit``, an ``ExitRun`` from ``exit.py``): positions leave when their criterion
-fires; the driver freezes them like halted ones (and ANDs the two masks when both are given),
-and when no position runs pass t it stops there (``early_exit.stop`` writes the skipped passes'
-fill-forward cache entries). The step function reads ``early_exit.frozen(t)`` to give exited positions
-the keys and values of their last computed pass.
-
-``observer(t, h_t)``, when given, sees every new state h_1 … h_T (for measurements such as
-the loop-state convergence ‖h_{t+1} − h_t‖ / ‖h_t‖); it must not change them.
+``observer(t, h_t)``, when given, sees every new state h_1 … h_T; it must not change them.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A model kind hands the runner its block as a ``LoopedBlock`` (its adapter):
 
-    block(x, t, view, token_mask)          one pass of the block layers over the whole batch
-    block.subset(x, t, view, rows, index)  the pass for the batch rows ``rows`` (R,) and in them, when
+    block(x, view, token_mask)             one pass of the block layers over the whole batch
+    block.subset(x, view, rows, index)     the pass for the batch rows ``rows`` (R,) and in them, when
                                            ``block.positions``, the tokens ``index`` (R, Q); else whole rows
     block.separable                        whether a pass may be computed for some rows apart
 
@@ -43,7 +43,7 @@ from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, running_ind
 from mythic.recurrence.halting import ACTHalting, ACTRun
 from mythic.recurrence.loop import LoopCount, deepest, run_loops
 from mythic.recurrence.loop_embedding import LoopEmbedding
-from mythic.recurrence.rules import UpdateRule
+from mythic.recurrence.rules import ResidualRule, UpdateRule
 
 
 @dataclass(frozen=True)
@@ -65,21 +65,11 @@ class LoopedBlock(Protocol):
     positions: bool
     separable: bool
 
-    def __call__(
-        self, x: torch.Tensor, t: int, view: CacheView | None, token_mask: torch.Tensor | None
-    ) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, view: CacheView | None, token_mask: torch.Tensor | None) -> torch.Tensor: ...
 
     def subset(
-        self, x: torch.Tensor, t: int, view: Compacted, rows: torch.Tensor, index: torch.Tensor | None
+        self, x: torch.Tensor, view: Compacted, rows: torch.Tensor, index: torch.Tensor | None
     ) -> torch.Tensor: ...
-
-
-@dataclass
-class Looped:
-    """The runner's result: the output state, and the ACT run when the model halts (its ponder cost)."""
-
-    h: torch.Tensor
-    halting: ACTRun | None
 
 
 class Recurrence(nn.Module):
@@ -104,9 +94,15 @@ class Recurrence(nn.Module):
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
-        """ρ(Ā) of the update rule's injection, when it has one (the ``concat`` rule has none)."""
+        """ρ(Ā) of the update rule's injection, when it has one (the ``concat`` rule has none), and the
+        ``residual`` rule's gate and LayerScale per loop: what a run logs to see the recurrence wake up."""
         injection = getattr(self.rule, "injection", None)
-        return {} if injection is None else {"rho_A": float(injection.get_A().max())}
+        stats = {} if injection is None else {"rho_A": float(injection.get_A().max())}
+        if isinstance(self.rule, ResidualRule):
+            for t in range(1, self.max_loops):
+                stats[f"gate/{t}"] = float(self.rule.gate(t).mean())
+                stats[f"layerscale/{t}"] = float(self.rule.scale(t).mean())
+        return stats
 
     def run(
         self,
@@ -116,8 +112,9 @@ class Recurrence(nn.Module):
         cache: LoopCache | None,
         past: int,
         readout: Callable[[torch.Tensor], torch.Tensor] | None,
-    ) -> Looped:
-        """Loop ``block`` from h₀ = ``e`` (B, q, D) as ``request`` asks; ``past``: tokens already in ``cache``."""
+    ) -> tuple[torch.Tensor, ACTRun | None]:
+        """Loop ``block`` from h₀ = ``e`` (B, q, D) as ``request`` asks; ``past``: tokens already in ``cache``.
+        Returns the output state and the ACT run when the model halts (its ponder cost)."""
         n_loops, early_exit = request.n_loops, None
         if isinstance(n_loops, AdaptiveDepth):
             depth = n_loops.bounded(self.max_loops)
@@ -131,28 +128,39 @@ class Recurrence(nn.Module):
         if request.kv_share and isinstance(n_loops, torch.Tensor):
             raise MythicError("kv_share needs one loop count for the whole batch, not per-sequence depths")
         total = deepest(n_loops)
-        views = Views(cache, request.kv_share, total)
+
+        def view_at(t: int) -> CacheView | None:
+            """The cache as pass t sees it: its own slots, the slot shared by the passes t ≥ 1 (``kv_share``),
+            and an adaptive forward's fill-forward view on top."""
+            if cache is None:
+                return None
+            view: CacheView = cache.at_loop(t)
+            if request.kv_share and t >= 1:
+                view = SharedPass(cache, store=t == total - 1)
+            if early_exit is not None:
+                view = FillForward(view, t, early_exit.frozen(t), early_exit.written)
+            return view
+
         if isinstance(request.n_loops, AdaptiveDepth):
-            fill = lambda t: views.at(t).fill()  # noqa: E731 - a skipped pass's fill-forward entries
+            fill = lambda t: view_at(t).fill()  # noqa: E731 - a skipped pass's fill-forward entries
             early_exit = ExitRun(depth, e, readout=readout, fill=fill, read=request.logits_to_keep)
-            views.early_exit = early_exit
         halting = self.halting.start(e, n_loops) if self.halting is not None else None
 
         def step(x: torch.Tensor, t: int) -> torch.Tensor:
             if cache is not None and t > 0:
                 cache.check_loop(min(t, 1) if request.kv_share else t, past)
-            view = views.at(t)
+            view = view_at(t)
             frozen = early_exit.frozen(t) if early_exit is not None else None
             with self.context.at_loop(t):
                 if frozen is not None and block.separable and gathered(frozen, positions=block.positions):
-                    return compacted(block, x, t, view, frozen, block.positions)
-                return block(x, t, view, token_mask(t, x))
+                    return compacted(block, x, view, frozen)
+                return block(x, view, token_mask(t, x))
 
         def token_mask(t: int, x: torch.Tensor) -> torch.Tensor | None:
             if early_exit is not None:
                 return early_exit.masks[t]
             if halting is not None:
-                return halting.running(t)
+                return halting.masks[t]
             if isinstance(n_loops, torch.Tensor):
                 return (n_loops.to(x.device) > t).unsqueeze(1).expand(x.shape[:2])
             return None
@@ -171,41 +179,17 @@ class Recurrence(nn.Module):
         )
         if early_exit is not None:
             self.context.record_loops(early_exit.steps[:, -1])
-        return Looped(h, halting)
+        return h, halting
 
 
-@dataclass
-class Views:
-    """The cache as each pass t of one forward sees it (``at``): its own slots, the slot shared by the passes
-    t ≥ 1 (``kv_share``), and an adaptive forward's fill-forward view on top."""
-
-    cache: LoopCache | None
-    kv_share: bool
-    total: int
-    early_exit: ExitRun | None = None
-
-    def at(self, t: int) -> CacheView | None:
-        if self.cache is None:
-            return None
-        cache = self.cache
-        view: CacheView = cache.at_loop(t)
-        if self.kv_share and t >= 1:
-            view = SharedPass(cache, lambda j: cache.slot(1, j), store=t == self.total - 1)
-        if self.early_exit is not None:
-            view = FillForward(view, t, self.early_exit.frozen(t), self.early_exit.written)
-        return view
-
-
-def compacted(
-    block: LoopedBlock, x: torch.Tensor, t: int, view: CacheView | None, frozen: torch.Tensor, positions: bool
-) -> torch.Tensor:
-    """The pass computed for the running rows (and, with ``positions``, their running tokens) alone, written
-    back into ``x``; every other output is the exited state itself."""
+def compacted(block: LoopedBlock, x: torch.Tensor, view: CacheView | None, frozen: torch.Tensor) -> torch.Tensor:
+    """The pass computed for the running rows (and, with ``block.positions``, their running tokens) alone,
+    written back into ``x``; every other output is the exited state itself."""
     assert isinstance(view, FillForward), "a pass is compacted only in an adaptive forward, which has a cache"
     batch, length, width = x.shape
     rows = running_rows(frozen)
-    index = running_index(~frozen[rows]) if positions else None
-    out = block.subset(x, t, Compacted(view, rows, index, batch, length), rows, index)
+    index = running_index(~frozen[rows]) if block.positions else None
+    out = block.subset(x, Compacted(view, rows, index, batch, length), rows, index)
     if index is not None:
         out = x[rows].scatter(1, index.unsqueeze(-1).expand(-1, -1, width), out)
     return x.index_copy(0, rows, out)

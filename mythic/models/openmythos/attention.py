@@ -71,11 +71,9 @@ class AttentionMask:
         if padding is None and length == 1:
             return cls(None, causal=False)
         total = past + length
-        rows = torch.arange(past, total, device=device).unsqueeze(1)
-        cols = torch.arange(total, device=device).unsqueeze(0)
-        allowed = (cols <= rows).view(1, 1, length, total)
+        allowed = torch.ones(1, 1, length, total, dtype=torch.bool, device=device).tril(past)  # key ≤ query
         if padding is not None:
-            allowed = (allowed & padding.bool().view(-1, 1, 1, total)) | (cols == rows).view(1, 1, length, total)
+            allowed = (allowed & padding.bool().view(-1, 1, 1, total)) | allowed.triu(past)  # | key = query
         return cls(allowed, causal=False)
 
     def rows(self, rows: torch.Tensor, index: torch.Tensor, past: int, length: int) -> AttentionMask:
@@ -84,8 +82,7 @@ class AttentionMask:
         total = past + length
         full = self.mask
         if full is None:
-            positions = torch.arange(past, total, device=index.device).unsqueeze(1)
-            full = (torch.arange(total, device=index.device).unsqueeze(0) <= positions).view(1, 1, length, total)
+            full = torch.ones(1, 1, length, total, dtype=torch.bool, device=index.device).tril(past)
         full = full.expand(len(rows), 1, length, total) if full.shape[0] == 1 else full[rows]
         picked = full.gather(2, index.view(index.shape[0], 1, -1, 1).expand(-1, 1, -1, total))
         return AttentionMask(picked, causal=False)

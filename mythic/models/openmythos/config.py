@@ -1,11 +1,8 @@
 """``MythosConfig``: the OpenMythos configuration reference, validated at construction.
 
-Fields and meanings follow the reference (seeds/003): sizes (vocab_size, dim, n_heads,
-n_kv_heads, max_seq_len), depth (prelude_layers, coda_layers, max_loop_iters — also the
-default n_loops), MoE (n_experts routed, n_shared_experts, n_experts_per_tok = top-k,
-expert_dim), attention (attn_type "mla" | "gqa"; MLA's kv_lora_rank, q_lora_rank (0: no
-query compression), qk_rope_head_dim, qk_nope_head_dim, v_head_dim), rope_theta,
-lora_rank (per-loop Depth-LoRA rank, 0 disables it), act_threshold, dropout.
+Fields and meanings follow the reference (seeds/003); of note: max_loop_iters is also the default
+n_loops, n_experts (routed) and n_experts_per_tok (top-k) size the MoE, attn_type is "mla" | "gqa",
+q_lora_rank = 0 means no query compression and lora_rank (per-loop Depth-LoRA) = 0 none.
 
 Additions of this implementation: ``act`` (False: the loop output is h_T, no halting),
 ``router_bias_rate`` (γ of the aux-loss-free balancing update), ``init_std`` (0.02 suits wide

@@ -5,15 +5,13 @@ from-scratch model saves (``save_pretrained``: config.json + safetensors, head t
 the embedding), loads (``from_pretrained`` / ``AutoModelForCausalLM``) and generates
 (``generate(ids, n_loops=4, ...)``; n_loops may be a LongTensor (B,)) like any HF model.
 The config's fields are exactly ``MythosConfig``'s. ``forward`` returns a
-``MythosCausalLMOutput``: the usual loss (with ``labels``), logits and cache, plus
+``MythosOutput``: the usual loss (with ``labels``), logits and cache, plus
 ``aux_losses`` (MoE balance, ACT ponder) for the trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,11 +19,10 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig
 from transformers import PreTrainedModel as HFPreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from mythic.errors import MythicError
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.model import MythosCache, MythosOutput, OpenMythos
+from mythic.models.protocol import LoopedModel
 from mythic.recurrence.cache import check_kv_share
 from mythic.recurrence.loop import LoopCount
 from mythic.recurrence.runner import Recurrence
@@ -59,14 +56,7 @@ class OpenMythosConfig(PreTrainedConfig, MythosConfig):
         return MythosConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MythosConfig)})
 
 
-@dataclass
-class MythosCausalLMOutput(CausalLMOutputWithPast):
-    """``CausalLMOutputWithPast`` plus the unweighted auxiliary losses."""
-
-    aux_losses: dict[str, torch.Tensor] | None = None
-
-
-class OpenMythosForCausalLM(HFPreTrainedModel, GenerationMixin):
+class OpenMythosForCausalLM(HFPreTrainedModel, LoopedModel, GenerationMixin):
     """OpenMythos as a transformers causal LM; see the module docstring."""
 
     config_class = OpenMythosConfig
@@ -90,14 +80,6 @@ class OpenMythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         if module is not self:
             self.model.init_module(module)
 
-    def _prepare_cache_for_generation(
-        self, generation_config: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
-    ) -> None:
-        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
-            model_kwargs["cache"] = self.new_cache()
-            return
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -111,7 +93,7 @@ class OpenMythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         grad_loops: int | None = None,
         checkpoint_loops: bool = False,
         **kwargs: Any,
-    ) -> MythosCausalLMOutput:
+    ) -> MythosOutput:
         check_kv_share(self.config.kv_share)
         if use_cache is None:
             use_cache = not self.training and self.config.use_cache
@@ -119,7 +101,7 @@ class OpenMythosForCausalLM(HFPreTrainedModel, GenerationMixin):
             cache = self.new_cache()
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
-        out: MythosOutput = self.model(
+        out = self.model(
             input_ids,
             self.config.n_loops if n_loops is None else n_loops,
             cache=cache if use_cache else None,
@@ -134,14 +116,9 @@ class OpenMythosForCausalLM(HFPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(out.logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-        return MythosCausalLMOutput(
-            loss=loss,
-            logits=out.logits,
-            cache=cache if use_cache else None,
-            aux_losses=out.aux_losses,
-        )
+        return dataclasses.replace(out, loss=loss, cache=cache if use_cache else None)
 
-    # ------------------------------------------------- the LoopedModel protocol (models/protocol.py)
+    # ------------------------------------------------- the LoopedModel interface (models/protocol.py)
 
     has_base = False
 
@@ -149,17 +126,11 @@ class OpenMythosForCausalLM(HFPreTrainedModel, GenerationMixin):
     def recurrence(self) -> Recurrence:
         return self.model.recurrence
 
-    def base_mode(self) -> AbstractContextManager[None]:
-        raise MythicError("an OpenMythos model is trained from scratch: it has no base to compare with")
-
     def new_cache(self) -> MythosCache:
         return self.model.new_cache()
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.readout(h)
-
-    def recurrence_stats(self) -> dict[str, float]:
-        return self.model.recurrence.stats()
 
     def after_optimizer_step(self) -> dict[str, float]:
         """The aux-loss-free balancing step of the MoE router; its load statistics."""

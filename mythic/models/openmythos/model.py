@@ -9,19 +9,12 @@
     y  = Head(RMSNorm(Coda(h)))           coda_layers dense blocks, head tied to Embed
 
 The block is pre-norm (x + Attn(norm x), then + FFN(norm x)), so h_{t+1} = Ā h_t + B̄ e +
-Transformer(·): the blueprint's update is the shared ``parcae`` rule and the loop is the
-shared driver ``run_loops`` (per-sequence LongTensor depth, truncated backprop, per-loop
-checkpointing, ACT masking). Ā is the shared ``LTIInjection`` (ρ(Ā) < 1 strictly for any
-parameter value), per-loop Depth-LoRA hooks the attention's query and output
-projections, and the loop index reaches it through the model's ``LoopContext``.
+Transformer(·): the shared ``parcae`` rule with the shared ``LTIInjection`` (ρ(Ā) < 1 strictly), and
+per-loop Depth-LoRA on the attention's query and output projections. The loop is the shared runner's
+(``recurrence/runner.py``), which gets the block as a ``BlockPass`` (this kind's adapter).
 
-The loop itself is the shared runner's (``recurrence/runner.py``): this model hands it its block as a
-``BlockPass`` (this kind's adapter), and the runner composes adaptive exit, ACT halting, KV sharing
-and compaction for both model kinds alike.
-
-KV cache: ``MythosCache``, the shared ``LoopCache`` over the layers prelude (0 … P − 1), block (P),
-coda (P + 1 … P + C), whose block gets a slot of its own for every pass t ≥ 1 (``LoopCache.slot``),
-plus the token convolution's last k − 1 inputs. Cached and uncached forward are the same code.
+KV cache: ``MythosCache``, the shared ``LoopCache`` over the layers prelude (0 … P − 1), block (P) and
+coda (P + 1 … P + C), plus the token convolution's last k − 1 inputs.
 
 Initialisation: every Linear/Embedding/expert weight ~ N(0, init_std²), output
 projections (attention wo, FFN w2, experts' w2) ~ N(0, (init_std / √(2L))²) with L the
@@ -32,13 +25,13 @@ number of physical blocks; norms 1; the recurrence modules use their own
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
 from mythic.errors import MythicError
@@ -46,9 +39,10 @@ from mythic.models.openmythos.attention import LORA_TARGETS, AttentionMask, make
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.moe import MoE, MoEStats, SwiGLU
 from mythic.recurrence.cache import CacheView, LoopCache
-from mythic.recurrence.depth_lora import DepthLoRA
+from mythic.recurrence.depth_lora import DepthLoRA, LoRADelta
 from mythic.recurrence.exit import AdaptiveDepth
 from mythic.recurrence.halting import ACTHalting
+from mythic.recurrence.injection import LTIInjection
 from mythic.recurrence.loop import LoopCount, deepest
 from mythic.recurrence.loop_embedding import LoopEmbedding
 from mythic.recurrence.rules import ParcaeRule
@@ -87,12 +81,9 @@ class TokenConv(nn.Module):
 
         y_t = x_t + Σ_{j=0}^{k−1} w_j ⊙ x_{t−j}          (per channel; x = 0 before the first token and at padding)
 
-    Every position sees its last k − 1 neighbours before any attention, so binding a token to
-    the ones before it (a variable to its value, what a previous-token head would otherwise have
-    to learn first) is linear from the first step: the short convolutions of H3 / Mamba and the
-    "Canon layers" of Allen-Zhu (2025). With a cache, the last k − 1 inputs are carried in
-    ``MythosCache.conv_window``, so decoding one token at a time gives the same result.
-    Weights ~ N(0, 0.2²).
+    so binding a token to the ones before it is linear from the first step (the short convolutions of
+    H3 / Mamba, Allen-Zhu's "Canon layers"). With a cache, the last k − 1 inputs are carried in
+    ``MythosCache.conv_window``, so decoding one token at a time gives the same result. Weights ~ N(0, 0.2²).
     """
 
     def __init__(self, dim: int, kernel: int) -> None:
@@ -121,16 +112,16 @@ class TokenConv(nn.Module):
 
 
 @dataclass
-class MythosOutput:
-    """``forward(..., return_aux=True)``: logits plus the auxiliary terms a trainer adds to the loss.
+class MythosOutput(CausalLMOutputWithPast):
+    """``forward(..., return_aux=True)`` and the transformers wrapper's forward: the usual loss (with
+    ``labels``), logits and cache, plus the auxiliary terms a trainer adds to the loss.
 
     ``aux_losses``: ``moe_balance`` (mean over loops of the MoE balance loss) and, with ACT,
     ``ponder`` (mean N + R); scalars with gradient, unweighted. ``halt_steps`` (B, T): loops
     each position ran before halting (None without ACT).
     """
 
-    logits: torch.Tensor
-    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux_losses: dict[str, torch.Tensor] | None = None
     halt_steps: torch.Tensor | None = None
 
 
@@ -192,16 +183,12 @@ class BlockPass:
     positions = True
     separable = True
 
-    def __call__(
-        self, x: torch.Tensor, t: int, view: CacheView | None, token_mask: torch.Tensor | None
-    ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, view: CacheView | None, token_mask: torch.Tensor | None) -> torch.Tensor:
         out, moe_stats = self.block(x, self.rope, self.mask, view, self.layer_idx, token_mask)
         self.stats.append(moe_stats)
         return out
 
-    def subset(
-        self, x: torch.Tensor, t: int, view: CacheView, rows: torch.Tensor, index: torch.Tensor | None
-    ) -> torch.Tensor:
+    def subset(self, x: torch.Tensor, view: CacheView, rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         assert index is not None, "OpenMythos computes chosen tokens (positions = True)"
         batch, length, width = x.shape
         picked = x[rows].gather(1, index.unsqueeze(-1).expand(-1, -1, width))
@@ -254,44 +241,24 @@ class OpenMythos(nn.Module):
         """Initialise one module's own parameters (the unit transformers' ``_init_weights`` works in)."""
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * (self.cfg.prelude_layers + self.cfg.coda_layers + 1))
-        owners = self._recurrence_owners()
-        if any(module is m for m in owners) or isinstance(module, TokenConv):
+        if any(module is m for m in self.recurrence.modules()):  # they initialise themselves
+            if isinstance(module, LTIInjection | LoopEmbedding | LoRADelta | ACTHalting | nn.RMSNorm):
+                module.reset_parameters()
+        elif isinstance(module, TokenConv):
             module.reset_parameters()
-        elif any(module is m for owner in owners for m in owner.modules()):
-            return
         elif isinstance(module, MoE):
             module.reset_parameters(std, out_std)
         elif isinstance(module, nn.Linear | nn.Embedding):
-            is_out = any(module is m for m in self._output_projections())
+            is_out = any(module is m for name, m in self.named_modules() if name.endswith((".wo", ".w2")))
             nn.init.normal_(module.weight, std=out_std if is_out else std)
         elif isinstance(module, nn.RMSNorm):
             nn.init.ones_(module.weight)
-
-    def _recurrence_owners(self) -> list[nn.Module]:
-        """Recurrence modules that initialise themselves (``reset_parameters``)."""
-        r = self.recurrence
-        owners: list[nn.Module] = [r.rule.injection, r.embedding]
-        if r.halting is not None:
-            owners.append(r.halting)
-        if r.lora is not None:
-            owners.extend(r.lora.deltas.values())
-        return owners
-
-    def _output_projections(self) -> Iterator[nn.Module]:
-        for block in [*self.prelude, self.block, *self.coda]:
-            yield block.attn.wo
-            ffn = block.ffn.shared if isinstance(block.ffn, MoE) else block.ffn
-            if ffn is not None:
-                yield ffn.w2
-
-    def moe_modules(self) -> list[MoE]:
-        return [m for m in self.modules() if isinstance(m, MoE)]
 
     @torch.no_grad()
     def update_router_bias(self) -> dict[str, float]:
         """Aux-loss-free balancing step; call once after every optimizer step. Returns load stats."""
         stats: dict[str, float] = {}
-        for i, moe in enumerate(self.moe_modules()):
+        for i, moe in enumerate(m for m in self.modules() if isinstance(m, MoE)):
             stats.update({f"moe{i}/{k}": v for k, v in moe.update_router_bias().items()})
         return stats
 
@@ -353,8 +320,7 @@ class OpenMythos(nn.Module):
             x, _ = layer(x, rope, mask, cache, i)
         block = BlockPass(self.block, self.cfg.prelude_layers, rope, mask, past)
         request = Request(n_loops, grad_loops, checkpoint_loops, kv_share, logits_to_keep)
-        looped = self.recurrence.run(block, self.e_norm(x), request, cache, past, self.readout)
-        x = looped.h
+        x, halting = self.recurrence.run(block, self.e_norm(x), request, cache, past, self.readout)
         for j, layer in enumerate(self.coda):
             x, _ = layer(x, rope, mask, cache, self.cfg.prelude_layers + 1 + j)
         logits = self.head(self.norm(slice_logits_to_keep(x, logits_to_keep)))
@@ -367,10 +333,9 @@ class OpenMythos(nn.Module):
             return logits
         passes = n_loops.limit if isinstance(n_loops, AdaptiveDepth) else deepest(n_loops)
         aux = {"moe_balance": torch.stack([s.balance_loss for s in stats[:passes]]).mean()}
-        halting = looped.halting
         if halting is not None:
             aux["ponder"] = halting.ponder_cost()
-        return MythosOutput(logits, aux, halting.steps if halting is not None else None)
+        return MythosOutput(logits=logits, aux_losses=aux, halt_steps=halting.steps if halting is not None else None)
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         """Next-token logits read straight off a loop state: Head(Norm(h)), the coda skipped (the logit lens)."""

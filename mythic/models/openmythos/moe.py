@@ -137,13 +137,7 @@ def grouped_experts(
 
 @grouped_experts.register_fake
 def _grouped_experts_fake(
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    w3: torch.Tensor,
-    w2: torch.Tensor,
-    counts: torch.Tensor,
-    gates: torch.Tensor,
-    backend: str,
+    x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, *_: Any
 ) -> torch.Tensor:
     return x.new_empty(x.shape[0], w2.shape[-1])
 
@@ -183,17 +177,9 @@ def grouped_experts_backward(
 
 
 @grouped_experts_backward.register_fake
-def _grouped_experts_backward_fake(
-    grad: torch.Tensor,
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    w3: torch.Tensor,
-    w2: torch.Tensor,
-    counts: torch.Tensor,
-    gates: torch.Tensor,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.empty_like(t) for t in (x, w1, w3, w2, gates))  # type: ignore[return-value]
+def _grouped_experts_backward_fake(grad: torch.Tensor, *inputs: Any) -> tuple[torch.Tensor, ...]:
+    x, w1, w3, w2, _, gates, _ = inputs
+    return tuple(torch.empty_like(t) for t in (x, w1, w3, w2, gates))
 
 
 def _setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -246,12 +232,6 @@ class MoE(nn.Module):
         gates = scores.gather(-1, experts)
         return experts, gates / gates.sum(-1, keepdim=True), scores
 
-    def experts(self, x: torch.Tensor, counts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """g · E_i(x) for each expert i on its contiguous slice of ``x`` (rows sorted by expert)."""
-        if torch.compiler.is_compiling():
-            return grouped_experts(x, self.w1, self.w3, self.w2, counts, gates, self.backend)
-        return expert_outputs(x, self.w1, self.w3, self.w2, counts, gates, self.backend)
-
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEStats]:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
@@ -265,7 +245,10 @@ class MoE(nn.Module):
         counts = torch.zeros(self.n_experts, dtype=torch.long, device=pairs.device).index_add_(
             0, pairs, torch.ones_like(pairs)
         )  # bincount's shape depends on the data: not traceable
-        y = self.experts(xs.index_select(0, token), counts, gates.reshape(-1)[order])
+        experts_step = grouped_experts if torch.compiler.is_compiling() else expert_outputs  # same result
+        y = experts_step(
+            xs.index_select(0, token), self.w1, self.w3, self.w2, counts, gates.reshape(-1)[order], self.backend
+        )
         routed = xs.new_zeros(xs.shape, dtype=y.dtype).index_add_(0, token, y)
         if self.shared is not None:
             routed = routed + self.shared(xs)

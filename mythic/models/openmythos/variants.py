@@ -20,13 +20,9 @@ from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.model import OpenMythos
 
 
-def _mla(**sizes: int | float) -> MythosConfig:
-    return MythosConfig(attn_type="mla", act_threshold=0.99, **sizes)
-
-
 def mythos_1b() -> MythosConfig:
     """dim 2048, 64 experts top-4, 16 loops, 4k context."""
-    return _mla(
+    return MythosConfig(
         vocab_size=32000, dim=2048, n_heads=16, n_kv_heads=4, max_seq_len=4096, max_loop_iters=16,
         prelude_layers=2, coda_layers=2, kv_lora_rank=256, q_lora_rank=512, qk_rope_head_dim=32,
         qk_nope_head_dim=64, v_head_dim=64, n_experts=64, n_shared_experts=2, n_experts_per_tok=4,
@@ -36,7 +32,7 @@ def mythos_1b() -> MythosConfig:
 
 def mythos_3b() -> MythosConfig:
     """dim 3072, 64 experts top-4, 16 loops, 4k context."""
-    return _mla(
+    return MythosConfig(
         vocab_size=32000, dim=3072, n_heads=24, n_kv_heads=6, max_seq_len=4096, max_loop_iters=16,
         prelude_layers=2, coda_layers=2, kv_lora_rank=384, q_lora_rank=768, qk_rope_head_dim=32,
         qk_nope_head_dim=96, v_head_dim=96, n_experts=64, n_shared_experts=2, n_experts_per_tok=4,
@@ -46,7 +42,7 @@ def mythos_3b() -> MythosConfig:
 
 def mythos_10b() -> MythosConfig:
     """dim 4096, 128 experts top-4, 24 loops, 8k context."""
-    return _mla(
+    return MythosConfig(
         vocab_size=32000, dim=4096, n_heads=32, n_kv_heads=8, max_seq_len=8192, max_loop_iters=24,
         prelude_layers=2, coda_layers=2, kv_lora_rank=512, q_lora_rank=1024, qk_rope_head_dim=64,
         qk_nope_head_dim=128, v_head_dim=128, n_experts=128, n_shared_experts=2, n_experts_per_tok=4,
@@ -56,7 +52,7 @@ def mythos_10b() -> MythosConfig:
 
 def mythos_50b() -> MythosConfig:
     """dim 6144, 256 experts top-4, 32 loops, 8k context."""
-    return _mla(
+    return MythosConfig(
         vocab_size=32000, dim=6144, n_heads=48, n_kv_heads=8, max_seq_len=8192, max_loop_iters=32,
         prelude_layers=3, coda_layers=3, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
         qk_nope_head_dim=128, v_head_dim=128, n_experts=256, n_shared_experts=4, n_experts_per_tok=4,
@@ -66,7 +62,7 @@ def mythos_50b() -> MythosConfig:
 
 def mythos_100b() -> MythosConfig:
     """dim 8192, 256 experts top-8, 32 loops, 1M context."""
-    return _mla(
+    return MythosConfig(
         vocab_size=32000, dim=8192, n_heads=64, n_kv_heads=8, max_seq_len=1000000, max_loop_iters=32,
         prelude_layers=4, coda_layers=4, kv_lora_rank=512, q_lora_rank=2048, qk_rope_head_dim=64,
         qk_nope_head_dim=128, v_head_dim=128, n_experts=256, n_shared_experts=4, n_experts_per_tok=8,
@@ -76,7 +72,7 @@ def mythos_100b() -> MythosConfig:
 
 def mythos_500b() -> MythosConfig:
     """dim 12288, 512 experts top-8, 48 loops, 1M context."""
-    return _mla(
+    return MythosConfig(
         vocab_size=100000, dim=12288, n_heads=96, n_kv_heads=16, max_seq_len=1000000, max_loop_iters=48,
         prelude_layers=4, coda_layers=4, kv_lora_rank=1024, q_lora_rank=3072, qk_rope_head_dim=64,
         qk_nope_head_dim=128, v_head_dim=128, n_experts=512, n_shared_experts=8, n_experts_per_tok=8,
@@ -86,7 +82,7 @@ def mythos_500b() -> MythosConfig:
 
 def mythos_1t() -> MythosConfig:
     """dim 16384, 512 experts top-8, 64 loops, 1M context."""
-    return _mla(
+    return MythosConfig(
         vocab_size=100000, dim=16384, n_heads=128, n_kv_heads=16, max_seq_len=1000000, max_loop_iters=64,
         prelude_layers=6, coda_layers=6, kv_lora_rank=1024, q_lora_rank=4096, qk_rope_head_dim=64,
         qk_nope_head_dim=128, v_head_dim=128, n_experts=512, n_shared_experts=8, n_experts_per_tok=8,
