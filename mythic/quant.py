@@ -1,29 +1,27 @@
 """bitsandbytes 4-bit bases, for every phase that loads one (sanity, train): config, experts, CPU fix, memory.
 
-Linear layers are quantised by transformers' ``BitsAndBytesConfig`` load (nf4 or fp4, double quant,
-a compute dtype); 3-D parameters (fused MoE experts, which ``Linear4bit`` never sees) go through
+Linear layers are quantised by transformers' ``BitsAndBytesConfig`` load (nf4 or fp4, double quant, a
+compute dtype); 3-D parameters (fused MoE experts, which ``Linear4bit`` never sees) go through
 ``bitsandbytes.nn.parametrize.replace_parameter_4bit``, module by module on the target device
 (``finish_4bit``). Both phases quantise the same tensors, so sanity's estimate is what train loads.
 
-Memory estimate, before anything is loaded, from a meta-device skeleton of the base's config
-(parameter counts only):
+Memory estimate, from a meta-device skeleton of the base's config (parameter counts only):
 
     bf16 / fp32 / fp16       n · itemsize bytes per tensor
-    4-bit                    a quantised tensor of n values takes ⌈n/2⌉ (nibbles) + ⌈n/64⌉ (uint8 absmax per
-                             64-block) + 4·⌈n/16384⌉ (fp32 absmax per 256 blocks, double quant) + 1092 (code
-                             books, offset) bytes; quantised are the weights of every nn.Linear but the output
-                             head (what transformers converts to Linear4bit) and every 3-D parameter;
-                             everything else is bf16
+    4-bit                    ⌈n/2⌉ (nibbles) + ⌈n/64⌉ (uint8 absmax per 64-block) + 4·⌈n/16384⌉ (fp32 absmax
+                             per 256 blocks, double quant) + 1092 (code books, offset) bytes for a quantised
+                             tensor: the weights of every nn.Linear but the output head (what transformers
+                             converts to Linear4bit) and every 3-D parameter; everything else is bf16
     activations              B·S·(12·V + 16·H·itemsize) for a probe forward (float32 logits, a few hidden
                              states), plus the largest 3-D parameter dequantised to bf16 (4-bit only)
 
-``sanity``'s 4-bit load goes through the CPU first, with its Linear layers quantised and its 3-D expert
-weights still bf16 (the host "load peak"); the load is refused with a one-line error when the need exceeds
-the free GPU memory (``torch.cuda.mem_get_info``) or the available RAM (``psutil``).
+The 4-bit load goes through the CPU first (Linear layers quantised, 3-D expert weights still bf16: the
+host "load peak") and is refused with a one-line error when the need exceeds the free GPU memory
+(``torch.cuda.mem_get_info``) or the available RAM (``psutil``).
 
-bitsandbytes' packed CPU kernel (taken on AVX512-BF16 CPUs under ``no_grad``) asserts unless a Linear4bit has
+CPU fix: bitsandbytes' packed CPU kernel (AVX512-BF16 CPUs, under ``no_grad``) asserts unless
 ``out_features % 32 == 0`` and ``in_features % 64 == 0``; other Linear4bit modules get
-``support_avx512bf16_for_cpu = False``, bitsandbytes' generic dequantise-then-matmul path.
+``support_avx512bf16_for_cpu = False`` (the generic dequantise-then-matmul path).
 """
 
 from __future__ import annotations

@@ -1,20 +1,16 @@
 """Phase 0, before any training (``mythic sanity``): can this base be loaded, does it talk, which block loops best?
 
 The memory estimate, the 4-bit load and its CPU fix are ``mythic.quant``'s (shared with ``mythic train``).
-
 The report:
 
 1. generation: the greedy completion of a prompt through the chat template;
 2. identity: for each candidate block a fresh wrapper (surgery defaults, Depth-LoRA off: its B = 0 start adds
    exactly 0, and leaving it out keeps hooks off the base's modules) at ``n_loops=1`` against the base on
    ``identity_probe`` tokens: max |Δlogit|, which must be 0;
-3. probe: on a held-out sample (Python standard-library source files, tokenised by the base's tokenizer) the
-   mean next-token cross-entropy with the block looped T ∈ {1, 2, 4} times untrained, as a plain repeat
-
-       h₀ = e,   h_{t+1} = block(h_t)        (the residual rule with m_t = 1, s = 0)
-
-   and the norm growth ‖h_T‖ / ‖e‖ (mean per-token L2 norm of the block's output over its input); the
-   recommended block has the lowest loss at T = 4 (then at T = 2);
+3. probe: the mean next-token cross-entropy on a held-out sample (standard-library source files) with the
+   block looped T ∈ {1, 2, 4} times untrained, as a plain repeat h₀ = e, h_{t+1} = block(h_t) (the residual
+   rule with m_t = 1, s = 0), and the norm growth ‖h_T‖ / ‖e‖ (mean per-token L2 norm of the block's output
+   over its input); the recommended block has the lowest loss at T = 4 (then at T = 2);
 4. the load time and the peak memory (CUDA: peak allocation; CPU: peak resident set of the process).
 """
 

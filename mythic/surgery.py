@@ -1,11 +1,9 @@
-"""Surgery: turn a base folder into a mythic checkpoint.
+"""Surgery: turn a base folder into a mythic checkpoint (``mythic.loading`` describes and loads it).
 
-The checkpoint folder (``mythic.loading`` describes and loads it) gets a ``surgery-report.json`` too;
-it is written through a temp folder and renamed at the end, so a failed surgery leaves nothing.
-
-The T = 1 identity check is part of surgery: the base's logits on a fixed batch of token ids are
-compared with the wrapper's at ``n_loops=1``; the max abs diff is reported (0.0 for a fresh wrapper
-with an identity-preserving rule).
+The folder also gets a ``surgery-report.json`` and is written through a temp folder renamed at the
+end, so a failed surgery leaves nothing. The T = 1 identity check is part of surgery: the base's
+logits on a fixed batch of token ids against the wrapper's at ``n_loops=1``; the max abs diff is
+reported (0.0 for a fresh wrapper with an identity-preserving rule).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """``mythic lab EXPERIMENT.yaml … [--jobs N] [--records DIR] [--report docs/results.md]``: run an experiment.
 
-Generates the experiment's task files, tunes every arm on the valid split (when the file has a
-grid), trains and evaluates every arm × seed (reusing recorded runs, resuming interrupted ones),
+Runs ``mythic.lab.experiment`` (task files, tuning on valid, every arm × seed, recorded runs reused)
 and writes the report: one section per experiment, figures beside it.
 """
 

@@ -1,8 +1,7 @@
 """``mythic train RECIPE.yaml [--set key=value …] [--resume]``: run a training recipe.
 
-Parses the options, validates the recipe (one-line errors, exit 2), runs
-``mythic.train.trainer.train`` with a rich progress bar (loss, T, tokens/s, ETA) and prints
-the run folder, the final checkpoint and the last step's loss terms.
+Runs ``mythic.train.trainer.train`` under a rich progress bar (loss, T, tokens/s, ETA) and prints the
+run folder, the final checkpoint and the last step's loss terms.
 """
 
 from __future__ import annotations

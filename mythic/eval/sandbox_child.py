@@ -1,17 +1,15 @@
 """Child side of the sandbox: run an untrusted program and serve calls to one of its functions.
 
 Started as ``python -I -S runner.py REQ_FD RESP_FD ENTRY_POINT LIMITS_JSON`` inside the sandbox
-(see ``sandbox.py``); this file is copied into the sandbox folder and runs on the standard library
-only. It lowers its own rlimits, executes ``program.py`` and then answers requests, one JSON line
-each way:
+(``sandbox.py``), from a copy in the sandbox folder, on the standard library only. It lowers its own
+rlimits, executes ``program.py``, writes ``{"ready": true}`` (or ``{"error": ...}`` when it raised), then
+answers requests, one JSON line each way:
 
     request  {"id": nonce, "args": enc(args), "kwargs": enc(kwargs)}
     response {"id": nonce, "ok": enc(result)}  or  {"id": nonce, "error": "Type: message"}
 
-Only plain data crosses the boundary. ``encode`` accepts exactly None, bool, int, float, str,
-bytes, complex, list, tuple, dict, set and frozenset (no subclasses), so a returned object cannot
-carry a forged ``__eq__`` into the harness, where the tests run. The first line the child writes is
-``{"ready": true}`` once the program has run, or ``{"error": ...}`` when it raised.
+``encode`` accepts exactly None, bool, int, float, str, bytes, complex, list, tuple, dict, set and
+frozenset (no subclasses), so a returned object cannot carry a forged ``__eq__`` into the harness.
 """
 
 from __future__ import annotations

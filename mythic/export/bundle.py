@@ -1,21 +1,19 @@
 """The generated modeling file: mythic's own model source, bundled into one file.
 
-A ``Bundle`` names what a model kind exports: the module at its root, the modeling file and the two
-classes ``auto_map`` points at (``RETROFIT``: ``modeling_mythic.py`` with ``RetrofitConfig`` /
-``RetrofitForCausalLM``; ``OPENMYTHOS``: ``modeling_openmythos.py`` with ``OpenMythosConfig`` /
-``OpenMythosForCausalLM``). ``bundle_source`` keeps ONE implementation of every mechanism: it
-concatenates the source files of the root module and of the mythic modules it imports at module
-level, dependencies first, and only edits imports and registrations: imports of bundled modules
-are removed (their names are defined above), type-checking-only imports are dropped, the module-level ``Auto*.register``
-calls are dropped (``auto_map`` does that job, and registering twice would clash with an installed
-mythic), and the custom operators' namespace ``mythic::`` becomes ``mythic_export::`` (so an
-exported folder and an installed mythic can be loaded in one process).
+A ``Bundle`` names what a model kind exports: its root module, the modeling file and the two classes
+``auto_map`` points at (``RETROFIT``: ``modeling_mythic.py``, ``RetrofitConfig`` / ``RetrofitForCausalLM``;
+``OPENMYTHOS``: ``modeling_openmythos.py``, ``OpenMythosConfig`` / ``OpenMythosForCausalLM``).
+``bundle_source`` keeps ONE implementation of every mechanism: it concatenates the source files of the
+root module and of the mythic modules it imports at module level, dependencies first, and only edits
+imports and registrations: imports of bundled modules are removed (their names are defined above),
+type-checking-only imports and the module-level ``Auto*.register`` calls are dropped (``auto_map`` does
+that job; registering twice would clash with an installed mythic), and the custom operators' namespace
+``mythic::`` becomes ``mythic_export::`` (so an export and an installed mythic load in one process).
 
-The file is generated at every export, never committed, so it cannot go stale; instead the
-bundler refuses, naming file and line, the import forms it cannot rewrite: ``import mythic.x``
-(with or without ``as``), relative imports, ``from mythic.pkg import submodule``, and an import inside
-a function of a mythic module that is not bundled (it would need mythic installed). Two bundled
-modules binding one top-level name differently are refused too.
+The file is generated at every export, never committed, so it cannot go stale. The bundler refuses,
+naming file and line, the import forms it cannot rewrite: ``import mythic.x`` (with or without ``as``),
+relative imports, ``from mythic.pkg import submodule``, and an import inside a function of a mythic
+module that is not bundled; and two bundled modules binding one top-level name differently.
 """
 
 from __future__ import annotations

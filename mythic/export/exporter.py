@@ -1,42 +1,34 @@
 """Export a mythic checkpoint as a Hugging Face folder, full (self-contained) or light.
 
 ``export`` checks the request and picks the path: ``export_full`` / ``export_light`` for a retrofit
-checkpoint, ``export_openmythos`` for a from-scratch OpenMythos model folder (a run's ``final/``),
-which has no base: its export is always the whole model (``modeling_openmythos.py``), and ``--light``
-or ``--merge-lora`` are refused.
+checkpoint, ``export_openmythos`` for an OpenMythos model folder (a run's ``final/``): no base, so always
+the whole model (``modeling_openmythos.py``), with ``--light`` and ``--merge-lora`` refused.
 
-Full export of CKPT into DIR (``export(ckpt, out)``):
+Full export of CKPT into DIR, loadable with transformers only
+(``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)``):
 
     config.json                   the checkpoint's RetrofitConfig, ``auto_map`` → modeling_mythic
     model*.safetensors (+ index)  base weights in ``dtype``, recurrence in float32 (as mythic keeps it), sharded
     modeling_mythic.py            generated from mythic's own source (``mythic.export.bundle``)
     tokenizer files, generation_config.json (``mythic_n_loops``), README.md (``mythic.export.card``)
 
-so ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` needs transformers only.
-
-The default loop count lives in config.json's ``n_loops`` (what ``forward`` uses when no
-``n_loops`` is passed). generation_config.json records it as ``mythic_n_loops``: a key named
-``n_loops`` there would make transformers' ``generate`` swallow an explicit ``n_loops=`` argument
-into the generation config instead of passing it to ``forward``.
+The default loop count is config.json's ``n_loops``. generation_config.json records it as
+``mythic_n_loops``: a key ``n_loops`` there would make ``generate`` swallow an explicit ``n_loops=``
+argument into the generation config instead of passing it to ``forward``.
 
 Light export (``light=True``): config.json + recurrence.safetensors (+ base_lora.safetensors and
 base_lora.json when the base carries a trained peft LoRA), base.json (the base's repo id, revision,
-commit and architecture fingerprint) and README.md; ``mythic.loading.load_light(DIR, base_dir)``
-loads it with mythic on top of a fetched base.
-
-Base LoRA: a training run that adapted the base with peft leaves ``base_lora.safetensors`` and its
-spec ``base_lora.json`` next to the recurrence (``mythic.loading``), so the checkpoint describes
-itself. A full export folds it into the base weights (``merge_lora=True``, W ← W + (α/r)·B·A
-through peft's merge); Depth-LoRA is per loop (a different B_t·A_t for every t), so no single
-weight can hold it: it stays in the recurrence weights and is applied by its hooks, in the export
-as in mythic.
+commit and architecture fingerprint) and README.md; ``mythic.loading.load_light(DIR, base_dir)`` loads
+it on top of a fetched base. A full export folds a base LoRA into the base weights (``merge_lora=True``,
+W ← W + (α/r)·B·A through peft's merge); Depth-LoRA, a different B_t·A_t per loop, stays in the
+recurrence weights, applied by its hooks.
 
 Refused with a one-line ``MythicError`` before anything is written: a folder that is not a mythic
 checkpoint, a base of another revision or architecture, a missing tokenizer (full export), an
 existing output folder without ``force``, a base LoRA without ``merge_lora`` (full) or with it
 (light), and a disk whose free space is below the bytes to write (Σ numel·itemsize of the saved
-tensors plus the small files). The folder is written through ``atomic_dir``. The run's
-``recipe.yaml`` and eval JSONs, when found beside the checkpoint, are shown in the model card.
+tensors plus the small files). The folder is written through ``atomic_dir``; the run's ``recipe.yaml``
+and eval JSONs, when found beside the checkpoint, are shown in the model card.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""The depth-reasoning experiment: task files, every arm tuned on valid, then every arm × seed trained and
-evaluated, one report.
+"""The depth-reasoning experiment: every arm tuned on valid, then every arm × seed trained and evaluated.
 
-An experiment file (YAML, validated before any work starts) names the task files to generate,
-the seeds, the loop counts to evaluate, the difficulty bands, an optional tuning grid and the
-arms: a training recipe plus ``--set`` overrides (the looped model and its controls). A run is one
-(arm, grid point, seed)::
+An experiment file (YAML, validated before any work starts; its fields: README, "The depth-reasoning
+lab") names task files, seeds, loop counts, difficulty bands, an optional tuning grid and the arms
+(a recipe plus ``--set`` overrides each). A run is one (arm, grid point, seed)::
 
     RUN = OUT/<arm>[/<point>]/seed-<s>
     train  <arm.recipe> --set seed=<s> out_dir=RUN data.sources.0.path=DATA/train.jsonl <arm.set …> <point …>
@@ -12,23 +10,17 @@ arms: a training recipe plus ``--set`` overrides (the looped model and its contr
            (an ``auto:MAX`` entry is an adaptive row with the experiment's ``exit`` rule)
     state  ‖h_{t+1} − h_t‖ / ‖h_t‖ and ‖h_t‖/√dim per loop and difficulty (test, looped arms)
 
-Tuning (``tune.grid``, e.g. ``optim.lr: [1e-3, 3e-3]`` × ``model.config.init_std: [0.06, 0.125]``):
-every arm trains every grid point at the first seed, each is scored on the valid split (its best
-fixed row's accuracy over ``tune.band``, or over every valid example), and the best point is the
-arm's setting for every seed; the first seed's run is that point's tuning run, reused. Every arm
-gets the same grid, so the controls are tuned with the budget of the model under test. The test
-split is evaluated once per final run and never used for a choice.
+Tuning (``tune.grid``): every arm trains every grid point at the first seed, scored on valid (its best
+fixed row's accuracy over ``tune.band``, or over every valid example); the best point is the arm's
+setting for every seed, its first-seed run reused. Test is evaluated once per final run, never for a choice.
 
-Records: each run's evaluation is a small JSON (``valid.json``, ``test.json``, no weights; ``curve``:
-the run's training loss curve, ``learning_curve``) in its run folder, or under ``records``
-(``OUT/<arm>[/<point>]/seed-<s>`` there) when given. A run whose records exist is not trained again,
-so committed records rebuild the report on any machine and an experiment longer than one sitting
-finishes over several calls; an interrupted training resumes from its last checkpoint.
+Records: each run's evaluation is a small JSON (``valid.json``, ``test.json``, no weights; ``curve``: the
+training loss curve, ``learning_curve``) in its run folder, or under ``records`` (same relative path).
+A run whose records exist is not trained again; an interrupted training resumes from its last checkpoint.
 
-Runs go to ``jobs`` worker processes with cores/jobs torch threads each (``cpu_threads``), so no
-combination oversubscribes the machine; ``on_steps(phase, done, total)`` hears the training steps of the
-call as they advance (the CLI turns them into a time estimate). What the records become is
-``results.py``'s job.
+Runs go to ``jobs`` worker processes with cores/jobs torch threads each (``cpu_threads``);
+``on_steps(phase, done, total)`` hears the call's training steps as they advance. What the records
+become is ``results.py``'s job.
 """
 
 from __future__ import annotations

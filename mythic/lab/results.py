@@ -1,19 +1,16 @@
 """The experiment's records → mean ± SE over seeds, baselines, the claims as measured differences, a report.
 
-Aggregation, per arm, row (base / T=n / auto) and band (a difficulty range), on each split (valid
-and test): each seed's accuracy over the band's examples, then the mean over seeds with its standard
-error (``stats.metric``: the seeds' spread, not the examples'); the same per difficulty (test), and
-the loop-state dynamics c_t = ‖h_{t+1} − h_t‖ / ‖h_t‖ and r_t = ‖h_t‖ / √dim
-(``eval.exact_match.loop_dynamics``). An adaptive row also carries what its loops cost (``COSTS``, mean ± SE
-over seeds), overall and per difficulty.
+Aggregation, per arm, row (base / T=n / auto) and band (a difficulty range), on each split: each seed's
+accuracy over the band's examples, then the mean over seeds with its standard error (``stats.metric``:
+the seeds' spread, not the examples'); the same per difficulty (test), with the loop-state dynamics c_t,
+r_t (``eval.exact_match.loop_dynamics``) and an adaptive row's loop costs (``COSTS``).
 
-Baselines: the generator's shallow heuristics (``tasks/baselines.py``) scored on the test file, per
-band and difficulty, each taking fewer steps than the band's questions need; the strongest one per
-band is what a claim compares against.
+Baselines: the generator's shallow heuristics (``tasks/baselines.py``) scored on the test file, per band
+and difficulty; the strongest one per band is what a claim compares against.
 
 ``compare`` states the claims, each a difference of test accuracies with the standard error
-√(SE_a² + SE_b²) and whether the two seed intervals (mean ± SE) overlap. Every "best" row is chosen
-on the valid split (the mean over seeds there), never on test (the main arm is the first):
+√(SE_a² + SE_b²) and whether the two seed intervals (mean ± SE) overlap. Every "best" row is chosen on
+valid (the mean over seeds there), never on test (the main arm is the first):
 
 - depth extrapolation: the main arm's best T above the trained maximum vs T = the trained maximum;
 - overthinking: the main arm at the largest T vs at its best T;

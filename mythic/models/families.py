@@ -1,14 +1,11 @@
 """What differs between the supported base families, in one table (``FAMILIES``).
 
-Everything else — embeddings, masks, rotary tables, per-layer inputs, the final norm and
-soft-capping — is the base model's own forward: the wrapper only intercepts the calls of
-the looped block's decoder layers, so a family needs no modeling code here.
-
-Notes: qwen3_moe's experts are 3-D params (no Depth-LoRA on them); deepseek_v2 (MLA) has q_b_proj
-when q_lora_rank is set; gemma4_text's per-layer inputs are sized by the layer count (no layer
-dropping) and a block may not straddle its KV-sharing start; gemma4 is the multimodal checkpoint
-(Stage-2 base), its text decoder's layers at model.language_model. Layer counts and widths are read
-from the decoder's text config (``config.get_text_config(decoder=True)``).
+Everything else is the base model's own forward (README, "How it works"), so a family needs no
+modeling code here. Notes: qwen3_moe's experts are 3-D params (no Depth-LoRA on them); deepseek_v2
+(MLA) has q_b_proj when q_lora_rank is set; gemma4_text's per-layer inputs are sized by the layer count
+(no layer dropping) and a block may not straddle its KV-sharing start; gemma4 is the multimodal
+checkpoint (Stage-2 base), its text decoder's layers at model.language_model. Layer counts and widths
+are read from the decoder's text config (``config.get_text_config(decoder=True)``).
 """
 
 from __future__ import annotations

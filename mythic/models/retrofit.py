@@ -4,22 +4,20 @@
     block   = layers[s:e]  run T = n_loops times by the runner (``recurrence/runner.py``)
     coda    = layers[e:]
 
-``RetrofitForCausalLM`` is a ``PreTrainedModel`` + ``GenerationMixin`` that owns the base causal LM
-unchanged and replaces each block layer in its layer list by a ``BlockSlot``. During the base's own
-forward, the slots of layers s … e−2 record their call (each layer's mask, rotary table, per-layer input,
-cache …) and pass the hidden state through; the slot of layer e−1 hands the recorded calls
-(``LayerCalls``, this kind's adapter) to the runner. The base's forward sits between the wrapper's and
-the block, so the forward's ``Request`` reaches the slots through the model's loop context. Embeddings,
-masks, norms and heads stay the base's own code for every family, so a fresh wrapper at T = 1 computes
-the base's logits bit for bit. A pass for some rows alone gathers the recorded calls' arguments by row
-(``batch_rows``), except through layers that share keys with others (``families.batch_separable``).
+``RetrofitForCausalLM`` (``PreTrainedModel`` + ``GenerationMixin``) owns the base causal LM unchanged and
+replaces each block layer in its layer list by a ``BlockSlot``. During the base's own forward, the slots
+of layers s … e−2 record their call (mask, rotary table, per-layer input, cache …) and pass the hidden
+state through; the slot of layer e−1 hands the recorded calls (``LayerCalls``, this kind's adapter) to
+the runner, with the forward's ``Request`` from the model's loop context. Everything else is the base's
+own code, so a fresh wrapper at T = 1 computes the base's logits bit for bit. A pass for some rows alone
+gathers the recorded calls' arguments by row (``batch_rows``), except through layers that share keys
+with others (``families.batch_separable``).
 
 ``base_mode()`` switches the recurrence, the Depth-LoRA and any peft LoRA on the base off: the result is
 the base model (the eval base row and the KL-anchor target alike).
 
-A surgery/training checkpoint holds ``config.json`` plus ``recurrence.safetensors`` (the new parameters
-only), loaded by ``mythic.loading.load_checkpoint``; a full export (``save_pretrained``) holds everything
-and loads with ``from_pretrained``.
+A surgery/training checkpoint (``config.json`` + ``recurrence.safetensors``, the new parameters only)
+loads with ``mythic.loading.load_checkpoint``; a full export (``save_pretrained``) with ``from_pretrained``.
 """
 
 from __future__ import annotations

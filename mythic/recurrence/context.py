@@ -1,16 +1,15 @@
 """The per-model loop context: what a looped block must know but cannot be handed as an argument.
 
-Three kinds of code run inside the block without a call of mythic's own above them:
+Three kinds of code run inside the block without a call of mythic's own above them: Depth-LoRA's
+forward hooks (they need the loop index t); a retrofit's block layers, called by the base model's own
+forward (``models/retrofit.py``), so the forward's ``Request`` reaches them here; and measurements (an
+observer of every loop state, a meter of the loops adaptive forwards used). Everything else is passed
+explicitly.
 
-- Depth-LoRA's forward hooks on Linear modules inside the block layers need the loop index t;
-- a retrofit's block layers are called by the base model's own forward (``models/retrofit.py``), so
-  the forward's ``Request`` reaches them here;
-- measurements: an observer of every loop state, a meter of the loops adaptive forwards used.
-
-Everything else is passed explicitly. Each value is set for the extent of a ``with`` block. In eager
-mode it lives in a ``ContextVar`` (one per value and model), so two threads running one model never
-see each other's loop; under ``torch.compile``, which cannot trace ContextVars, it is a plain
-attribute read at trace time (the loop index is a constant of the traced graph).
+Each value is set for the extent of a ``with`` block. In eager mode it lives in a ``ContextVar`` (one per
+value and model), so two threads running one model never see each other's loop; under
+``torch.compile``, which cannot trace ContextVars, it is a plain attribute read at trace time (the loop
+index is a constant of the traced graph).
 """
 
 from __future__ import annotations

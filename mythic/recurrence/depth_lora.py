@@ -2,11 +2,10 @@
 
     y = W x + (α / r) · B_t A_t x        A_t ∈ R^{r×in}, B_t ∈ R^{out×r}, B_t = 0 at init
 
-The delta is added by a forward hook on the original module, so the base module (a plain ``nn.Linear``,
-a bitsandbytes ``Linear4bit``, a peft layer) is never replaced and keeps its parameter names. The loop
-index t reaches the hook through the model's ``LoopContext`` (``context.py``). Outside the loop driver
-(t is None) the hook adds nothing, which is how ``base_mode`` switches the LoRA off. Loops past the
-trained maximum reuse the last loop's A, B.
+A forward hook on the original module adds the delta, so the base module (``nn.Linear``, bitsandbytes
+``Linear4bit``, a peft layer) is never replaced and keeps its parameter names. The hook reads the loop
+index t from the model's ``LoopContext`` (``context.py``); outside the loop driver (t is None) it adds
+nothing, which is how ``base_mode`` switches the LoRA off. Loops past the trained maximum reuse the last A, B.
 """
 
 from __future__ import annotations

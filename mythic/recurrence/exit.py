@@ -1,40 +1,29 @@
 """Adaptive depth: every position stops looping when a criterion says its state is done.
 
-``n_loops = AdaptiveDepth(limit, criterion, eps)`` (``--loops auto:MAX --exit CRITERION``)
-runs at most ``limit`` passes of the block; after pass t has produced h_{t+1}, a position
-that is still running exits when
+``n_loops = AdaptiveDepth(limit, criterion, eps)`` (``--loops auto:MAX --exit CRITERION``) runs at most
+``limit`` passes of the block; after pass t has produced h_{t+1}, a position still running exits when
 
     convergence   ‖h_{t+1} − h_t‖ / ‖h_t‖ < eps
     kl            KL(p_t ‖ p_{t+1}) < eps,  p_t = softmax(Head(Norm(h_t)))   (t ≥ 1; the "logit lens":
-                  the final norm and the head applied to the loop state, the coda skipped; one head
-                  pass per loop and position)
+                  the coda skipped; one head pass per loop and position)
     act           the halting head's cumulative probability ≥ its threshold (ACT, ``halting.py``)
 
-Which positions decide (``read``, the model's ``logits_to_keep``; 0, the default: all): only those whose
-next-token logits the caller reads (``generate``: the last one), the halting head's too with ``act``; every
-other position is context and runs as long as any read position of its row runs (a context token's own
-readout says nothing about when it is done: docs/lab-notes.md).
+Only the positions whose next-token logits the caller reads decide (``read``, the model's
+``logits_to_keep``; 0, the default: all; ``generate``: the last one), the halting head's too with
+``act``; every other position runs as long as any read position of its row runs (docs/lab-notes.md).
 
-An exited position keeps its state (h ← h) for the remaining passes, so the block's output at it
-is the state after its last computed pass. Keys and values (fill-forward): at every pass after
-its exit the position presents, to itself and to every later token, the keys and values of its
-last computed pass, never ones computed from its frozen state. In a cached forward this is what
-the cache holds; an uncached adaptive forward runs on a throwaway cache so that it computes the
-same thing. A pass at which no position of the batch is running is not computed: its cache slots
-get the fill-forward entries and the loop ends (unless torch.distributed runs more than one
-process: then every pass runs, masked, so every rank makes the same collective calls).
+An exited position keeps its state (h ← h) and, at every later pass, presents to itself and to every
+later token the keys and values of its last computed pass (fill-forward), never ones computed from its
+frozen state; an uncached adaptive forward runs on a throwaway cache to compute the same. A pass at
+which no position of the batch runs is not computed: its cache slots get the fill-forward entries and
+the loop ends (unless torch.distributed runs several processes: then every pass runs, masked, so every
+rank makes the same collective calls). Once the running tokens fill under ``COMPACT_BELOW`` of the
+batch, a pass is computed for them alone (``gathered``: ``running_rows`` and, for OpenMythos,
+``running_index``; cache rows through ``cache.Compacted``), which changes no token's result.
 
-Once few tokens still run, a pass is computed for them alone: the rows with a running token
-(``running_rows``), and within them, for OpenMythos, the running positions (``running_index``),
-when those fill under ``COMPACT_BELOW`` of the batch (``gathered``); the outputs are scattered back
-and the cache rows written through ``cache.Compacted``. Gathering changes what is computed for no
-token: tests pin it to the masked pass.
-
-So a criterion that never fires computes exactly fixed-T = ``limit``, and decoding token by
-token computes exactly what one forward over the whole sequence computes when each position exits
-at the same pass in both, whichever pass that is.
-
-``steps`` (per position) counts the passes each position ran: the loops it used.
+So a criterion that never fires computes exactly fixed T = ``limit``, and decoding token by token
+computes exactly what one forward over the whole sequence computes when each position exits at the
+same pass in both. ``steps`` (per position) counts the passes each position ran: the loops it used.
 """
 
 from __future__ import annotations

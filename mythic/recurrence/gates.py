@@ -4,12 +4,10 @@
     ls_t  = ls_max · sigmoid(θ_t)                 init 0.05, ls_max 0.5 (0 < ls_max ≤ 1)
     m_t   = ls_t · g_t  ∈ (0, 1)                  the residual rule's mixing weight
 
-Both are per loop, as a scalar or per channel, and smooth: every value inside the bounds has
-a nonzero gradient, so a parameter driven to a bound can come back (a hard clamp passed zero
-gradient there). A LayerScale initialised at its maximum (θ = +∞) is a fixed "always on" scale,
-for probes that repeat a layer exactly. For a loop index beyond the trained
-maximum the last trained loop's parameters are reused (clamped index), so any n_loops
-runs; extrapolated depth then repeats the deepest trained step.
+Both are per loop, as a scalar or per channel, and smooth: every value inside the bounds has a nonzero
+gradient, so a parameter driven to a bound can come back. A LayerScale initialised at its maximum
+(θ = +∞) is a fixed "always on" scale, for probes that repeat a layer exactly. A loop index beyond the
+trained maximum reuses the last trained loop's parameters, so any n_loops runs.
 """
 
 from __future__ import annotations

@@ -7,18 +7,15 @@ After pass t has produced h_{t+1}, every position that is still running gets
     w_t   = 1 − c  if halts  else  p_t                            c ← c + w_t
     out   = Σ_t w_t · h_{t+1}
 
-so the weights of every position sum to exactly 1, whether it halted early or ran out of loops
-(the reference's did not). The ponder cost is Graves' ρ = N + R per position (N the loops it
-ran, R = 1 − c before its last step, differentiable through the p_t), averaged.
+so every position's weights sum to exactly 1, halted early or out of loops (the reference's did not).
+The ponder cost is Graves' ρ = N + R per position (N the loops it ran, R = 1 − c before its last step,
+differentiable through the p_t), averaged. Init: w = 0, b = logit(1 / max_loops), so the output starts
+as the uniform average of the first max_loops states (the reference halted every position after two).
 
-Initialisation: w = 0 and b = logit(1 / max_loops), so p = 1 / max_loops everywhere: at init the
-output is the uniform average of the first max_loops states (the reference halted every position
-after two loops).
-
-Halting never ends the loop early (every rank of a distributed job makes the same collective
-calls): ``begin(t)`` returns the positions still running at pass t, recorded once per pass so that
-an activation-checkpoint recomputation sees the same mask; the driver freezes the others (h ← h),
-and a block may skip their expensive parts (OpenMythos skips their MoE FFN).
+Halting never ends the loop early (every rank of a distributed job makes the same collective calls):
+``begin(t)`` returns the positions still running at pass t, recorded once per pass so that an
+activation-checkpoint recomputation sees the same mask; the driver freezes the others (h ← h), and a
+block may skip their expensive parts (OpenMythos skips their MoE FFN).
 """
 
 from __future__ import annotations

@@ -5,12 +5,10 @@
     B̄  = Δ · B                                   (B diagonal by default, or a full matrix)
     inj(h, e) = Ā ⊙ h + B̄ e
 
-Spectral radius: Ā is diagonal, so ρ(Ā) = max Ā. The exponent is at least ε = 2⁻⁷ in float32
-arithmetic too, hence Ā ≤ exp(−2⁻⁷) ≈ 0.99222 < 1 in float32 and after rounding to bfloat16
-(0.9921875), for *every* parameter value: tiny or huge Δ, A_log = ±inf, and NaN (mapped to a zero
-term). The offset is smooth where a floor would pass zero gradient. Ā is computed in float32.
-
-Initialisation follows Parcae: Ā ≈ 0.447 (ε + Δ·exp(A_log) ≈ 0.805), B = 1.
+ρ(Ā) = max Ā (diagonal). The exponent is at least ε = 2⁻⁷ in float32 arithmetic too, so Ā ≤ exp(−2⁻⁷)
+≈ 0.99222 < 1 in float32 and after rounding to bfloat16 (0.9921875), for *every* parameter value: tiny
+or huge Δ, A_log = ±inf, and NaN (mapped to a zero term). The offset is smooth where a floor would pass
+zero gradient. Ā is computed in float32. Init (Parcae): Ā ≈ 0.447 (ε + Δ·exp(A_log) ≈ 0.805), B = 1.
 These parameters must get no weight decay (``mythic.train.model.param_groups`` exempts them).
 """
 

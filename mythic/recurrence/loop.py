@@ -7,22 +7,18 @@
         h_{t+1} = rule.exit(h_t, b_t, e, t)
     return h_T
 
-``n_loops`` is an int, or a LongTensor (B,) of per-sequence depths (Parcae; continuous depth-wise
-batching): the batch runs max(n) loops and a sequence whose depth is reached keeps its state
-(h ← where(t < n_b, h_new, h)).
+``n_loops`` is an int, or a LongTensor (B,) of per-sequence depths (Parcae): the batch runs max(n)
+loops and a sequence whose depth is reached keeps its state (h ← where(t < n_b, h_new, h)).
 
-Truncated backprop through depth: with ``grad_loops = k`` every sequence b backpropagates through its
-own last min(n_b, k) loops, t ∈ [n_b − k, n_b) (Parcae's rule): loops before min_b(n_b − k) run under
-``torch.no_grad`` for the whole batch (memory does not grow with them); in later loops a sequence still
-in its no-gradient part has its new state detached, so a shallow sequence batched with a deep one gets
-the same gradient as alone. ``checkpoint=True`` wraps each graph-building loop in non-reentrant
+Truncated backprop (``grad_loops = k``, Parcae's rule): every sequence b backpropagates through its own
+last min(n_b, k) loops, t ∈ [n_b − k, n_b). Loops before min_b(n_b − k) run under ``torch.no_grad`` for
+the whole batch; in later loops a sequence still in its no-gradient part has its new state detached, so
+it gets the same gradient as alone. ``checkpoint=True`` wraps each graph-building loop in non-reentrant
 activation checkpointing (never while writing a KV cache: the recomputation would write it twice).
 
-Masks: before pass t the driver asks which positions still run — ACT halting (``halting.begin(t)``,
-``halting.py``) and adaptive exit (``early_exit.begin``, ``exit.py``), ANDed — and freezes the others
-after the pass (h ← where(running, h_new, h)). ACT folds every h_{t+1} into its weighted output, returned
-instead of h_T; adaptive exit stops the loop when no position runs pass t (``early_exit.stop`` writes the
-skipped passes' fill-forward cache entries).
+Masks: ACT halting (``halting.begin(t)``) and adaptive exit (``early_exit.begin``) say which positions run
+pass t (ANDed); the others are frozen (h ← where(running, h_new, h)). ACT returns its weighted output
+instead of h_T; adaptive exit stops the loop when no position runs (``early_exit.stop``: ``exit.py``).
 
 ``observer(t, h_t)``, when given, sees every new state h_1 … h_T; it must not change them.
 """

@@ -1,8 +1,7 @@
 """Update rules: how the loop state h moves from one pass of the block to the next.
 
-Every rule splits a loop step into ``enter`` (the block's input x_t) and ``exit`` (the
-next state); the driver in ``loop.py`` calls b_t = Block(x_t) between them. h₀ = e, the
-prelude output (the block's input in the base model).
+Every rule splits a loop step into ``enter`` (the block's input x_t) and ``exit`` (the next state); the
+driver in ``loop.py`` calls b_t = Block(x_t) between them. h₀ = e, the prelude output.
 
 ``residual`` (default; the rule that worked on the MoE retrofits)
     x_t = h_t
@@ -12,12 +11,11 @@ prelude output (the block's input in the base model).
 
 ``parcae`` (Prairie et al.; used by the from-scratch OpenMythos model)
     x_t = Ā ⊙ h_t + B̄ e,   h_{t+1} = b_t
-    with ``state_norm``: x_t = Ā ⊙ RMSNorm(h_t) + B̄ e, so the share of the input signal e in the
-    block's input cannot fade as ‖h_t‖ grows with the loop count.
+    with ``state_norm``: x_t = Ā ⊙ RMSNorm(h_t) + B̄ e, so the share of e in the block's input
+    cannot fade as ‖h_t‖ grows with the loop count.
 
 ``concat`` (retrofitted recurrence / Huginn)
-    x_t = W [h_t ; e],   h_{t+1} = b_t,   W ∈ R^{d×2d} initialised to [0 | I] so that x₀ = e
-    and T = 1 is again the base exactly.
+    x_t = W [h_t ; e],   h_{t+1} = b_t,   W ∈ R^{d×2d} initialised to [0 | I]: x₀ = e, T = 1 is the base.
 """
 
 from __future__ import annotations

@@ -20,10 +20,9 @@ and the runner owns everything else, the same for both kinds:
                 its output written back into the batch
     the loop    ``loop.run_loops`` with the update rule, the loop embedding and the context's observer
 
-What one forward asks for is a ``Request``, passed as an argument (a retrofit's block layers are called
-by the base model's own forward, so there it travels in the ``LoopContext``: ``context.py``).
-``Recurrence`` holds the new parameters every kind has — update rule, loop embedding, Depth-LoRA,
-halting head — and the model's context; ``Recurrence.run`` is the runner.
+``Recurrence`` holds the new parameters every kind has (update rule, loop embedding, Depth-LoRA, halting
+head) and the model's context; ``Recurrence.run`` is the runner, the forward's ``Request`` an argument
+(a retrofit's travels in the ``LoopContext``: ``context.py``).
 """
 
 from __future__ import annotations

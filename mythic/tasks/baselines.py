@@ -2,14 +2,11 @@
 
 Each generator's ``baselines(task, depth)`` gives, for one example, the expected accuracy of every
 heuristic it knows (1 or 0 for a deterministic answer, 1/|candidates| or 0 for a uniform guess);
-``depth`` is how many steps a heuristic may take before it guesses (``resolve_then_guess``). A
-heuristic is shallow for a set of questions when it takes fewer steps than any of them needs, so
-``score`` lets it take d − 1 steps at difficulty d and lo − 1 on a band [lo, hi] (on 5–8: the 4
-steps trained on; on 1–4: none), and averages:
+``depth`` is how many steps a heuristic may take before it guesses (``resolve_then_guess``). A heuristic
+is shallow for questions when it takes fewer steps than any of them needs, so ``score`` lets it take
+d − 1 steps at difficulty d and lo − 1 on a band [lo, hi] (on 5–8: the 4 steps trained on; on 1–4: none):
 
     baseline(band) = (1/|band|) Σ_{examples in band} E[correct | depth = lo − 1]
-
-so every report can put, beside a model's accuracy, the strongest heuristic the format allows.
 """
 
 from __future__ import annotations

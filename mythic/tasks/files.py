@@ -1,13 +1,11 @@
 """Task files: JSON lines of ``{"prompt": str, "answer": str, "difficulty": int}``.
 
-``difficulty`` is optional (absent: the example counts in no per-difficulty table).
-``intermediate`` is optional too: ``[[end, answer], …]``, answers the model should already give
-at the end of ``prompt[:end]`` (0 < end < len(prompt)); training puts them in the loss beside the
-final answer (dense supervision of the steps), evaluation ignores them. Any other field is kept in
-``Task.extra`` and otherwise ignored. Reading is strict: a line that is not a JSON object, a missing
-or non-string ``prompt`` / ``answer``, an empty answer, a difficulty that is not an integer, a
-malformed ``intermediate``, a line that is not UTF-8, or a file without a single example is a one-line ``MythicError``
-naming the file and line.
+``difficulty`` is optional (absent: the example counts in no per-difficulty table), and so is
+``intermediate``: ``[[end, answer], …]``, answers due at the end of ``prompt[:end]`` (0 < end <
+len(prompt)), trained on beside the final answer and ignored by evaluation. Other fields are kept in
+``Task.extra``. Reading is strict: a line that is not a JSON object, a missing or non-string ``prompt`` /
+``answer``, an empty answer, a non-integer difficulty, a malformed ``intermediate``, a line that is not
+UTF-8, or a file without a single example is a one-line ``MythicError`` naming the file and line.
 """
 
 from __future__ import annotations

@@ -5,38 +5,28 @@ whose left side is ``?``::
 
     f=3;x=7;k=f;b=k;m=x;q=b;w=q;?=q          answer "3", difficulty 4 (q → b → k → f → 3)
 
-Each statement is ``lhs=rhs;`` with ``lhs`` a variable assigned exactly once and ``rhs`` a digit
-or a variable assigned on an earlier line, as in real code: the chains are interleaved in a
-uniformly random order that keeps every definition before its uses. (Program order is what lets
-a causal model resolve values forward: each variable on a right side can read the already
-resolved value of the statement that assigns it, one level per layer or loop. The query has the
-same form as a statement, so answering it is that same step once more.)
+Each statement is ``lhs=rhs;`` with ``lhs`` a variable assigned exactly once and ``rhs`` a digit or a
+variable assigned earlier: the chains are interleaved in a uniformly random order that keeps every
+definition before its uses (program order: README, "The depth-reasoning lab").
 
-The variables form ``roots`` chains, each rooted in a different digit (v_1 = digit, v_2 = v_1,
-…). The query names the d-th variable of one chain, so resolving it takes exactly d lookups
-(find the statement of the current variable, read its right side; stop at a digit). Chain
-lengths are drawn the same way whatever d is: the queried chain has U[d, chain] statements (it
-continues past the query), every other chain U[1, chain]. So a question's difficulty is not
-readable from the prompt's shape (which chain is longest, whether the query ends a chain), and
-answering with a digit seen in the prompt is right about 1/roots of the time at every
-difficulty.
+The variables form ``roots`` chains, each rooted in a different digit (v_1 = digit, v_2 = v_1, …). The
+query names the d-th variable of one chain, so resolving it takes exactly d lookups. Chain lengths do
+not depend on d: the queried chain has U[d, chain] statements (it continues past the query), every
+other chain U[1, chain]; so the prompt's shape does not give d away, and a digit seen in the prompt is
+right about 1/roots of the time at every difficulty.
 
-``intermediate`` (option, default 0 = off): every right-side variable whose value takes at most
-that many lookups gets an intermediate answer at its position, its value (``b=k`` above: "3"
-right after the ``k``, 2 lookups). Set it to the train split's largest difficulty, so that no
-step deeper than the questions trained on is ever supervised.
+``intermediate`` (default 0 = off): every right-side variable whose value takes at most that many
+lookups gets its value as an intermediate answer at its position (``b=k`` above: "3" right after the
+``k``, 2 lookups). Set it to the train split's largest difficulty.
 
-``baselines`` scores the shallow heuristics this format leaks, as the expected accuracy on one
-example: ``chance`` (uniform over the roots' digits), ``first_digit`` (the first digit of the
-prompt: the queried chain is drawn at least as long as its difficulty, so it is listed first more
-often than 1/roots), ``longest_chain`` (the root of the longest chain, ties split),
-``resolve_then_guess`` (resolve every variable within ``depth`` lookups, the depth trained on; an
-unresolved query is guessed uniformly among the roots whose chains still hold unresolved variables)
-and ``resolve_then_guess_weighted`` (the same guess weighted by each root's unresolved variables).
+``baselines`` (``tasks/baselines.py``): ``chance`` (uniform over the roots' digits), ``first_digit`` (the
+queried chain, drawn at least as long as its difficulty, is listed first more often than 1/roots),
+``longest_chain`` (its root, ties split), ``resolve_then_guess`` (resolve every variable within
+``depth`` lookups, else guess uniformly among the roots whose chains still hold unresolved variables)
+and ``resolve_then_guess_weighted`` (that guess weighted by each root's unresolved variables).
 
-``solve`` is the brute-force check: it parses the prompt and follows the chain, returning
-(answer, lookups); the tests check lookups == difficulty for every generated example, and every
-intermediate answer against the lookups of its variable.
+``solve`` parses the prompt and follows the chain, returning (answer, lookups); the tests check
+lookups == difficulty for every generated example, and every intermediate answer.
 """
 
 from __future__ import annotations

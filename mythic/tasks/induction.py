@@ -1,24 +1,20 @@
 """``induction``: p-hop induction (Saunshi et al. 2025); the answer needs exactly p = ``difficulty`` hops.
 
-A prompt is p hop marks, a bar, and a sequence x_0 … x_{n−1} over ``symbols`` letters with no
-letter repeated back to back::
+A prompt is p hop marks (unary: a larger p is the same instruction repeated), a bar, and a sequence
+x_0 … x_{n−1} over ``symbols`` letters with no letter repeated back to back::
 
-    >>|abcabdbca        answer "a": from the last position (x_8 = a), hop twice
+    >>|abcabdbca        answer "c": from the last position (x_8 = a), hop twice (to x_4 = b, then x_2 = c)
 
-One hop from position i: find the previous occurrence of x_i (the largest j < i with
-x_j = x_i) and move to j + 1, the letter that followed it; the answer is the letter reached
-after p hops from the last position. With no back-to-back repeats every hop moves strictly
-left (j + 1 < i), and each is one induction-head lookup, so a p-hop question needs p
-sequential lookups. The number of hops is written in unary, so a larger p is the same
-instruction repeated, not a new symbol. Sequences whose p hops would run off the start are
-redrawn.
+One hop from position i: find the previous occurrence of x_i (the largest j < i with x_j = x_i) and
+move to j + 1; the answer is the letter reached after p hops from the last position. With no
+back-to-back repeats every hop moves strictly left (j + 1 < i) and is one induction-head lookup, so a
+p-hop question needs p sequential lookups. Sequences whose p hops would run off the start are redrawn.
 
-``baselines`` scores the shallow heuristics, as the expected accuracy on one example: ``chance``
-(uniform over the alphabet), ``one_hop`` (a single induction step from the last letter: right at
-p = 1), ``frequent_letter`` (the sequence's most frequent letter, ties split) and
-``resolve_then_guess`` (at most ``depth`` hops, the depth trained on; a longer question is then
-guessed uniformly among the letters other than the one reached, since a hop never lands on the
-letter it starts from).
+``baselines`` (expected accuracy on one example, see ``tasks/baselines.py``): ``chance`` (uniform over the
+alphabet), ``one_hop`` (a single hop: right at p = 1), ``frequent_letter`` (the sequence's most frequent
+letter, ties split) and ``resolve_then_guess`` (at most ``depth`` hops; a longer question is then guessed
+uniformly among the letters other than the one reached, since a hop never lands on the letter it starts
+from).
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@
     DIR/meta.json     generator, options, seed, ranges and sizes
 
 Each split cycles through its difficulty range (equal counts per difficulty) and draws with
-``numpy.random.default_rng([seed, split])``. Prompts are unique across the three files: test is
-drawn first, then valid without test's prompts, then train without either. The folder is written
-through ``atomic_dir``, so a failure leaves nothing behind.
+``numpy.random.default_rng([seed, split])``. Prompts are unique across the files: test is drawn first,
+then valid without test's prompts, then train without either. Written through ``atomic_dir``.
 """
 
 from __future__ import annotations

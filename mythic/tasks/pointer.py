@@ -1,29 +1,24 @@
 """``pointer``: pointer chasing on a random functional graph listed in shuffled order.
 
-A prompt lists every node's one outgoing edge, ``u>v;``, in a uniformly random order, then the
-question: ``?``, k step marks ``+`` and the start node. The answer is the node reached after k
-steps from the start (difficulty = k)::
+A prompt lists every node's one outgoing edge, ``u>v;``, in a uniformly random order, then ``?``, k step
+marks ``+`` (unary: a larger k is the same instruction repeated) and the start node; the answer is the
+node reached after k steps (difficulty = k)::
 
     c>a;a>d;b>c;d>b;?++a          answer "b": a → d → b, two steps
 
-The graph is a uniformly random function on ``nodes`` letters, conditioned on the k-step walk
-from the start visiting k + 1 distinct nodes (so no cycle shortens it and the answer is never the
-start): the walk is drawn first as k + 1 distinct nodes, every other node's successor uniformly
-among all nodes (itself included). The edge list is a permutation, so the order of the statements
-carries nothing about the walk (unlike ``hops``, whose program order lets a model resolve values
-forward), and no intermediate answer is written: a model learns the steps from the final answer
-alone. The number of steps is written in unary, so a larger k is the same instruction repeated,
-not a new symbol. Chance is 1/nodes.
+The graph is a uniformly random function on ``nodes`` letters, conditioned on the k-step walk from the
+start visiting k + 1 distinct nodes (no cycle shortens it, the answer is never the start): the walk is
+drawn first, every other node's successor uniformly among all nodes (itself included). The edge order
+carries nothing about the walk (unlike ``hops``' program order) and there are no intermediate answers:
+the steps are learned from the final answer alone. Chance is 1/nodes.
 
-``solve`` is the brute-force check: it parses the edges and walks k steps, returning (answer, k);
-the tests check it against every generated example and that the walk's nodes are distinct.
+``solve`` parses the edges and walks k steps, returning (answer, k); the tests check it against every
+generated example and that the walk's nodes are distinct.
 
-``baselines`` scores the shallow heuristics a model could fall back on without chasing pointers,
-as the expected accuracy on one example: ``chance`` (uniform over the nodes), ``successor`` (the
-start's own successor: right at k = 1 only), ``frequent_target`` (the node most edges point to,
-ties split evenly), ``any_target`` (uniform over the nodes some edge points to, the start
-excluded) and ``resolve_then_guess`` (walk at most ``depth`` steps, the depth trained on; a longer
-walk is then guessed uniformly among the targets not yet visited, since the walk never revisits).
+``baselines`` (``tasks/baselines.py``): ``chance``, ``successor`` (right at k = 1 only),
+``frequent_target`` (the node most edges point to, ties split), ``any_target`` (uniform over the nodes
+some edge points to, the start excluded) and ``resolve_then_guess`` (walk at most ``depth`` steps, then
+guess uniformly among the targets not yet visited: the walk never revisits).
 """
 
 from __future__ import annotations

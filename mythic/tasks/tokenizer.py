@@ -2,11 +2,10 @@
 
     vocabulary = <pad> <eos> <unk>, then every character of the training prompts and answers, sorted
 
-One token per character (``tokenizers``' WordLevel model behind a split-every-character
-pre-tokenizer, a ``Fuse`` decoder), no BOS, so ``decode(encode(text)) == text`` for every text
-made of seen characters; an unseen character becomes ``<unk>``. It is a
-``PreTrainedTokenizerFast``: ``save_pretrained`` writes ``tokenizer.json``, and every checkpoint,
-``final/`` and export loads it back with ``AutoTokenizer.from_pretrained``.
+One token per character (``tokenizers``' WordLevel model, a split-every-character pre-tokenizer, a
+``Fuse`` decoder), no BOS, so ``decode(encode(text)) == text`` for every text of seen characters; an
+unseen character becomes ``<unk>``. A ``PreTrainedTokenizerFast``: ``save_pretrained`` writes
+``tokenizer.json``, which every checkpoint, ``final/`` and export loads back with ``AutoTokenizer``.
 """
 
 from __future__ import annotations

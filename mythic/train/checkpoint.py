@@ -1,8 +1,6 @@
 """Training checkpoints: everything ``--resume`` needs to continue a run exactly.
 
-Layout of ``RUN/checkpoints/step-0000050/`` (written through ``mythic.io.atomic_dir``: a
-temp folder renamed into place, so a kill at any moment leaves either the old set of
-checkpoints or the new one, never a half-written folder):
+Layout of ``RUN/checkpoints/step-0000050/`` (written through ``mythic.io.atomic_dir``):
 
     trainable.safetensors   the trainable parameters by name (recurrence, LoRA, …)
     optimizer.pt            optimizer state, keyed by parameter name
@@ -10,10 +8,10 @@ checkpoints or the new one, never a half-written folder):
     state.json              step, scheduler state, data position, skipped-step counters
     tokenizer.json, …       the run's tokenizer (``save_pretrained``); a resume must rebuild the same
 
-Tensors are whole (gathered from every rank by ``mythic.train.parallel``, whatever the run's
-``train.parallel``). Only the last ``keep`` checkpoints are kept; ``latest_checkpoint`` picks
-the highest step. Loading is strict: ``mythic.tensors.check_tensors`` refuses a missing, unexpected or
-mis-shaped tensor before anything is copied, never a silent partial load.
+Tensors are whole (gathered by ``mythic.train.parallel``, whatever ``train.parallel``). Only the last
+``keep`` checkpoints are kept; ``latest_checkpoint`` picks the highest step. Loading is strict
+(``mythic.tensors.check_tensors``): a missing, unexpected or mis-shaped tensor is refused before
+anything is copied.
 """
 
 from __future__ import annotations

@@ -4,29 +4,21 @@ Kinds (``recipe.curriculum.kind``):
 
 - ``fixed``: T = ``loops`` always.
 - ``stages``: a stage table; from step ``start`` on, T ~ Categorical(``weights``).
-- ``poisson_lognormal`` (retrofitted recurrence, arXiv 2511.07384):
+- ``poisson_lognormal`` (retrofitted recurrence, arXiv 2511.07384), clipped to ``max_loops``:
       r̄(s) = r̄₀ + (r̄ − r̄₀)·ρ(s/S),  ρ(u) = u (linear) or 1 − √(1 − u) (sqrt), u clipped to [0, 1]
       τ ~ LogNormal(log r̄(s) − σ²/2, σ)   (so E[τ] = r̄(s)),   r = Poisson(τ) + 1
-  clipped to ``max_loops``.
 - ``difficulty``: T_b = min(d_b + U{0, …, extra}, max_loops) per sequence, d_b the example's
-  difficulty (task files; 1 without one): never fewer loops than the steps the answer takes,
-  and up to ``extra`` more, so the answer must also survive loops it does not need. Before step
-  ``extra_after``, T_b = d_b: every loop takes one step, and stopping is learned afterwards.
+  difficulty (1 without one); before step ``extra_after``, T_b = d_b (why: docs/lab-notes.md).
 
-``per_sequence: true`` (always, for ``difficulty``) draws one depth per sequence (Parcae): ``n_loops`` is then a
-LongTensor (B,) and the model runs max(n) loops, freezing each sequence at its own depth.
-Otherwise one T is drawn per micro-batch and shared by all ranks, so data-parallel ranks
-do the same amount of work.
+``per_sequence: true`` (always, for ``difficulty``) draws one depth per sequence (Parcae): ``n_loops`` is
+then a LongTensor (B,) (``recurrence/loop.py``). Otherwise one T is drawn per micro-batch and shared by
+all ranks, so data-parallel ranks do the same amount of work.
 
-Truncated backprop: with ``grad_loops = k`` the sample carries k, and the loop driver gives every
-sequence its own last min(n_b, k) loops with gradient (the first max(n_b − k, 0) run without);
-``grad_loops: uniform`` draws k ~ U{1, …, max_b n_b} afresh for every micro-batch (Bansal et al.
-2022's progressive loss: the block must improve on a state it did not shape, whatever loop it
-starts from, rather than learn one fixed T-step trajectory);
-``checkpoint_loops`` asks the model to checkpoint activations per loop.
-
-Determinism: every draw uses ``numpy.random.default_rng([seed, step, micro, rank, salt])``,
-a pure function of its key, so a resumed run samples exactly the same depths.
+Truncated backprop: ``grad_loops = k`` gives every sequence its own last min(n_b, k) loops with gradient
+(``recurrence/loop.py``); ``grad_loops: uniform`` draws k ~ U{1, …, max_b n_b} afresh for every
+micro-batch (Bansal et al. 2022's progressive loss; docs/lab-notes.md); ``checkpoint_loops`` asks the
+model to checkpoint activations per loop. Every draw uses ``numpy.random.default_rng([seed, step,
+micro, rank, salt])``, a pure function of its key, so a resumed run samples exactly the same depths.
 """
 
 from __future__ import annotations

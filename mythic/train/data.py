@@ -1,33 +1,27 @@
 """Training data: documents from a weighted mixture of sources, tokenized and packed to seq_len.
 
-Sources (``recipe.data.sources``): local files by glob (``text``: one document per file,
-``jsonl`` / ``parquet``: one per record), Hugging Face datasets through
-``datasets.load_dataset`` (streaming by default), and the Python standard library's own
-``.py`` files (offline text that exists on every machine). A record with
-``messages_field`` is a chat conversation: it is rendered with the tokenizer's chat template
-and only the assistant turns are trained on (the prompt is masked with -100).
+Sources (``recipe.data.sources``): local files by glob (``text``: one document per file, ``jsonl`` /
+``parquet``: one per record), Hugging Face datasets (``datasets.load_dataset``, streaming by default),
+and the standard library's own ``.py`` files (offline text on every machine). A record with
+``messages_field`` is rendered with the tokenizer's chat template and only the assistant turns are
+trained on (the prompt is masked with -100).
 
-Packing: documents are concatenated as ``doc₁ EOS doc₂ EOS …`` into one token stream, and
-each sample takes L + 1 consecutive tokens: ``input_ids = s[0:L]``, ``labels = s[1:L+1]``
-(masked where the target token is part of a prompt); the next sample starts at s[L].
+Packing: ``doc₁ EOS doc₂ EOS …`` as one token stream; each sample takes L + 1 consecutive tokens,
+``input_ids = s[0:L]``, ``labels = s[1:L+1]`` (masked where the target is prompt); the next starts at s[L].
+Mixture: document n comes from source i ~ Categorical(weights), drawn with ``default_rng([seed, n,
+salt])``; file sources are shuffled per epoch (``default_rng([seed, epoch, source index])``) and restart
+when exhausted.
 
-Mixture: document number n comes from source i ~ Categorical(weights), drawn with
-``default_rng([seed, n, salt])``. File sources are shuffled per epoch with
-``default_rng([seed, epoch, source index])`` and restart when exhausted (epoch + 1).
+Task files (``kind: tasks``, ``TaskStream``): one example a row, never packed (examples would attend to
+each other's prompts): ``prompt`` tokens (with the tokenizer's special tokens), ``answer`` tokens and
+EOS, right-padded to the longest row of the global micro-batch (no attention mask needed: a causal
+model never sees the padding after a token); the labels are the answer and EOS only. Examples follow
+the same mixture rule, within a source as ``TaskReader`` says (``difficulty_ramp``: a hop curriculum).
+``data.bucket = K`` batches K global micro-batches' examples by length (``TaskStream.bucketed``).
 
-Task files (``kind: tasks``, ``TaskStream``): one example a row, never packed (examples would
-attend to each other's prompts): ``prompt`` tokens (with the tokenizer's special tokens),
-``answer`` tokens and EOS, right-padded to the longest row of the global micro-batch; the
-labels are the answer tokens and EOS only (the prompt and the padding are -100). Right padding
-needs no attention mask: a causal model never lets a token see the padding after it. Examples
-are drawn from the sources by the same mixture rule, within a source as ``TaskReader`` says
-(``difficulty_ramp``: a hop curriculum). ``data.bucket = K`` batches K global micro-batches'
-examples by length (``TaskStream.bucketed``): the same examples, a fraction of the padding.
-
-Resume: ``state_dict()`` holds the document counter, each source's (epoch, position) and the
-packer's leftover tokens, so ``load_state_dict`` continues with exactly the same samples.
-All ranks read the same global stream; rank r of W takes rows [r·B, (r+1)·B) of each global
-micro-batch of W·B samples, so the samples do not depend on how the stream is sharded.
+Resume: ``state_dict()`` holds the document counter, each source's (epoch, position) and the packer's
+leftover tokens, so ``load_state_dict`` continues with exactly the same samples. All ranks read the same
+global stream; rank r of W takes rows [r·B, (r+1)·B) of each global micro-batch of W·B samples.
 """
 
 from __future__ import annotations

@@ -5,11 +5,9 @@ Every function reduces over the *valid* tokens only and computes in float32.
 - cross entropy          ce_i = −log p(y_i)
 - focal weights          w_i = (1 − p_ref(y_i))^γ, computed without gradient
 - focal CE               CE = Σ w_i·ce_i / max(Σ w_i, 1)
-- dual-T margin          α_m · ReLU(CE_hi − CE_lo + m), on plain CEs (see ``objective.py``)
-- dual-T loss            ½(CE_lo + CE_hi) + margin  (composed in ``objective.py``)
-- KL                     KL(p ‖ q) = Σ_v p_v (log p_v − log q_v), averaged over valid tokens;
-                         the KL anchor is KL(p_base ‖ p_model@T_hi), self-distillation is
-                         KL(p_lo ‖ p_hi.detach())
+- dual-T margin          α_m · ReLU(CE_hi − CE_lo + m), on plain CEs (composed in ``objective.py``)
+- KL                     KL(p ‖ q) = Σ_v p_v (log p_v − log q_v), averaged over valid tokens
+                         (the KL anchor and self-distillation: ``objective.py``)
 - model-provided terms   ``out.aux_losses`` (a dict) or ``out.aux_loss`` (a tensor), e.g. a MoE
                          balance loss or an ACT ponder cost, added with a weight (default 1)
 """

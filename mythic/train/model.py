@@ -3,25 +3,23 @@
 ``model.kind``:
 - ``retrofit``: ``mythic.loading.load_checkpoint(checkpoint)`` (the base comes from its config)
 - ``surgery``: load the HF base, then ``RetrofitForCausalLM.from_base(base, **surgery)`` in memory
-- ``openmythos``: ``OpenMythosForCausalLM`` (the HF-native OpenMythos) built from scratch from
-  ``MythosConfig(**config)``; all of it trains, its MoE balance / ACT ponder terms come back
-  as ``out.aux_losses``. Its tokenizer (a folder, or ``chars``: built from the task files) sets
-  the vocabulary size when the config gives none, and the EOS / padding ids generation uses.
+- ``openmythos``: ``OpenMythosForCausalLM`` built from scratch from ``MythosConfig(**config)``; all of
+  it trains, its MoE balance / ACT ponder terms come back as ``out.aux_losses``. Its tokenizer (a
+  folder, or ``chars``: built from the task files) sets the vocabulary size when the config gives
+  none, and the EOS / padding ids.
 
-A 4-bit base is loaded as ``mythic sanity`` loads it (``mythic.quant``: Linear layers on the CPU, then
-the 3-D MoE expert weights module by module on the device, never held there in bf16).
+A 4-bit base is loaded as ``mythic sanity`` loads it (``mythic.quant``).
 
-Trainable set: the recurrence modules (``model.recurrence_parameters()``) and, optionally, a
-peft LoRA on the frozen base (``target_modules`` for Linear layers, ``target_parameters``
-for 3-D MoE expert weights); everything else is frozen.
+Trainable set: the recurrence modules (``model.recurrence_parameters()``) and, optionally, a peft LoRA
+on the frozen base (``target_modules`` for Linear layers, ``target_parameters`` for 3-D MoE expert
+weights); everything else is frozen.
 
-Weight decay (``param_groups``, the one rule for the retrofit and the from-scratch model) is
-decided by what a parameter is, not its shape: the weight matrices of Linear, Embedding and
-convolution layers, the Depth-LoRA matrices (A_t, B_t) and the MoE expert matrices decay;
-everything else does not: norms, biases, and the recurrence's stability and mixing parameters
-(LTI A_log / dt_bias / B, gates, LayerScale, loop embedding γ, token convolution), whose decay
-would pull ρ(Ā) toward 1 or switch the loops off (gate and LayerScale values are stored
-(n_loops, 1): a shape rule decayed them).
+Weight decay (``param_groups``, one rule for both kinds) goes by what a parameter is, not its shape:
+the weight matrices of Linear, Embedding and convolution layers, the Depth-LoRA matrices (A_t, B_t) and
+the MoE expert matrices decay; norms, biases and the recurrence's stability and mixing parameters (LTI
+A_log / dt_bias / B, gates, LayerScale, loop embedding γ, token convolution) do not: their decay would
+pull ρ(Ā) toward 1 or switch the loops off (gate and LayerScale values are stored (n_loops, 1), which a
+shape rule would decay).
 """
 
 from __future__ import annotations

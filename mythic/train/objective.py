@@ -1,26 +1,24 @@
 """The training objective as one ``nn.Module``: model passes + loss terms in a single forward.
 
-Wrapping every pass of a step (T_lo, T_hi, the no-grad base pass of the KL anchor) in one
-module forward lets DDP/FSDP see exactly one forward per backward.
+Every pass of a step (T_lo, T_hi, the KL anchor's no-grad base pass) runs in one module forward, so
+DDP/FSDP see exactly one forward per backward. The terms (``losses.py``):
 
 Single-T:   L = CE(T)
 Dual-T:     L = ½(CE_lo + CE_hi) + α_m·ReLU(CE(T_hi) − CE_lo + m) + α_sd·KL(p_lo ‖ p_hi.detach())
             with T_lo fixed (``loss.dual_t.t_lo``) and T_hi drawn from the curriculum;
             CE_hi optionally focal: Σ w·ce / max(Σ w, 1), w = (1 − p_lo(y))^γ without gradient.
-            The margin always compares plain CEs (the same token weights at both depths): a
-            focal CE_hi against a plain CE_lo would measure the weighting, not the depth.
+            The margin always compares plain CEs (against a focal CE_hi it would measure the weighting).
 KL anchor:  + α·KL(p_base ‖ p_model@T) on anchor steps, p_base from the base
             (``model.base_mode()``: recurrence, depth-LoRA and any peft LoRA switched off).
 Model aux:  + Σ w_name · aux_name, averaged over the passes that returned it.
 
-Every pass computes logits at the labelled positions only (a (B, L) mask passed as the model's
-``logits_to_keep``, as transformers defines it: the kept positions come back flattened, (N, V)): the
-head and the softmax over the vocabulary at the other positions would only be multiplied by zero,
-and on a small model with a large vocabulary they are most of a step. Every loss term is a mean over
+Every pass computes logits at the labelled positions only (a (B, L) mask as the model's
+``logits_to_keep``; the kept positions come back flattened, (N, V)): on a small model with a large
+vocabulary, the head and softmax at the other positions are most of a step. Every term is a mean over
 labelled tokens, so it is the same on the flattened tokens; per-sequence CE regroups them by row.
 
-The forward returns a dict of tensors: ``loss`` (with graph) and every term detached, plus
-``seq_ce`` / ``seq_loops`` (per-sequence CE and depth of each pass) for per-T logging.
+The forward returns a dict of tensors: ``loss`` (with graph) and every term detached, plus ``seq_ce`` /
+``seq_loops`` (per-sequence CE and depth of each pass) for per-T logging.
 """
 
 from __future__ import annotations

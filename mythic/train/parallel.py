@@ -2,22 +2,20 @@
 
     ddp   every rank holds the whole model; accelerate wraps the objective in DistributedDataParallel
           and all-reduces the gradients (mean over ranks)
-    fsdp  PyTorch's FSDP2 (``fully_shard``): every transformer layer (the model's
-          ``_no_split_modules``) is one unit, everything else (embeddings, norms, head, the
-          recurrence) the root unit. A rank stores 1/N of every parameter (dim 0) and of its
-          gradient and optimizer state; a unit is all-gathered for its forward and backward
-          (once per call, so a looped layer is gathered once per loop) and gradients are
-          reduce-scattered (mean over ranks). The update equals DDP's up to summation order.
+    fsdp  PyTorch's FSDP2 (``fully_shard``): every transformer layer (the model's ``_no_split_modules``)
+          is one unit, everything else (embeddings, norms, head, the recurrence) the root unit. A rank
+          stores 1/N of every parameter (dim 0) and of its gradient and optimizer state; a unit is
+          all-gathered for its forward and backward (a looped layer once per loop) and gradients are
+          reduce-scattered (mean over ranks) after every micro-batch, none kept unsharded across
+          accumulation. The update equals DDP's up to summation order.
 
-accelerate turns FSDP on only for GPU process groups, so ``fsdp`` calls ``fully_shard`` itself
-(the engine accelerate's FSDP2 path calls); the same code then runs on a CPU/gloo group, which
-is how it is tested, and on GPUs. accelerate still does the rest (launch, mixed precision,
-accumulation, clipping, reductions, trackers). Gradients are reduce-scattered after every
-micro-batch (no unsharded gradient is kept across accumulation).
+accelerate turns FSDP on only for GPU process groups, so ``fsdp`` calls ``fully_shard`` itself (the
+engine of accelerate's FSDP2 path); the same code runs on a CPU/gloo group (how it is tested) and on
+GPUs, and accelerate does the rest (launch, mixed precision, accumulation, clipping, reductions, trackers).
 
-Checkpoints hold whole tensors whatever the layout: ``full_state`` gathers them onto rank 0's
-CPU and ``load_full_state`` puts them back (``torch.distributed.checkpoint.state_dict``, which
-also serves plain and DDP models), so a run saves one format and resumes it exactly.
+Checkpoints hold whole tensors whatever the layout: ``full_state`` gathers them onto rank 0's CPU and
+``load_full_state`` puts them back (``torch.distributed.checkpoint.state_dict``, which also serves plain
+and DDP models), so a run saves one format and resumes it exactly.
 """
 
 from __future__ import annotations

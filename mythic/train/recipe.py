@@ -1,19 +1,17 @@
 """Training recipes: a YAML file validated into a typed ``Recipe`` before any work starts.
 
-A recipe names the model (a tagged union on ``model.kind``: a ``retrofit`` surgery
-checkpoint, a ``surgery`` base plus surgery settings, or an ``openmythos`` from-scratch
-config), what is trainable, the data, the loop curriculum, the loss, the optimizer and
-schedule, the batch shape, checkpoint/logging cadence and the seed. The schema is a set
-of pydantic v2 models with ``extra="forbid"``, so an unknown key, a wrong type, a missing
-required field or an impossible value (negative lr, curriculum weights that do not sum
-to 1, a loop count above ``curriculum.max_loops``) becomes one ``MythicError`` line naming
-the key path and the expected form. ``model.surgery`` and ``model.config`` are typed from the
-model's own config classes (``RetrofitConfig``, ``MythosConfig``: ``config_section``), and an
-OpenMythos config is checked by ``MythosConfig`` itself, all before anything is loaded.
+A recipe names the model (a tagged union on ``model.kind``: a ``retrofit`` surgery checkpoint, a
+``surgery`` base plus surgery settings, or an ``openmythos`` from-scratch config), what is trainable, the
+data, the loop curriculum, the loss, the optimizer and schedule, the batch shape, checkpoint/logging
+cadence and the seed. The schema is pydantic v2 with ``extra="forbid"``: an unknown key, a wrong type, a
+missing required field or an impossible value (negative lr, curriculum weights that do not sum to 1, a
+loop count above ``curriculum.max_loops``) is one ``MythicError`` line naming the key path and the
+expected form. ``model.surgery`` and ``model.config`` are typed from the model's own config classes
+(``RetrofitConfig``, ``MythosConfig``: ``config_section``); an OpenMythos config is checked by
+``MythosConfig`` itself, all before anything is loaded.
 
-``--set key=value`` overrides are applied to the raw YAML before validation: the key is
-a dotted path (list items by index, ``data.sources.0.weight=0.5``) and the value is parsed
-as YAML (``optim.lr=1e-4``, ``loss.focal=null``, ``curriculum.stages=[...]``).
+``--set key=value`` overrides apply to the raw YAML before validation: a dotted key path (list items by
+index, ``data.sources.0.weight=0.5``), the value parsed as YAML (``optim.lr=1e-4``, ``loss.focal=null``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,20 @@
 """The training loop: recipe in, run folder out.
 
-One optimizer step = ``grad_accum`` micro-batches per rank through ``Objective`` (all passes
-of a step in one forward), under HF ``accelerate`` (processes from torchrun / ``accelerate
-launch``, mixed precision, gradient accumulation with ``accelerator.accumulate``). Ranks share
-the model as ``train.parallel`` says (``mythic.train.parallel``): DDP, or FSDP2 shards.
-The depth of every micro-batch comes from the curriculum keyed by (seed, step, micro, rank),
-the data from the stream (each rank its rows of the global micro-batch).
+One optimizer step = ``grad_accum`` micro-batches per rank through ``Objective``, under HF
+``accelerate`` (torchrun / ``accelerate launch``, mixed precision, ``accelerator.accumulate``); ranks
+share the model as ``train.parallel`` says (``mythic.train.parallel``). Every micro-batch's depth comes
+from the curriculum keyed by (seed, step, micro, rank), its data from the stream.
 
 Non-finite loss or gradient norm (on any rank): the update is skipped and counted; after
-``train.max_bad_steps`` in a row the run stops with a ``MythicError`` and the last good
-checkpoint intact. Checkpoints every ``checkpoint.every`` steps (and at the end), keep the
-last ``checkpoint.keep``; ``resume=True`` continues from the newest one exactly (weights,
-optimizer, scheduler, RNG of every rank, data position; the curriculum is stateless).
+``train.max_bad_steps`` in a row the run stops with a ``MythicError``, the last good checkpoint intact.
+Checkpoints every ``checkpoint.every`` steps (and at the end), keeping the last ``checkpoint.keep``;
+``resume=True`` continues from the newest one exactly (the curriculum is stateless).
 
-Run folder ``recipe.run_dir``: ``recipe.yaml`` (resolved), ``metrics.jsonl`` (one record per
-logged step: every loss term (averaged over ranks), ``ce_T{t}`` per loop count, the mean depth
-``T`` (rank 0's), lr, grad norm, ``tokens`` (padding included) and ``real_tokens``, each per second
-too, ``rec/*`` recurrence stats; also sent to accelerate's trackers), ``checkpoints/``, ``final/``
-(see ``finish``) and ``loss.png``. Checkpoints and ``final/`` hold whole tensors, gathered from the
-shards under FSDP. AdamW is PyTorch's fused one; ``train.compile`` compiles the model's forward first.
+Run folder ``recipe.run_dir``: ``recipe.yaml`` (resolved), ``metrics.jsonl`` (one record per logged
+step: every loss term (averaged over ranks), ``ce_T{t}`` per loop count, the mean depth ``T`` (rank
+0's), lr, grad norm, ``tokens`` (padding included) and ``real_tokens``, each per second too, ``rec/*``
+recurrence stats; also sent to accelerate's trackers), ``checkpoints/``, ``final/`` (``finish``) and
+``loss.png``. AdamW is PyTorch's fused one; ``train.compile`` compiles the model's forward first.
 
 ``train`` reads as its steps: ``setup``, ``resume_from_latest``, ``prepare``, then ``train_step`` /
 ``log_step`` / ``save_step`` per step, and ``finish``.

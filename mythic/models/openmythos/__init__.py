@@ -2,13 +2,11 @@
 
     from mythic.models.openmythos import OpenMythos, MythosConfig
 
-``config`` the configuration reference, ``attention`` GQA/MLA, ``moe`` the routed + shared
-experts, ``model`` the network and generation, ``variants`` the
-mythos_1b … mythos_1t configs and parameter counts, ``hf`` the transformers-native wrapper.
-
-The wrapper (``OpenMythosForCausalLM``, ``OpenMythosConfig``; importing it registers the ``openmythos``
-model type with transformers) loads on first use: the bare network imports torch only, which
-saves seconds and ~150 MB of resident memory where transformers is not needed.
+Submodules: ``config``, ``attention`` (GQA/MLA), ``moe`` (routed + shared experts), ``model`` (the network
+and generation), ``variants`` (mythos_1b … mythos_1t and parameter counts), ``hf`` (the transformers-native
+wrapper ``OpenMythosForCausalLM`` / ``OpenMythosConfig``; importing it registers the ``openmythos`` model
+type). The wrapper loads on first use: the bare network imports torch only, which saves seconds and
+~150 MB of resident memory where transformers is not needed.
 """
 
 from typing import Any

@@ -1,9 +1,8 @@
 """Attention for OpenMythos: GQA and MLA on ``scaled_dot_product_attention``, RoPE, masks.
 
-Both read and write the model's cache (or the view of it a pass of the looped block gets, which
-maps the block's layer index to that pass's slot: ``recurrence/cache.py``) at their layer index,
-and run the same code with and without a cache: new keys are appended, then attention covers the
-whole cached sequence.
+Both read and write the model's cache at their layer index (in a looped pass, the view that maps it to
+that pass's slot: ``recurrence/cache.py``) and run the same code with and without a cache: new keys are
+appended, then attention covers the whole cached sequence.
 
 GQA (Ainslie et al.): q = W_q x (H heads), k, v = W_k x, W_v x (H_kv heads), RoPE on q, k;
 the cache holds k and v: 2 · H_kv · d_head values per token.
@@ -12,14 +11,13 @@ MLA (DeepSeek-V2):
     c_q = norm(W_qa x) (or x when q_lora_rank = 0);  [q_nope | q_pe] = W_qb c_q per head
     [c | k_pe] = W_kva x;  c ← norm(c)   (latent, kv_lora_rank);  k_pe shared by all heads
     [k_nope | v] = W_kvb c per head;  score = q_nope·k_nope + RoPE(q_pe)·RoPE(k_pe)
-The cache holds [c | RoPE(k_pe)] only: kv_lora_rank + qk_rope_head_dim values per token
-(the reference stored one RoPE key per head). Two equal forms of the same attention:
+The cache holds [c | RoPE(k_pe)] only: kv_lora_rank + qk_rope_head_dim values per token.
+Two equal forms of the same attention:
   expanded  (no past in the cache: training, first prefill) — k_nope, v from W_kvb c;
-  absorbed  (past in the cache: decoding, chunked prefill) — W_UK is folded into the
-            query (q_lat = q_nope W_UK, score = q_lat·c + q_pe·k_pe) and W_UV into the
-            output (o = (softmax · c) W_UV), so the cache is never re-expanded per head;
-            the heads share one key, so they are folded into the query rows of a single
-            SDPA call over the cached latents.
+  absorbed  (past in the cache: decoding, chunked prefill) — W_UK is folded into the query
+            (q_lat = q_nope W_UK, score = q_lat·c + q_pe·k_pe) and W_UV into the output
+            (o = (softmax · c) W_UV), so the cache is never re-expanded per head; the heads share
+            one key, so they are folded into the query rows of a single SDPA call over the latents.
 """
 
 from __future__ import annotations

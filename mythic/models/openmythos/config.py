@@ -1,16 +1,14 @@
 """``MythosConfig``: the OpenMythos configuration reference, validated at construction.
 
-Fields and meanings follow the reference (seeds/003); of note: max_loop_iters is also the default
-n_loops, n_experts (routed) and n_experts_per_tok (top-k) size the MoE, attn_type is "mla" | "gqa",
-q_lora_rank = 0 means no query compression and lora_rank (per-loop Depth-LoRA) = 0 none.
-
-Additions of this implementation: ``act`` (False: the loop output is h_T, no halting),
-``router_bias_rate`` (γ of the aux-loss-free balancing update), ``init_std`` (0.02 suits wide
-models; a tiny model learns far faster near 1/√dim), ``token_conv`` (kernel size of a causal
-depthwise convolution over the token embeddings, 0 = off; see ``model.TokenConv``),
-``state_norm`` (RMS-normalise the loop state before the injection: x_t = Ā ⊙ RMSNorm(h_t) + B̄ e).
-Prelude and coda layers use a dense SwiGLU FFN of width ``dense_dim`` = dim·4//3; the
-recurrent block uses the MoE. Each shared expert has width expert_dim · n_experts_per_tok.
+Fields follow the reference (seeds/003); of note: max_loop_iters is also the default n_loops,
+n_experts (routed) and n_experts_per_tok (top-k) size the MoE, attn_type is "mla" | "gqa", q_lora_rank
+= 0 means no query compression and lora_rank (per-loop Depth-LoRA) = 0 none. Additions: ``act`` (False:
+the loop output is h_T, no halting), ``router_bias_rate`` (γ of the aux-loss-free balancing update),
+``init_std`` (0.02 suits wide models; a tiny model learns far faster near 1/√dim), ``token_conv``
+(kernel size of a causal depthwise convolution over the token embeddings, 0 = off: ``model.TokenConv``),
+``state_norm`` (x_t = Ā ⊙ RMSNorm(h_t) + B̄ e). Prelude and coda use a dense SwiGLU FFN of width
+``dense_dim`` = dim·4//3, the recurrent block the MoE; each shared expert has width expert_dim ·
+n_experts_per_tok.
 """
 
 from __future__ import annotations

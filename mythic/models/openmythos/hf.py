@@ -1,12 +1,11 @@
 """The transformers-native OpenMythos: ``OpenMythosConfig`` / ``OpenMythosForCausalLM``.
 
-A ``PreTrainedModel`` + ``GenerationMixin`` that owns one ``OpenMythos`` (``.model``), so a
-from-scratch model saves (``save_pretrained``: config.json + safetensors, head tied to
-the embedding), loads (``from_pretrained`` / ``AutoModelForCausalLM``) and generates
-(``generate(ids, n_loops=4, ...)``; n_loops may be a LongTensor (B,)) like any HF model.
-The config's fields are exactly ``MythosConfig``'s. ``forward`` returns a
-``MythosOutput``: the usual loss (with ``labels``), logits and cache, plus
-``aux_losses`` (MoE balance, ACT ponder) for the trainer.
+A ``PreTrainedModel`` + ``GenerationMixin`` owning one ``OpenMythos`` (``.model``), so a from-scratch
+model saves (``save_pretrained``: config.json + safetensors, head tied to the embedding), loads
+(``from_pretrained`` / ``AutoModelForCausalLM``) and generates (``generate(ids, n_loops=4, ...)``; n_loops
+may be a LongTensor (B,)) like any HF model. The config's fields are exactly ``MythosConfig``'s.
+``forward`` returns a ``MythosOutput``: loss (with ``labels``), logits, cache, and ``aux_losses`` (MoE
+balance, ACT ponder) for the trainer.
 """
 
 from __future__ import annotations

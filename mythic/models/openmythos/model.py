@@ -8,18 +8,15 @@
     h  = ACT-weighted Σ_t w_t h_{t+1}     (or h_T when cfg.act is False)
     y  = Head(RMSNorm(Coda(h)))           coda_layers dense blocks, head tied to Embed
 
-The block is pre-norm (x + Attn(norm x), then + FFN(norm x)), so h_{t+1} = Ā h_t + B̄ e +
-Transformer(·): the shared ``parcae`` rule with the shared ``LTIInjection`` (ρ(Ā) < 1 strictly), and
-per-loop Depth-LoRA on the attention's query and output projections. The loop is the shared runner's
-(``recurrence/runner.py``), which gets the block as a ``BlockPass`` (this kind's adapter).
+The block is pre-norm (x + Attn(norm x), then + FFN(norm x)), so h_{t+1} = Ā h_t + B̄ e + Transformer(·):
+the shared ``parcae`` rule and ``LTIInjection`` (ρ(Ā) < 1 strictly), with per-loop Depth-LoRA on the
+attention's query and output projections, looped by the shared runner (``recurrence/runner.py``) as a
+``BlockPass``. KV cache: ``MythosCache``, the shared ``LoopCache`` over the layers prelude (0 … P − 1),
+block (P) and coda (P + 1 … P + C), plus the token convolution's last k − 1 inputs.
 
-KV cache: ``MythosCache``, the shared ``LoopCache`` over the layers prelude (0 … P − 1), block (P) and
-coda (P + 1 … P + C), plus the token convolution's last k − 1 inputs.
-
-Initialisation: every Linear/Embedding/expert weight ~ N(0, init_std²), output
-projections (attention wo, FFN w2, experts' w2) ~ N(0, (init_std / √(2L))²) with L the
-number of physical blocks; norms 1; the recurrence modules use their own
-``reset_parameters`` (Ā ≈ 0.447, LoRA B = 0, loop embedding γ = 0, ACT p = 1/max_loops).
+Init: Linear/Embedding/expert weights ~ N(0, init_std²), output projections (attention wo, FFN and
+experts' w2) ~ N(0, (init_std / √(2L))²), L the number of physical blocks; norms 1; the recurrence modules
+their own ``reset_parameters`` (Ā ≈ 0.447, LoRA B = 0, loop embedding γ = 0, ACT p = 1/max_loops).
 """
 
 from __future__ import annotations

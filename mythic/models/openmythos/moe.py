@@ -1,27 +1,23 @@
 """DeepSeek-style MoE FFN with aux-loss-free load balancing and grouped dispatch.
 
-Routing (DeepSeek-V3): affinities s = sigmoid(W_r x) per routed expert; the top-k experts
-are chosen by s + b (b = ``router_bias``, a buffer with no gradient), the gates are the
-chosen s renormalised to sum to 1, so b steers selection only. Shared experts (one
-fused SwiGLU of width n_shared · top_k · expert_dim) see every token:
+Routing (DeepSeek-V3): affinities s = sigmoid(W_r x) per routed expert; the top-k experts are chosen by
+s + b (b = ``router_bias``, a buffer with no gradient) and gated by the chosen s renormalised to sum to
+1, so b steers selection only. Shared experts (one fused SwiGLU of width n_shared · top_k · expert_dim)
+see every token:
 
     y = Σ_{i ∈ topk(s + b)} g_i · E_i(x) + S(x),    E_i(x) = W2_i (silu(W1_i x) ⊙ W3_i x)
 
-Balancing: ``expert_load`` counts the tokens routed to each expert (accumulated by the
-model during training); after each optimizer step the trainer calls
-``update_router_bias``: b_i += γ · sign(mean(load) − load_i), then the counts reset
-(all-reduced first under torch.distributed, so every rank keeps the same b). The
-optional auxiliary loss (returned, weighted by the trainer; 0 = aux-loss-free only) is
-the batch-wise L = Σ_i f_i P_i, f_i = E/(k·N) · #tokens on i, P_i = mean_x s_i / Σ_j s_j.
+Balancing: ``expert_load`` counts the tokens routed to each expert during training; after each
+optimizer step the trainer calls ``update_router_bias``: b_i += γ · sign(mean(load) − load_i), then the
+counts reset (all-reduced first under torch.distributed, so every rank keeps the same b). The optional
+auxiliary loss (weighted by the trainer; 0 = aux-loss-free only) is the batch-wise L = Σ_i f_i P_i,
+f_i = E/(k·N) · #tokens on i, P_i = mean_x s_i / Σ_j s_j.
 
-Dispatch is grouped by expert: the N·k (token, expert) pairs are sorted by expert, each
-expert runs once on its contiguous slice (one ``torch._grouped_mm`` call for all experts
-where it exists for the shapes — CPU fp32/bf16, CUDA bf16 on sm90+ — else a loop over the
-experts), and the results are scattered back with ``index_add_``. Every expert weight is used in every
-call, even with zero tokens, so FSDP/DDP see the same parameters each step. Under
-``torch.compile`` the expert step is one opaque custom op (``mythic::grouped_experts``, its
-slices' sizes depend on the routing) with its gradients written out (``grouped_experts_backward``),
-so the MoE costs no graph break.
+Dispatch: the N·k (token, expert) pairs are sorted by expert and each expert runs once on its slice (one
+``torch._grouped_mm`` call where it exists for the shapes — CPU fp32/bf16, CUDA bf16 on sm90+ — else a
+loop), scattered back with ``index_add_``. Every expert weight is used in every call, even with zero
+tokens, so FSDP/DDP see the same parameters each step. Under ``torch.compile`` the expert step is one
+custom op (``mythic::grouped_experts``, gradients in ``grouped_experts_backward``): no graph break.
 A ``token_mask`` (ACT: halted positions) removes tokens before routing.
 """
 

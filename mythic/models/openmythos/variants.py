@@ -1,9 +1,8 @@
 """Pre-configured OpenMythos sizes, ``mythos_1b`` … ``mythos_1t``, and their parameter counts.
 
-The configurations are the reference's; ``count_parameters`` builds the model on the
-meta device (no memory) and returns (total, active per token), where active counts
-the top-k routed experts of the MoE instead of all of them and one loop's Depth-LoRA
-deltas. The embedding is tied to the head and counted once.
+The configurations are the reference's; ``count_parameters`` builds the model on the meta device and
+returns (total, active per token): active counts the top-k routed experts instead of all of them and
+one loop's Depth-LoRA deltas; the embedding, tied to the head, is counted once.
 
     variant   total / active (reference)      variant   total / active (reference)
     1b        1.06 B / 0.31 B                 100b      99.6 B / 16.9 B
