@@ -42,6 +42,13 @@ def _commit() -> str:
     return out.stdout.strip()
 
 
+def _table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(*header, title=title)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def run_with_progress(console: Console, experiment: Experiment, jobs: int, records: Path | None) -> Outcome:
     """``run_experiment`` with a bar per phase over its training steps and the time they have left."""
     from mythic.lab.experiment import run_experiment, time_left
@@ -104,10 +111,9 @@ def lab(
     from mythic.lab.results import (
         accuracy_table,
         aggregate,
+        claims_table,
         compare,
         experiment_baselines,
-        overlap_text,
-        points,
         write_report,
     )
 
@@ -132,19 +138,11 @@ def lab(
         )
         sections.append((experiment, summary, claims, preamble))
         md = write_report(experiment, summary, claims, experiment.run_dir / "report", preamble)
-        header, rows = accuracy_table(summary)
         n = len(experiment.seeds)
         title = f"{experiment.name}: test accuracy (%, mean ± SE over {n} seed{'s' if n > 1 else ''})"
-        accuracy = Table(*header, title=title)
-        for row in rows:
-            accuracy.add_row(*row)
-        console.print(accuracy)
-        table = Table(title=f"{experiment.name}: claims on test (points, mean ± SE over seeds; best rows on valid)")
-        for column in ("claim", "band", "rows", "difference", "overlap"):
-            table.add_column(column)
-        for claim in claims:
-            table.add_row(claim["claim"], claim["band"], " vs ".join(claim["rows"]), points(claim), overlap_text(claim))
-        console.print(table)
+        console.print(_table(title, *accuracy_table(summary)))
+        title = f"{experiment.name}: claims on test (points, mean ± SE over seeds; best rows on valid)"
+        console.print(_table(title, *claims_table(claims)))
         console.print(f"report: {md}")
     if report is not None:
         from mythic.lab.results import write_combined_report

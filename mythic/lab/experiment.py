@@ -38,14 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from mythic.errors import MythicError
 from mythic.io import read_jsonl, write_json
 from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth, parse_depth, parse_exit
 from mythic.tasks.make import generator, make, parse_difficulty_range
-from mythic.train.recipe import Recipe, Strict, format_validation_error, load_recipe
+from mythic.train.recipe import Recipe, Strict, load_recipe, read_yaml, validate
 
 PositiveInt = Annotated[int, Field(ge=1)]
 SPLITS = ("valid", "test")
@@ -169,18 +168,7 @@ class Run:
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment file, its bands, generator and every arm's recipe (one-line errors)."""
     path = Path(path)
-    if not path.is_file():
-        raise MythicError(f"experiment {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise MythicError(f"experiment {path}: not valid YAML") from None
-    if not isinstance(data, dict):
-        raise MythicError(f"experiment {path}: expected a YAML mapping at the top level")
-    try:
-        experiment = Experiment.model_validate(data)
-    except ValidationError as err:
-        raise MythicError(format_validation_error(err, data).replace("recipe ", "experiment ", 1)) from None
+    experiment = validate(Experiment, read_yaml(path, "experiment"), "experiment")
     # a recipe path is relative to the experiment file, so the experiment runs from any folder
     arms = [arm.model_copy(update={"recipe": str(path.parent / arm.recipe)}) for arm in experiment.arms]
     experiment = experiment.model_copy(update={"arms": arms})

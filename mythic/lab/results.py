@@ -131,11 +131,6 @@ def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"value": value, "stderr": math.sqrt(sa**2 + sb**2), "overlap": abs(value) <= sa + sb}
 
 
-def overlap_text(claim: dict[str, Any]) -> str:
-    """The overlap column: yes / no, or '-' without standard errors."""
-    return "-" if claim["overlap"] is None else "yes" if claim["overlap"] else "no"
-
-
 def best_row(
     rows: list[dict[str, Any]], band: str, allowed: Callable[[dict[str, Any]], bool] = lambda r: True
 ) -> dict[str, Any] | None:
@@ -210,6 +205,14 @@ def accuracy_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
         for name, entry in summary["baselines"].items()
     ]
     return header, rows
+
+
+def claims_table(claims: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per claim, its difference in points and whether the seed intervals overlap
+    (yes / no, or '-' without standard errors)."""
+    header = ["claim", "band", "rows", "difference", "seed intervals overlap"]
+    overlap = {None: "-", True: "yes", False: "no"}
+    return header, [[c["claim"], c["band"], " vs ".join(c["rows"]), points(c), overlap[c["overlap"]]] for c in claims]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -355,7 +358,6 @@ def report_section(
             "Training cross-entropy of every run (one line per seed; the answer and EOS tokens):",
             f"![learning curves]({prefix}learning-curves.png)",
         ]
-    claims_rows = [[c["claim"], c["band"], " vs ".join(c["rows"]), points(c), overlap_text(c)] for c in claims]
     per_difficulty = [
         [
             str(d),
@@ -369,7 +371,7 @@ def report_section(
     ]
     blocks += [
         f"{h2} Claims, as measured on test (percentage points; SE = √(SE_a² + SE_b²); best rows chosen on valid)",
-        markdown_table(["claim", "band", "rows", "difference", "seed intervals overlap"], claims_rows),
+        markdown_table(*claims_table(claims)),
         f"{h2} Per difficulty: {main_name} (%, test, mean ± SE over seeds), and the baselines",
         markdown_table(["difficulty", *(r["label"] for r in main["rows"]), *summary["baselines"]], per_difficulty),
         f"![heatmap]({prefix}heatmap-{main_name}.png)",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -37,6 +37,9 @@ class Strict(BaseModel):
     """Base of every recipe section: unknown keys are errors; a validated section is frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+StrictT = TypeVar("StrictT", bound=Strict)
 
 
 # ----------------------------------------------------------------------------- model
@@ -502,8 +505,8 @@ def _walk_loc(data: Any, loc: tuple[int | str, ...]) -> list[str]:
     return path
 
 
-def format_validation_error(err: ValidationError, data: Any) -> str:
-    """One line: ``key.path: expected form (got …)`` for the first error, plus a count of the rest."""
+def format_validation_error(err: ValidationError, data: Any, what: str = "recipe") -> str:
+    """One line: ``what key.path: expected form (got …)`` for the first error, plus a count of the rest."""
     errors = err.errors(include_url=False)
     first = errors[0]
     path = _walk_loc(data, tuple(first["loc"]))
@@ -525,31 +528,40 @@ def format_validation_error(err: ValidationError, data: Any) -> str:
         if kind not in {"value_error", "assertion_error"} and "input" in first:
             message += f" (got {first['input']!r})"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"recipe {'.'.join(path) or 'top level'}: {message}{more}"
+    return f"{what} {'.'.join(path) or 'top level'}: {message}{more}"
+
+
+def validate(schema: type[StrictT], data: Any, what: str = "recipe") -> StrictT:
+    """Validate a raw mapping into ``schema``; a problem becomes one ``MythicError`` line naming ``what``."""
+    if not isinstance(data, dict):
+        raise MythicError(f"{what}: expected a YAML mapping at the top level")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        raise MythicError(format_validation_error(err, data, what)) from None
 
 
 def validate_recipe(data: Any) -> Recipe:
     """Validate a raw mapping into a ``Recipe``; a problem becomes one ``MythicError`` line."""
-    if not isinstance(data, dict):
-        raise MythicError("recipe: expected a YAML mapping at the top level")
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as err:
-        raise MythicError(format_validation_error(err, data)) from None
+    return validate(Recipe, data)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply ``--set`` overrides and validate it."""
-    path = Path(path)
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content ({} when empty); a missing file or bad YAML is one ``MythicError`` line."""
     if not path.is_file():
-        raise MythicError(f"recipe {path} does not exist")
+        raise MythicError(f"{what} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise MythicError(f"recipe {path}: not valid YAML{where}") from None
-    data = {} if data is None else data
+        raise MythicError(f"{what} {path}: not valid YAML{where}") from None
+    return {} if data is None else data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``--set`` overrides and validate it."""
+    data = read_yaml(Path(path), "recipe")
     if isinstance(data, dict):
         for assignment in overrides or []:
             apply_override(data, assignment)
