@@ -16,8 +16,8 @@ Memory estimate, from a meta-device skeleton of the base's config (parameter cou
                              states), plus the largest 3-D parameter dequantised to bf16 (4-bit only)
 
 The 4-bit load goes through the CPU first (Linear layers quantised, 3-D expert weights still bf16: the
-host "load peak") and is refused with a one-line error when the need exceeds the free GPU memory
-(``torch.cuda.mem_get_info``) or the available RAM (``psutil``).
+host "load peak"); ``mythic sanity`` refuses it with a one-line error when the estimate exceeds the free
+GPU memory (``torch.cuda.mem_get_info``) or the available RAM (``psutil``).
 
 CPU fix: bitsandbytes' packed CPU kernel (AVX512-BF16 CPUs, under ``no_grad``) asserts unless
 ``out_features % 32 == 0`` and ``in_features % 64 == 0``; other Linear4bit modules get

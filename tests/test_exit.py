@@ -263,6 +263,7 @@ def test_bad_loops_are_one_line_errors(text: str, message: str) -> None:
         ("kl:abc", "needs a number"),
         ("kl", "needs a number"),
         ("act:0.5", "no EPS"),
+        ("act:foo", "no EPS"),
         ("patience:3", "unknown criterion"),
     ],
 )

@@ -15,7 +15,7 @@ from cli_runner import run_cli
 from test_train_helpers import HOPS_RECIPE
 
 from mythic.errors import MythicError
-from mythic.lab.experiment import Experiment, Outcome, load_experiment, point_label, time_left
+from mythic.lab.experiment import Experiment, Outcome, load_experiment, point_label, time_left, tuning_score
 from mythic.lab.results import aggregate, band_accuracy, compare, write_combined_report
 
 
@@ -194,6 +194,14 @@ def test_grid_points_and_their_folders() -> None:
     assert point_label(exp.points()[1]) == "lr=0.003,init_std=0.06" and point_label({}) == ""
     with pytest.raises(ValueError, match="tune.band"):
         experiment(tune={"grid": {"optim.lr": [0.001]}, "band": "middle"})
+
+
+def test_tuning_scores_the_band_and_refuses_a_band_the_valid_split_lacks() -> None:
+    valid = record("looped", 0, 4, {1: [1.0, 0.5, 0.0, 0.0], 2: [1.0, 1.0, 0.5, 0.0]}, split="valid")
+    assert tuning_score(experiment(tune={"grid": {"optim.lr": [0.001]}, "band": "beyond"}), valid) == 0.25
+    narrow = record("looped", 0, 4, {1: [1.0, 0.5]}, split="valid")
+    with pytest.raises(MythicError, match="tune.band 'beyond': the valid split has no example"):
+        tuning_score(experiment(tune={"grid": {"optim.lr": [0.001]}, "band": "beyond"}), narrow)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sandboxlock import exclusive
 
+from mythic.errors import MythicError
 from mythic.eval.humaneval import Outcome, Problem, score_samples
 from mythic.eval.sandbox import (
     SANDBOX_UID_BASE,
@@ -238,3 +239,10 @@ def test_codec_round_trips_plain_data(value: object) -> None:
     back = decode(json.loads(json.dumps(encode(value))))
     assert back == value
     assert type(back) is type(value)
+
+
+@pytest.mark.parametrize("limits", [{"timeout_s": 0.0}, {"timeout_s": -1.0}, {"memory_mb": 0}, {"max_procs": 0}])
+def test_limits_must_be_positive(limits: dict[str, float]) -> None:
+    with pytest.raises(MythicError, match="sandbox limits must be positive"):
+        SandboxLimits(**limits)
+    assert SandboxLimits(timeout_s=0.5).timeout_s == 0.5

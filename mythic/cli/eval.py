@@ -1,4 +1,5 @@
-"""``mythic eval``: HumanEval (sandboxed) and perplexity at several loop counts, next to the base."""
+"""``mythic eval``: HumanEval (sandboxed), task files and perplexity at several loop counts, next to the base;
+scoring a completions file made elsewhere."""
 
 from __future__ import annotations
 

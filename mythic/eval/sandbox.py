@@ -111,6 +111,10 @@ class SandboxLimits:
     max_procs: int = 8
     max_file_mb: int = 16
 
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0 or min(self.memory_mb, self.max_procs, self.max_file_mb) < 1:
+            raise MythicError(f"sandbox limits must be positive (--timeout > 0, --memory-mb >= 1), got {self}")
+
     def child_limits(self, isolation: str) -> dict[str, int]:
         return {
             "cpu_s": max(1, int(self.timeout_s) + 1),

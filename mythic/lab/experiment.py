@@ -364,7 +364,10 @@ def tuning_score(experiment: Experiment, record: dict[str, Any]) -> float:
     fixed = [row for row in record["results"]["rows"] if isinstance(row["n_loops"], int)]
     if band is None:
         return max(row["metrics"]["accuracy"]["value"] for row in fixed)
-    return max(band_accuracy(row, experiment.band_ranges()[band]) or 0.0 for row in fixed)
+    scores = [band_accuracy(row, experiment.band_ranges()[band]) for row in fixed]
+    if None in scores:
+        raise MythicError(f"tune.band {band!r}: the valid split has no example of that difficulty")
+    return max(scores)
 
 
 @dataclass

@@ -358,7 +358,7 @@ def report_section(
             "Training cross-entropy of every run (one line per seed; the answer and EOS tokens):",
             f"![learning curves]({prefix}learning-curves.png)",
         ]
-    per_difficulty = [
+    difficulty_rows = [
         [
             str(d),
             *(points(r["per_difficulty"][str(d)]) for r in main["rows"]),
@@ -373,7 +373,7 @@ def report_section(
         f"{h2} Claims, as measured on test (percentage points; SE = √(SE_a² + SE_b²); best rows chosen on valid)",
         markdown_table(*claims_table(claims)),
         f"{h2} Per difficulty: {main_name} (%, test, mean ± SE over seeds), and the baselines",
-        markdown_table(["difficulty", *(r["label"] for r in main["rows"]), *summary["baselines"]], per_difficulty),
+        markdown_table(["difficulty", *(r["label"] for r in main["rows"]), *summary["baselines"]], difficulty_rows),
         f"![heatmap]({prefix}heatmap-{main_name}.png)",
     ]
     blocks += adaptive_blocks(main_name, main, h2)

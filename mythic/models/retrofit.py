@@ -123,7 +123,6 @@ def config_fingerprint(config: PreTrainedConfig) -> str:
     """A short hash of the architecture-defining part of a base config (dtype and bookkeeping left out)."""
     diff = config.to_diff_dict()
     kept = {k: v for k, v in diff.items() if not k.startswith("_") and k not in FINGERPRINT_IGNORES}
-    kept.pop("quantization_config", None)
     blob = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -102,8 +102,10 @@ def parse_exit(text: str) -> tuple[str, float | None]:
     name, _, value = text.strip().partition(":")
     if name not in CRITERIA:
         raise MythicError(f"--exit: unknown criterion {name!r}: use convergence:EPS, kl:EPS or act")
+    if name == "act" and value:
+        raise MythicError("--exit act takes no EPS (the halting head's threshold decides)")
     try:
-        eps = float(value) if value or name != "act" else None
+        eps = float(value) if value else None
     except ValueError:
         raise MythicError(f"--exit {name}:EPS needs a number, got {value!r}") from None
     AdaptiveDepth(None, name, eps)  # its checks: EPS > 0 for convergence and kl, no EPS for act

@@ -7,7 +7,9 @@ whose left side is ``?``::
 
 Each statement is ``lhs=rhs;`` with ``lhs`` a variable assigned exactly once and ``rhs`` a digit or a
 variable assigned earlier: the chains are interleaved in a uniformly random order that keeps every
-definition before its uses (program order: README, "The depth-reasoning lab").
+definition before its uses. Program order is what lets a causal model resolve values forward: each
+right-side variable can read the already resolved value of the statement that assigns it, one level per
+layer or loop.
 
 The variables form ``roots`` chains, each rooted in a different digit (v_1 = digit, v_2 = v_1, …). The
 query names the d-th variable of one chain, so resolving it takes exactly d lookups. Chain lengths do

@@ -9,9 +9,9 @@ Layout of ``RUN/checkpoints/step-0000050/`` (written through ``mythic.io.atomic_
     tokenizer.json, …       the run's tokenizer (``save_pretrained``); a resume must rebuild the same
 
 Tensors are whole (gathered by ``mythic.train.parallel``, whatever ``train.parallel``). Only the last
-``keep`` checkpoints are kept; ``latest_checkpoint`` picks the highest step. Loading is strict
-(``mythic.tensors.check_tensors``): a missing, unexpected or mis-shaped tensor is refused before
-anything is copied.
+``keep`` checkpoints are kept; ``latest_checkpoint`` picks the highest step. A resume is strict (the
+trainer checks the tensors with ``mythic.tensors.check_tensors``): a missing, unexpected or mis-shaped
+tensor is refused before anything is copied.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Kinds (``recipe.curriculum.kind``):
       r̄(s) = r̄₀ + (r̄ − r̄₀)·ρ(s/S),  ρ(u) = u (linear) or 1 − √(1 − u) (sqrt), u clipped to [0, 1]
       τ ~ LogNormal(log r̄(s) − σ²/2, σ)   (so E[τ] = r̄(s)),   r = Poisson(τ) + 1
 - ``difficulty``: T_b = min(d_b + U{0, …, extra}, max_loops) per sequence, d_b the example's
-  difficulty (1 without one); before step ``extra_after``, T_b = d_b (why: docs/lab-notes.md).
+  difficulty (1 without one); before step ``extra_after``, T_b = d_b (why: docs/lab-notes.md, "Pointer
+  chasing from the final answer alone": one step per loop is learned first, when to stop later).
 
 ``per_sequence: true`` (always, for ``difficulty``) draws one depth per sequence (Parcae): ``n_loops`` is
 then a LongTensor (B,) (``recurrence/loop.py``). Otherwise one T is drawn per micro-batch and shared by
