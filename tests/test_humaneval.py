@@ -276,6 +276,7 @@ def test_a_resumed_sampled_run_draws_what_an_uninterrupted_one_draws(tiny_llama_
         (["--workers", "0"], "--workers must be at least 1"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--samples", "2"], "--samples above 1 needs --temperature above 0"),
+        (["--base", ".", "--timeout", "0"], "sandbox limits must be positive"),
         (["--base", ".", "--dtype", "int8"], "--dtype must be one of float32, bfloat16, float16, fp32, bf16, fp16"),
     ],
 )

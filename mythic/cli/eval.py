@@ -144,6 +144,7 @@ def humaneval(
     if samples > 1 and temperature <= 0:
         raise MythicError("--samples above 1 needs --temperature above 0 (greedy samples are identical)")
     chosen = load_problems(problems, limit, task_ids)
+    limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
     console = Console()
     model, tokenizer = _load(model_dir, base, dtype, console, compile_model)
     apply_kv_share(model, sharing)
@@ -175,7 +176,7 @@ def humaneval(
             batch_size=batch_size,
             chat=chat,
             seed=seed,
-            limits=SandboxLimits(timeout_s=timeout, memory_mb=memory_mb),
+            limits=limits,
             workers=workers,
             bars=progress,
         )
