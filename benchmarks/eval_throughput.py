@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mythic.eval.completions import generate_samples
+from mythic.eval.completions import GenerationSettings, generate_samples
 from mythic.eval.humaneval import load_problems
 from mythic.loading import load_any, load_tokenizer
 from mythic.surgery import surgery
@@ -65,10 +65,8 @@ def main() -> None:
                     tokenizer,
                     problems,
                     Path(tmp) / f"T{n_loops}-b{batch}.jsonl",
+                    GenerationSettings(chat=not args.plain, max_new_tokens=args.max_new_tokens, batch_size=batch),
                     n_loops=n_loops,
-                    max_new_tokens=args.max_new_tokens,
-                    batch_size=batch,
-                    chat=not args.plain,
                 )
                 rate[n_loops, batch] = len(problems) / (time.perf_counter() - began) * 60
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from mythic.cli.eval import app
 from mythic.errors import MythicError
 from mythic.eval import pipeline
-from mythic.eval.completions import extract_code, generate_samples, read_done, truncate_at_stop
+from mythic.eval.completions import GenerationSettings, extract_code, generate_samples, read_done, truncate_at_stop
 from mythic.eval.humaneval import (
     Problem,
     load_problems,
@@ -181,12 +181,13 @@ def test_batched_generation_matches_batch_one_and_resumes(tiny_llama_dir: Path, 
     model = load_any(tiny_llama_dir)
     tokenizer = load_tokenizer(tiny_llama_dir)
     problems = word_problems(5)
-    single = generate_samples(model, tokenizer, problems, tmp_path / "b1.jsonl", batch_size=1, max_new_tokens=6)
-    generate_samples(model, tokenizer, problems[:2], tmp_path / "b3.jsonl", batch_size=3, max_new_tokens=6)
-    fresh: list[dict] = []
-    batched = generate_samples(
-        model, tokenizer, problems, tmp_path / "b3.jsonl", batch_size=3, max_new_tokens=6, on_sample=fresh.append
+    single = generate_samples(
+        model, tokenizer, problems, tmp_path / "b1.jsonl", GenerationSettings(batch_size=1, max_new_tokens=6)
     )
+    three = GenerationSettings(batch_size=3, max_new_tokens=6)
+    generate_samples(model, tokenizer, problems[:2], tmp_path / "b3.jsonl", three)
+    fresh: list[dict] = []
+    batched = generate_samples(model, tokenizer, problems, tmp_path / "b3.jsonl", three, on_sample=fresh.append)
     assert sorted(r["task_id"] for r in fresh) == ["W/2", "W/3", "W/4"]
     key = sorted
     assert key((r["task_id"], r["completion"]) for r in batched) == key((r["task_id"], r["completion"]) for r in single)
@@ -210,7 +211,7 @@ def test_loop_rows_of_a_checkpoint(tiny_llama_dir: Path, tmp_path: Path) -> None
     model.forward = spy
     problems = word_problems(3)
     results = pipeline.humaneval_with_model(
-        model, tokenizer, problems, tmp_path / "out", loops=[1, 3], max_new_tokens=4, batch_size=2
+        model, tokenizer, problems, tmp_path / "out", GenerationSettings(max_new_tokens=4, batch_size=2), loops=[1, 3]
     )
     assert [r["label"] for r in results["rows"]] == ["base", "T=1", "T=3"]
     assert {None, 1, 3} == set(seen)
@@ -230,12 +231,12 @@ def test_loop_rows_of_a_checkpoint(tiny_llama_dir: Path, tmp_path: Path) -> None
 
 
 def test_resume_refuses_other_settings(tmp_path: Path) -> None:
-    pipeline.prepare_out(tmp_path / "o", pipeline.GenerationSettings(model="m", temperature=0.0), force=False)
+    pipeline.prepare_out(tmp_path / "o", GenerationSettings(model="m", temperature=0.0), force=False)
     with pytest.raises(MythicError, match="temperature"):
-        pipeline.prepare_out(tmp_path / "o", pipeline.GenerationSettings(model="m", temperature=0.8), force=False)
-    pipeline.prepare_out(tmp_path / "o", pipeline.GenerationSettings(model="m", temperature=0.8), force=True)
+        pipeline.prepare_out(tmp_path / "o", GenerationSettings(model="m", temperature=0.8), force=False)
+    pipeline.prepare_out(tmp_path / "o", GenerationSettings(model="m", temperature=0.8), force=True)
     with pytest.raises(MythicError, match=r"\(batch_size, dtype\)"):
-        settings = pipeline.GenerationSettings(model="m", temperature=0.8, dtype="bfloat16", batch_size=4)
+        settings = GenerationSettings(model="m", temperature=0.8, dtype="bfloat16", batch_size=4)
         pipeline.prepare_out(tmp_path / "o", settings, force=False)
 
 
@@ -247,8 +248,8 @@ def test_a_resumed_sampled_run_draws_what_an_uninterrupted_one_draws(tiny_llama_
     model = load_any(tiny_llama_dir)
     tokenizer = load_tokenizer(tiny_llama_dir)
     problems = word_problems(4)
-    sampling = {"samples": 2, "temperature": 1.5, "batch_size": 3, "max_new_tokens": 6, "seed": 5}
-    whole = generate_samples(model, tokenizer, problems, tmp_path / "whole.jsonl", **sampling)
+    sampling = GenerationSettings(temperature=1.5, batch_size=3, max_new_tokens=6, seed=5)
+    whole = generate_samples(model, tokenizer, problems, tmp_path / "whole.jsonl", sampling, samples=2)
     written: list[dict] = []
 
     def stop_after_four(record: dict) -> None:
@@ -257,9 +258,11 @@ def test_a_resumed_sampled_run_draws_what_an_uninterrupted_one_draws(tiny_llama_
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        generate_samples(model, tokenizer, problems, tmp_path / "cut.jsonl", **sampling, on_sample=stop_after_four)
+        generate_samples(
+            model, tokenizer, problems, tmp_path / "cut.jsonl", sampling, samples=2, on_sample=stop_after_four
+        )
     assert len(read_done(tmp_path / "cut.jsonl")) == 4
-    resumed = generate_samples(model, tokenizer, problems, tmp_path / "cut.jsonl", **sampling)
+    resumed = generate_samples(model, tokenizer, problems, tmp_path / "cut.jsonl", sampling, samples=2)
 
     def drawn(rows: list[dict]) -> list[tuple[str, int, str]]:
         return sorted((r["task_id"], r["sample"], r["reply"]) for r in rows)

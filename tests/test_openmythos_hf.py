@@ -12,7 +12,7 @@ from tiny import tiny_mythos
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from mythic.models.openmythos import MythosConfig, OpenMythosConfig, OpenMythosForCausalLM
-from mythic.models.openmythos.variants import VARIANTS, count_parameters
+from mythic.models.openmythos.variants import VARIANTS, count_parameters, variant
 
 REFERENCE_SIZES = {
     "1b": (1.06e9, 0.31e9),
@@ -92,7 +92,7 @@ def test_labels_give_the_shifted_cross_entropy_and_aux_losses_come_along() -> No
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_variant_parameter_counts_are_within_five_percent_of_the_reference(name: str) -> None:
-    total, active = count_parameters(VARIANTS[name]())
+    total, active = count_parameters(variant(name))
     ref_total, ref_active = REFERENCE_SIZES[name]
     assert abs(total / ref_total - 1) < 0.05
     assert abs(active / ref_active - 1) < 0.05

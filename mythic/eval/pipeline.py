@@ -18,7 +18,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.eval import perplexity as ppl
-from mythic.eval.completions import generate_samples, read_done
+from mythic.eval.completions import GenerationSettings, generate_samples, read_done
 from mythic.eval.humaneval import Outcome, Problem, read_samples, score_samples, solved_diff, summarize
 from mythic.eval.rows import Row, loop_rows, row_fields, row_file, row_label
 from mythic.eval.sandbox import SandboxLimits, detect_isolation, isolation_report
@@ -41,24 +41,6 @@ def _phase(bars: Bars | None, description: str, total: int, done: int = 0) -> Ca
         return None
     task = bars.add_task(description, total=total, completed=done)
     return lambda *_: bars.advance(task)
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Everything a completion depends on (a resumed run must use the same). ``batch_size`` only
-    for sampled runs (their draws depend on the batches; greedy completions do not); ``exit`` only
-    when an adaptive row is asked for."""
-
-    model: str
-    chat: bool = False
-    temperature: float = 0.0
-    max_new_tokens: int = 512
-    seed: int = 0
-    problems: str = "human-eval"
-    dtype: str = "float32"
-    batch_size: int | None = None
-    exit: str | None = None
-    kv_share: str | None = None
 
 
 def _diffs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -88,7 +70,7 @@ def prepare_out(out: Path, settings: GenerationSettings, force: bool) -> None:
     """Create or reuse the output folder; refuse to mix completions made under other settings."""
     if force and out.exists():
         shutil.rmtree(out)
-    saved, current = out / "settings.json", asdict(settings)
+    saved, current = out / "settings.json", settings.recorded()
     previous = json.loads(saved.read_text()) if saved.is_file() else current
     changed = ", ".join(sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k)))
     if changed:
@@ -102,20 +84,16 @@ def humaneval_with_model(
     tokenizer: PreTrainedTokenizerBase,
     problems: Sequence[Problem],
     out: Path,
+    settings: GenerationSettings,
     *,
     loops: Sequence[int | AdaptiveDepth],
     samples: int = 1,
-    temperature: float = 0.0,
     ks: Sequence[int] = (1,),
-    max_new_tokens: int = 512,
-    batch_size: int = 8,
-    chat: bool = False,
-    seed: int = 0,
     limits: SandboxLimits | None = None,
     workers: int = 2,
     bars: Bars | None = None,
 ) -> dict[str, Any]:
-    """Generate (resuming) and score every row; see the module docstring for the folder."""
+    """Generate (resuming) as ``settings`` say and score every row; see the module docstring for the folder."""
     limits = limits or SandboxLimits()
     detect_isolation()  # refuse before generating, not after
     rows = []
@@ -124,19 +102,9 @@ def humaneval_with_model(
         path = out / "completions" / f"{row_file(label)}.jsonl"
         wanted = {p.task_id for p in problems}
         already = sum(s["task_id"] in wanted and s["sample"] < samples for s in read_done(path))
+        on_sample = _phase(bars, f"generating {label}", len(problems) * samples, already)
         got = generate_samples(
-            model,
-            tokenizer,
-            problems,
-            path,
-            n_loops=n_loops,
-            samples=samples,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            chat=chat,
-            seed=seed,
-            on_sample=_phase(bars, f"generating {label}", len(problems) * samples, already),
+            model, tokenizer, problems, path, settings, n_loops=n_loops, samples=samples, on_sample=on_sample
         )
         outcomes = score_samples(problems, got, limits, workers, _phase(bars, f"scoring {label}", len(got)))
         row = _row(n_loops, outcomes, ks)
@@ -146,7 +114,7 @@ def humaneval_with_model(
         if n_loops is not None:
             row["mean_loops"] = round(statistics.fmean(s.get("loops", math.nan) for s in got), 3)
         rows.append(row)
-    return _results(rows, limits, problems=len(problems), samples=samples, temperature=temperature)
+    return _results(rows, limits, problems=len(problems), samples=samples, temperature=settings.temperature)
 
 
 def humaneval_from_file(

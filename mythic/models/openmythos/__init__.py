@@ -3,7 +3,7 @@
     from mythic.models.openmythos import OpenMythos, MythosConfig
 
 Submodules: ``config``, ``attention`` (GQA/MLA), ``moe`` (routed + shared experts), ``model`` (the network
-and generation), ``variants`` (mythos_1b … mythos_1t and parameter counts), ``hf`` (the transformers-native
+and generation), ``variants`` (the reference's sizes 1b … 1t and parameter counts), ``hf`` (the transformers-native
 wrapper ``OpenMythosForCausalLM`` / ``OpenMythosConfig``; importing it registers the ``openmythos`` model
 type). The wrapper loads on first use: the bare network imports torch only, which saves seconds and
 ~150 MB of resident memory where transformers is not needed.
@@ -13,16 +13,7 @@ from typing import Any
 
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.model import MythosOutput, OpenMythos
-from mythic.models.openmythos.variants import (
-    count_parameters,
-    mythos_1b,
-    mythos_1t,
-    mythos_3b,
-    mythos_10b,
-    mythos_50b,
-    mythos_100b,
-    mythos_500b,
-)
+from mythic.models.openmythos.variants import VARIANTS, count_parameters, variant
 
 __all__ = [
     "MythosConfig",
@@ -30,14 +21,9 @@ __all__ = [
     "OpenMythosConfig",
     "MythosOutput",
     "OpenMythos",
+    "VARIANTS",
     "count_parameters",
-    "mythos_100b",
-    "mythos_10b",
-    "mythos_1b",
-    "mythos_1t",
-    "mythos_3b",
-    "mythos_500b",
-    "mythos_50b",
+    "variant",
 ]
 
 

@@ -1,8 +1,9 @@
-"""Pre-configured OpenMythos sizes, ``mythos_1b`` … ``mythos_1t``, and their parameter counts.
+"""Pre-configured OpenMythos sizes, ``variant("1b")`` … ``variant("1t")``, and their parameter counts.
 
-The configurations are the reference's; ``count_parameters`` builds the model on the meta device and
-returns (total, active per token): active counts the top-k routed experts instead of all of them and
-one loop's Depth-LoRA deltas; the embedding, tied to the head, is counted once.
+The configurations are the reference's (its ``mythos_1b`` … ``mythos_1t``), one row each;
+``count_parameters`` builds the model on the meta device and returns (total, active per token): active
+counts the top-k routed experts instead of all of them and one loop's Depth-LoRA deltas; the embedding,
+tied to the head, is counted once.
 
     variant   total / active (reference)      variant   total / active (reference)
     1b        1.06 B / 0.31 B                 100b      99.6 B / 16.9 B
@@ -18,86 +19,27 @@ import torch
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.model import OpenMythos
 
-
-def mythos_1b() -> MythosConfig:
-    """dim 2048, 64 experts top-4, 16 loops, 4k context."""
-    return MythosConfig(
-        vocab_size=32000, dim=2048, n_heads=16, n_kv_heads=4, max_seq_len=4096, max_loop_iters=16,
-        prelude_layers=2, coda_layers=2, kv_lora_rank=256, q_lora_rank=512, qk_rope_head_dim=32,
-        qk_nope_head_dim=64, v_head_dim=64, n_experts=64, n_shared_experts=2, n_experts_per_tok=4,
-        expert_dim=2048, rope_theta=500000.0, lora_rank=8,
-    )  # fmt: skip
-
-
-def mythos_3b() -> MythosConfig:
-    """dim 3072, 64 experts top-4, 16 loops, 4k context."""
-    return MythosConfig(
-        vocab_size=32000, dim=3072, n_heads=24, n_kv_heads=6, max_seq_len=4096, max_loop_iters=16,
-        prelude_layers=2, coda_layers=2, kv_lora_rank=384, q_lora_rank=768, qk_rope_head_dim=32,
-        qk_nope_head_dim=96, v_head_dim=96, n_experts=64, n_shared_experts=2, n_experts_per_tok=4,
-        expert_dim=4096, rope_theta=500000.0, lora_rank=8,
-    )  # fmt: skip
+COLUMNS = (
+    "vocab_size", "dim", "n_heads", "n_kv_heads", "max_seq_len", "max_loop_iters", "prelude_layers",
+    "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "n_experts", "n_shared_experts",
+    "n_experts_per_tok", "expert_dim", "rope_theta", "lora_rank",
+)  # fmt: skip
+VARIANTS = {  # one value a name of COLUMNS
+    "1b":   ( 32000,  2048,  16,  4,    4096, 16, 2,  256,  512, 32,  64,  64, 2, 4,  2048, 5e5,   8),
+    "3b":   ( 32000,  3072,  24,  6,    4096, 16, 2,  384,  768, 32,  96,  64, 2, 4,  4096, 5e5,   8),
+    "10b":  ( 32000,  4096,  32,  8,    8192, 24, 2,  512, 1024, 64, 128, 128, 2, 4,  5632, 5e5,  16),
+    "50b":  ( 32000,  6144,  48,  8,    8192, 32, 3,  512, 1536, 64, 128, 256, 4, 4,  9728, 5e5,  32),
+    "100b": ( 32000,  8192,  64,  8, 1000000, 32, 4,  512, 2048, 64, 128, 256, 4, 8, 13568, 1e6,  64),
+    "500b": (100000, 12288,  96, 16, 1000000, 48, 4, 1024, 3072, 64, 128, 512, 8, 8, 23040, 1e6, 128),
+    "1t":   (100000, 16384, 128, 16, 1000000, 64, 6, 1024, 4096, 64, 128, 512, 8, 8, 34560, 2e6, 256),
+}  # fmt: skip
 
 
-def mythos_10b() -> MythosConfig:
-    """dim 4096, 128 experts top-4, 24 loops, 8k context."""
-    return MythosConfig(
-        vocab_size=32000, dim=4096, n_heads=32, n_kv_heads=8, max_seq_len=8192, max_loop_iters=24,
-        prelude_layers=2, coda_layers=2, kv_lora_rank=512, q_lora_rank=1024, qk_rope_head_dim=64,
-        qk_nope_head_dim=128, v_head_dim=128, n_experts=128, n_shared_experts=2, n_experts_per_tok=4,
-        expert_dim=5632, rope_theta=500000.0, lora_rank=16,
-    )  # fmt: skip
-
-
-def mythos_50b() -> MythosConfig:
-    """dim 6144, 256 experts top-4, 32 loops, 8k context."""
-    return MythosConfig(
-        vocab_size=32000, dim=6144, n_heads=48, n_kv_heads=8, max_seq_len=8192, max_loop_iters=32,
-        prelude_layers=3, coda_layers=3, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
-        qk_nope_head_dim=128, v_head_dim=128, n_experts=256, n_shared_experts=4, n_experts_per_tok=4,
-        expert_dim=9728, rope_theta=500000.0, lora_rank=32,
-    )  # fmt: skip
-
-
-def mythos_100b() -> MythosConfig:
-    """dim 8192, 256 experts top-8, 32 loops, 1M context."""
-    return MythosConfig(
-        vocab_size=32000, dim=8192, n_heads=64, n_kv_heads=8, max_seq_len=1000000, max_loop_iters=32,
-        prelude_layers=4, coda_layers=4, kv_lora_rank=512, q_lora_rank=2048, qk_rope_head_dim=64,
-        qk_nope_head_dim=128, v_head_dim=128, n_experts=256, n_shared_experts=4, n_experts_per_tok=8,
-        expert_dim=13568, rope_theta=1000000.0, lora_rank=64,
-    )  # fmt: skip
-
-
-def mythos_500b() -> MythosConfig:
-    """dim 12288, 512 experts top-8, 48 loops, 1M context."""
-    return MythosConfig(
-        vocab_size=100000, dim=12288, n_heads=96, n_kv_heads=16, max_seq_len=1000000, max_loop_iters=48,
-        prelude_layers=4, coda_layers=4, kv_lora_rank=1024, q_lora_rank=3072, qk_rope_head_dim=64,
-        qk_nope_head_dim=128, v_head_dim=128, n_experts=512, n_shared_experts=8, n_experts_per_tok=8,
-        expert_dim=23040, rope_theta=1000000.0, lora_rank=128,
-    )  # fmt: skip
-
-
-def mythos_1t() -> MythosConfig:
-    """dim 16384, 512 experts top-8, 64 loops, 1M context."""
-    return MythosConfig(
-        vocab_size=100000, dim=16384, n_heads=128, n_kv_heads=16, max_seq_len=1000000, max_loop_iters=64,
-        prelude_layers=6, coda_layers=6, kv_lora_rank=1024, q_lora_rank=4096, qk_rope_head_dim=64,
-        qk_nope_head_dim=128, v_head_dim=128, n_experts=512, n_shared_experts=8, n_experts_per_tok=8,
-        expert_dim=34560, rope_theta=2000000.0, lora_rank=256,
-    )  # fmt: skip
-
-
-VARIANTS = {
-    "1b": mythos_1b,
-    "3b": mythos_3b,
-    "10b": mythos_10b,
-    "50b": mythos_50b,
-    "100b": mythos_100b,
-    "500b": mythos_500b,
-    "1t": mythos_1t,
-}
+def variant(name: str) -> MythosConfig:
+    """The config of one row of ``VARIANTS``: the coda as deep as the prelude, value heads as wide as the
+    no-position query/key part."""
+    row = dict(zip(COLUMNS, VARIANTS[name], strict=True))
+    return MythosConfig(**row, coda_layers=row["prelude_layers"], v_head_dim=row["qk_nope_head_dim"])
 
 
 def count_parameters(cfg: MythosConfig) -> tuple[int, int]:
