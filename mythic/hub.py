@@ -113,9 +113,8 @@ def download_repo(
     except MythicError:
         shutil.rmtree(staging)
         raise
-    source = {"hub": endpoint}
     manifest = write_manifest(
-        staging, sha256, repo_id=repo_id, revision=revision or "main", commit=commit, source=source
+        staging, sha256, repo_id=repo_id, revision=revision or "main", commit=commit, source={"hub": endpoint}
     )
     with atomic_dir(folder, force=force) as out:
         for entry in staging.iterdir():

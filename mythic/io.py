@@ -33,13 +33,11 @@ def atomic_dir(target: str | os.PathLike[str], *, force: bool = False) -> Iterat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_free_space(needed: int, folder: str | os.PathLike[str], what: str) -> None:

@@ -109,17 +109,23 @@ def load_checkpoint(
     (+ the base LoRA when the folder has one, unless ``base_lora`` is False), strictly."""
     path = Path(path)
     config = RetrofitConfig.from_pretrained(path)
+    return load_on_base(path, config, checkpoint_base(path, config), dtype, base_lora=base_lora, **kwargs)
+
+
+def checkpoint_base(ckpt: Path, config: RetrofitConfig, *, strict: bool = True) -> Path:
+    """The base folder of checkpoint ``ckpt``: it must hold a config and be the revision the checkpoint was made on
+    (an unknown revision passes unless ``strict``)."""
     if not config.base_name_or_path:
-        raise MythicError(f"checkpoint {path} does not say where its base is (base_name_or_path is empty)")
+        raise MythicError(f"checkpoint {ckpt} does not say where its base is (base_name_or_path is empty)")
     base_dir = Path(config.base_name_or_path)
     check_base_dir(base_dir)
     found = base_revision(base_dir)
-    if config.base_revision and found != config.base_revision:
+    if config.base_revision and found != config.base_revision and (found or strict):
         raise MythicError(
-            f"checkpoint {path} was made on base revision {config.base_revision}, "
+            f"checkpoint {ckpt} was made on base revision {config.base_revision}, "
             f"but {base_dir} is revision {found or 'unknown (it has no mythic-manifest.json)'}"
         )
-    return load_on_base(path, config, base_dir, dtype, base_lora=base_lora, **kwargs)
+    return base_dir
 
 
 def load_on_base(

@@ -33,9 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
+from accelerate import init_empty_weights
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+from transformers.quantizers.base import get_keys_to_not_convert
 
 from mythic.errors import MythicError
 from mythic.loading import load_base_model
@@ -70,8 +73,6 @@ def quantized_tensor_bytes(n: int) -> int:
 
 def skeleton(config: Any) -> PreTrainedModel:
     """The base's module tree on the meta device: names, shapes and counts, no memory."""
-    from accelerate import init_empty_weights
-
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     model.tie_weights()
@@ -80,8 +81,6 @@ def skeleton(config: Any) -> PreTrainedModel:
 
 def quantizable(model: PreTrainedModel) -> tuple[set[str], set[str]]:
     """(Linear weights transformers converts to Linear4bit, 3-D parameters) by parameter name."""
-    from transformers.quantizers.base import get_keys_to_not_convert
-
     kept = set(get_keys_to_not_convert(model)) | set(getattr(model, "_keep_in_fp32_modules", None) or [])
     linear = {
         f"{name}.weight"
@@ -94,13 +93,9 @@ def quantizable(model: PreTrainedModel) -> tuple[set[str], set[str]]:
 
 def available_memory(device: str) -> tuple[int, int]:
     """(free bytes on ``device``, available host RAM)."""
-    import psutil
-
     host = int(psutil.virtual_memory().available)
-    if device.startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return int(free), host
-    return host, host
+    free = torch.cuda.mem_get_info(torch.device(device))[0] if device.startswith("cuda") else host
+    return int(free), host
 
 
 def estimate_memory(
@@ -163,8 +158,6 @@ def quantization_config(
     kind: str = "nf4", double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16
 ) -> Any:
     """transformers' ``BitsAndBytesConfig`` for a 4-bit load (what its Linear layers become)."""
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=kind,
@@ -192,8 +185,7 @@ def load_base(
 ) -> tuple[PreTrainedModel, list[str], int]:
     """(model in eval mode, Linear4bit modules on the generic CPU path, 3-D parameters quantised)."""
     if not quantize:
-        model = load_base_model(base_dir, dtype=dtype, device_map={"": device})
-        return model.eval(), [], 0
+        return load_base_model(base_dir, dtype=dtype, device_map={"": device}).eval(), [], 0
     if importlib.util.find_spec("bitsandbytes") is None:
         raise MythicError("--4bit needs bitsandbytes: pip install 'mythic[quant]'")
     model = load_base_model(

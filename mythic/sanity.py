@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mythic.errors import MythicError
 from mythic.eval.generate import encode_prompt
 from mythic.io import quiet_transformers, write_json
-from mythic.loading import DTYPES, check_base_dir, default_device, load_base_config, load_tokenizer, parse_dtype
+from mythic.loading import DTYPES, default_device, load_base_config, load_tokenizer, parse_dtype
 from mythic.models.families import check_block, decoder_layers, family_of
 from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.progress import Progress
@@ -248,14 +248,13 @@ def sanity(
     """Phase 0 on the base in ``base_dir``; see the module docstring. Writes the report as JSON to ``out``."""
     started = time.perf_counter()
     base_dir = Path(base_dir)
-    check_base_dir(base_dir)
+    config = load_base_config(base_dir)
     dtype = parse_dtype(dtype)
     if rows < 1 or seq_len < 2:
         raise MythicError("the held-out sample needs at least 1 row of at least 2 tokens")
     device = device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MythicError(f"--device {device}: no CUDA device is available")
-    config = load_base_config(base_dir)
     family_of(config)
     blocks, skipped = choose_candidates(config, layers, scan)
     tokenizer = load_tokenizer(base_dir)

@@ -17,7 +17,7 @@ import torch
 
 from mythic.errors import MythicError
 from mythic.io import atomic_dir, write_json
-from mythic.loading import DTYPES, base_revision, check_base_dir, load_base_config, load_base_model, parse_dtype
+from mythic.loading import DTYPES, base_revision, load_base_config, load_base_model, parse_dtype
 from mythic.models.retrofit import RetrofitConfig, RetrofitForCausalLM
 
 REPORT_FILE = "surgery-report.json"
@@ -54,10 +54,9 @@ def surgery(
 ) -> SurgeryReport:
     """Wrap ``block`` of the base in ``base_dir`` in the recurrence and write a checkpoint to ``out``."""
     started = time.perf_counter()
-    check_base_dir(base_dir)
+    config = load_base_config(base_dir)
     if out.exists() and not force:
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
-    config = load_base_config(base_dir)
     settings |= {"block_start": block[0], "block_end": block[1], "drop": list(drop) if drop else None}
     RetrofitConfig(text_config=config, **settings).validate_surgery()
     base = load_base_model(base_dir, dtype=DTYPES[parse_dtype(dtype)]).eval()

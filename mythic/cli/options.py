@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from transformers import PreTrainedModel
 
 from mythic.errors import MythicError
+from mythic.models.protocol import LoopedModel
 from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth, parse_depth, parse_exit
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
 
 
 def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
@@ -61,8 +59,6 @@ def apply_kv_share(model: PreTrainedModel, value: str | None) -> None:
     """Set a looped model's ``config.kv_share`` (a parsed --kv-share); a plain base cannot share loops."""
     if value is None:
         return
-    from mythic.models.protocol import LoopedModel
-
     if not isinstance(model, LoopedModel):
         raise MythicError("--kv-share needs a looped model (a mythic checkpoint or an OpenMythos model)")
     model.config.kv_share = value

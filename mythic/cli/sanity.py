@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from mythic.sanity import SanityReport
+from mythic.cli.bars import progress_bar
+from mythic.hub import default_base_dir
+from mythic.quant import MemoryEstimate
+from mythic.sanity import PROBE_LOOPS, PROMPT, SanityReport
+from mythic.sanity import sanity as run_sanity
 
 GB = 1e9
 
@@ -49,11 +51,6 @@ def sanity(
     Then: a chat-template smoke test, the T=1 identity check of a fresh wrapper per candidate block, and each
     candidate looped 2 and 4 times untrained (held-out loss, hidden-state norm growth); recommends a block.
     """
-    from mythic.hub import default_base_dir
-    from mythic.quant import MemoryEstimate
-    from mythic.sanity import PROMPT
-    from mythic.sanity import sanity as run_sanity
-
     base_dir = base if base is not None else default_base_dir()
     target = out if out is not None else Path("sanity") / f"{base_dir.name}.json"
     console = Console()
@@ -67,8 +64,7 @@ def sanity(
             + (f"; load peak {estimate.load_peak / GB:.2f} GB of RAM" if estimate.quantized else "")
         )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_bar(console=console, transient=True) as bar:
         task = bar.add_task("sanity", total=None)
 
         def progress(done: int, total: int, what: str) -> None:
@@ -122,16 +118,15 @@ def candidates_table(report: SanityReport) -> Table:
     table = Table(title="candidate blocks, looped untrained (plain repeat)")
     table.add_column("block")
     table.add_column("T=1 identity |Δ|", justify="right")
-    for t in (1, 2, 4):
-        table.add_column(f"loss T={t}", justify="right")
-    for t in (1, 2, 4):
-        table.add_column(f"‖h‖/‖e‖ T={t}", justify="right")
+    for name in ("loss", "‖h‖/‖e‖"):
+        for t in PROBE_LOOPS:
+            table.add_column(f"{name} T={t}", justify="right")
     for c in report.candidates:
         mark = " ★" if tuple(c.block) == report.recommended else ""
         table.add_row(
             f"{c.block[0]}:{c.block[1]}{mark}",
             f"{c.identity_max_abs_diff:g}",
-            *(f"{c.loss[t]:.4f}" for t in (1, 2, 4)),
-            *(f"{c.norm_growth[t]:.2f}" for t in (1, 2, 4)),
+            *(f"{c.loss[t]:.4f}" for t in PROBE_LOOPS),
+            *(f"{c.norm_growth[t]:.2f}" for t in PROBE_LOOPS),
         )
     return table

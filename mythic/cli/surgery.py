@@ -11,8 +11,10 @@ from rich.table import Table
 
 from mythic.cli.options import parse_range
 from mythic.errors import MythicError
+from mythic.hub import default_base_dir
 from mythic.models.retrofit import RetrofitConfig
 from mythic.recurrence import RULES
+from mythic.surgery import surgery as run_surgery
 
 
 def surgery(
@@ -62,9 +64,6 @@ def surgery(
     """Build the looped wrapper, check T=1 identity with the base, and write a checkpoint folder.
 
     Every default is RetrofitConfig's own default."""
-    from mythic.hub import default_base_dir
-    from mythic.surgery import surgery as run_surgery
-
     if (layer is None) == (block is None):
         raise MythicError("give exactly one of --layer N or --block START:END")
     span = (layer, layer + 1) if layer is not None else parse_range(block or "", "--block")

@@ -65,9 +65,7 @@ def make(
         options=options,
         force=force,
     )
-    table = Table(title=f"{name} (seed {seed}) → {out}")
-    for column in ("split", "examples", "difficulty"):
-        table.add_column(column)
+    table = Table("split", "examples", "difficulty", title=f"{name} (seed {seed}) → {out}")
     for split in ("train", "valid", "test"):
         low, high = meta["difficulty"][split]
         table.add_row(f"{split}.jsonl", str(meta["sizes"][split]), f"{low}-{high}")

@@ -12,9 +12,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.progress import TimeRemainingColumn
+from rich.table import Column, Table
 
+from mythic.cli.bars import progress_bar
 from mythic.train.recipe import load_recipe
 
 SHOWN = ("loss", "ce", "ce_lo", "ce_hi", "margin", "kl_anchor", "self_distill")
@@ -33,14 +34,8 @@ def train(
     spec = load_recipe(recipe, overrides or [])
     console = Console()
     is_main = int(os.environ.get("RANK", "0")) == 0
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  T {task.fields[T]}  {task.fields[tps]} tok/s"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=not is_main) as bar:
+    fields = "loss {task.fields[loss]}  T {task.fields[T]}  {task.fields[tps]} tok/s"
+    with progress_bar(fields, TimeRemainingColumn(), console=console, disable=not is_main) as bar:
         task = bar.add_task(spec.name, total=spec.train.steps, loss="-", T="-", tps="-")
 
         def on_step(done: int, total: int, record: dict[str, float]) -> None:
@@ -55,9 +50,7 @@ def train(
         result = run_training(spec, resume=resume, on_step=on_step)
     if not is_main:
         return
-    table = Table(title=f"{spec.name}: step {result.steps}", show_header=True)
-    table.add_column("term")
-    table.add_column("value", justify="right")
+    table = Table("term", Column("value", justify="right"), title=f"{spec.name}: step {result.steps}")
     for key in (*SHOWN, *sorted(k for k in result.metrics if k.startswith("ce_T"))):
         if key in result.metrics:
             table.add_row(key, f"{result.metrics[key]:.4f}")

@@ -75,6 +75,7 @@ def predict(
     with the loops each prompt used per generated token and the tokens generated."""
     prepare_tokenizer(tokenizer)
     budget = answer_budget(tokenizer, tasks)
+    ends = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     answers = [""] * len(tasks)
     names = ("mean_loops", "answer_loops", "prompt_token_loops")
     costs = {} if n_loops is None else {name: [0.0] * len(tasks) for name in names}
@@ -82,14 +83,7 @@ def predict(
     with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered, torch.no_grad():
         for batch in batches(tokenizer, tasks, batch_size):
             enc = tokenizer([tasks[i].prompt for i in batch], return_tensors="pt", padding=True).to(model.device)
-            output = model.generate(
-                **enc,
-                **loop_kwargs,
-                max_new_tokens=budget,
-                **GREEDY,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
+            output = model.generate(**enc, **loop_kwargs, max_new_tokens=budget, **GREEDY, **ends)
             new = output[:, enc.input_ids.shape[1] :]
             tokens += new_tokens(new, tokenizer)
             used = metered()

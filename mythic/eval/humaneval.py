@@ -66,9 +66,8 @@ def load_problems(path: str | Path | None = None, limit: int | None = None, task
     if tasks:
         by_name = {str(i): p for i, p in enumerate(problems)} | {p.task_id: p for p in problems}
         names = [t.strip() for t in tasks.split(",") if t.strip()]
-        for name in names:
-            if name not in by_name:
-                raise MythicError(f"unknown task {name!r} in {path.name}")
+        if unknown := [name for name in names if name not in by_name]:
+            raise MythicError(f"unknown task {unknown[0]!r} in {path.name}")
         problems = [by_name[name] for name in names]
     if limit is not None:
         if limit < 1:

@@ -87,8 +87,7 @@ def token_losses(
             mask = pad_sequence([torch.ones_like(w) for w in batch], batch_first=True).to(model.device)
             logits = model(input_ids=ids, attention_mask=mask, **loop_kwargs).logits.double()
             nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").cpu()
-            for i, w in enumerate(batch):
-                losses.append(nll[i, : len(w) - 1])
+            losses += [nll[i, : len(w) - 1] for i, w in enumerate(batch)]
             if on_batch is not None:
                 on_batch(len(batch))
     return torch.cat(losses)

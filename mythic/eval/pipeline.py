@@ -43,13 +43,6 @@ def _phase(bars: Bars | None, description: str, total: int, done: int = 0) -> Ca
     return lambda *_: bars.advance(task)
 
 
-def _diffs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    looped = [r for r in rows if r["n_loops"] is not None]  # fixed and adaptive rows
-    base = [r for r in rows if r["n_loops"] is None]
-    pairs = [(base[0], r) for r in looped if base] + [(looped[0], r) for r in looped[1:]]
-    return [{"from": a["label"], "to": b["label"], **solved_diff(a["per_problem"], b["per_problem"])} for a, b in pairs]
-
-
 def _row(n_loops: Row, outcomes: list[Outcome], ks: Sequence[int]) -> dict[str, Any]:
     summary = summarize(outcomes, ks)
     return {
@@ -62,8 +55,12 @@ def _row(n_loops: Row, outcomes: list[Outcome], ks: Sequence[int]) -> dict[str, 
 
 def _results(rows: list[dict[str, Any]], limits: SandboxLimits, **fields: Any) -> dict[str, Any]:
     """A HumanEval result: ``fields``, the sandbox's report, the rows and their per-problem diffs."""
+    looped = [r for r in rows if r["n_loops"] is not None]  # fixed and adaptive rows
+    base = [r for r in rows if r["n_loops"] is None]
+    pairs = [(base[0], r) for r in looped if base] + [(looped[0], r) for r in looped[1:]]
+    diffs = [{"from": a["label"], "to": b["label"]} | solved_diff(a["per_problem"], b["per_problem"]) for a, b in pairs]
     sandbox = isolation_report(detect_isolation(), limits)
-    return {"task": "humaneval", **fields, "sandbox": sandbox, "rows": rows, "diffs": _diffs(rows)}
+    return {"task": "humaneval", **fields, "sandbox": sandbox, "rows": rows, "diffs": diffs}
 
 
 def prepare_out(out: Path, settings: GenerationSettings, force: bool) -> None:
@@ -131,8 +128,7 @@ def humaneval_from_file(
     got = read_samples(completions, problems)
     started = time.perf_counter()
     outcomes = score_samples(problems, got, limits, workers, _phase(bars, f"scoring {completions.name}", len(got)))
-    row = {**_row(None, outcomes, ks), "label": completions.stem}
-    row["seconds"] = round(time.perf_counter() - started, 2)
+    row = {**_row(None, outcomes, ks), "label": completions.stem, "seconds": round(time.perf_counter() - started, 2)}
     summary = summarize(outcomes)
     return _results([row], limits, problems=summary["problems"], samples=summary["samples_per_problem"])
 
@@ -154,9 +150,8 @@ def perplexity_with_model(
         raise MythicError("the text is shorter than two tokens")
     rows = []
     for n_loops in loop_rows(model, loops):
-        label = row_label(n_loops)
         started = time.perf_counter()
-        on_batch = _phase(bars, f"scoring {label}", -(-len(windows) // batch_size))
+        on_batch = _phase(bars, f"scoring {row_label(n_loops)}", -(-len(windows) // batch_size))
         losses = ppl.token_losses(model, windows, n_loops, batch_size, on_batch)
         seconds = round(time.perf_counter() - started, 2)
         rows.append(

@@ -80,9 +80,7 @@ def loops_meter(model: PreTrainedModel, n_loops: Row) -> Iterator[Callable[[], t
     with loop_context(model).metering() as used:
 
         def take() -> torch.Tensor | None:
-            if not used:
-                return None
-            stacked = torch.stack(used).float()
+            stacked = torch.stack(used).float() if used else None
             used.clear()
             return stacked
 

@@ -281,14 +281,12 @@ def _alive(process: Process) -> bool:
     return fields is not None and fields[19] == process[1] and fields[0] != "Z"
 
 
-def _remove_tree(path: Path) -> None:
-    def make_writable(func: Any, p: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-
-    shutil.rmtree(path, onerror=make_writable)
+def _retry_writable(func: Any, path: str, _exc: Any) -> None:
+    """``shutil.rmtree``'s error handler: make ``path`` and its folder writable, then retry."""
+    with contextlib.suppress(OSError):
+        os.chmod(os.path.dirname(path), 0o700)
+        os.chmod(path, 0o700)
+        func(path)
 
 
 @contextlib.contextmanager
@@ -348,7 +346,7 @@ def sandboxed_function(
         for fd in (req_r, req_w, resp_r, resp_w):
             if fd >= 0:
                 os.close(fd)
-        _remove_tree(wd)
+        shutil.rmtree(wd, onerror=_retry_writable)
 
 
 def _probe(isolation: str) -> str | None:

@@ -101,16 +101,12 @@ def bundle_order(root: str = RETROFIT.root) -> list[str]:
     return order
 
 
-def _edit(node: ast.stmt, bundled: set[str], top: bool, name: str) -> str | None:
-    """The replacement text of one statement, or None to keep it (see the module docstring)."""
-    if isinstance(node, ast.ImportFrom) and node.module == "__future__":
-        return ""
-    if isinstance(node, ast.ImportFrom) and _is_mythic(node.module):
-        if node.module not in bundled:
-            raise RuntimeError(
-                f"bundling mythic: {name} line {node.lineno} imports {node.module}, which is not bundled"
-            )
-        return ""
+def _dropped(node: ast.stmt, bundled: set[str], top: bool, name: str) -> bool:
+    """Whether one statement is edited out (see the module docstring)."""
+    if isinstance(node, ast.ImportFrom) and _is_mythic(node.module) and node.module not in bundled:
+        raise RuntimeError(f"bundling mythic: {name} line {node.lineno} imports {node.module}, which is not bundled")
+    if isinstance(node, ast.ImportFrom) and (node.module == "__future__" or _is_mythic(node.module)):
+        return True
     if (
         top
         and isinstance(node, ast.If)
@@ -118,16 +114,14 @@ def _edit(node: ast.stmt, bundled: set[str], top: bool, name: str) -> str | None
         and node.test.id == "TYPE_CHECKING"
         and all(isinstance(n, ast.ImportFrom) and _is_mythic(n.module) for n in node.body)
     ):
-        return ""
-    if (
+        return True
+    return (
         top
         and isinstance(node, ast.Expr)
         and isinstance(node.value, ast.Call)
         and isinstance(node.value.func, ast.Attribute)
         and node.value.func.attr == "register"
-    ):
-        return ""
-    return None
+    )
 
 
 def _strip(source: str, bundled: set[str], name: str) -> str:
@@ -139,12 +133,11 @@ def _strip(source: str, bundled: set[str], name: str) -> str:
             body = getattr(parent, field, None)
             if not isinstance(body, list) or not body or not isinstance(body[0], ast.stmt):
                 continue
-            changed = [(node, _edit(node, bundled, parent is tree, name)) for node in body]
-            changed = [(node, text) for node, text in changed if text is not None]
-            if len(changed) == len(body) and all(text == "" for _, text in changed) and parent is not tree:
-                node = changed[0][0]
-                changed[0] = (node, " " * node.col_offset + "pass\n")
-            edits += [(node.lineno, node.end_lineno or node.lineno, text) for node, text in changed]
+            dropped = [node for node in body if _dropped(node, bundled, parent is tree, name)]
+            texts = [""] * len(dropped)
+            if len(dropped) == len(body) and parent is not tree:
+                texts[0] = " " * body[0].col_offset + "pass\n"
+            edits += [(n.lineno, n.end_lineno or n.lineno, text) for n, text in zip(dropped, texts, strict=True)]
     lines = source.splitlines(keepends=True)
     for start, end, text in sorted(edits, reverse=True):
         lines[start - 1 : end] = [text] if text else []

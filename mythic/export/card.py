@@ -27,8 +27,7 @@ def eval_table(data: Any) -> str:
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
         return _markdown_table([{"": key, **row} for key, row in data.items()])
     if isinstance(data, dict):
-        flat = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
-        return _markdown_table([{"metric": k, "value": v} for k, v in flat.items()])
+        return _markdown_table([{"metric": k, "value": v} for k, v in data.items() if not isinstance(v, dict | list)])
     return f"```\n{json.dumps(data, indent=2)}\n```"
 
 
@@ -45,10 +44,6 @@ def model_card(
     recipe and the eval tables when present."""
     base_repo, base_commit = pointer["repo_id"], pointer["commit"]
     block = f"{config.block_start}:{config.block_end}"
-    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
-    if base_repo:
-        front.append(f"base_model: {base_repo}")
-    front += ["tags:", "- mythic", "- recurrent-depth", "---", ""]
     body = [
         f"# {(base_repo or str(config.base_name_or_path)).rsplit('/', 1)[-1]} with recurrent depth (mythic)",
         "",
@@ -81,7 +76,7 @@ def model_card(
             'model = load_light("THIS_FOLDER", base_dir="base/FOLDER")',
             "```",
         ]
-    return "\n".join(front + body + appendix(recipe, evals)) + "\n"
+    return _card(["mythic", "recurrent-depth"], body, recipe, evals, base_model=base_repo)
 
 
 def usage(modeling_file: str, prompt: str) -> list[str]:
@@ -101,20 +96,22 @@ def usage(modeling_file: str, prompt: str) -> list[str]:
     ]
 
 
-def appendix(recipe: Path | None, evals: list[Path]) -> list[str]:
-    """The training recipe and the eval tables found beside the checkpoint."""
-    body = []
+def _card(
+    tags: list[str], body: list[str], recipe: Path | None, evals: list[Path], base_model: str | None = None
+) -> str:
+    """A README.md: front matter, ``body``, then the training recipe and the eval tables found beside the checkpoint."""
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    front += [f"base_model: {base_model}"] if base_model else []
+    front += ["tags:", *(f"- {tag}" for tag in tags), "---", ""]
     if recipe is not None:
         body += ["", "## Recipe", "", "```yaml", recipe.read_text().rstrip(), "```"]
     for path in evals:
         body += ["", f"## Evaluation: {path.name}", "", eval_table(json.loads(path.read_text()))]
-    return body
+    return "\n".join(front + body) + "\n"
 
 
 def openmythos_card(config: Any, *, recipe: Path | None, evals: list[Path]) -> str:
     """An OpenMythos export's README.md: its size and recurrence, how to load, the recipe and evals."""
-    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
-    front += ["tags:", "- mythic", "- openmythos", "- recurrent-depth", "---", ""]
     body = [
         "# A Recurrent-Depth Transformer trained from scratch (OpenMythos, mythic)",
         "",
@@ -135,4 +132,4 @@ def openmythos_card(config: Any, *, recipe: Path | None, evals: list[Path]) -> s
         "",
         *usage("modeling_openmythos.py", "a>b;b>c;?++a"),
     ]
-    return "\n".join(front + body + appendix(recipe, evals)) + "\n"
+    return _card(["mythic", "openmythos", "recurrent-depth"], body, recipe, evals)

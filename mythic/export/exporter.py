@@ -56,11 +56,12 @@ from mythic.loading import (
     DTYPES,
     attach_base_lora,
     base_lora_spec,
-    base_revision,
+    checkpoint_base,
     load_checkpoint,
     load_tokenizer,
     parse_dtype,
 )
+from mythic.models.openmythos.hf import OpenMythosForCausalLM
 from mythic.models.retrofit import RECURRENCE_FILE, RetrofitConfig, config_fingerprint
 from mythic.progress import Progress
 
@@ -120,8 +121,7 @@ def _tensor_bytes(model: torch.nn.Module) -> int:
 
 def _base_pointer(config: RetrofitConfig) -> dict[str, Any]:
     """Where the base lives: repo id, revision and commit from its manifest, plus its fingerprint."""
-    folder = Path(config.base_name_or_path or "")
-    manifest = read_manifest(folder) or {}
+    manifest = read_manifest(config.base_name_or_path or "") or {}
     return {
         "repo_id": manifest.get("repo_id"),
         "revision": manifest.get("revision"),
@@ -130,18 +130,6 @@ def _base_pointer(config: RetrofitConfig) -> dict[str, Any]:
         "fingerprint": config_fingerprint(config.text_config),
         "local_path": config.base_name_or_path,
     }
-
-
-def _check_base(config: RetrofitConfig, ckpt: Path) -> None:
-    """The checkpoint's base must exist and be the revision it was made on (light export loads no model)."""
-    folder = Path(config.base_name_or_path or "")
-    if not (folder / "config.json").is_file():
-        raise MythicError(f"the base of {ckpt} ({folder}) has no config.json: fetch it with `mythic fetch base`")
-    found = base_revision(folder)
-    if config.base_revision and found and found != config.base_revision:
-        raise MythicError(
-            f"checkpoint {ckpt} was made on base revision {config.base_revision}, but {folder} is revision {found}"
-        )
 
 
 def export(
@@ -185,7 +173,7 @@ def export_retrofit(ckpt: Path, settings: Settings, light: bool, merge_lora: boo
     """Check a retrofit export request against the checkpoint (its base, its LoRA), then write it."""
     config = RetrofitConfig.from_pretrained(ckpt)
     config.n_loops = config.n_loops if settings.n_loops is None else settings.n_loops
-    _check_base(config, ckpt)
+    checkpoint_base(ckpt, config, strict=False)  # a light export loads no model: check its base here
     lora = base_lora_spec(ckpt)
     if light and merge_lora:
         raise MythicError("--merge-lora does not apply to --light: a light export keeps the base LoRA separate")
@@ -274,8 +262,6 @@ def export_full(ckpt: Path, config: RetrofitConfig, lora: dict[str, Any] | None,
 
 def export_openmythos(ckpt: Path, settings: Settings) -> ExportReport:
     """An OpenMythos model folder with its bundled modeling file (every weight trained: no light form)."""
-    from mythic.models.openmythos.hf import OpenMythosForCausalLM
-
     stages = ["loading the checkpoint", "writing the weights"]
     tokenizer = load_tokenizer(ckpt)
     settings.stage(stages, "loading the checkpoint")

@@ -6,6 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 from mythic.errors import MythicError
 from mythic.hub import hub_endpoint
 from mythic.io import quiet_transformers
@@ -21,11 +26,6 @@ class PushReport:
 
 def push_to_hub(folder: Path, repo_id: str, *, private: bool | None = None) -> PushReport:
     """Create ``repo_id`` if needed and upload ``folder`` as one commit; errors become one-line MythicErrors."""
-    import httpx2
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:

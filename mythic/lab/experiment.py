@@ -44,11 +44,12 @@ from mythic.errors import MythicError
 from mythic.io import read_jsonl, write_json
 from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth, parse_depth, parse_exit
 from mythic.tasks.make import generator, make, parse_difficulty_range
-from mythic.train.recipe import Recipe, Strict, load_recipe, read_yaml, validate
+from mythic.train.recipe import PositiveInt, Recipe, Strict, load_recipe, read_yaml, validate
 
-PositiveInt = Annotated[int, Field(ge=1)]
 SPLITS = ("valid", "test")
 POLL_SECONDS = 2.0
+OnSteps = Callable[[str, int, int], None]
+"""Hears training progress as ``on_steps(phase, done, total)``: the call's training steps done of ``total``."""
 
 
 class TaskFiles(Strict):
@@ -320,12 +321,7 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
 
 
 def execute(
-    experiment: Experiment,
-    runs: list[Run],
-    jobs: int,
-    records: Path | None,
-    on_steps: Callable[[str, int, int], None] | None,
-    phase: str,
+    experiment: Experiment, runs: list[Run], jobs: int, records: Path | None, on_steps: OnSteps | None, phase: str
 ) -> dict[Run, dict[str, dict[str, Any]]]:
     """Every run on ``jobs`` worker processes; ``on_steps(phase, done, total)`` every few seconds while they train."""
     threads = cpu_threads(jobs)
@@ -381,10 +377,7 @@ class Outcome:
 
 
 def run_experiment(
-    experiment: Experiment,
-    jobs: int = 1,
-    records: Path | None = None,
-    on_steps: Callable[[str, int, int], None] | None = None,
+    experiment: Experiment, jobs: int = 1, records: Path | None = None, on_steps: OnSteps | None = None
 ) -> Outcome:
     """Tune every arm on valid (with a grid), then every arm × seed at its chosen point; see the module docstring.
     ``on_steps(phase, done, total)`` reports training progress per phase ("tuning", "runs")."""

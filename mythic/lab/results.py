@@ -234,8 +234,7 @@ def plot_bands(summary: dict[str, Any], path: Path) -> None:
         if summary["baselines"]:
             heuristic, value = strongest(summary["baselines"], band)
             ax.axhline(value, linestyle=":", color="black", label=f"baseline: {heuristic}")
-        ax.set_ylim(0.0, 1.02)
-        ax.set_ylabel("accuracy")
+        ax.set(ylim=(0.0, 1.02), ylabel="accuracy")
         ax.set_title(f"{band} (difficulty {summary['bands'][band]})", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.savefig(path, dpi=120)
@@ -251,9 +250,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> bool:
         for seed, curve in enumerate(arm["curves"]):
             steps, losses = zip(*curve, strict=True)
             ax.plot(steps, losses, color=f"C{index}", lw=1, alpha=0.8, label=name if seed == 0 else None)
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("training cross-entropy (mean over logged steps)")
+    ax.set(yscale="log", xlabel="training step", ylabel="training cross-entropy (mean over logged steps)")
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=120)
     return True
@@ -267,8 +264,7 @@ def plot_dynamics(arm: dict[str, Any], path: Path, title: str) -> None:
         for key, values in arm["dynamics"][name].items():
             ys = [max(v["value"], 1e-8) for v in values]
             ax.plot(range(1, len(ys) + 1), ys, label=key, lw=2 if key == "all" else 1)
-        ax.set_xlabel("loop t")
-        ax.set_ylabel(label)
+        ax.set(xlabel="loop t", ylabel=label)
     left.set_yscale("log")
     left.set_title(title, fontsize=9)
     right.legend(fontsize=6, ncol=2, title="difficulty")

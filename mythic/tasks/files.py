@@ -69,9 +69,8 @@ def parse_intermediate(value: Any, length: int, where: str) -> tuple[tuple[int, 
         raise MythicError(shape)
     for pair in value:
         end, answer = pair if isinstance(pair, list) and len(pair) == 2 else (None, None)
-        if isinstance(end, bool) or not isinstance(end, int) or not 0 < end < length:
-            raise MythicError(shape)
-        if not isinstance(answer, str) or not answer.strip():
+        good_end = isinstance(end, int) and not isinstance(end, bool) and 0 < end < length
+        if not good_end or not isinstance(answer, str) or not answer.strip():
             raise MythicError(shape)
     return tuple((end, answer) for end, answer in value)
 

@@ -74,8 +74,7 @@ def checkpoint_dirs(root: Path) -> list[Path]:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    dirs = checkpoint_dirs(root)
-    return dirs[-1] if dirs else None
+    return next(reversed(checkpoint_dirs(root)), None)
 
 
 def save_checkpoint(

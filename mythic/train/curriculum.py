@@ -74,8 +74,7 @@ class Curriculum:
     SALT = 0x10095
 
     def __init__(self, spec: CurriculumSpec, seed: int) -> None:
-        self.spec = spec
-        self.seed = seed
+        self.spec, self.seed = spec, seed
 
     @property
     def per_sequence(self) -> bool:

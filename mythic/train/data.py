@@ -355,9 +355,7 @@ class TaskReader:
         """Draw number ``n`` (a global counter) at optimizer step ``step``."""
         allowed = [g for g, d in enumerate(self.difficulties) if d <= self.cap(step)]
         sizes = np.array([len(self.groups[g]) for g in allowed], dtype=np.float64)
-        group = allowed[
-            int(np.random.default_rng([self.seed, n, self.index]).choice(len(allowed), p=sizes / sizes.sum()))
-        ]
+        group = int(np.random.default_rng([self.seed, n, self.index]).choice(allowed, p=sizes / sizes.sum()))
         epoch, position = self.state[group]
         if position == len(self.groups[group]):
             self.state[group] = [epoch + 1, 0]

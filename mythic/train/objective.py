@@ -61,16 +61,8 @@ class Objective(nn.Module):
             t_lo = cfg.dual_t.t_lo
             lo_grad = None if depth.grad_loops is None else min(t_lo, depth.grad_loops)
             depths.insert(0, Depth(t_lo, lo_grad, depth.checkpoint_loops))
-        outs = [
-            self.model(
-                input_ids,
-                n_loops=d.n_loops,
-                grad_loops=d.grad_loops,
-                checkpoint_loops=d.checkpoint_loops,
-                logits_to_keep=keep,
-            )
-            for d in depths
-        ]
+        # a Depth's fields are the model's keywords: n_loops, grad_loops, checkpoint_loops
+        outs = [self.model(input_ids, **vars(d), logits_to_keep=keep) for d in depths]
         logits = [logits_of(out).unsqueeze(0) for out in outs]  # the kept positions as one sequence, (1, N, V)
         main = logits[-1]
         terms: dict[str, torch.Tensor] = {}

@@ -424,11 +424,9 @@ class Recipe(Strict):
             raise ValueError(
                 f"loss.dual_t.t_lo: T={self.loss.dual_t.t_lo} is above curriculum.max_loops={self.curriculum.max_loops}"
             )
-        if isinstance(self.curriculum, StagesCurriculum):
-            for i, stage in enumerate(self.curriculum.stages):
-                if stage.start >= self.train.steps:
-                    end = self.train.steps
-                    raise ValueError(f"curriculum.stages.{i}.start: {stage.start} is past train.steps={end}")
+        for i, stage in enumerate(getattr(self.curriculum, "stages", [])):
+            if stage.start >= self.train.steps:
+                raise ValueError(f"curriculum.stages.{i}.start: {stage.start} is past train.steps={self.train.steps}")
         if self.model.kind == "openmythos" and self.loss.kl_anchor is not None:
             raise ValueError("loss.kl_anchor: a from-scratch openmythos model has no base to anchor to")
         if self.model.kind == "openmythos" and self.trainable.lora is not None:

@@ -104,18 +104,6 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """A new run must not write over an earlier run's folder."""
-    if not resume and any((run_dir / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
-        raise MythicError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or set out_dir")
-
-
-def check_trackers(trackers: list[str]) -> None:
-    for name in trackers:
-        if importlib.util.find_spec(name) is None:
-            raise MythicError(f"recipe log.trackers: {name} is not installed (pip install {name})")
-
-
 def check_same_recipe(saved: Path, recipe: Recipe) -> None:
     """--resume continues exactly only under the same recipe: every key but train.steps, log and checkpoint."""
     if not saved.is_file():
@@ -159,6 +147,9 @@ class Training:
 def make_accelerator(recipe: Recipe) -> Accelerator:
     """accelerate for this recipe: processes from torchrun / ``accelerate launch``, mixed precision,
     gradient accumulation, trackers (FSDP comes from ``train.parallel``, never accelerate's settings)."""
+    for name in recipe.log.trackers:
+        if importlib.util.find_spec(name) is None:
+            raise MythicError(f"recipe log.trackers: {name} is not installed (pip install {name})")
     accelerator = Accelerator(
         cpu=not torch.accelerator.is_available(),  # lets torchrun on a CPU-only machine run DDP over gloo
         mixed_precision=recipe.train.mixed_precision,
@@ -175,7 +166,6 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
 
 def setup(recipe: Recipe, build: BuildFn) -> Training:
     """Model, trainable set (sharded under FSDP), objective, optimizer, scheduler, data and curriculum."""
-    check_trackers(recipe.log.trackers)
     accelerator = make_accelerator(recipe)
     set_seed(recipe.seed)
     fsdp = recipe.train.parallel == "fsdp" and accelerator.num_processes > 1  # one process: the plain model
@@ -370,14 +360,12 @@ def finish(run: Training, record: dict[str, Any]) -> TrainResult:
 
 
 def train(
-    recipe: Recipe,
-    *,
-    resume: bool = False,
-    build: BuildFn = default_build,
-    on_step: OnStep | None = None,
+    recipe: Recipe, *, resume: bool = False, build: BuildFn = default_build, on_step: OnStep | None = None
 ) -> TrainResult:
     """Run (or resume) the recipe's training; see the module docstring."""
-    check_run_dir(recipe.run_dir, resume)
+    run_dir = recipe.run_dir  # a new run must not write over an earlier run's folder
+    if not resume and any((run_dir / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
+        raise MythicError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or set out_dir")
     run = setup(recipe, build)
     if resume:
         resume_from_latest(run)

@@ -1,0 +1,15 @@
+"""The one rich progress bar of the long subcommands: what runs, the bar, done/total, elapsed, then extras."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+
+
+def progress_bar(*extra: str | ProgressColumn, **kwargs: Any) -> Progress:
+    """A ``Progress`` with the shared columns, then ``extra`` ones (a string is a ``TextColumn`` format);
+    ``kwargs`` go to ``Progress`` (console, transient, disable)."""
+    columns = [TextColumn(c) if isinstance(c, str) else c for c in extra]
+    shared = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*shared, *columns, **kwargs)
