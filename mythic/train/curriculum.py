@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +49,10 @@ class Depth:
     n_loops: LoopCount
     grad_loops: int | None = None
     checkpoint_loops: bool = False
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The looped model's keyword arguments for this depth (``forward(ids, **depth.model_kwargs())``)."""
+        return {"n_loops": self.n_loops, "grad_loops": self.grad_loops, "checkpoint_loops": self.checkpoint_loops}
 
     def per_sequence(self, batch_size: int) -> list[int]:
         """The depth of each of ``batch_size`` sequences."""

@@ -61,8 +61,7 @@ class Objective(nn.Module):
             t_lo = cfg.dual_t.t_lo
             lo_grad = None if depth.grad_loops is None else min(t_lo, depth.grad_loops)
             depths.insert(0, Depth(t_lo, lo_grad, depth.checkpoint_loops))
-        # a Depth's fields are the model's keywords: n_loops, grad_loops, checkpoint_loops
-        outs = [self.model(input_ids, **vars(d), logits_to_keep=keep) for d in depths]
+        outs = [self.model(input_ids, **d.model_kwargs(), logits_to_keep=keep) for d in depths]
         logits = [logits_of(out).unsqueeze(0) for out in outs]  # the kept positions as one sequence, (1, N, V)
         main = logits[-1]
         terms: dict[str, torch.Tensor] = {}
