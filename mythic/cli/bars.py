@@ -1,4 +1,7 @@
-"""The one rich progress bar of the long subcommands: what runs, the bar, done/total, elapsed, then extras."""
+"""The rich progress bar of the subcommands that count steps: what runs, the bar, done/total, elapsed, extras.
+
+(``mythic fetch`` counts bytes and shows a percentage instead of done/total: its own columns.)
+"""
 
 from __future__ import annotations
 
