@@ -9,9 +9,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from mythic.train.curriculum import Curriculum, Depth, ramped_mean, stage_at
-from mythic.train.recipe import DifficultyCurriculum, FixedCurriculum, PoissonLognormalCurriculum, StagesCurriculum
+from mythic.train.recipe import (
+    DifficultyCurriculum,
+    FixedCurriculum,
+    Hold,
+    PoissonLognormalCurriculum,
+    StagesCurriculum,
+)
 
 STAGES = StagesCurriculum(
     kind="stages",
@@ -129,3 +136,31 @@ def test_difficulty_curriculum_draws_every_extra_loop_once_they_start() -> None:
     assert set(early.tolist()) == {3}, "before extra_after every example loops exactly its difficulty"
     assert set(draws.tolist()) == {3, 4, 5}
     assert abs(float((draws == 4).float().mean()) - 1 / 3) < 0.05  # 1280 draws: SE 0.013
+
+
+def test_hold_batches_loop_far_past_the_stop_with_a_truncated_gradient() -> None:
+    hold = Hold(fraction=0.25, loops=(12, 32), grad_loops=8)
+    spec = DifficultyCurriculum(kind="difficulty", max_loops=32, extra=2, extra_after=20, hold=hold)
+    difficulty = torch.tensor([1, 2, 3, 4] * 4 + [40])  # one example deeper than any hold draw (clipped to 32)
+    early = [Curriculum(spec, 0).sample(s, m, 17, 0, difficulty) for s in range(20) for m in range(4)]
+    assert all(d.grad_loops is None for d in early), "no hold micro-batch before extra_after"
+    draws = [Curriculum(spec, 0).sample(s, m, 17, 0, difficulty) for s in range(20, 520) for m in range(4)]
+    held = [d for d in draws if d.grad_loops == 8]
+    assert abs(len(held) / len(draws) - 0.25) < 0.03  # 2000 micro-batches: SE 0.0097
+    lengths = set()
+    for d in held:
+        loops = d.n_loops.tolist()
+        assert len(set(loops[:16])) == 1 and loops[16] == 32, "one L for the micro-batch, max(d_b, L) ≤ max_loops"
+        lengths.add(loops[0])
+    assert lengths == set(range(12, 33))
+    plain = torch.stack([d.n_loops for d in draws if d.grad_loops is None])
+    assert bool((plain[:, :16] <= difficulty[:16] + 2).all()), "the other micro-batches draw d + U{0..extra}"
+    again = Curriculum(spec, 0).sample(300, 2, 17, 0, difficulty)
+    assert torch.equal(again.n_loops, draws[(300 - 20) * 4 + 2].n_loops)
+
+
+def test_hold_loops_are_checked_against_max_loops() -> None:
+    with pytest.raises(ValidationError, match="hold.loops: T=12 is above max_loops=8"):
+        DifficultyCurriculum(kind="difficulty", max_loops=8, hold=Hold(fraction=0.5, loops=(12, 32), grad_loops=4))
+    with pytest.raises(ValidationError, match=r"loops: \[9, 3\] must be \[lowest, highest\]"):
+        Hold(fraction=0.5, loops=(9, 3), grad_loops=4)

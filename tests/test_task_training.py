@@ -4,6 +4,7 @@ tokenizer saved with the run, ``mythic eval tasks`` on an OpenMythos and a retro
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from mythic.loading import load_any, load_tokenizer
 from mythic.tasks import hops
 from mythic.tasks.files import Task, read_tasks, write_tasks
 from mythic.tasks.tokenizer import char_tokenizer
+from mythic.train.curriculum import Curriculum
 from mythic.train.data import Batch, TaskStream, encode_task
 from mythic.train.losses import IGNORE_INDEX
 from mythic.train.recipe import Data, load_recipe, validate_recipe
@@ -162,6 +164,33 @@ def hops_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     train(validate_recipe(raw))
     return root / "run", root / "data"
+
+
+def test_hold_micro_batches_train_past_the_stop(tmp_path: Path) -> None:
+    """With ``curriculum.hold`` the micro-batches the curriculum holds run 8 loops (past every difficulty,
+    1–3) with gradient through the last 2 and are logged as such; the others run d + U{0, 1}."""
+    write_tasks(tmp_path / "train.jsonl", single_chains(200, seed=0))
+    raw = json.loads(json.dumps(HOPS_RECIPE))
+    raw["data"]["sources"][0]["path"] = str(tmp_path / "train.jsonl")
+    raw["model"]["config"]["max_loop_iters"] = 8
+    hold = {"fraction": 0.5, "loops": [8, 8], "grad_loops": 2}
+    raw["curriculum"] = {"kind": "difficulty", "max_loops": 8, "extra": 1, "hold": hold}
+    raw |= {
+        "out_dir": str(tmp_path / "run"),
+        "train": {"steps": 20, "micro_batch": 8},
+        "log": {"every": 1, "plot": False},
+    }
+    recipe = validate_recipe(raw)
+    train(recipe)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 21))
+    curriculum = Curriculum(recipe.curriculum, recipe.seed)
+    held = [curriculum.hold(r["step"] - 1, 0, 0, 8, None) is not None for r in records]
+    assert 4 <= sum(held) <= 16
+    for r, h in zip(records, held, strict=True):
+        per_t = {k for k in r if k.startswith("ce_T")}
+        assert (per_t == {"ce_T8"} and r["T"] == 8.0) if h else (r["T"] <= 4.0 and "ce_T8" not in per_t)
+        assert math.isfinite(r["loss"])
 
 
 def test_chars_openmythos_trains_saves_its_tokenizer_and_learns(hops_run: tuple[Path, Path]) -> None:

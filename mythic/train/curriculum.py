@@ -10,6 +10,9 @@ Kinds (``recipe.curriculum.kind``):
 - ``difficulty``: T_b = min(d_b + U{0, …, extra}, max_loops) per sequence, d_b the example's
   difficulty (1 without one); before step ``extra_after``, T_b = d_b (why: docs/lab-notes.md, "Pointer
   chasing from the final answer alone": one step per loop is learned first, when to stop later).
+  With ``hold``, from ``extra_after`` on a micro-batch is, with probability ``hold.fraction``, run far
+  past the stop instead: T_b = max(d_b, L), L ~ U{hold.loops} once for the micro-batch, gradient through
+  the last ``hold.grad_loops`` loops only (so an answer must survive many loops at the cost of few).
 
 ``per_sequence: true`` (always, for ``difficulty``) draws one depth per sequence (Parcae): ``n_loops`` is
 then a LongTensor (B,) (``recurrence/loop.py``). Otherwise one T is drawn per micro-batch and shared by
@@ -86,7 +89,7 @@ class Curriculum:
         return isinstance(self.spec, DifficultyCurriculum) or bool(getattr(self.spec, "per_sequence", False))
 
     def rng(self, step: int, micro: int, rank: int, stream: int = 0) -> np.random.Generator:
-        """The generator for one draw; ``stream`` 0 draws depths, 1 draws ``grad_loops: uniform``."""
+        """The generator for one draw; ``stream`` 0 draws depths, 1 draws ``grad_loops: uniform``, 2 hold."""
         key = [self.seed, step, micro, rank, self.SALT]
         return np.random.default_rng(key + [stream] if stream else key)
 
@@ -116,6 +119,9 @@ class Curriculum:
         examples' difficulties (B,), 0 where unknown; read by the ``difficulty`` curriculum only)."""
         if self.per_sequence:
             known = None if difficulty is None else difficulty.numpy()
+            hold = self.hold(step, micro, rank, batch_size, known)
+            if hold is not None:
+                return hold
             loops = self.draw(self.rng(step, micro, rank), step, batch_size, known)
             n_loops: LoopCount = torch.from_numpy(loops)
         else:
@@ -126,3 +132,15 @@ class Curriculum:
             rng = self.rng(step, micro, rank if self.per_sequence else 0, stream=1)
             grad_loops = int(rng.integers(1, deepest + 1))
         return Depth(n_loops, grad_loops, self.spec.checkpoint_loops)
+
+    def hold(self, step: int, micro: int, rank: int, size: int, difficulty: np.ndarray | None) -> Depth | None:
+        """The depth of a hold micro-batch (``difficulty`` curriculum with ``hold``), None for any other."""
+        spec = self.spec
+        if not isinstance(spec, DifficultyCurriculum) or spec.hold is None or step < spec.extra_after:
+            return None
+        rng = self.rng(step, micro, rank, stream=2)
+        if rng.random() >= spec.hold.fraction:
+            return None
+        floor = np.ones(size, dtype=np.int64) if difficulty is None else np.maximum(difficulty, 1)
+        loops = np.minimum(np.maximum(floor, rng.integers(spec.hold.loops[0], spec.hold.loops[1] + 1)), spec.max_loops)
+        return Depth(torch.from_numpy(loops.astype(np.int64)), spec.hold.grad_loops, spec.checkpoint_loops)

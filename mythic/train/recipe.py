@@ -292,13 +292,37 @@ class PoissonLognormalCurriculum(CurriculumBase):
         return self
 
 
+class Hold(Strict):
+    """Micro-batches that loop far past the stop: with probability ``fraction`` (from ``extra_after`` on),
+    T_b = max(d_b, L) with L ~ U{loops[0], …, loops[1]} drawn once for the micro-batch, and backprop through
+    each sequence's last ``grad_loops`` loops only (the loops before run without gradient)."""
+
+    fraction: float = Field(gt=0, le=1)
+    loops: tuple[PositiveInt, PositiveInt]
+    grad_loops: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Hold:
+        if self.loops[1] < self.loops[0]:
+            raise ValueError(f"loops: {list(self.loops)} must be [lowest, highest]")
+        return self
+
+
 class DifficultyCurriculum(CurriculumBase):
     """Depth tied to each example's difficulty d (task files; 1 when an example has none):
-    T_b = min(d_b + U{0, …, extra}, max_loops), drawn per sequence; before step ``extra_after``, T_b = d_b."""
+    T_b = min(d_b + U{0, …, extra}, max_loops), drawn per sequence; before step ``extra_after``, T_b = d_b.
+    ``hold`` adds micro-batches run far past the stop (see ``Hold``)."""
 
     kind: Literal["difficulty"]
     extra: int = Field(0, ge=0)
     extra_after: int = Field(0, ge=0)
+    hold: Hold | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> DifficultyCurriculum:
+        if self.hold is not None:
+            self._check_loops(list(self.hold.loops), "hold.loops")
+        return self
 
 
 CurriculumSpec = Annotated[
