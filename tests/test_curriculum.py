@@ -157,6 +157,10 @@ def test_hold_batches_loop_far_past_the_stop_with_a_truncated_gradient() -> None
     assert bool((plain[:, :16] <= difficulty[:16] + 2).all()), "the other micro-batches draw d + U{0..extra}"
     again = Curriculum(spec, 0).sample(300, 2, 17, 0, difficulty)
     assert torch.equal(again.n_loops, draws[(300 - 20) * 4 + 2].n_loops)
+    ranks = [
+        [Curriculum(spec, 0).sample(s, 0, 17, rank, difficulty).grad_loops for s in range(20, 120)] for rank in (0, 1)
+    ]
+    assert ranks[0] == ranks[1], "data-parallel ranks hold the same micro-batches"
 
 
 def test_hold_loops_are_checked_against_max_loops() -> None:

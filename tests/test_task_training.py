@@ -185,8 +185,9 @@ def test_hold_micro_batches_train_past_the_stop(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 21))
     curriculum = Curriculum(recipe.curriculum, recipe.seed)
-    held = [curriculum.hold(r["step"] - 1, 0, 0, 8, None) is not None for r in records]
-    assert 4 <= sum(held) <= 16
+    depths = [curriculum.hold(r["step"] - 1, 0, 8, None) for r in records]
+    held = [d is not None for d in depths]
+    assert 4 <= sum(held) <= 16 and all(d.grad_loops == 2 for d in depths if d is not None)
     for r, h in zip(records, held, strict=True):
         per_t = {k for k in r if k.startswith("ce_T")}
         assert (per_t == {"ce_T8"} and r["T"] == 8.0) if h else (r["T"] <= 4.0 and "ce_T8" not in per_t)

@@ -11,8 +11,9 @@ Kinds (``recipe.curriculum.kind``):
   difficulty (1 without one); before step ``extra_after``, T_b = d_b (why: docs/lab-notes.md, "Pointer
   chasing from the final answer alone": one step per loop is learned first, when to stop later).
   With ``hold``, from ``extra_after`` on a micro-batch is, with probability ``hold.fraction``, run far
-  past the stop instead: T_b = max(d_b, L), L ~ U{hold.loops} once for the micro-batch, gradient through
-  the last ``hold.grad_loops`` loops only (so an answer must survive many loops at the cost of few).
+  past the stop instead (the same micro-batches on every rank): T_b = max(d_b, L), L ~ U{hold.loops}
+  once for the micro-batch, gradient through the last ``hold.grad_loops`` loops only (so an answer must
+  survive many loops at the cost of few).
 
 ``per_sequence: true`` (always, for ``difficulty``) draws one depth per sequence (Parcae): ``n_loops`` is
 then a LongTensor (B,) (``recurrence/loop.py``). Otherwise one T is drawn per micro-batch and shared by
@@ -119,7 +120,7 @@ class Curriculum:
         examples' difficulties (B,), 0 where unknown; read by the ``difficulty`` curriculum only)."""
         if self.per_sequence:
             known = None if difficulty is None else difficulty.numpy()
-            hold = self.hold(step, micro, rank, batch_size, known)
+            hold = self.hold(step, micro, batch_size, known)
             if hold is not None:
                 return hold
             loops = self.draw(self.rng(step, micro, rank), step, batch_size, known)
@@ -133,12 +134,13 @@ class Curriculum:
             grad_loops = int(rng.integers(1, deepest + 1))
         return Depth(n_loops, grad_loops, self.spec.checkpoint_loops)
 
-    def hold(self, step: int, micro: int, rank: int, size: int, difficulty: np.ndarray | None) -> Depth | None:
-        """The depth of a hold micro-batch (``difficulty`` curriculum with ``hold``), None for any other."""
+    def hold(self, step: int, micro: int, size: int, difficulty: np.ndarray | None) -> Depth | None:
+        """The depth of a hold micro-batch (``difficulty`` curriculum with ``hold``), None for any other; whether
+        to hold and L are drawn without the rank, so data-parallel ranks hold the same micro-batches."""
         spec = self.spec
         if not isinstance(spec, DifficultyCurriculum) or spec.hold is None or step < spec.extra_after:
             return None
-        rng = self.rng(step, micro, rank, stream=2)
+        rng = self.rng(step, micro, 0, stream=2)
         if rng.random() >= spec.hold.fraction:
             return None
         floor = np.ones(size, dtype=np.int64) if difficulty is None else np.maximum(difficulty, 1)
