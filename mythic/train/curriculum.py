@@ -65,6 +65,11 @@ class Depth:
         return [int(self.n_loops)] * batch_size
 
 
+def steps_of(difficulty: np.ndarray | None, size: int) -> np.ndarray:
+    """The fewest loops each of ``size`` examples may run: its difficulty, 1 where it has none (0 or no file)."""
+    return np.ones(size, dtype=np.int64) if difficulty is None else np.maximum(difficulty, 1)
+
+
 def ramped_mean(spec: PoissonLognormalCurriculum, step: int) -> float:
     """r̄(step): the curriculum's mean ramp (linear or 1 − √(1 − u)) from ``mean_start`` to ``mean``."""
     u = 1.0 if spec.ramp_steps == 0 else min(max(step / spec.ramp_steps, 0.0), 1.0)
@@ -98,7 +103,7 @@ class Curriculum:
         """``size`` loop counts in [1, max_loops] for ``step`` (``difficulty``: the examples' (size,))."""
         spec = self.spec
         if isinstance(spec, DifficultyCurriculum):
-            floor = np.ones(size, dtype=np.int64) if difficulty is None else np.maximum(difficulty, 1)
+            floor = steps_of(difficulty, size)
             extra = spec.extra if step >= spec.extra_after else 0
             return np.minimum(floor + rng.integers(0, extra + 1, size=size), spec.max_loops).astype(np.int64)
         if isinstance(spec, FixedCurriculum):
@@ -143,6 +148,6 @@ class Curriculum:
         rng = self.rng(step, micro, 0, stream=2)
         if rng.random() >= spec.hold.fraction:
             return None
-        floor = np.ones(size, dtype=np.int64) if difficulty is None else np.maximum(difficulty, 1)
-        loops = np.minimum(np.maximum(floor, rng.integers(spec.hold.loops[0], spec.hold.loops[1] + 1)), spec.max_loops)
+        length = rng.integers(spec.hold.loops[0], spec.hold.loops[1] + 1)
+        loops = np.minimum(np.maximum(steps_of(difficulty, size), length), spec.max_loops)
         return Depth(torch.from_numpy(loops.astype(np.int64)), spec.hold.grad_loops, spec.checkpoint_loops)
