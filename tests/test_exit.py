@@ -63,8 +63,11 @@ NEVER = AdaptiveDepth(6, "convergence", 1e-30)
 
 
 def looped(kind: str) -> torch.nn.Module:
-    """A looped model of either kind (``tiny.looped_model``), OpenMythos without halting at init_std 0.2."""
-    return looped_model(kind, act=False, init_std=0.2) if kind.startswith("openmythos") else looped_model(kind)
+    """A looped model of either kind (``tiny.looped_model``), OpenMythos without halting or loop convolution
+    (which refuses adaptive depth) at init_std 0.2."""
+    if kind.startswith("openmythos"):
+        return looped_model(kind, act=False, init_std=0.2, loop_conv=0)
+    return looped_model(kind)
 
 
 @pytest.mark.parametrize("kind", LOOPED_KINDS)

@@ -512,11 +512,19 @@ def test_an_openmythos_model_exports_and_answers_as_mythic_at_every_loop_count(
     tasks = [pointer.example(rng, 1 + i % 4, pointer.PointerOptions(6)) for i in range(12)]
     tokenizer = char_tokenizer(tasks)
     config = tiny_mythos(
-        vocab_size=len(tokenizer), max_seq_len=128, token_conv=4, state_norm=True, lora_rank=0, init_std=0.8
+        vocab_size=len(tokenizer),
+        max_seq_len=128,
+        token_conv=4,
+        loop_conv=2,
+        state_norm=True,
+        lora_rank=0,
+        init_std=0.8,
     )  # init_std 0.8: a random model whose answers differ from prompt to prompt and from loop count to loop count
     torch.manual_seed(5)
     ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     model = OpenMythosForCausalLM(OpenMythosConfig.from_mythos(config, **ids)).eval()
+    with torch.no_grad():
+        model.model.loop_conv.weight.normal_(0, 0.5)  # zero at init: give the loop convolution something to do
     final = tmp_path / "run" / "final"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)

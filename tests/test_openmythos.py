@@ -1,5 +1,5 @@
 """OpenMythos: cached decoding = full forward, MLA cache layout, generation, depth-wise batching,
-stability, optimizer groups, the training interface and the initialisation."""
+stability, optimizer groups, the training interface, the initialisation and the convolutions."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny import tiny_mythos
 
 from mythic.errors import MythicError
 from mythic.models.openmythos import MythosConfig, OpenMythos
+from mythic.models.openmythos.model import CausalConv, MythosCache
+from mythic.recurrence.exit import AdaptiveDepth
 from mythic.train.model import param_groups
 
 VOCAB = 97
@@ -320,3 +324,57 @@ def test_bf16_autocast_training_step_stays_close_to_fp32() -> None:
     # measured 0.0042 on logits up to 1.7 (bf16 keeps 8 significant bits: 1.7 · 2⁻⁸ ≈ 0.0066 per rounding)
     assert float((out.logits.detach().float() - reference).abs().max()) < 0.01
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
+@settings(max_examples=30, deadline=None)
+@given(kernel=st.integers(2, 5), first=st.integers(0, 1), length=st.integers(1, 9), seed=st.integers(0, 99))
+def test_causal_conv_is_a_grouped_conv1d_over_earlier_tokens(kernel: int, first: int, length: int, seed: int) -> None:
+    """y_t = x_t + Σ_{j=first}^{k−1} w_j ⊙ x_{t−j}: torch's conv1d (grouped, left-padded with zeros) with the
+    kernel flipped and the offsets before ``first`` zero; then the same, one token at a time through a cache."""
+    torch.manual_seed(seed)
+    conv = CausalConv(6, kernel, first, 0.5)
+    x = torch.randn(2, length, 6)
+    w = torch.cat([torch.zeros(first, 6), conv.weight.detach()])  # (kernel, D), offset j in row j
+    want = x + F.conv1d(F.pad(x.transpose(1, 2), (kernel - 1, 0)), w.flip(0).T.unsqueeze(1), groups=6).transpose(1, 2)
+    with torch.no_grad():
+        assert float((conv(x, None, None, "tokens") - want).abs().max()) <= 1e-6
+        cache = MythosCache(tiny_mythos())
+        steps = torch.cat([conv(x[:, i : i + 1], None, cache, "tokens") for i in range(length)], 1)
+    assert float((steps - want).abs().max()) <= 1e-6
+
+
+def test_loop_conv_starts_as_the_identity_and_carries_a_token_one_place_per_loop() -> None:
+    """At init (w = 0) a model with a loop convolution computes what the same model without one computes, bit
+    for bit. With the attention cut off (wo = 0), a token's state reaches only through the loop convolution
+    (kernel 2): a change at position j moves the logits at j … j + T − 1 after T loops and none further."""
+    plain, conv = model_for(token_conv=3), model_for(token_conv=3, loop_conv=2)
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(plain(x, 3), conv(x, 3))
+        alone = model_for(perturb=False, loop_conv=2, prelude_layers=0, coda_layers=0, lora_rank=0)
+        alone.block.attn.wo.weight.zero_()
+        alone.loop_conv.weight.normal_(0, 1.0)
+        y = x.clone()
+        y[:, 2] = (y[:, 2] + 1) % VOCAB
+        for loops in (1, 2, 4):
+            moved = (alone(x, loops) - alone(y, loops)).abs().amax(dim=(0, 2)) > 1e-6
+            assert moved.nonzero().flatten().tolist() == list(range(2, 2 + loops + 1)), loops
+
+
+def test_loop_conv_left_padding_and_adaptive_depth() -> None:
+    """A left-padded prompt gives its unpadded logits with a loop convolution (padding reads as zeros); an
+    adaptive depth is refused in one line (an exited token's skipped passes are what its neighbours read)."""
+    model = model_for(token_conv=3, loop_conv=2)
+    with torch.no_grad():
+        model.loop_conv.weight.normal_(0, 0.5)
+        short, long = ids(1, 5, seed=1), ids(1, 8, seed=2)
+        batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1), long])
+        mask = torch.ones(2, 8, dtype=torch.long)
+        mask[0, :3] = 0
+        padded = model(batch, 3, attention_mask=mask)
+        assert float((padded[0, 3:] - model(short, 3)[0]).abs().max()) <= 1e-5
+        assert float((padded[1] - model(long, 3)[0]).abs().max()) <= 1e-5
+        with pytest.raises(MythicError, match="adaptive depth is not supported with loop_conv"):
+            model(short, AdaptiveDepth(4, "convergence", 0.01))
+    with pytest.raises(MythicError, match="loop_conv must be 0"):
+        tiny_mythos(loop_conv=1)

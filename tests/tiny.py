@@ -165,17 +165,21 @@ LOOPED_KINDS = ["openmythos-gqa", "openmythos-mla", "retrofit-llama", "retrofit-
 
 def looped_model(kind: str, **overrides: object) -> torch.nn.Module:
     """A looped model of either kind through its transformers class, its recurrence woken up (so that T
-    matters): ``openmythos-gqa`` / ``-mla`` (``tiny_mythos``, ACT halting on), ``retrofit-FAMILY`` (block 1:3
-    of ``tiny_base(FAMILY)``, 4 trained loops). ``overrides`` go to ``tiny_mythos``."""
+    matters): ``openmythos-gqa`` / ``-mla`` (``tiny_mythos`` with both convolutions, ACT halting on),
+    ``retrofit-FAMILY`` (block 1:3 of ``tiny_base(FAMILY)``, 4 trained loops). ``overrides`` go to
+    ``tiny_mythos``."""
     from mythic.models.openmythos import OpenMythosConfig, OpenMythosForCausalLM
     from mythic.models.retrofit import RetrofitForCausalLM
 
     family, _, variant = kind.partition("-")
     if family == "openmythos":
         torch.manual_seed(0)
-        model = OpenMythosForCausalLM(OpenMythosConfig.from_mythos(tiny_mythos(variant, **overrides))).eval()
+        config = tiny_mythos(variant, **{"token_conv": 3, "loop_conv": 2, **overrides})
+        model = OpenMythosForCausalLM(OpenMythosConfig.from_mythos(config)).eval()
         recurrence = model.recurrence
         with torch.no_grad():
+            if model.model.loop_conv is not None:
+                model.model.loop_conv.weight.normal_(0, 0.5)
             for p in recurrence.lora.parameters():
                 p.add_(torch.randn_like(p) * 0.2)
             recurrence.embedding.gamma.normal_(0, 0.3)

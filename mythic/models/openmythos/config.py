@@ -5,8 +5,10 @@ n_experts (routed) and n_experts_per_tok (top-k) size the MoE, attn_type is "mla
 = 0 means no query compression and lora_rank (per-loop Depth-LoRA) = 0 none. Additions: ``act`` (False:
 the loop output is h_T, no halting), ``router_bias_rate`` (γ of the aux-loss-free balancing update),
 ``init_std`` (0.02 suits wide models; a tiny model learns far faster near 1/√dim), ``token_conv``
-(kernel size of a causal depthwise convolution over the token embeddings, 0 = off: ``model.TokenConv``),
-``state_norm`` (x_t = Ā ⊙ RMSNorm(h_t) + B̄ e). Prelude and coda use a dense SwiGLU FFN of width
+(kernel size of a causal depthwise convolution over the token embeddings, 0 = off: ``model.CausalConv``),
+``loop_conv`` (kernel size of a causal depthwise convolution over the loop state at the block's input, every
+pass, 0 = off; kernel 2: a token reads its left neighbour once per loop), ``state_norm`` (x_t = Ā ⊙
+RMSNorm(h_t) + B̄ e). Prelude and coda use a dense SwiGLU FFN of width
 ``dense_dim`` = dim·4//3, the recurrent block the MoE; each shared expert has width expert_dim ·
 n_experts_per_tok.
 """
@@ -50,6 +52,7 @@ class MythosConfig:
     router_bias_rate: float = 1e-3
     init_std: float = 0.02
     token_conv: int = 0
+    loop_conv: int = 0
     state_norm: bool = False
 
     def __post_init__(self) -> None:
@@ -61,9 +64,11 @@ class MythosConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise MythicError(f"MythosConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("prelude_layers", "coda_layers", "n_shared_experts", "lora_rank", "token_conv"):
+        for name in ("prelude_layers", "coda_layers", "n_shared_experts", "lora_rank", "token_conv", "loop_conv"):
             if getattr(self, name) < 0:
                 raise MythicError(f"MythosConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.loop_conv == 1:
+            raise MythicError("MythosConfig.loop_conv must be 0 (off) or >= 2 (a token reads k − 1 tokens back), got 1")
         if self.attn_type not in ATTN_TYPES:
             raise MythicError(f"MythosConfig.attn_type must be one of {ATTN_TYPES}, got {self.attn_type!r}")
         if not 1 <= self.n_experts_per_tok <= self.n_experts:

@@ -1,10 +1,11 @@
 """OpenMythos: a Recurrent-Depth Transformer trained from scratch.
 
-    x  = Embed(ids)                       (+ TokenConv(x) when cfg.token_conv > 0)
+    x  = Embed(ids)                       (+ the token convolution when cfg.token_conv > 0)
     x  = Prelude(x)                       prelude_layers dense blocks, run once
     e  = RMSNorm(x)                       Parcae: normalised injection signal
-    h₀ = e;  h_{t+1} = Block(Ā ⊙ h_t + B̄ e + γ ⊙ PE(t))       t = 0 … T−1, one MoE block
-                                          (Ā ⊙ RMSNorm(h_t) with cfg.state_norm)
+    h₀ = e;  h_{t+1} = Block(Conv(Ā ⊙ h_t + B̄ e + γ ⊙ PE(t)))     t = 0 … T−1, one MoE block
+                                          (Ā ⊙ RMSNorm(h_t) with cfg.state_norm; Conv the loop
+                                          convolution when cfg.loop_conv > 0, else the identity)
     h  = ACT-weighted Σ_t w_t h_{t+1}     (or h_T when cfg.act is False)
     y  = Head(RMSNorm(Coda(h)))           coda_layers dense blocks, head tied to Embed
 
@@ -12,11 +13,13 @@ The block is pre-norm (x + Attn(norm x), then + FFN(norm x)), so h_{t+1} = Ā h_
 the shared ``parcae`` rule and ``LTIInjection`` (ρ(Ā) < 1 strictly), with per-loop Depth-LoRA on the
 attention's query and output projections, looped by the shared runner (``recurrence/runner.py``) as a
 ``BlockPass``. KV cache: ``MythosCache``, the shared ``LoopCache`` over the layers prelude (0 … P − 1),
-block (P) and coda (P + 1 … P + C), plus the token convolution's last k − 1 inputs.
+block (P) and coda (P + 1 … P + C), plus the convolutions' last k − 1 inputs (the token convolution's,
+and the loop convolution's of each pass).
 
 Init: Linear/Embedding/expert weights ~ N(0, init_std²), output projections (attention wo, FFN and
 experts' w2) ~ N(0, (init_std / √(2L))²), L the number of physical blocks; norms 1; the recurrence modules
-their own ``reset_parameters`` (Ā ≈ 0.447, LoRA B = 0, loop embedding γ = 0, ACT p = 1/max_loops).
+their own ``reset_parameters`` (Ā ≈ 0.447, LoRA B = 0, loop embedding γ = 0, ACT p = 1/max_loops); the token
+convolution ~ N(0, 0.2²), the loop convolution 0 (the block as without it).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from mythic.models.openmythos.attention import LORA_TARGETS, AttentionMask, make
 from mythic.models.openmythos.config import MythosConfig
 from mythic.models.openmythos.moe import MoE, MoEStats, SwiGLU
 from mythic.recurrence.cache import CacheView, LoopCache
+from mythic.recurrence.context import LoopContext
 from mythic.recurrence.depth_lora import DepthLoRA, LoRADelta
 from mythic.recurrence.exit import AdaptiveDepth
 from mythic.recurrence.halting import ACTHalting
@@ -50,62 +54,69 @@ Rope = tuple[torch.Tensor, torch.Tensor]
 
 class MythosCache(LoopCache):
     """The model's ``LoopCache`` (prelude layers, the block, coda layers; the block's passes t ≥ 1 get slots
-    of their own) plus the token convolution's window: its last k − 1 inputs (B, k − 1, D)."""
+    of their own) plus the convolutions' windows, their last k − 1 inputs (B, k − 1, D): ``windows["tokens"]``
+    for the token convolution, ``windows[f"loop{t}"]`` for the loop convolution at pass t."""
 
     def __init__(self, cfg: MythosConfig) -> None:
         layers = cfg.prelude_layers + 1 + cfg.coda_layers
         super().__init__([(DynamicLayer, {})] * layers, cfg.prelude_layers, cfg.prelude_layers + 1)
-        self.conv_window: torch.Tensor | None = None
+        self.windows: dict[str, torch.Tensor] = {}
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
-        if self.conv_window is not None:
-            self.conv_window = self.conv_window.index_select(0, beam_idx.to(self.conv_window.device))
+        self.windows = {k: w.index_select(0, beam_idx.to(w.device)) for k, w in self.windows.items()}
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
-        if self.conv_window is not None:
-            self.conv_window = self.conv_window[indices]
+        self.windows = {k: w[indices] for k, w in self.windows.items()}
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
-        if self.conv_window is not None:
-            self.conv_window = self.conv_window.repeat_interleave(repeats, dim=0)
+        self.windows = {k: w.repeat_interleave(repeats, dim=0) for k, w in self.windows.items()}
 
 
-class TokenConv(nn.Module):
-    """A causal depthwise convolution over the token embeddings, added to them:
+class CausalConv(nn.Module):
+    """A causal depthwise convolution added to its input, reading ``first`` … k − 1 tokens back:
 
-        y_t = x_t + Σ_{j=0}^{k−1} w_j ⊙ x_{t−j}          (per channel; x = 0 before the first token and at padding)
+        y_t = x_t + Σ_{j=first}^{k−1} w_j ⊙ x_{t−j}          (per channel; x = 0 before the first token and at padding)
 
-    so binding a token to the ones before it is linear from the first step (the short convolutions of
-    H3 / Mamba, Allen-Zhu's "Canon layers"). With a cache, the last k − 1 inputs are carried in
-    ``MythosCache.conv_window``, so decoding one token at a time gives the same result. Weights ~ N(0, 0.2²).
+    The token convolution (``token_conv``: first = 0, w ~ N(0, 0.2²)) over the embeddings, so binding a
+    token to the ones before it is linear from the first step (the short convolutions of H3 / Mamba,
+    Allen-Zhu's "Canon layers"); the loop convolution (``loop_conv``: first = 1, w = 0) over the loop state
+    at the block's input, every pass, so a token reads its neighbours' states once per loop and a signal
+    travels k − 1 tokens a loop. With a cache, the last k − 1 inputs are carried in ``MythosCache.windows``
+    under the caller's ``key``, so decoding one token at a time gives the same result.
     """
 
-    def __init__(self, dim: int, kernel: int) -> None:
+    def __init__(self, dim: int, kernel: int, first: int, std: float) -> None:
         super().__init__()
-        self.kernel = kernel
-        self.weight = nn.Parameter(torch.empty(kernel, dim))
+        self.kernel, self.first, self.std = kernel, first, std
+        self.weight = nn.Parameter(torch.empty(kernel - first, dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=0.2)
+        if self.std:
+            nn.init.normal_(self.weight, std=self.std)
+        else:
+            nn.init.zeros_(self.weight)
 
-    def forward(self, x: torch.Tensor, padding: torch.Tensor | None, cache: MythosCache | None) -> torch.Tensor:
-        """``x`` (B, T, D); ``padding`` (B, T) 1 = token, 0 = padding (or None)."""
+    def forward(
+        self, x: torch.Tensor, padding: torch.Tensor | None, cache: MythosCache | None, key: str
+    ) -> torch.Tensor:
+        """``x`` (B, T, D); ``padding`` (B, T) 1 = token, 0 = padding (or None); ``key`` the window's name in
+        the cache."""
         if padding is not None:
             x = x * padding.unsqueeze(-1).to(x.dtype)
         b, t, d = x.shape
-        window = cache.conv_window if cache is not None else None
+        window = cache.windows.get(key) if cache is not None else None
         if window is None:
             window = x.new_zeros(b, self.kernel - 1, d)
         full = torch.cat([window.to(x.dtype), x], dim=1)
         if cache is not None:
-            cache.conv_window = full[:, full.shape[1] - (self.kernel - 1) :]
+            cache.windows[key] = full[:, full.shape[1] - (self.kernel - 1) :]
         w = self.weight.to(x.dtype)
-        y = sum(w[j] * full[:, self.kernel - 1 - j : self.kernel - 1 - j + t] for j in range(self.kernel))
-        return x + y
+        back = range(self.first, self.kernel)
+        return x + sum(w[j - self.first] * full[:, self.kernel - 1 - j : self.kernel - 1 - j + t] for j in back)
 
 
 @dataclass
@@ -168,22 +179,35 @@ class Block(nn.Module):
 @dataclass
 class BlockPass:
     """OpenMythos' looped block as the runner calls it (``recurrence/runner.py``) in one forward: the rotary
-    tables, mask and cached length are this forward's; each pass's MoE statistics are kept in ``stats``. A
-    pass can be computed for chosen tokens of chosen rows (``subset``: their rotary rows and mask rows)."""
+    tables, mask, padding and cached length are this forward's; each pass's MoE statistics are kept in
+    ``stats``. A pass can be computed for chosen tokens of chosen rows (``subset``: their rotary rows and mask
+    rows; not with a loop convolution, which refuses adaptive depth). With a loop convolution, every pass first
+    mixes each token's state with its left neighbours', its window in ``cache`` under the pass's index."""
 
     block: Block
     layer_idx: int
     rope: Rope
     mask: AttentionMask
     past: int
+    conv: CausalConv | None = None
+    padding: torch.Tensor | None = None
+    cache: MythosCache | None = None
+    context: LoopContext | None = None
     stats: list[MoEStats | None] = field(default_factory=list)
     positions = True
     separable = True
 
     def __call__(self, x: torch.Tensor, view: CacheView | None, token_mask: torch.Tensor | None) -> torch.Tensor:
-        out, moe_stats = self.block(x, self.rope, self.mask, view, self.layer_idx, token_mask)
+        out, moe_stats = self.block(self.mix(x), self.rope, self.mask, view, self.layer_idx, token_mask)
         self.stats.append(moe_stats)
         return out
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The loop convolution at this pass (the identity without one)."""
+        if self.conv is None:
+            return x
+        assert self.context is not None, "a loop convolution reads the pass index from the loop context"
+        return self.conv(x, self.padding, self.cache, f"loop{self.context.loop}")
 
     def subset(self, x: torch.Tensor, view: CacheView, rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         assert index is not None, "OpenMythos computes chosen tokens (positions = True)"
@@ -208,10 +232,11 @@ class OpenMythos(nn.Module):
         cfg.check()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.token_conv = TokenConv(cfg.dim, cfg.token_conv) if cfg.token_conv else None
+        self.token_conv = CausalConv(cfg.dim, cfg.token_conv, 0, 0.2) if cfg.token_conv else None
         self.prelude = nn.ModuleList(Block(cfg, moe=False) for _ in range(cfg.prelude_layers))
         self.e_norm = nn.RMSNorm(cfg.dim, eps=1e-6)
         self.block = Block(cfg, moe=True)
+        self.loop_conv = CausalConv(cfg.dim, cfg.loop_conv, 1, 0.0) if cfg.loop_conv else None
         self.recurrence = Recurrence(
             ParcaeRule(cfg.dim, state_norm=cfg.state_norm),
             cfg.max_loop_iters,
@@ -241,7 +266,7 @@ class OpenMythos(nn.Module):
         if any(module is m for m in self.recurrence.modules()):  # they initialise themselves
             if isinstance(module, LTIInjection | LoopEmbedding | LoRADelta | ACTHalting | nn.RMSNorm):
                 module.reset_parameters()
-        elif isinstance(module, TokenConv):
+        elif isinstance(module, CausalConv):
             module.reset_parameters()
         elif isinstance(module, MoE):
             module.reset_parameters(std, out_std)
@@ -291,6 +316,11 @@ class OpenMythos(nn.Module):
         """
         n_loops = self.cfg.max_loop_iters if n_loops is None else n_loops
         if isinstance(n_loops, AdaptiveDepth):
+            if self.loop_conv is not None:
+                raise MythicError(
+                    "adaptive depth is not supported with loop_conv: a token that exits skips passes whose "
+                    "states its right neighbours would read; evaluate at fixed loop counts"
+                )
             n_loops = n_loops.bounded(self.cfg.max_loop_iters)
             cache = self.new_cache() if cache is None else cache  # fill-forward keys live in a cache
         if cache is not None and not isinstance(cache, MythosCache):
@@ -310,12 +340,13 @@ class OpenMythos(nn.Module):
         mask = AttentionMask.build(past, t, attention_mask, input_ids.device)
 
         x = self.embed(input_ids)
+        padding = attention_mask[:, past:] if attention_mask is not None else None
         if self.token_conv is not None:
-            padding = attention_mask[:, past:] if attention_mask is not None else None
-            x = self.token_conv(x, padding, cache)
+            x = self.token_conv(x, padding, cache, "tokens")
         for i, layer in enumerate(self.prelude):
             x, _ = layer(x, rope, mask, cache, i)
-        block = BlockPass(self.block, self.cfg.prelude_layers, rope, mask, past)
+        idx, context = self.cfg.prelude_layers, self.recurrence.context
+        block = BlockPass(self.block, idx, rope, mask, past, self.loop_conv, padding, cache, context)
         request = Request(n_loops, grad_loops, checkpoint_loops, kv_share, logits_to_keep)
         x, halting = self.recurrence.run(block, self.e_norm(x), request, cache, past, self.readout)
         for j, layer in enumerate(self.coda):
