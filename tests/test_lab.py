@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +353,51 @@ def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(
     ]:
         code, _, err = run_cli(monkeypatch, capsys, "lab", "lab/exp.yaml", option, value)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+KILLED_PARENT = """
+import multiprocessing, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from mythic.lab.experiment import exit_with_parent
+import os
+
+def worker(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+                               initargs=(os.getpid(),))
+    pool.submit(worker, sys.argv[1])
+    time.sleep(120)
+"""
+
+
+def test_a_killed_lab_leaves_no_worker_running(tmp_path: Path) -> None:
+    """The lab's pool workers watch their parent: SIGKILL the parent (a pool then does not stop its workers)
+    and the worker, mid-job, ends within a few seconds."""
+    script, pid_file = tmp_path / "lab.py", tmp_path / "worker.pid"
+    script.write_text(KILLED_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker), "the worker outlived its lab process"
+    finally:
+        parent.kill()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, reaped by nobody here, counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -328,7 +329,8 @@ def execute(
     total = sum(arm_recipe(experiment, run).train.steps for run in runs)
     results: dict[Run, dict[str, dict[str, Any]]] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    watch = {"initializer": exit_with_parent, "initargs": (os.getpid(),)}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, **watch) as pool:
         pending: dict[Future[Any], Run] = {pool.submit(run_job, experiment, run, threads, records): run for run in runs}
         while pending:
             finished, _ = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
@@ -337,6 +339,18 @@ def execute(
             if on_steps is not None:
                 on_steps(phase, sum(progress(experiment, run, results, records) for run in runs), total)
     return results
+
+
+def exit_with_parent(parent: int) -> None:
+    """A worker's initializer: end the worker as soon as ``parent`` (the lab process) is gone, so a lab that is
+    killed leaves no worker training on (a killed pool does not stop its workers; its run resumes later)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def progress(experiment: Experiment, run: Run, results: dict[Run, Any], records: Path | None) -> int:
