@@ -374,8 +374,8 @@ if __name__ == "__main__":
 
 
 def test_a_killed_lab_leaves_no_worker_running(tmp_path: Path) -> None:
-    """The lab's pool workers watch their parent: SIGKILL the parent (a pool then does not stop its workers)
-    and the worker, mid-job, ends within a few seconds."""
+    """``exit_with_parent``, the initializer of every lab pool worker (``execute``): SIGKILL the process that
+    made the pool (a pool does not stop its workers then) and its worker, mid-job, ends within a few seconds."""
     script, pid_file = tmp_path / "lab.py", tmp_path / "worker.pid"
     script.write_text(KILLED_PARENT)
     parent = subprocess.Popen([sys.executable, str(script), str(pid_file)], env={**os.environ, "OMP_NUM_THREADS": "1"})

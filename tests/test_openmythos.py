@@ -346,7 +346,8 @@ def test_causal_conv_is_a_grouped_conv1d_over_earlier_tokens(kernel: int, first:
 def test_loop_conv_starts_as_the_identity_and_carries_a_token_one_place_per_loop() -> None:
     """At init (w = 0) a model with a loop convolution computes what the same model without one computes, bit
     for bit. With the attention cut off (wo = 0), a token's state reaches only through the loop convolution
-    (kernel 2): a change at position j moves the logits at j … j + T − 1 after T loops and none further."""
+    (kernel 2): a change at position j moves the logits at j … j + T after T loops (the first pass reads
+    the neighbour too) and none further."""
     plain, conv = model_for(token_conv=3), model_for(token_conv=3, loop_conv=2)
     x = ids()
     with torch.no_grad():
