@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mythic.errors import MythicError
+from mythic.lab.experiment import load_experiment
 from mythic.train.recipe import apply_override, load_recipe, recipe_to_yaml, validate_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +41,20 @@ def error_of(change: dict | None = None, *, delete: tuple = (), **top: object) -
     return message
 
 
-@pytest.mark.parametrize("name", ["v6H", "v6K", "gemma4-stage2", "retrofit-tinyllama", "cpu-quickstart"])
-def test_shipped_recipes_validate(name: str) -> None:
-    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
-    assert recipe.name == name
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_validate(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
     again = validate_recipe(yaml.safe_load(recipe_to_yaml(recipe)))
     assert again == recipe
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "lab").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_experiments_validate(path: Path) -> None:
+    """Every lab experiment file loads: its fields, bands, generator, and each arm's recipe with its overrides."""
+    experiment = load_experiment(path)
+    assert experiment.name == path.stem
+    assert all(Path(arm.recipe).is_file() for arm in experiment.arms)
 
 
 def test_v6h_and_v6k_encode_the_prior_runs() -> None:
