@@ -19,8 +19,19 @@ from cli_runner import run_cli
 from test_train_helpers import HOPS_RECIPE
 
 from mythic.errors import MythicError
-from mythic.lab.experiment import Experiment, Outcome, load_experiment, point_label, time_left, tuning_score
+from mythic.lab.experiment import (
+    Experiment,
+    Outcome,
+    Run,
+    arm_recipe,
+    load_experiment,
+    point_label,
+    run_job,
+    time_left,
+    tuning_score,
+)
 from mythic.lab.results import aggregate, band_accuracy, compare, write_combined_report
+from mythic.train.recipe import recipe_to_yaml
 
 
 def experiment(**changes: Any) -> Experiment:
@@ -235,6 +246,25 @@ def test_experiment_files_are_checked_before_any_work(
     code, _, err = run_cli(monkeypatch, capsys, "lab", "exp.yaml")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_finished_run_of_another_recipe_is_not_evaluated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run folder whose final model was trained under another recipe (the experiment's recipe file changed
+    since) is refused with one line, not evaluated as if it were this run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "RECIPE").write_text(yaml.safe_dump(HOPS_RECIPE))
+    raw = {"name": "x", "tasks": {"generator": "hops"}, "seeds": [0], "loops": [1], "bands": {"in": "1-2"}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw | {"arms": [{"name": "a", "recipe": "RECIPE"}]}))
+    experiment = load_experiment(tmp_path / "exp.yaml")
+    run = Run("a", {}, 0, ("valid",))
+    trained = yaml.safe_load(recipe_to_yaml(arm_recipe(experiment, run)))
+    trained["optim"]["weight_decay"] = 0.5  # what the folder was trained with
+    folder = experiment.run_dir / run.path
+    (folder / "final").mkdir(parents=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(trained))
+    with pytest.raises(MythicError, match=r"lab run a/seed-0: the recipe's optim differs from the run's"):
+        run_job(experiment, run, 1, None)
+    assert not (folder / "valid.json").exists()
 
 
 def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(

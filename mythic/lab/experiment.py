@@ -16,7 +16,8 @@ setting for every seed, its first-seed run reused. Test is evaluated once per fi
 
 Records: each run's evaluation is a small JSON (``valid.json``, ``test.json``, no weights; ``curve``: the
 training loss curve, ``learning_curve``) in its run folder, or under ``records`` (same relative path).
-A run whose records exist is not trained again; an interrupted training resumes from its last checkpoint.
+A run whose records exist is not trained again; an interrupted training resumes from its last checkpoint, and a
+finished one is evaluated only if its folder's recipe.yaml is the run's recipe (records carry no recipe).
 
 Runs go to ``jobs`` worker processes with cores/jobs torch threads each (``cpu_threads``);
 ``on_steps(phase, done, total)`` hears the call's training steps as they advance. What the records
@@ -278,7 +279,7 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
     from mythic.eval.exact_match import evaluate_tasks, loop_dynamics
     from mythic.loading import load_any, load_tokenizer
     from mythic.tasks.files import read_tasks
-    from mythic.train.trainer import train
+    from mythic.train.trainer import check_same_recipe, train
 
     torch.set_num_threads(threads)
     paths = {split: record_path(experiment, run, split, records) for split in run.splits}
@@ -291,7 +292,9 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
     folder = experiment.run_dir / run.path
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "lab.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        if not (folder / "final").is_dir():
+        if (folder / "final").is_dir():  # a finished run is evaluated only under the recipe it was trained with
+            check_same_recipe(folder / "recipe.yaml", recipe, f"lab run {run.path}")
+        else:
             train(recipe, resume=True)
         model = load_any(folder / "final").eval()
         tokenizer = load_tokenizer(folder / "final")

@@ -104,8 +104,9 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def check_same_recipe(saved: Path, recipe: Recipe) -> None:
-    """--resume continues exactly only under the same recipe: every key but train.steps, log and checkpoint."""
+def check_same_recipe(saved: Path, recipe: Recipe, what: str = "--resume") -> None:
+    """A run folder is continued (``what``: --resume) or reused only under the recipe it was trained with:
+    every key but train.steps, log and checkpoint."""
     if not saved.is_file():
         return
 
@@ -117,7 +118,7 @@ def check_same_recipe(saved: Path, recipe: Recipe) -> None:
     old, new = comparable(saved.read_text()), comparable(recipe_to_yaml(recipe))
     for key in sorted(old.keys() | new.keys()):
         if old.get(key) != new.get(key):
-            raise MythicError(f"--resume: the recipe's {key} differs from the run's ({saved}); start a new run instead")
+            raise MythicError(f"{what}: the recipe's {key} differs from the run's ({saved}); start a new run instead")
 
 
 @dataclass
