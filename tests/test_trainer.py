@@ -25,8 +25,8 @@ from mythic.train import losses
 from mythic.train.curriculum import Curriculum, Depth
 from mythic.train.model import add_lora, param_groups, select_trainable
 from mythic.train.objective import Objective, logits_of
-from mythic.train.recipe import FixedCurriculum, Lora, Loss, validate_recipe
-from mythic.train.trainer import MetricsLog, TrainResult, default_build, train
+from mythic.train.recipe import FixedCurriculum, Lora, Loss, recipe_to_yaml, validate_recipe
+from mythic.train.trainer import MetricsLog, TrainResult, check_same_recipe, default_build, train
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +276,9 @@ def test_resume_is_bit_identical(tiny: tuple[Path, Path], tmp_path: Path) -> Non
     changed = partial.model_copy(update={"seed": partial.seed + 1})
     with pytest.raises(MythicError, match="--resume: the recipe's seed differs from the run's"):
         train(changed, resume=True)
+    saved = tmp_path / "part" / "recipe.yaml"
+    assert "  decay_steps: null\n" in saved.read_text()
+    saved.write_text(saved.read_text().replace("  decay_steps: null\n", ""))  # as written before the setting existed
     resumed = train(partial, resume=True)
     a = load_file(full.final_dir / "recurrence.safetensors")
     b = load_file(resumed.final_dir / "recurrence.safetensors")
@@ -288,6 +291,14 @@ def test_resume_is_bit_identical(tiny: tuple[Path, Path], tmp_path: Path) -> Non
     assert [{k: v for k, v in r.items() if k not in drop} for r in ra] == [
         {k: v for k, v in r.items() if k not in drop} for r in rb
     ]
+
+
+def test_a_saved_recipe_that_no_longer_validates_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    recipe = validate_recipe(tiny_recipe(tiny[0], tiny[1], tmp_path / "run"))
+    saved = tmp_path / "recipe.yaml"
+    saved.write_text(recipe_to_yaml(recipe).replace("  min_lr_ratio:", "  retired_setting: 1\n  min_lr_ratio:"))
+    with pytest.raises(MythicError, match=r"^--resume: the run's recipe .* no longer validates \(.*retired_setting"):
+        check_same_recipe(saved, recipe)
 
 
 def test_non_finite_steps_are_skipped_then_stop(tiny: tuple[Path, Path], tmp_path: Path) -> None:

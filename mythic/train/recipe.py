@@ -394,11 +394,16 @@ class Optim(Strict):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    decay_steps: PositiveInt | None = None
+    """Decay over the last ``decay_steps`` steps only, at full lr before them (warmup–stable–decay); None:
+    over every step after the warmup."""
 
     @model_validator(mode="after")
-    def _betas(self) -> Optim:
+    def _ranges(self) -> Optim:
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError("betas: both must be in [0, 1)")
+        if self.decay_steps is not None and self.schedule == "constant":
+            raise ValueError("decay_steps: a constant schedule has no decay (use cosine or linear)")
         return self
 
 

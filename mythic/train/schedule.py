@@ -1,7 +1,9 @@
 """Learning-rate schedule: linear warmup, then cosine / linear decay to ``min_lr_ratio`` or constant.
 
 f(s) = (s + 1) / W                                       for s < W (warmup steps)
-u    = (s − W) / max(S − W, 1)                           progress after warmup, in [0, 1]
+s₀   = W, or max(W, S − D) with ``decay_steps`` D        where the decay starts (before it f = 1:
+                                                         warmup–stable–decay, Hägele et al. 2024)
+u    = clamp((s − s₀) / max(S − s₀, 1), 0, 1)            progress of the decay, in [0, 1]
 f(s) = r + (1 − r) · ½ (1 + cos(π u))                    cosine
 f(s) = r + (1 − r) · (1 − u)                             linear
 f(s) = 1                                                 constant
@@ -23,7 +25,8 @@ def lr_factor(step: int, spec: Optim, total_steps: int) -> float:
         return (step + 1) / spec.warmup_steps
     if spec.schedule == "constant":
         return 1.0
-    u = min((step - spec.warmup_steps) / max(total_steps - spec.warmup_steps, 1), 1.0)
+    start = spec.warmup_steps if spec.decay_steps is None else max(spec.warmup_steps, total_steps - spec.decay_steps)
+    u = min(max((step - start) / max(total_steps - start, 1), 0.0), 1.0)
     shape = 0.5 * (1.0 + math.cos(math.pi * u)) if spec.schedule == "cosine" else 1.0 - u
     return spec.min_lr_ratio + (1.0 - spec.min_lr_ratio) * shape
 
