@@ -63,7 +63,7 @@ def test_decay_steps_invariants(warmup: int, steps: int, decay: int, floor: floa
     plain = Optim(lr=1.0, schedule=shape, warmup_steps=warmup, min_lr_ratio=floor)
     after = [lr_factor(s, spec, steps) for s in range(warmup, steps + 1)]
     start = max(warmup, steps - decay)
-    assert all(f == 1.0 for f in after[: start - warmup + 1])
+    assert all(math.isclose(f, 1.0, abs_tol=1e-12) for f in after[: start - warmup + 1])
     assert all(floor - 1e-12 <= f <= 1.0 + 1e-12 for f in after)
     assert all(b <= a + 1e-12 for a, b in zip(after, after[1:], strict=False))
     if steps > warmup:
