@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
 from torch import nn
@@ -58,7 +57,7 @@ from mythic.train.data import make_stream
 from mythic.train.model import build_model, param_groups, select_trainable
 from mythic.train.objective import Objective
 from mythic.train.plots import plot_run
-from mythic.train.recipe import Recipe, read_yaml, recipe_to_yaml, validate_recipe
+from mythic.train.recipe import Recipe, load_recipe, recipe_to_yaml
 from mythic.train.schedule import make_scheduler
 
 OnStep = Callable[[int, int, dict[str, float]], None]
@@ -112,12 +111,12 @@ def check_same_recipe(saved: Path, recipe: Recipe, what: str = "--resume") -> No
         return
 
     def comparable(resolved: Recipe) -> dict[str, Any]:
-        data = yaml.safe_load(recipe_to_yaml(resolved))
+        data = resolved.model_dump(mode="json")
         train = {k: v for k, v in data["train"].items() if k != "steps"}
         return {k: v for k, v in data.items() if k not in ("log", "checkpoint")} | {"train": train}
 
     try:
-        old = comparable(validate_recipe(read_yaml(saved, "recipe")))
+        old = comparable(load_recipe(saved))
     except MythicError as err:
         raise MythicError(f"{what}: the run's recipe {saved} no longer validates ({err}); start a new run") from None
     new = comparable(recipe)
