@@ -262,9 +262,48 @@ def test_a_finished_run_of_another_recipe_is_not_evaluated(tmp_path: Path, monke
     folder = experiment.run_dir / run.path
     (folder / "final").mkdir(parents=True)
     (folder / "recipe.yaml").write_text(yaml.safe_dump(trained))
-    with pytest.raises(MythicError, match=r"lab run a/seed-0: the recipe's optim differs from the run's"):
+    with pytest.raises(MythicError, match=r"lab run a/seed-0: the recipe's optim.weight_decay differs from the run's"):
         run_job(experiment, run, 1, None)
     assert not (folder / "valid.json").exists()
+
+
+def test_a_record_is_reused_only_by_the_run_that_made_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record keeps its run's recipe and task files: reused (nothing trained) while they are the run's, also
+    from another folder; refused in one line once the experiment's recipe or task files change; a record
+    written before records kept them is reused as it is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "RECIPE").write_text(yaml.safe_dump(HOPS_RECIPE))
+    raw = {"name": "x", "tasks": {"generator": "hops"}, "seeds": [0], "loops": [1], "bands": {"in": "1-2"}}
+    raw |= {"arms": [{"name": "a", "recipe": "RECIPE"}]}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    run = Run("a", {}, 0, ("valid",))
+    made = load_experiment(tmp_path / "exp.yaml")
+    moved = made.model_copy(update={"out_dir": str(tmp_path / "elsewhere")})  # its folder and task file move
+    recorded = {
+        "arm": "a",
+        "recipe": arm_recipe(made, run).model_dump(mode="json"),
+        "tasks": made.tasks.model_dump(mode="json"),
+    }
+    path = tmp_path / "records" / run.path / "valid.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(recorded))
+    assert run_job(moved, run, 1, tmp_path / "records") == {"valid": recorded}
+    assert not (tmp_path / "elsewhere").exists(), "a reused record trains nothing"
+
+    changed = [
+        (yaml.safe_dump(HOPS_RECIPE | {"optim": {"lr": 1e-3}}), raw, "its recipe's optim.lr differs"),
+        (yaml.safe_dump(HOPS_RECIPE), raw | {"tasks": {"generator": "hops", "seed": 1}}, "its task files differ"),
+    ]
+    for recipe, experiment_file, message in changed:
+        (tmp_path / "RECIPE").write_text(recipe)
+        (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment_file))
+        expected = rf"record {re.escape(str(path))}: {message} from this run's; give the experiment a new name"
+        with pytest.raises(MythicError, match=expected):
+            run_job(load_experiment(tmp_path / "exp.yaml"), run, 1, tmp_path / "records")
+    legacy = {"arm": "a"}
+    path.write_text(json.dumps(legacy))
+    assert run_job(load_experiment(tmp_path / "exp.yaml"), run, 1, tmp_path / "records") == {"valid": legacy}
+    assert not (tmp_path / "runs").exists()
 
 
 def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(
@@ -324,6 +363,8 @@ def test_lab_tunes_trains_every_arm_and_seed_and_writes_the_report(
         for seed in (0, 1):
             rec = json.loads((records / arm / chosen / f"seed-{seed}" / "test.json").read_text())
             assert (rec["arm"], rec["seed"], rec["split"], rec["train_steps"]) == (arm, seed, "test", 20)
+            kept = (rec["recipe"]["seed"], rec["recipe"]["train"]["steps"], rec["tasks"]["train_size"])
+            assert kept == (seed, 20, 200)
             steps = [step for step, _ in rec["curve"]]  # the training loss its metrics.jsonl logged
             assert steps == sorted(steps) and steps[-1] == 20 and all(loss > 0 for _, loss in rec["curve"])
             assert sum(r["per_difficulty"]["1"]["accuracy"]["n"] for r in rec["results"]["rows"][:1]) > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import os
 import subprocess
 import sys
@@ -10,10 +11,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mythic.errors import MythicError
 from mythic.lab.experiment import load_experiment
-from mythic.train.recipe import apply_override, load_recipe, recipe_to_yaml, validate_recipe
+from mythic.train.recipe import (
+    apply_override,
+    differing_setting,
+    flatten_settings,
+    load_recipe,
+    recipe_to_yaml,
+    validate_recipe,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {
@@ -202,3 +212,32 @@ def test_cli_bad_recipe_exits_2_without_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == "error: recipe optim.lr: Input should be greater than 0 (got -0.1)"
+
+
+CHANGES = {
+    "optim.lr": 1e-3,
+    "train.micro_batch": 7,
+    "data.sources.0.path": "elsewhere.jsonl",
+    "data.sources.0.weight": 0.5,
+    "curriculum.hold.fraction": 0.5,
+}
+
+
+@given(
+    changed=st.sets(st.sampled_from(sorted(CHANGES))),
+    ignored=st.sets(st.sampled_from(["data.sources.*.path", "optim.*"])),
+)
+@settings(max_examples=25, deadline=None)
+def test_differing_setting_names_the_first_changed_key_not_ignored(changed: set[str], ignored: set[str]) -> None:
+    """Between a recipe and itself with some settings changed: the first changed dotted key (sorted) that no
+    ignore pattern matches, or None."""
+    base = load_recipe(ROOT / "recipes" / "pointer-openmythos-cpu.yaml")
+    other = load_recipe(ROOT / "recipes" / "pointer-openmythos-cpu.yaml", [f"{k}={CHANGES[k]}" for k in changed])
+    seen = sorted(k for k in changed if not any(fnmatch.fnmatchcase(k, p) for p in ignored))
+    assert differing_setting(base, other, tuple(ignored)) == (seen[0] if seen else None)
+    assert differing_setting(other, base, tuple(ignored)) == (seen[0] if seen else None)
+
+
+def test_flatten_settings_spells_keys_as_overrides_do() -> None:
+    flat = flatten_settings({"a": {"b": [1, {"c": None}], "d": {}, "e": []}})
+    assert flat == {"a.b.0": 1, "a.b.1.c": None, "a.d": {}, "a.e": []}

@@ -16,8 +16,9 @@ setting for every seed, its first-seed run reused. Test is evaluated once per fi
 
 Records: each run's evaluation is a small JSON (``valid.json``, ``test.json``, no weights; ``curve``: the
 training loss curve, ``learning_curve``) in its run folder, or under ``records`` (same relative path).
-A run whose records exist is not trained again; an interrupted training resumes from its last checkpoint, and a
-finished one is evaluated only if its folder's recipe.yaml is the run's recipe (records carry no recipe).
+A record keeps its run's resolved recipe and the task files' settings, and is reused (the run not trained again)
+only where they are this run's (``check_record``); an interrupted training resumes from its last checkpoint,
+and a finished one is evaluated only if its folder's recipe.yaml is the run's recipe.
 
 Runs go to ``jobs`` worker processes with cores/jobs torch threads each (``cpu_threads``);
 ``on_steps(phase, done, total)`` hears the call's training steps as they advance. What the records
@@ -46,7 +47,7 @@ from mythic.errors import MythicError
 from mythic.io import read_jsonl, write_json
 from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth, parse_depth, parse_exit
 from mythic.tasks.make import generator, make, parse_difficulty_range
-from mythic.train.recipe import PositiveInt, Recipe, Strict, load_recipe, read_yaml, validate
+from mythic.train.recipe import PositiveInt, Recipe, Strict, differing_setting, load_recipe, read_yaml, validate
 
 SPLITS = ("valid", "test")
 POLL_SECONDS = 2.0
@@ -272,6 +273,28 @@ def learning_curve(folder: Path) -> list[list[float]]:
     return [[c[-1]["step"], sum(r.get("ce", r["loss"]) for r in c) / len(c)] for c in chunks]
 
 
+RECORD_IGNORES = ("out_dir", "data.sources.*.path", "log.*", "checkpoint.*")
+"""Settings a record is reused across: where the run and its task file live, how it logs and checkpoints."""
+
+
+def check_record(path: Path, record: dict[str, Any], recipe: Recipe, tasks: TaskFiles) -> None:
+    """A record is reused only for the run that made it: the same recipe but for ``RECORD_IGNORES``, and the
+    same task files; otherwise one line (a changed experiment needs a new name, or its records deleted). A
+    record written before records kept their recipe is taken as it is."""
+    if "recipe" not in record:
+        return
+    advice = "give the experiment a new name to keep the record, or delete it to rerun"
+    try:
+        made = validate(Recipe, record["recipe"], "its recipe")
+        made_tasks = validate(TaskFiles, record["tasks"], "its task files")
+    except MythicError as err:
+        raise MythicError(f"record {path}: {err}; {advice}") from None
+    key = differing_setting(made, recipe, RECORD_IGNORES)
+    differs = f"its recipe's {key} differs" if key else "its task files differ" if made_tasks != tasks else None
+    if differs is not None:
+        raise MythicError(f"record {path}: {differs} from this run's; {advice}")
+
+
 def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None) -> dict[str, dict[str, Any]]:
     """Train (or resume) one run, then evaluate it on each of its splits not yet recorded; {split: record}."""
     import torch
@@ -282,11 +305,13 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
     from mythic.train.trainer import check_same_recipe, train
 
     torch.set_num_threads(threads)
+    recipe = arm_recipe(experiment, run)
     paths = {split: record_path(experiment, run, split, records) for split in run.splits}
     done = {split: json.loads(path.read_text()) for split, path in paths.items() if path.is_file()}
+    for split, record in done.items():
+        check_record(paths[split], record, recipe, experiment.tasks)
     if len(done) == len(paths):
         return done
-    recipe = arm_recipe(experiment, run)
     loops = experiment.arm_loops(arm_of(experiment, run.arm))
     dynamics = experiment.convergence_loops is not None and max(n if isinstance(n, int) else 2 for n in loops) > 1
     folder = experiment.run_dir / run.path
@@ -311,6 +336,8 @@ def run_job(experiment: Experiment, run: Run, threads: int, records: Path | None
                 "split": split,
                 "trained_loops": recipe.curriculum.max_loops,
                 "train_steps": recipe.train.steps,
+                "recipe": recipe.model_dump(mode="json"),
+                "tasks": experiment.tasks.model_dump(mode="json"),
                 "curve": curve,
                 "results": results,
             }

@@ -17,6 +17,7 @@ index, ``data.sources.0.weight=0.5``), the value parsed as YAML (``optim.lr=1e-4
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -598,3 +599,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The fully resolved recipe (defaults filled in) as YAML, written into every run folder."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten_settings(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A resolved recipe's values by dotted key, the ``--set`` spelling (``data.sources.0.path``); an empty
+    mapping or list is a value of its own."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat |= flatten_settings(value, f"{prefix}.{key}" if prefix else str(key))
+    return flat or {prefix: data}
+
+
+def differing_setting(old: Recipe, new: Recipe, ignore: tuple[str, ...] = ()) -> str | None:
+    """The first dotted setting (in sorted order) set differently in two recipes, or None; a key matching an
+    ``ignore`` pattern (fnmatch: ``log.*``, ``data.sources.*.path``) is not compared."""
+    a, b = (flatten_settings(recipe.model_dump(mode="json")) for recipe in (old, new))
+    keys = sorted(k for k in a.keys() | b.keys() if not any(fnmatch.fnmatchcase(k, p) for p in ignore))
+    return next((k for k in keys if (k in a, a.get(k)) != (k in b, b.get(k))), None)

@@ -57,7 +57,7 @@ from mythic.train.data import make_stream
 from mythic.train.model import build_model, param_groups, select_trainable
 from mythic.train.objective import Objective
 from mythic.train.plots import plot_run
-from mythic.train.recipe import Recipe, load_recipe, recipe_to_yaml
+from mythic.train.recipe import Recipe, differing_setting, load_recipe, recipe_to_yaml
 from mythic.train.schedule import make_scheduler
 
 OnStep = Callable[[int, int, dict[str, float]], None]
@@ -105,24 +105,17 @@ class MetricsLog:
 
 def check_same_recipe(saved: Path, recipe: Recipe, what: str = "--resume") -> None:
     """A run folder is continued (``what``: --resume) or reused only under the recipe it was trained with:
-    every key but train.steps, log and checkpoint. The saved recipe is resolved again first, so a setting
+    every setting but train.steps, log and checkpoint. The saved recipe is resolved again first, so a setting
     added since it was written compares at its default."""
     if not saved.is_file():
         return
-
-    def comparable(resolved: Recipe) -> dict[str, Any]:
-        data = resolved.model_dump(mode="json")
-        train = {k: v for k, v in data["train"].items() if k != "steps"}
-        return {k: v for k, v in data.items() if k not in ("log", "checkpoint")} | {"train": train}
-
     try:
-        old = comparable(load_recipe(saved))
+        old = load_recipe(saved)
     except MythicError as err:
         raise MythicError(f"{what}: the run's recipe {saved} no longer validates ({err}); start a new run") from None
-    new = comparable(recipe)
-    for key in sorted(old.keys() | new.keys()):
-        if old.get(key) != new.get(key):
-            raise MythicError(f"{what}: the recipe's {key} differs from the run's ({saved}); start a new run instead")
+    key = differing_setting(old, recipe, ignore=("train.steps", "log.*", "checkpoint.*"))
+    if key is not None:
+        raise MythicError(f"{what}: the recipe's {key} differs from the run's ({saved}); start a new run instead")
 
 
 @dataclass
