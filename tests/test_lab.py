@@ -269,8 +269,8 @@ def test_a_finished_run_of_another_recipe_is_not_evaluated(tmp_path: Path, monke
 
 def test_a_record_is_reused_only_by_the_run_that_made_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A record keeps its run's recipe and task files: reused (nothing trained) while they are the run's, also
-    from another folder; refused in one line once the experiment's recipe or task files change; a record
-    written before records kept them is reused as it is."""
+    from another folder or under a renamed recipe; refused in one line once the experiment's recipe or task
+    files change; a record written before records kept them is reused as it is."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "RECIPE").write_text(yaml.safe_dump(HOPS_RECIPE))
     raw = {"name": "x", "tasks": {"generator": "hops"}, "seeds": [0], "loops": [1], "bands": {"in": "1-2"}}
@@ -289,6 +289,8 @@ def test_a_record_is_reused_only_by_the_run_that_made_it(tmp_path: Path, monkeyp
     path.write_text(json.dumps(recorded))
     assert run_job(moved, run, 1, tmp_path / "records") == {"valid": recorded}
     assert not (tmp_path / "elsewhere").exists(), "a reused record trains nothing"
+    (tmp_path / "RECIPE").write_text(yaml.safe_dump(HOPS_RECIPE | {"name": "kept-as-v2"}))  # a recipe renamed
+    assert run_job(load_experiment(tmp_path / "exp.yaml"), run, 1, tmp_path / "records") == {"valid": recorded}
 
     changed = [
         (yaml.safe_dump(HOPS_RECIPE | {"optim": {"lr": 1e-3}}), raw, "its recipe's optim.lr differs"),

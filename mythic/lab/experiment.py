@@ -273,8 +273,9 @@ def learning_curve(folder: Path) -> list[list[float]]:
     return [[c[-1]["step"], sum(r.get("ce", r["loss"]) for r in c) / len(c)] for c in chunks]
 
 
-RECORD_IGNORES = ("out_dir", "data.sources.*.path", "log.*", "checkpoint.*")
-"""Settings a record is reused across: where the run and its task file live, how it logs and checkpoints."""
+RECORD_IGNORES = ("name", "out_dir", "data.sources.*.path", "log.*", "checkpoint.*")
+"""Settings a record is reused across: the recipe's name (kept as ``-vN`` copies are renamed), where the run
+and its task file live, how it logs and checkpoints."""
 
 
 def check_record(path: Path, record: dict[str, Any], recipe: Recipe, tasks: TaskFiles) -> None:
