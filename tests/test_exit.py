@@ -473,3 +473,44 @@ def test_running_index_pads_rows_with_a_computed_or_an_exited_token() -> None:
 
     running = torch.tensor([[False, True, False, True], [False, False, False, False], [True, False, False, False]])
     assert running_index(running).tolist() == [[1, 3], [0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("kind", LOOPED_KINDS)
+def test_per_sequence_depths_compute_the_running_rows_alone_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A training forward with per-sequence depths computes a pass past the shallowest depth for the rows
+    that still run (OpenMythos with its loop convolution and padding, truncated backprop): logits as the
+    full masked passes give them, every gradient to float32 summation order."""
+    from mythic.recurrence import exit as exiting
+
+    model = looped_model(kind, act=False) if kind.startswith("openmythos") else looped_model(kind)
+    x = ids(batch=4, length=10) % 64
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0
+    depths = torch.tensor([1, 4, 2, 4])
+    from mythic.recurrence import runner
+
+    rows: list[int] = []
+    original = runner.compacted
+    monkeypatch.setattr(
+        runner,
+        "compacted",
+        lambda block, x, view, frozen, tokens: (
+            rows.append(int((~frozen).any(1).sum())) or original(block, x, view, frozen, tokens)
+        ),
+    )
+    results = []
+    for share in (0.0, 2.0):  # never compact, always compact
+        monkeypatch.setattr(exiting, "COMPACT_BELOW", share)
+        model.zero_grad()
+        logits = model(x, n_loops=depths, attention_mask=mask, grad_loops=2, use_cache=False).logits
+        (logits * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((logits.detach(), grads))
+    (full, full_grads), (compact, compact_grads) = results
+    assert float(full_grads.abs().max()) > 0
+    assert float((full - compact).abs().max()) <= 1e-6
+    assert float((full_grads - compact_grads).abs().max()) <= 1e-5 * float(full_grads.abs().max())
+    separable = kind != "retrofit-gemma4_text"  # the tiny gemma4 block shares keys across layers: never split
+    assert rows == ([3, 2, 2] if separable else []), "passes 1, 2, 3 for the rows of depth > t alone"

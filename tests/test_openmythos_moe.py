@@ -142,3 +142,28 @@ def test_aux_loss_free_balancing_evens_out_a_skewed_router() -> None:
     assert sum(unbalanced for unbalanced, _ in pairs) / len(pairs) > 1.5, pairs
     for unbalanced, balanced in pairs:
         assert balanced < min(unbalanced, 1.3), pairs
+
+
+def test_one_expert_skips_the_dispatch_and_equals_it_bit_for_bit() -> None:
+    """A one-expert MoE (the pointer recipe's block) runs its expert on the tokens in place; the same expert
+    dispatched as expert 0 of two, the other never chosen, gives the same output and gradients exactly."""
+    torch.manual_seed(0)
+    one = MoE(dim=16, n_experts=1, n_shared=0, top_k=1, expert_dim=8)
+    one.reset_parameters(std=0.3, out_std=0.3)
+    two = MoE(dim=16, n_experts=2, n_shared=0, top_k=1, expert_dim=8)
+    with torch.no_grad():
+        for name in ("w1", "w3", "w2"):
+            getattr(two, name).copy_(torch.cat([getattr(one, name), torch.randn_like(getattr(one, name))]))
+        two.router.weight.copy_(torch.cat([one.router.weight, torch.randn(1, 16)]))
+        two.router_bias.copy_(torch.tensor([0.0, -1e9]))  # expert 1 is never chosen
+    x = torch.randn(3, 7, 16)
+    keep = torch.rand(3, 7) > 0.3
+    outs = []
+    for moe in (one, two):
+        out, stats = moe(x, keep)
+        (out * torch.linspace(-1, 1, 16)).sum().backward()
+        outs.append((out.detach(), moe.w1.grad[0], moe.w3.grad[0], moe.w2.grad[0], moe.router.weight.grad[0]))
+        assert stats.load[0] == int(keep.sum())
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+    assert float(outs[0][0].abs().max()) > 0 and float(outs[0][0][~keep].abs().max()) == 0

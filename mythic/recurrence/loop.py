@@ -8,7 +8,8 @@
     return h_T
 
 ``n_loops`` is an int, or a LongTensor (B,) of per-sequence depths (Parcae): the batch runs max(n)
-loops and a sequence whose depth is reached keeps its state (h ← where(t < n_b, h_new, h)).
+loops and a sequence whose depth is reached keeps its state (h ← where(t < n_b, h_new, h); before the
+shallowest depth every sequence runs and no mask is applied).
 
 Truncated backprop (``grad_loops = k``, Parcae's rule): every sequence b backpropagates through its own
 last min(n_b, k) loops, t ∈ [n_b − k, n_b). Loops before min_b(n_b − k) run under ``torch.no_grad`` for
@@ -63,14 +64,15 @@ def run_loops(
     """Run the block ``n_loops`` times from h₀ = e; see the module docstring."""
     total = deepest(n_loops)
     per_sequence = isinstance(n_loops, torch.Tensor)
+    shallowest = int(n_loops.min()) if per_sequence else total  # before it every sequence runs
     row_first = None  # per sequence: the first loop with gradient, n_b − k
     if grad_loops is None:
-        first_grad = 0
+        first_grad = last_first = 0
     elif per_sequence:
         row_first = (n_loops.to(e.device) - grad_loops).clamp(min=0).view(-1, *([1] * (e.dim() - 1)))
-        first_grad = int(row_first.min())
+        first_grad, last_first = int(row_first.min()), int(row_first.max())
     else:
-        first_grad = max(total - grad_loops, 0)
+        first_grad = last_first = max(total - grad_loops, 0)
 
     def one_loop(h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
         x = rule.enter(h, e, t)
@@ -97,9 +99,9 @@ def run_loops(
                 halting.update(h_next, t)
             if early_exit is not None:
                 early_exit.update(h, h_next, t)
-        if row_first is not None and t >= first_grad and torch.is_grad_enabled():
+        if row_first is not None and first_grad <= t < last_first and torch.is_grad_enabled():
             h_next = torch.where(row_first > t, h_next.detach(), h_next)
-        if per_sequence:
+        if t >= shallowest:
             active = (n_loops.to(h.device) > t).view(-1, *([1] * (h.dim() - 1)))
             h_next = torch.where(active, h_next, h)
         h = h_next

@@ -17,7 +17,9 @@ and the runner owns everything else, the same for both kinds:
     exit        an ``ExitRun`` (adaptive depth, ``exit.py``) with its fill-forward views (``FillForward``)
     halting     the ACT head's ``ACTRun`` (``halting.py``)
     compaction  once few tokens still run, the pass for the running rows (and tokens) alone (``Compacted``),
-                its output written back into the batch
+                its output written back into the batch; with per-sequence depths and no cache (training),
+                the pass past some sequence's depth for the rows still running (row sums in another order:
+                gradients equal to float32 rounding)
     the loop    ``loop.run_loops`` with the update rule, the loop embedding and the context's observer
 
 ``Recurrence`` holds the new parameters every kind has (update rule, loop embedding, Depth-LoRA, halting
@@ -67,7 +69,7 @@ class LoopedBlock(Protocol):
     def __call__(self, x: torch.Tensor, view: CacheView | None, token_mask: torch.Tensor | None) -> torch.Tensor: ...
 
     def subset(
-        self, x: torch.Tensor, view: Compacted, rows: torch.Tensor, index: torch.Tensor | None
+        self, x: torch.Tensor, view: Compacted | None, rows: torch.Tensor, index: torch.Tensor | None
     ) -> torch.Tensor: ...
 
 
@@ -127,6 +129,7 @@ class Recurrence(nn.Module):
         if request.kv_share and isinstance(n_loops, torch.Tensor):
             raise MythicError("kv_share needs one loop count for the whole batch, not per-sequence depths")
         total = deepest(n_loops)
+        shallowest = int(n_loops.min()) if isinstance(n_loops, torch.Tensor) else total
 
         def view_at(t: int) -> CacheView | None:
             """The cache as pass t sees it: its own slots, the slot shared by the passes t ≥ 1 (``kv_share``),
@@ -145,14 +148,22 @@ class Recurrence(nn.Module):
             early_exit = ExitRun(depth, e, readout=readout, fill=fill, read=request.logits_to_keep)
         halting = self.halting.start(e, n_loops) if self.halting is not None else None
 
+        def reached(t: int) -> torch.Tensor | None:
+            """(B, q) the tokens of the sequences whose own depth pass t is past (per-sequence depths), when
+            the pass may leave them out: no cache slot needs their keys and no halting head their states."""
+            if not isinstance(n_loops, torch.Tensor) or t < shallowest or cache is not None or halting is not None:
+                return None
+            return (n_loops.to(e.device) <= t).unsqueeze(1).expand(e.shape[:2])
+
         def step(x: torch.Tensor, t: int) -> torch.Tensor:
             if cache is not None and t > 0:
                 cache.check_loop(min(t, 1) if request.kv_share else t, past)
             view = view_at(t)
-            frozen = early_exit.frozen(t) if early_exit is not None else None
+            frozen = early_exit.frozen(t) if early_exit is not None else reached(t)
+            tokens = block.positions and early_exit is not None  # an exit stops tokens; a depth, whole rows
             with self.context.at_loop(t):
-                if frozen is not None and block.separable and gathered(frozen, positions=block.positions):
-                    return compacted(block, x, view, frozen)
+                if frozen is not None and block.separable and gathered(frozen, positions=tokens):
+                    return compacted(block, x, view, frozen, tokens)
                 return block(x, view, token_mask(t, x))
 
         def token_mask(t: int, x: torch.Tensor) -> torch.Tensor | None:
@@ -160,7 +171,7 @@ class Recurrence(nn.Module):
                 return early_exit.masks[t]
             if halting is not None:
                 return halting.masks[t]
-            if isinstance(n_loops, torch.Tensor):
+            if isinstance(n_loops, torch.Tensor) and t >= shallowest:  # some sequence's depth is reached
                 return (n_loops.to(x.device) > t).unsqueeze(1).expand(x.shape[:2])
             return None
 
@@ -181,14 +192,16 @@ class Recurrence(nn.Module):
         return h, halting
 
 
-def compacted(block: LoopedBlock, x: torch.Tensor, view: CacheView | None, frozen: torch.Tensor) -> torch.Tensor:
-    """The pass computed for the running rows (and, with ``block.positions``, their running tokens) alone,
-    written back into ``x``; every other output is the exited state itself."""
-    assert isinstance(view, FillForward), "a pass is compacted only in an adaptive forward, which has a cache"
+def compacted(
+    block: LoopedBlock, x: torch.Tensor, view: CacheView | None, frozen: torch.Tensor, tokens: bool
+) -> torch.Tensor:
+    """The pass computed for the running rows (and, with ``tokens``, their running tokens) alone, written
+    back into ``x``; every other output is the block's input itself (the loop keeps their states)."""
+    assert view is None or isinstance(view, FillForward), "a cached pass is compacted only in an adaptive forward"
     batch, length, width = x.shape
     rows = running_rows(frozen)
-    index = running_index(~frozen[rows]) if block.positions else None
-    out = block.subset(x, Compacted(view, rows, index, batch, length), rows, index)
+    index = running_index(~frozen[rows]) if tokens else None
+    out = block.subset(x, None if view is None else Compacted(view, rows, index, batch, length), rows, index)
     if index is not None:
         out = x[rows].scatter(1, index.unsqueeze(-1).expand(-1, -1, width), out)
     return x.index_copy(0, rows, out)

@@ -74,9 +74,12 @@ class AttentionMask:
             allowed = (allowed & padding.bool().view(-1, 1, 1, total)) | allowed.triu(past)  # | key = query
         return cls(allowed, causal=False)
 
-    def rows(self, rows: torch.Tensor, index: torch.Tensor, past: int, length: int) -> AttentionMask:
+    def rows(self, rows: torch.Tensor, index: torch.Tensor | None, past: int, length: int) -> AttentionMask:
         """The mask of the batch rows ``rows`` (R,) and in them the query positions ``index`` (R, Q) of
-        the ``length`` new tokens (keys unchanged)."""
+        the ``length`` new tokens (None: all of them; keys unchanged)."""
+        if index is None:
+            whole = self.mask is None or self.mask.shape[0] == 1
+            return self if whole else AttentionMask(self.mask[rows], self.causal)
         total = past + length
         full = self.mask
         if full is None:

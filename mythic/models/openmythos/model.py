@@ -180,9 +180,10 @@ class Block(nn.Module):
 class BlockPass:
     """OpenMythos' looped block as the runner calls it (``recurrence/runner.py``) in one forward: the rotary
     tables, mask, padding and cached length are this forward's; each pass's MoE statistics are kept in
-    ``stats``. A pass can be computed for chosen tokens of chosen rows (``subset``: their rotary rows and mask
-    rows; not with a loop convolution, which refuses adaptive depth). With a loop convolution, every pass first
-    mixes each token's state with its left neighbours', its window in ``cache`` under the pass's index."""
+    ``stats``. A pass can be computed for chosen rows, whole or some of their tokens (``subset``: their rotary
+    rows and mask rows; a loop convolution takes whole rows only, and no cache: it refuses adaptive depth). With
+    a loop convolution, every pass first mixes each token's state with its left neighbours', its window in
+    ``cache`` under the pass's index."""
 
     block: Block
     layer_idx: int
@@ -202,23 +203,30 @@ class BlockPass:
         self.stats.append(moe_stats)
         return out
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """The loop convolution at this pass (the identity without one)."""
+    def mix(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The loop convolution at this pass (the identity without one), over all rows or the batch rows ``rows``."""
         if self.conv is None:
             return x
         assert self.context is not None, "a loop convolution reads the pass index from the loop context"
-        return self.conv(x, self.padding, self.cache, f"loop{self.context.loop}")
+        padding = self.padding if self.padding is None or rows is None else self.padding[rows]
+        return self.conv(x, padding, self.cache, f"loop{self.context.loop}")
 
-    def subset(self, x: torch.Tensor, view: CacheView, rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        assert index is not None, "OpenMythos computes chosen tokens (positions = True)"
+    def subset(
+        self, x: torch.Tensor, view: CacheView | None, rows: torch.Tensor, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The pass for the batch rows ``rows`` and in them the tokens ``index`` (None: whole rows, the only
+        subset a loop convolution takes, and only without a cache, whose windows hold every row)."""
         batch, length, width = x.shape
-        picked = x[rows].gather(1, index.unsqueeze(-1).expand(-1, -1, width))
-        rope = tuple(
-            r.expand(batch, *r.shape[1:])[rows].gather(
-                2, index.view(len(rows), 1, -1, 1).expand(-1, r.shape[1], -1, r.shape[-1])
+        rope = tuple(r.expand(batch, *r.shape[1:])[rows] for r in self.rope)
+        if index is None:
+            assert self.conv is None or self.cache is None, "a loop convolution's cached windows hold every row"
+            picked = self.mix(x[rows], rows)
+        else:
+            assert self.conv is None, "a loop convolution reads every token's neighbours: it refuses token subsets"
+            picked = x[rows].gather(1, index.unsqueeze(-1).expand(-1, -1, width))
+            rope = tuple(
+                r.gather(2, index.view(len(rows), 1, -1, 1).expand(-1, r.shape[1], -1, r.shape[-1])) for r in rope
             )
-            for r in self.rope
-        )
         out, moe_stats = self.block(picked, rope, self.mask.rows(rows, index, self.past, length), view, self.layer_idx)
         self.stats.append(moe_stats)
         return out

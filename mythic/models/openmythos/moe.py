@@ -16,7 +16,8 @@ f_i = E/(k·N) · #tokens on i, P_i = mean_x s_i / Σ_j s_j.
 Dispatch: the N·k (token, expert) pairs are sorted by expert and each expert runs once on its slice (one
 ``torch._grouped_mm`` call where it exists for the shapes — CPU fp32/bf16, CUDA bf16 on sm90+ — else a
 loop), scattered back with ``index_add_``. Every expert weight is used in every call, even with zero
-tokens, so FSDP/DDP see the same parameters each step. Under ``torch.compile`` the expert step is one
+tokens, so FSDP/DDP see the same parameters each step. One routed expert takes every token in order, so
+it skips the sort and scatter (the same numbers). Under ``torch.compile`` the expert step is one
 custom op (``mythic::grouped_experts``, gradients in ``grouped_experts_backward``): no graph break.
 A ``token_mask`` (ACT: halted positions) removes tokens before routing.
 """
@@ -84,7 +85,8 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, group
         # the empty groups.
         keep_all = torch.is_grad_enabled() and b.requires_grad
         used = [(part, w) for part, w in zip(a.split(sizes), b.unbind(0), strict=True) if keep_all or part.shape[0]]
-        return torch.cat([part @ w for part, w in used]) if used else a.new_zeros(0, b.shape[-1])
+        outs = [part @ w for part, w in used]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)) if outs else a.new_zeros(0, b.shape[-1])
     return torch.stack([p @ q for p, q in zip(a.split(sizes, dim=1), b.split(sizes), strict=True)])
 
 
@@ -235,17 +237,21 @@ class MoE(nn.Module):
         xs = flat if keep is None else flat.index_select(0, keep)
         n = xs.shape[0]
         experts, gates, scores = self.route(xs)
-        pairs = experts.reshape(-1)
-        order = pairs.argsort(stable=True)
-        token = order // self.top_k
-        counts = torch.zeros(self.n_experts, dtype=torch.long, device=pairs.device).index_add_(
-            0, pairs, torch.ones_like(pairs)
-        )  # bincount's shape depends on the data: not traceable
         experts_step = grouped_experts if torch.compiler.is_compiling() else expert_outputs  # same result
-        y = experts_step(
-            xs.index_select(0, token), self.w1, self.w3, self.w2, counts, gates.reshape(-1)[order], self.backend
-        )
-        routed = xs.new_zeros(xs.shape, dtype=y.dtype).index_add_(0, token, y)
+        if self.n_experts == 1:  # one expert takes every token in order: the dispatch below is the identity
+            counts = torch.full((1,), n, dtype=torch.long, device=xs.device)
+            routed = experts_step(xs, self.w1, self.w3, self.w2, counts, gates.reshape(-1), self.backend)
+        else:
+            pairs = experts.reshape(-1)
+            order = pairs.argsort(stable=True)
+            token = order // self.top_k
+            counts = torch.zeros(self.n_experts, dtype=torch.long, device=pairs.device).index_add_(
+                0, pairs, torch.ones_like(pairs)
+            )  # bincount's shape depends on the data: not traceable
+            y = experts_step(
+                xs.index_select(0, token), self.w1, self.w3, self.w2, counts, gates.reshape(-1)[order], self.backend
+            )
+            routed = xs.new_zeros(xs.shape, dtype=y.dtype).index_add_(0, token, y)
         if self.shared is not None:
             routed = routed + self.shared(xs)
         out = routed if keep is None else flat.new_zeros(flat.shape, dtype=routed.dtype).index_copy_(0, keep, routed)
