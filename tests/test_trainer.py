@@ -26,7 +26,7 @@ from mythic.train.curriculum import Curriculum, Depth
 from mythic.train.model import add_lora, param_groups, select_trainable
 from mythic.train.objective import Objective, logits_of
 from mythic.train.recipe import FixedCurriculum, Lora, Loss, recipe_to_yaml, validate_recipe
-from mythic.train.trainer import MetricsLog, TrainResult, check_same_recipe, default_build, train
+from mythic.train.trainer import MetricsLog, TrainResult, check_same_recipe, default_build, setup, train
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +229,41 @@ def test_weight_decay_never_reaches_the_recurrence_stability_parameters(tiny: tu
             p.grad = torch.zeros_like(p)
         optimizer.step()
     assert torch.equal(scale.detach(), before)
+
+
+def test_lr_scale_gives_the_named_parameters_their_own_rate_through_the_schedule(
+    tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """optim.lr_scale: the gates train at 10 × lr (and the schedule scales them alike), the Depth-LoRA matrices
+    keep their decay, every trainable parameter is in one group, a pattern naming nothing is refused."""
+    model = wrapper(tiny[0])
+    recipe = validate_recipe(tiny_recipe(tiny[0], tiny[1], Path("unused")))
+    trainable = select_trainable(model, recipe)
+    scales = {"recurrence.rule.gate.*": 10.0, "*.lora.*": 0.5}
+    groups = param_groups(model, trainable, 0.1, 2e-3, scales)
+    by_lr = {(g.get("lr"), g["weight_decay"]): {n for n, p in trainable.items() if any(p is q for q in g["params"])}
+             for g in groups}  # fmt: skip
+    assert by_lr[(2e-2, 0.0)] == {"recurrence.rule.gate.value"}
+    assert by_lr[(1e-3, 0.1)] == {n for n in trainable if ".lora." in n}
+    assert "recurrence.rule.scale.logit" in by_lr[(None, 0.0)]
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    assert [len(g["params"]) for g in param_groups(model, trainable, 0.1)] == [
+        len(g["params"]) for g in param_groups(model, trainable, 0.1, 2e-3, {})
+    ]
+    with pytest.raises(MythicError, match=r"optim.lr_scale: 'recurrence.nothing\*' matches no trainable"):
+        param_groups(model, trainable, 0.1, 2e-3, {"recurrence.nothing*": 2.0})
+
+    raw = tiny_recipe(tiny[0], tiny[1], tmp_path / "run")
+    raw["optim"] = {"lr": 1e-3, "schedule": "linear", "warmup_steps": 0, "lr_scale": {"recurrence.rule.gate.*": 10}}
+    raw["train"]["steps"] = 4
+    training = setup(validate_recipe(raw), default_build)
+    rates = []
+    for _ in range(2):
+        rates.append([g["lr"] for g in training.optimizer.param_groups])
+        training.optimizer.step()
+        training.scheduler.step()
+    for step, row in enumerate(rates):
+        assert row[-1] == pytest.approx(10 * 1e-3 * (1 - step / 4)) and row[0] == pytest.approx(1e-3 * (1 - step / 4))
 
 
 def test_dual_t_obeys_the_curriculum(tiny: tuple[Path, Path], tmp_path: Path) -> None:

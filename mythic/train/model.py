@@ -24,6 +24,7 @@ shape rule would decay).
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +124,30 @@ def decayed_parameters(model: nn.Module) -> set[int]:
     return ids
 
 
-def param_groups(model: nn.Module, trainable: dict[str, nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: ``weight_decay`` for the decayed kinds of parameter, none for the rest; tied weights once."""
+def param_groups(
+    model: nn.Module,
+    trainable: dict[str, nn.Parameter],
+    weight_decay: float,
+    lr: float | None = None,
+    lr_scale: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """AdamW groups: ``weight_decay`` for the decayed kinds of parameter, none for the rest; tied weights once.
+    ``lr_scale`` (fnmatch pattern → factor, the first matching pattern wins) puts the parameters it names in
+    groups of their own at ``lr`` × factor (the schedule scales every group alike)."""
+    scales = lr_scale or {}
+    for pattern in scales:
+        if not any(fnmatch(name, pattern) for name in trainable):
+            raise MythicError(f"optim.lr_scale: {pattern!r} matches no trainable parameter")
     decayed = decayed_parameters(model)
-    unique = list({id(p): p for p in trainable.values()}.values())
-    decay = [p for p in unique if id(p) in decayed]
-    no_decay = [p for p in unique if id(p) not in decayed]
-    groups = [{"params": decay, "weight_decay": weight_decay}] if decay else []
-    return groups + [{"params": no_decay, "weight_decay": 0.0}]
+    unique = {id(p): (name, p) for name, p in reversed(trainable.items())}  # tied weights once, by first name
+    by_key: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, param in reversed(unique.values()):
+        factor = next((f for pattern, f in scales.items() if fnmatch(name, pattern)), 1.0)
+        by_key.setdefault((id(param) in decayed, factor), []).append(param)
+    groups = [{"params": by_key[(True, 1.0)], "weight_decay": weight_decay}] if (True, 1.0) in by_key else []
+    groups.append({"params": by_key.get((False, 1.0), []), "weight_decay": 0.0})
+    for (decay, factor), params in by_key.items():
+        if factor != 1.0:
+            assert lr is not None, "a scaled group needs the base learning rate"
+            groups.append({"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * factor})
+    return groups

@@ -31,6 +31,7 @@ from mythic.models.retrofit import RetrofitConfig
 
 DType = Literal["float32", "bfloat16", "float16"]
 PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 WEIGHT_TOLERANCE = 1e-6
 
 
@@ -398,6 +399,10 @@ class Optim(Strict):
     decay_steps: PositiveInt | None = None
     """Decay over the last ``decay_steps`` steps only, at full lr before them (warmup–stable–decay); None:
     over every step after the warmup."""
+    lr_scale: dict[str, PositiveFloat] = Field(default_factory=dict)
+    """Learning-rate factors by trainable parameter name (fnmatch patterns, the first match wins), e.g.
+    ``{"recurrence.rule.gate.*": 10}`` trains the gates at 10 × lr; a pattern that names no trainable
+    parameter is refused."""
 
     @model_validator(mode="after")
     def _ranges(self) -> Optim:

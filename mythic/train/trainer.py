@@ -176,7 +176,7 @@ def setup(recipe: Recipe, build: BuildFn) -> Training:
     if recipe.train.compile:
         model.compile()
     optimizer = torch.optim.AdamW(
-        param_groups(model, trainable, recipe.optim.weight_decay),
+        param_groups(model, trainable, recipe.optim.weight_decay, recipe.optim.lr, recipe.optim.lr_scale),
         lr=recipe.optim.lr,
         betas=recipe.optim.betas,
         eps=recipe.optim.eps,
