@@ -11,13 +11,16 @@ a batch needs is
 
 Two paths on the same micro-batches (the recipe's stream and curriculum from ``--from-step``, by default the
 step its extra loops and hold micro-batches begin), forward and backward of the recipe's loss, no optimizer
-step (so both see the same weights), in alternating rounds (the machine is noisy):
+step (so both see the same weights), three untimed warm-up steps each, then alternating rounds (the machine
+is noisy):
 
     masked      ``COMPACT_BELOW = 0``: every pass over every row, the finished rows masked
     compacted   what training runs
 
-It prints each path's seconds a step, the ratio, and the largest difference between the two paths' losses
-(the forward is the same computation on fewer rows). Usage:
+It prints each path's seconds a step (over all micro-batches, the held ones — ``hold``: run far past the
+stop with truncated backprop — and the others), the ratio, and the largest difference between the two
+paths' losses (the forward is the same computation on fewer rows). The same script run against another
+checkout of the library (``PYTHONPATH=CHECKOUT``) times that library's steps on the same batches. Usage:
 
     python benchmarks/per_sequence_passes.py recipes/pointer-openmythos-cpu.yaml \
         --set data.sources.0.path=runs/lab/pointer-openmythos/data/train.jsonl --threads 1
@@ -76,8 +79,14 @@ def main() -> None:
     depths = [depth.per_sequence(size) for _, depth in batches]
     needed = sum(sum(d) / (len(d) * max(d)) for d in depths) / len(depths)
 
-    seconds = dict.fromkeys(PATHS, 0.0)
-    loss: dict[str, list[float]] = {path: [0.0] * len(batches) for path in PATHS}
+    for share in PATHS.values():  # warm-up, untimed: the first steps of a process run slower
+        exiting.COMPACT_BELOW = share
+        for batch, depth in batches[:3]:
+            objective(batch.input_ids, batch.labels, depth)["loss"].backward()
+            model.zero_grad(set_to_none=True)
+    kinds = ["held" if depth.grad_loops is not None else "other" for _, depth in batches]
+    seconds = {path: [0.0] * len(batches) for path in PATHS}
+    loss = {path: [0.0] * len(batches) for path in PATHS}
     for round_ in range(args.rounds):
         order = list(PATHS) if round_ % 2 == 0 else list(reversed(PATHS))
         for path in order:
@@ -88,19 +97,31 @@ def main() -> None:
                 out = objective(batch.input_ids, batch.labels, depth)["loss"]
                 out.backward()
                 model.zero_grad(set_to_none=True)
-                seconds[path] += time.perf_counter() - began
+                seconds[path][i] = time.perf_counter() - began
                 loss[path][i] = float(out)
     exiting.COMPACT_BELOW = PATHS["compacted"]
 
-    count = len(batches)
-    rows = [{"path": path, "step_s": seconds[path] / count} for path in PATHS]
-    ratio = seconds["masked"] / seconds["compacted"]
+    def mean(values: list[float], kind: str | None = None) -> float:
+        picked = [v for v, k in zip(values, kinds, strict=True) if kind in (None, k)]
+        return sum(picked) / len(picked) if picked else float("nan")
+
+    rows = [
+        {
+            "path": path,
+            "step_s": mean(seconds[path]),
+            **{f"{kind}_s": mean(seconds[path], kind) for kind in ("held", "other")},
+        }
+        for path in PATHS
+    ]
+    ratio = rows[0]["step_s"] / rows[1]["step_s"]
     diff = max(abs(a - b) for a, b in zip(loss["masked"], loss["compacted"], strict=True))
-    table = Table(title=f"{args.recipe}: {count} micro-batches of {size} from step {first}, each path")
-    for column in ("path", "step s"):
+    held = kinds.count("held")
+    title = f"{args.recipe}: {len(batches)} micro-batches of {size} from step {first} ({held} held), each path"
+    table = Table(title=title)
+    for column in ("path", "step s", "held micro-batches s", "other micro-batches s"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(str(row["path"]), f"{row['step_s']:.4f}")
+        table.add_row(str(row["path"]), *(f"{row[key]:.4f}" for key in ("step_s", "held_s", "other_s")))
     console = Console(width=120)
     console.print(table)
     console.print(
