@@ -72,10 +72,12 @@ def main() -> None:
     stream = TaskStream(recipe.data, tokenizer, recipe.seed)
     curriculum = Curriculum(spec, recipe.seed)
     size = recipe.train.micro_batch
-    batches = []
+    batches, kinds = [], []
     for step in range(first, first + args.steps * args.rounds):
         batch = stream.next_batch(size, step=step)
         batches.append((batch, curriculum.sample(step, 0, size, 0, batch.difficulty)))
+        known = None if batch.difficulty is None else batch.difficulty.numpy()
+        kinds.append("other" if curriculum.hold(step, 0, size, known) is None else "held")
     depths = [depth.per_sequence(size) for _, depth in batches]
     needed = sum(sum(d) / (len(d) * max(d)) for d in depths) / len(depths)
 
@@ -84,7 +86,6 @@ def main() -> None:
         for batch, depth in batches[:3]:
             objective(batch.input_ids, batch.labels, depth)["loss"].backward()
             model.zero_grad(set_to_none=True)
-    kinds = ["held" if depth.grad_loops is not None else "other" for _, depth in batches]
     seconds = {path: [0.0] * len(batches) for path in PATHS}
     loss = {path: [0.0] * len(batches) for path in PATHS}
     for round_ in range(args.rounds):
