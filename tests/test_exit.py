@@ -483,14 +483,13 @@ def test_per_sequence_depths_compute_the_running_rows_alone_with_the_same_result
     that still run (OpenMythos with its loop convolution and padding, truncated backprop): logits as the
     full masked passes give them, every gradient to float32 summation order."""
     from mythic.recurrence import exit as exiting
+    from mythic.recurrence import runner
 
     model = looped_model(kind, act=False) if kind.startswith("openmythos") else looped_model(kind)
     x = ids(batch=4, length=10) % 64
     mask = torch.ones_like(x)
     mask[1, :3] = 0
     depths = torch.tensor([1, 4, 2, 4])
-    from mythic.recurrence import runner
-
     rows: list[int] = []
     original = runner.compacted
     monkeypatch.setattr(
