@@ -148,12 +148,18 @@ class Recurrence(nn.Module):
             early_exit = ExitRun(depth, e, readout=readout, fill=fill, read=request.logits_to_keep)
         halting = self.halting.start(e, n_loops) if self.halting is not None else None
 
-        def reached(t: int) -> torch.Tensor | None:
-            """(B, q) the tokens of the sequences whose own depth pass t is past (per-sequence depths), when
-            the pass may leave them out: no cache slot needs their keys and no halting head their states."""
-            if not isinstance(n_loops, torch.Tensor) or t < shallowest or cache is not None or halting is not None:
+        def depth_running(t: int) -> torch.Tensor | None:
+            """(B, q) the tokens of the sequences whose own depth is beyond pass t (per-sequence depths); None
+            while every sequence runs."""
+            if not isinstance(n_loops, torch.Tensor) or t < shallowest:
                 return None
-            return (n_loops.to(e.device) <= t).unsqueeze(1).expand(e.shape[:2])
+            return (n_loops.to(e.device) > t).unsqueeze(1).expand(e.shape[:2])
+
+        def reached(t: int) -> torch.Tensor | None:
+            """The tokens pass t may leave out for their sequence's depth: none while a cache slot needs every
+            row's keys or a halting head every row's state."""
+            running = None if cache is not None or halting is not None else depth_running(t)
+            return None if running is None else ~running
 
         def step(x: torch.Tensor, t: int) -> torch.Tensor:
             if cache is not None and t > 0:
@@ -164,16 +170,14 @@ class Recurrence(nn.Module):
             with self.context.at_loop(t):
                 if frozen is not None and block.separable and gathered(frozen, positions=tokens):
                     return compacted(block, x, view, frozen, tokens)
-                return block(x, view, token_mask(t, x))
+                return block(x, view, token_mask(t))
 
-        def token_mask(t: int, x: torch.Tensor) -> torch.Tensor | None:
+        def token_mask(t: int) -> torch.Tensor | None:
             if early_exit is not None:
                 return early_exit.masks[t]
             if halting is not None:
                 return halting.masks[t]
-            if isinstance(n_loops, torch.Tensor) and t >= shallowest:  # some sequence's depth is reached
-                return (n_loops.to(x.device) > t).unsqueeze(1).expand(x.shape[:2])
-            return None
+            return depth_running(t)
 
         h = run_loops(
             step,

@@ -139,9 +139,12 @@ def param_groups(
         if not any(fnmatch(name, pattern) for name in trainable):
             raise MythicError(f"optim.lr_scale: {pattern!r} matches no trainable parameter")
     decayed = decayed_parameters(model)
-    unique = {id(p): (name, p) for name, p in reversed(trainable.items())}  # tied weights once, by first name
+    seen: set[int] = set()
     by_key: dict[tuple[bool, float], list[nn.Parameter]] = {}
-    for name, param in reversed(unique.values()):
+    for name, param in trainable.items():
+        if id(param) in seen:  # tied weights once, by their first name
+            continue
+        seen.add(id(param))
         factor = next((f for pattern, f in scales.items() if fnmatch(name, pattern)), 1.0)
         by_key.setdefault((id(param) in decayed, factor), []).append(param)
     groups = [{"params": by_key[(True, 1.0)], "weight_decay": weight_decay}] if (True, 1.0) in by_key else []
