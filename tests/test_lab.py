@@ -211,6 +211,46 @@ def test_grid_points_and_their_folders() -> None:
         experiment(tune={"grid": {"optim.lr": [0.001]}, "band": "middle"})
 
 
+def test_the_final_runs_go_arm_by_arm_after_each_arm_s_grid_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grid at the first seed, then every seed of the main arm before the next arm's (the main arm is as a rule
+    the costliest, so it starts first), each at its own arm's best valid point."""
+    import mythic.lab.experiment as lab
+
+    calls: list[tuple[str, list[Run]]] = []
+
+    def fake_execute(exp: Experiment, runs: list[Run], jobs: int, records: Any, on_steps: Any, phase: str) -> Any:
+        calls.append((phase, runs))
+        score = {0.001: {"looped": 0.9, "single": 0.2}, 0.003: {"looped": 0.5, "single": 0.4}}
+        made = {}
+        for run in runs:
+            value = score[run.point["optim.lr"]][run.arm]
+            made[run] = {split: record(run.arm, run.seed, 4, {1: [value] * 4}, split=split) for split in run.splits}
+            for split_record in made[run].values():
+                split_record["results"]["rows"][0]["metrics"] = {"accuracy": {"value": value}}
+        return made
+
+    monkeypatch.setattr(lab, "execute", fake_execute)
+    monkeypatch.setattr(lab, "write_task_files", lambda exp: None)
+    outcome = lab.run_experiment(experiment(tune={"grid": {"optim.lr": [0.001, 0.003]}}), jobs=2)
+    (tuning, grid), (phase, final) = calls
+    assert (tuning, phase) == ("tuning", "runs")
+    assert [(r.arm, r.point["optim.lr"], r.seed) for r in grid] == [
+        ("looped", 0.001, 0),
+        ("looped", 0.003, 0),
+        ("single", 0.001, 0),
+        ("single", 0.003, 0),
+    ]
+    assert [(r.arm, r.point["optim.lr"], r.seed) for r in final] == [
+        ("looped", 0.001, 0),
+        ("looped", 0.001, 1),
+        ("looped", 0.001, 2),
+        ("single", 0.003, 0),
+        ("single", 0.003, 1),
+        ("single", 0.003, 2),
+    ]
+    assert [r["seed"] for r in outcome.records["test"]] == [0, 1, 2, 0, 1, 2]
+
+
 def test_tuning_scores_the_band_and_refuses_a_band_the_valid_split_lacks() -> None:
     valid = record("looped", 0, 4, {1: [1.0, 0.5, 0.0, 0.0], 2: [1.0, 1.0, 0.5, 0.0]}, split="valid")
     assert tuning_score(experiment(tune={"grid": {"optim.lr": [0.001]}, "band": "beyond"}), valid) == 0.25

@@ -438,7 +438,8 @@ def run_experiment(
             scored = [(run.point, tuning_score(experiment, done[run]["valid"])) for run in grid if run.arm == arm.name]
             tuning[arm.name] = sorted(scored, key=lambda item: -item[1])  # stable: the grid's first point wins a tie
             chosen[arm.name] = tuning[arm.name][0][0]
-    final = [Run(arm.name, chosen[arm.name], seed, SPLITS) for seed in experiment.seeds for arm in experiment.arms]
+    # arm by arm: the main arm, as a rule the costliest, starts first, so the last worker to finish waits less
+    final = [Run(arm.name, chosen[arm.name], seed, SPLITS) for arm in experiment.arms for seed in experiment.seeds]
     done = execute(experiment, final, jobs, records, on_steps, "runs")
     by_split = {split: [done[run][split] for run in final] for split in SPLITS}
     return Outcome(by_split, tuning, time.perf_counter() - started)
