@@ -1,0 +1,248 @@
+"""Probe: a retrofit loop whose state passes through the vocabulary, trained from the final answer alone.
+
+Not the library's recurrence (that loops a middle block over every position); a measuring stick for a
+design it could take. The prompt but its last token runs once through the pretrained model (its keys and
+values cached); the last position then runs T passes of the whole stack, each fed the previous pass's
+prediction back as a soft token:
+
+    x_1 = E[last token]
+    logits_t = Model(x_t | cached prompt)                                (the whole stack and its head)
+    x_{t+1} = (1 − g) · E[last token] + g · softmax(logits_t) · E + p_t  (E: the tied embedding, g = σ(a))
+
+so a model that has learned one step ("the successor of the last token") takes one more with each pass.
+T = 1 is the fine-tuned model's own forward. p_t is a learned vector per pass (zero at the start;
+``--loop-embedding``): without it a pass cannot tell how many it follows, so it cannot stop.
+Trained: a peft LoRA (rank 8) on q/k/v/o of every layer, a (init 2: g = 0.88) and p. Loss:
+cross-entropy of the T-th pass's logits against the answer's first token. T = d, the question's
+difficulty, and after ``--extra-after`` steps d + U{0 … extra} (loops the answer must survive); the
+hardest difficulty drawn rises from the file's lowest to its highest over the first half of the steps.
+``--arm single``, the control: the same parameters trained at T = 1 on every question.
+
+    python benchmarks/token_loop_probe.py train DATA RUN [--seed S] [--arm single] [--extra 2 --loop-embedding]
+    python benchmarks/token_loop_probe.py eval DATA RUN --split valid,test   (accuracy % by difficulty, T = 1 … 8)
+    python benchmarks/token_loop_probe.py report DATA RUN …   (mean ± SE over the runs of each arm, on test)
+
+``report`` groups runs by folder name less its ``-sN`` suffix. Per band (the train split's difficulties,
+and those above) it prints each arm's accuracy at every fixed T, the T it would pick on valid (best band
+mean over its runs), and at T = d (one pass per step: the loop count told the question's depth; a
+``--arm single`` run at T = 1 alone), beside the generator's shallow baselines scored on the test file
+(``mythic.tasks.baselines``).
+
+DATA holds train/valid/test.jsonl of {prompt, answer, difficulty} (``mythic tasks make``); RUN gets
+``weights.pt``, ``args.json``, ``train.jsonl`` (every step's loss) and ``SPLIT.json``. One torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mythic.tasks.baselines import score as baseline_scores
+from mythic.tasks.files import read_tasks
+from mythic.tasks.make import generator
+
+MAX_PASSES = 8
+
+
+class TokenLoop:
+    """The base with its LoRA, gate and pass vectors, and the loop at the last position."""
+
+    def __init__(self, base: str, loop_embedding: bool) -> None:
+        self.tok = AutoTokenizer.from_pretrained(base)
+        self.tok.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        self.model = get_peft_model(model, lora)
+        self.embedding = self.model.get_input_embeddings().weight
+        self.gate = torch.nn.Parameter(torch.tensor(2.0))
+        self.pass_vectors = torch.nn.Parameter(torch.zeros(MAX_PASSES, self.embedding.shape[1]))
+        self.loop_embedding = loop_embedding
+
+    def passes(self, prompts: list[str], n: int, hard: bool = False) -> torch.Tensor:
+        """(n, B, V): the last position's logits after passes 1 … n; ``hard`` feeds back the argmax token."""
+        enc = self.tok(prompts, return_tensors="pt", padding=True)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        prefix = self.model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache, e = prefix.cache, self.embedding[ids[:, -1]]
+        x, out = e, []
+        for t in range(n):
+            logits = self.model(
+                inputs_embeds=x[:, None],
+                attention_mask=mask,
+                position_ids=positions[:, -1:],
+                cache=cache,
+                use_cache=True,
+            ).logits[:, -1]
+            cache.crop(-1)
+            out.append(logits)
+            fed = self.embedding[logits.argmax(-1)] if hard else torch.softmax(logits, -1) @ self.embedding
+            g = torch.sigmoid(self.gate)
+            x = (1 - g) * e + g * fed + (self.pass_vectors[t] if self.loop_embedding else 0.0)
+        return torch.stack(out)
+
+    def answer_ids(self, rows: list[dict]) -> torch.Tensor:
+        return torch.tensor([self.tok(r["answer"])["input_ids"][0] for r in rows])
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        state = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
+        return {**state, "gate": self.gate.detach(), "pass_vectors": self.pass_vectors.detach()}
+
+
+def by_difficulty(path: Path) -> dict[int, list[dict]]:
+    rows: dict[int, list[dict]] = collections.defaultdict(list)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows[row["difficulty"]].append(row)
+    return dict(sorted(rows.items()))
+
+
+def train(args: argparse.Namespace, loop: TokenLoop) -> None:
+    rng = random.Random(args.seed)
+    data = by_difficulty(args.data / "train.jsonl")
+    lowest, highest = min(data), max(data)
+    params = [p for p in loop.model.parameters() if p.requires_grad]
+    scalars = [loop.gate, loop.pass_vectors]
+    opt = torch.optim.AdamW([{"params": params}, {"params": scalars, "lr": 1e-2}], lr=1e-3, weight_decay=0.0)
+    args.run.mkdir(parents=True, exist_ok=False)
+    (args.run / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    start, log = time.time(), (args.run / "train.jsonl").open("w")
+    loop.model.train()
+    for step in range(1, args.steps + 1):
+        reach = min(highest, lowest + (highest - lowest) * step // (args.steps // 2))
+        d = rng.randint(lowest, reach)
+        rows = rng.sample(data[d], args.batch)
+        extra = args.extra if step > args.extra_after else 0
+        loops = torch.tensor([1 if args.arm == "single" else d + (rng.randint(0, extra) if extra else 0) for _ in rows])
+        logits = loop.passes([r["prompt"] for r in rows], int(loops.max()))[loops - 1, torch.arange(len(rows))]
+        loss = torch.nn.functional.cross_entropy(logits, loop.answer_ids(rows))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*params, *scalars], 1.0)
+        opt.step()
+        g = torch.sigmoid(loop.gate).item()
+        record = {"step": step, "d": d, "T": loops.tolist(), "ce": loss.item(), "g": g, "s": time.time() - start}
+        log.write(json.dumps(record) + "\n")
+        if step % 10 == 0:
+            log.flush()
+            print(json.dumps(record), flush=True)
+    torch.save(loop.trainable(), args.run / "weights.pt")
+
+
+@torch.no_grad()
+def evaluate(args: argparse.Namespace, loop: TokenLoop) -> None:
+    state = torch.load(args.run / "weights.pt")
+    loop.gate.copy_(state.pop("gate"))
+    loop.pass_vectors.copy_(state.pop("pass_vectors"))
+    expected = {k for k in loop.model.state_dict() if "lora_" in k}
+    if set(state) != expected:
+        odd = sorted(set(state) ^ expected)[:3]
+        raise SystemExit(f"weights.pt does not hold this model's LoRA tensors exactly (e.g. {odd})")
+    loop.model.load_state_dict(state, strict=False)
+    loop.model.eval()
+    for name in args.split.split(","):
+        score(args, loop, name)
+
+
+def score(args: argparse.Namespace, loop: TokenLoop, name: str) -> None:
+    split = by_difficulty(args.data / f"{name}.jsonl")
+    prompts = [r["prompt"] for r in split[max(split)][:8]]
+    enc = loop.tok(prompts, return_tensors="pt", padding=True)
+    own = loop.model(**enc, position_ids=(enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+    gap = float((loop.passes(prompts, 1)[0] - own).abs().max())
+    print(f"T = 1 against the model's own forward of the whole prompt: max abs diff {gap:.2e}", flush=True)
+    table: dict[str, dict[str, dict[int, float]]] = {mode: {} for mode in args.modes.split(",")}
+    for d, rows in split.items():
+        for mode in table:
+            hits = torch.zeros(MAX_PASSES)
+            for i in range(0, len(rows), 32):
+                chunk = rows[i : i + 32]
+                right = loop.passes([r["prompt"] for r in chunk], MAX_PASSES, mode == "hard").argmax(-1)
+                hits += (right == loop.answer_ids(chunk)).sum(-1)
+            table[mode][str(d)] = {t + 1: round(100 * float(hits[t]) / len(rows), 1) for t in range(MAX_PASSES)}
+        print(name, d, {mode: table[mode][str(d)] for mode in table}, flush=True)
+    (args.run / f"{name}.json").write_text(json.dumps(table, indent=1))
+
+
+def mean_se(values: list[float]) -> str:
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {se:.1f}"
+
+
+def report(args: argparse.Namespace) -> None:
+    meta = json.loads((args.data / "meta.json").read_text())
+    low, high = meta["difficulty"]["train"]
+    top = meta["difficulty"]["test"][1]
+    bands = {"in": (low, high), "beyond": (high + 1, top)}
+    arms: dict[str, list[Path]] = collections.defaultdict(list)
+    for run in [args.run, *args.more]:
+        arms[re.sub(r"-s\d+$", "", run.name)].append(run)
+
+    def band(table: dict[str, dict[str, float]], lo: int, hi: int, t: int | None) -> float:
+        return statistics.fmean(table[str(d)][str(t or d)] for d in range(lo, hi + 1))
+
+    print(f"accuracy % on test, soft feedback, mean ± SE over runs; bands {bands}")
+    for arm, runs in arms.items():
+        valid = [json.loads((r / "valid.json").read_text())["soft"] for r in runs]
+        test = [json.loads((r / "test.json").read_text())["soft"] for r in runs]
+        single = json.loads((runs[0] / "args.json").read_text()).get("arm") == "single"
+        loops = [1] if single else range(1, MAX_PASSES + 1)
+        for name, (lo, hi) in bands.items():
+            best = max(loops, key=lambda t: statistics.fmean(band(v, lo, hi, t) for v in valid))
+            rows = {f"T={t}": [band(x, lo, hi, t) for x in test] for t in loops}
+            if not single:
+                rows["T=d"] = [band(x, lo, hi, None) for x in test]
+            cells = "  ".join(f"{k} {mean_se(v)}" for k, v in rows.items())
+            print(f"{arm} ({len(runs)} runs) {name}: best T on valid {best}; {cells}")
+    heuristics = generator(meta["generator"]).baselines
+    for heuristic, values in baseline_scores(read_tasks(args.data / "test.jsonl"), heuristics, bands).items():
+        print(f"baseline {heuristic}: " + "  ".join(f"{b} {100 * v:.1f}" for b, v in values["bands"].items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["train", "eval", "report"])
+    parser.add_argument("data", type=Path, help="folder of train/valid/test.jsonl (and meta.json)")
+    parser.add_argument("run", type=Path, help="run folder (train creates it)")
+    parser.add_argument("more", type=Path, nargs="*", help="report: more run folders")
+    parser.add_argument("--base", default="base/smollm2-135m", help="pretrained base folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arm", choices=["loop", "single"], default="loop", help="single: T = 1 always")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--extra", type=int, default=0, help="up to this many loops beyond d")
+    parser.add_argument("--extra-after", type=int, default=150, help="the step from which --extra applies")
+    parser.add_argument("--loop-embedding", action="store_true", help="add a learned vector per pass")
+    parser.add_argument("--modes", default="soft,hard", help="eval: soft and/or hard feedback")
+    parser.add_argument("--split", default="valid", help="eval: the splits to score, comma-separated (valid,test)")
+    args = parser.parse_args()
+    if args.action == "report":
+        report(args)
+        return
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)  # before the LoRA's initialisation
+    loop_embedding = args.loop_embedding
+    if args.action == "eval":
+        loop_embedding = json.loads((args.run / "args.json").read_text()).get("loop_embedding") == "True"
+    loop = TokenLoop(args.base, loop_embedding)
+    (train if args.action == "train" else evaluate)(args, loop)
+
+
+if __name__ == "__main__":
+    main()
