@@ -47,8 +47,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mythic.eval.stats import mean_and_stderr
 from mythic.tasks.baselines import score as baseline_scores
-from mythic.tasks.files import read_tasks
+from mythic.tasks.files import Task, read_tasks
 from mythic.tasks.make import generator
 
 MAX_PASSES = 8
@@ -68,11 +69,22 @@ class TokenLoop:
         self.pass_vectors = torch.nn.Parameter(torch.zeros(MAX_PASSES, self.embedding.shape[1]))
         self.loop_embedding = loop_embedding
 
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, attention mask and position ids of the left-padded prompts."""
+        enc = self.tok(prompts, return_tensors="pt", padding=True)
+        mask = enc["attention_mask"]
+        return enc["input_ids"], mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def whole_prompt_logits(self, prompts: list[str], last: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, V): the model's own forward of the whole prompts (their last token ids replaced by ``last``)."""
+        ids, mask, positions = self.encode(prompts)
+        if last is not None:
+            ids[:, -1] = last
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+
     def passes(self, prompts: list[str], n: int, hard: bool = False) -> torch.Tensor:
         """(n, B, V): the last position's logits after passes 1 … n; ``hard`` feeds back the argmax token."""
-        enc = self.tok(prompts, return_tensors="pt", padding=True)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = self.encode(prompts)
         prefix = self.model(
             input_ids=ids[:, :-1],
             attention_mask=mask[:, :-1],
@@ -97,19 +109,21 @@ class TokenLoop:
             x = (1 - g) * e + g * fed + (self.pass_vectors[t] if self.loop_embedding else 0.0)
         return torch.stack(out)
 
-    def answer_ids(self, rows: list[dict]) -> torch.Tensor:
-        return torch.tensor([self.tok(r["answer"])["input_ids"][0] for r in rows])
+    def answer_ids(self, rows: list[Task]) -> torch.Tensor:
+        return torch.tensor([self.tok(r.answer)["input_ids"][0] for r in rows])
 
     def trainable(self) -> dict[str, torch.Tensor]:
         state = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
         return {**state, "gate": self.gate.detach(), "pass_vectors": self.pass_vectors.detach()}
 
 
-def by_difficulty(path: Path) -> dict[int, list[dict]]:
-    rows: dict[int, list[dict]] = collections.defaultdict(list)
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        rows[row["difficulty"]].append(row)
+def by_difficulty(path: Path) -> dict[int, list[Task]]:
+    """The task file's examples by difficulty (``read_tasks``: strict); every example needs one."""
+    rows: dict[int, list[Task]] = collections.defaultdict(list)
+    for task in read_tasks(path):
+        if task.difficulty is None:
+            raise SystemExit(f"{path}: an example without a difficulty (the loop count is tied to it)")
+        rows[task.difficulty].append(task)
     return dict(sorted(rows.items()))
 
 
@@ -130,7 +144,7 @@ def train(args: argparse.Namespace, loop: TokenLoop) -> None:
         rows = rng.sample(data[d], args.batch)
         extra = args.extra if step > args.extra_after else 0
         loops = torch.tensor([1 if args.arm == "single" else d + (rng.randint(0, extra) if extra else 0) for _ in rows])
-        logits = loop.passes([r["prompt"] for r in rows], int(loops.max()))[loops - 1, torch.arange(len(rows))]
+        logits = loop.passes([r.prompt for r in rows], int(loops.max()))[loops - 1, torch.arange(len(rows))]
         loss = torch.nn.functional.cross_entropy(logits, loop.answer_ids(rows))
         opt.zero_grad()
         loss.backward()
@@ -162,10 +176,8 @@ def evaluate(args: argparse.Namespace, loop: TokenLoop) -> None:
 
 def score(args: argparse.Namespace, loop: TokenLoop, name: str) -> None:
     split = by_difficulty(args.data / f"{name}.jsonl")
-    prompts = [r["prompt"] for r in split[max(split)][:8]]
-    enc = loop.tok(prompts, return_tensors="pt", padding=True)
-    own = loop.model(**enc, position_ids=(enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
-    gap = float((loop.passes(prompts, 1)[0] - own).abs().max())
+    prompts = [r.prompt for r in split[max(split)][:8]]
+    gap = float((loop.passes(prompts, 1)[0] - loop.whole_prompt_logits(prompts)).abs().max())
     print(f"T = 1 against the model's own forward of the whole prompt: max abs diff {gap:.2e}", flush=True)
     table: dict[str, dict[str, dict[int, float]]] = {mode: {} for mode in args.modes.split(",")}
     for d, rows in split.items():
@@ -173,7 +185,7 @@ def score(args: argparse.Namespace, loop: TokenLoop, name: str) -> None:
             hits = torch.zeros(MAX_PASSES)
             for i in range(0, len(rows), 32):
                 chunk = rows[i : i + 32]
-                right = loop.passes([r["prompt"] for r in chunk], MAX_PASSES, mode == "hard").argmax(-1)
+                right = loop.passes([r.prompt for r in chunk], MAX_PASSES, mode == "hard").argmax(-1)
                 hits += (right == loop.answer_ids(chunk)).sum(-1)
             table[mode][str(d)] = {t + 1: round(100 * float(hits[t]) / len(rows), 1) for t in range(MAX_PASSES)}
         print(name, d, {mode: table[mode][str(d)] for mode in table}, flush=True)
@@ -181,8 +193,8 @@ def score(args: argparse.Namespace, loop: TokenLoop, name: str) -> None:
 
 
 def mean_se(values: list[float]) -> str:
-    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1f} ± {se:.1f}"
+    mean, se = mean_and_stderr(values)
+    return f"{mean:.1f} ± {se or 0.0:.1f}"
 
 
 def report(args: argparse.Namespace) -> None:

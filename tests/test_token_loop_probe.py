@@ -37,27 +37,18 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def own_forward(loop, prompts: list[str], last: torch.Tensor | None = None) -> torch.Tensor:
-    """The model's logits at the last position of ``prompts``, their last token ids replaced by ``last``."""
-    enc = loop.tok(prompts, return_tensors="pt", padding=True)
-    if last is not None:
-        enc["input_ids"][:, -1] = last
-    positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    return loop.model(**enc, position_ids=positions).logits[:, -1]
-
-
 @torch.no_grad()
 def test_each_pass_is_the_base_on_the_prompt_whose_last_token_is_fed_back(base: Path) -> None:
     probe = load_script()
     loop = probe.TokenLoop(str(base), loop_embedding=False)
     loop.model.eval()
-    assert float((loop.passes(PROMPTS, 1)[0] - own_forward(loop, PROMPTS)).abs().max()) < 1e-5
+    assert float((loop.passes(PROMPTS, 1)[0] - loop.whole_prompt_logits(PROMPTS)).abs().max()) < 1e-5
     loop.gate.fill_(-torch.inf)  # g = 0: the last token is fed back unchanged, every pass repeats the first
     first, *rest = loop.passes(PROMPTS, 3)
     assert all(float((later - first).abs().max()) == 0.0 for later in rest)
     loop.gate.fill_(torch.inf)  # g = 1, hard: pass 2 reads pass 1's argmax token in the last token's place
     one, two = loop.passes(PROMPTS, 2, hard=True)
-    assert float((two - own_forward(loop, PROMPTS, last=one.argmax(-1))).abs().max()) < 1e-5
+    assert float((two - loop.whole_prompt_logits(PROMPTS, last=one.argmax(-1))).abs().max()) < 1e-5
 
 
 @pytest.mark.slow
