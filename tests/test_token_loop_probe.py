@@ -42,12 +42,12 @@ def test_each_pass_is_the_base_on_the_prompt_whose_last_token_is_fed_back(base: 
     probe = load_script()
     loop = probe.TokenLoop(str(base), loop_embedding=False)
     loop.model.eval()
-    assert float((loop.passes(PROMPTS, 1)[0] - loop.whole_prompt_logits(PROMPTS)).abs().max()) < 1e-5
+    assert float((loop.passes(PROMPTS, 1)[0][0] - loop.whole_prompt_logits(PROMPTS)).abs().max()) < 1e-5
     loop.gate.fill_(-torch.inf)  # g = 0: the last token is fed back unchanged, every pass repeats the first
-    first, *rest = loop.passes(PROMPTS, 3)
+    first, *rest = loop.passes(PROMPTS, 3)[0]
     assert all(float((later - first).abs().max()) == 0.0 for later in rest)
     loop.gate.fill_(torch.inf)  # g = 1, hard: pass 2 reads pass 1's argmax token in the last token's place
-    one, two = loop.passes(PROMPTS, 2, hard=True)
+    one, two = loop.passes(PROMPTS, 2, hard=True)[0]
     assert float((two - loop.whole_prompt_logits(PROMPTS, last=one.argmax(-1))).abs().max()) < 1e-5
 
 
@@ -62,6 +62,7 @@ def test_train_eval_report_on_pointer_files(base: Path, tmp_path: Path) -> None:
     settings = ["--extra", "1", "--extra-after", "3", "--loop-embedding"]
     for command in (
         [*train, *settings],
+        [*common, "depth", str(data), str(run), "--base", str(base), "--depth-examples", "8"],
         [*common, "eval", str(data), str(run), "--base", str(base), "--split", "valid,test"],
     ):
         proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -74,7 +75,12 @@ def test_train_eval_report_on_pointer_files(base: Path, tmp_path: Path) -> None:
     assert all(s["d"] <= t <= s["d"] + 1 for s in steps[3:] for t in s["T"])
     assert all(0.0 < s["ce"] < 20.0 for s in steps)
     test = json.loads((run / "test.json").read_text())
-    assert set(test) == {"soft", "hard"} and set(test["soft"]) == {"1", "2", "3", "4"}
+    assert set(test) == {"soft", "hard", "depth"} and set(test["soft"]) == {"1", "2", "3", "4"}
+    for d, learned in test["depth"].items():  # the head names a trained count; its score is a fixed T's
+        assert 1.0 <= learned["T"] <= 2.0
+        if learned["T"] in (1.0, 2.0):
+            assert learned["soft"] == test["soft"][d][str(int(learned["T"]))]
+            assert learned["T_is_d"] == (100.0 if learned["T"] == int(d) else 0.0)
     for mode in test.values():
         for by_loops in mode.values():
             assert list(by_loops) == [str(t) for t in range(1, 9)]
@@ -86,3 +92,5 @@ def test_train_eval_report_on_pointer_files(base: Path, tmp_path: Path) -> None:
         assert f"baseline {name}: in {100 * values['bands']['in']:.1f}  beyond" in proc.stdout
     t1_in = (test["soft"]["1"]["1"] + test["soft"]["2"]["1"]) / 2
     assert "loop (1 runs) in: best T on valid" in proc.stdout and f"T=1 {t1_in:.1f} ± 0.0" in proc.stdout
+    learned_in = (test["depth"]["1"]["soft"] + test["depth"]["2"]["soft"]) / 2
+    assert f"learned T {learned_in:.1f} ± 0.0" in proc.stdout
