@@ -81,8 +81,8 @@ def test_train_eval_report_on_pointer_files(base: Path, tmp_path: Path) -> None:
         if learned["T"] in (1.0, 2.0):
             assert learned["soft"] == test["soft"][d][str(int(learned["T"]))]
             assert learned["T_is_d"] == (100.0 if learned["T"] == int(d) else 0.0)
-    for mode in test.values():
-        for by_loops in mode.values():
+    for mode in ("soft", "hard"):
+        for by_loops in test[mode].values():
             assert list(by_loops) == [str(t) for t in range(1, 9)]
             assert all(value in {25.0 * k for k in range(5)} for value in by_loops.values())  # 4 questions a depth
     proc = subprocess.run([*common, "report", str(data), str(run)], capture_output=True, text=True, timeout=600)
