@@ -297,7 +297,8 @@ def report(args: argparse.Namespace) -> None:
     print(f"accuracy % on test, soft feedback, mean ± SE over runs; bands {bands}")
     for arm, runs in arms.items():
         valid = [json.loads((r / "valid.json").read_text())["soft"] for r in runs]
-        test = [json.loads((r / "test.json").read_text())["soft"] for r in runs]
+        tables = [json.loads((r / "test.json").read_text()) for r in runs]
+        test, depths = [x["soft"] for x in tables], [x.get("depth") for x in tables]
         single = json.loads((runs[0] / "args.json").read_text()).get("arm") == "single"
         loops = [1] if single else range(1, MAX_PASSES + 1)
         for name, (lo, hi) in bands.items():
@@ -305,7 +306,6 @@ def report(args: argparse.Namespace) -> None:
             rows = {f"T={t}": [band(x, lo, hi, t) for x in test] for t in loops}
             if not single:
                 rows["T=d"] = [band(x, lo, hi, None) for x in test]
-            depths = [json.loads((r / "test.json").read_text()).get("depth") for r in runs]
             if not single and all(depths):
                 rows["learned T"] = [statistics.fmean(x[str(d)]["soft"] for d in range(lo, hi + 1)) for x in depths]
                 rows["(mean learned T)"] = [statistics.fmean(x[str(d)]["T"] for d in range(lo, hi + 1)) for x in depths]
