@@ -48,7 +48,7 @@ from mythic.recurrence.depth_lora import DepthLoRA
 from mythic.recurrence.exit import AdaptiveDepth
 from mythic.recurrence.loop import LoopCount
 from mythic.recurrence.loop_embedding import LoopEmbedding
-from mythic.recurrence.rules import ConcatRule, ParcaeRule, ResidualRule, UpdateRule
+from mythic.recurrence.rules import ConcatRule, ParcaeRule, ResidualRule, TokenRule, UpdateRule
 from mythic.recurrence.runner import Recurrence, Request
 from mythic.tensors import copy_strict
 
@@ -100,6 +100,20 @@ class RetrofitConfig(PreTrainedConfig):
         check_kv_share(self.kv_share)
         drop = tuple(self.drop) if self.drop else None
         check_block(self.text_config, self.block_start, self.block_end, drop)
+        if self.rule == "token":
+            self._check_token_rule()
+
+    def _check_token_rule(self) -> None:
+        """The token rule feeds predictions back as input embeddings: its block is the whole stack, and
+        nothing may change a context position's later passes (they must equal its first)."""
+        n = self.text_config.get_text_config(decoder=True).num_hidden_layers
+        if self.block_start != 0 or self.block_end != n or self.drop:
+            raise MythicError(f"rule token loops the whole stack: block_start 0, block_end {n}, no drop")
+        if self.lora_rank or self.loop_embedding or self.kv_share:
+            raise MythicError(
+                "rule token runs every pass with the same weights: set lora_rank 0, loop_embedding false and "
+                "no kv_share (train a LoRA on the base instead: trainable.lora)"
+            )
 
     @property
     def kept_layers(self) -> list[int]:
@@ -156,6 +170,8 @@ def build_recurrence(config: RetrofitConfig, dim: int) -> Recurrence:
         )
     elif config.rule == "parcae":
         rule = ParcaeRule(dim, full_b=config.full_b)
+    elif config.rule == "token":
+        rule = TokenRule()
     else:
         rule = ConcatRule(dim)
     lora = DepthLoRA(config.max_loops, config.lora_rank, config.lora_alpha) if config.lora_rank else None
@@ -260,6 +276,8 @@ class RetrofitForCausalLM(PreTrainedModel, LoopedModel, GenerationMixin):
             if not self.recurrence.lora.attach(block, targets, self.recurrence.context):
                 raise MythicError(f"no Depth-LoRA target {targets} found in the block's layers")
         self.recurrence.to(base.get_input_embeddings().weight.device)  # where the base lives
+        if isinstance(self.recurrence.rule, TokenRule):
+            self.recurrence.rule.bind(self.readout, base.get_input_embeddings())
         for j in range(start, end):
             layers[j] = BlockSlot(layers[j], j == end - 1, self.recurrence, self.readout)
         if base.generation_config is not None:

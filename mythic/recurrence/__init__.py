@@ -3,4 +3,4 @@
 Each module's docstring states its formula or contract; the map of the modules is README's "How it works".
 """
 
-RULES = ("residual", "parcae", "concat")
+RULES = ("residual", "parcae", "concat", "token")

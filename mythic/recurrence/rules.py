@@ -16,13 +16,27 @@ driver in ``loop.py`` calls b_t = Block(x_t) between them. h₀ = e, the prelude
 
 ``concat`` (retrofitted recurrence / Huginn)
     x_t = W [h_t ; e],   h_{t+1} = b_t,   W ∈ R^{d×2d} initialised to [0 | I]: x₀ = e, T = 1 is the base.
+
+``token`` (the loop through the vocabulary; the block is the whole stack, so h_t is the last layer's output)
+    x₀ = e,   h_{t+1} = b_t
+    x_t = e + r ⊙ g · (softmax(Head(Norm(h_t))) · E · s − e)     t ≥ 1,  g = σ(a), a learned (init 2: g = 0.88)
+    at the read positions r (those whose next-token logits the forward reads: ``logits_to_keep``) each pass
+    is fed its own prediction back as a soft token (E: the input embedding, s its scale); every other
+    position is fed its token again, so its pass-t output is its pass-1 output (causal attention: it sees
+    only positions fed the same). A model that has learned one step takes one more with each pass.
+
+A rule meets each forward through ``for_forward(read)``, (B, q) bool of the read positions; the
+``token`` rule is the one that uses them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from mythic.errors import MythicError
 from mythic.recurrence.gates import IdentityBiasedGate, LayerScale, mix_weight
 from mythic.recurrence.injection import LTIInjection
 
@@ -35,6 +49,10 @@ class UpdateRule(nn.Module):
 
     def exit(self, h: torch.Tensor, b: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
         return b
+
+    def for_forward(self, read: torch.Tensor) -> UpdateRule:
+        """The rule as one forward runs it; ``read`` (B, q): the positions whose logits the forward reads."""
+        return self
 
 
 class ResidualRule(UpdateRule):
@@ -93,3 +111,47 @@ class ConcatRule(UpdateRule):
 
     def enter(self, h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
         return self.adapter(torch.cat([h, e], dim=-1).to(self.adapter.weight.dtype)).to(h.dtype)
+
+
+class TokenRule(UpdateRule):
+    """Feed each read position its own soft prediction back through the input embedding (module docstring).
+
+    ``bind(readout, embedding)`` hands it the model's head and input embedding after the wrapper is built;
+    they stay the model's (held in a tuple, not registered here)."""
+
+    def __init__(self, gate_init: float = 2.0) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.tensor(float(gate_init)))
+        self._bound: tuple[Callable[[torch.Tensor], torch.Tensor], nn.Embedding] | None = None
+
+    def bind(self, readout: Callable[[torch.Tensor], torch.Tensor], embedding: nn.Embedding) -> None:
+        self._bound = (readout, embedding)
+
+    def fed_back(self, h: torch.Tensor) -> torch.Tensor:
+        """softmax(Head(Norm(h))) · E · s for states (N, D): the expected input embedding of the next token."""
+        if self._bound is None:
+            raise MythicError("the token rule needs the model's head and embedding: bind them first")
+        readout, embedding = self._bound
+        probs = torch.softmax(readout(h).float(), dim=-1)
+        scale = getattr(embedding, "embed_scale", 1.0)
+        return (probs @ embedding.weight.float() * scale).to(h.dtype)
+
+    def for_forward(self, read: torch.Tensor) -> UpdateRule:
+        return TokenPass(self, read)
+
+
+class TokenPass(UpdateRule):
+    """The token rule within one forward: ``read`` (B, q) marks the positions that are fed back."""
+
+    def __init__(self, rule: TokenRule, read: torch.Tensor) -> None:
+        super().__init__()
+        self._rule = (rule,)
+        self.read = read
+
+    def enter(self, h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
+        if t == 0:
+            return e
+        (rule,) = self._rule
+        g = torch.sigmoid(rule.gate).to(e.dtype)
+        fed = rule.fed_back(h[self.read])
+        return e.index_put((self.read,), e[self.read] + g * (fed - e[self.read]))

@@ -20,7 +20,8 @@ and the runner owns everything else, the same for both kinds:
                 its output written back into the batch; with per-sequence depths and no cache (training),
                 the pass past some sequence's depth for the rows still running (row sums in another order:
                 gradients equal to float32 rounding)
-    the loop    ``loop.run_loops`` with the update rule, the loop embedding and the context's observer
+    the loop    ``loop.run_loops`` with the update rule as this forward runs it (``rule.for_forward`` with the
+                read positions, ``read_mask``), the loop embedding and the context's observer
 
 ``Recurrence`` holds the new parameters every kind has (update rule, loop embedding, Depth-LoRA, halting
 head) and the model's context; ``Recurrence.run`` is the runner, the forward's ``Request`` an argument
@@ -181,7 +182,7 @@ class Recurrence(nn.Module):
 
         h = run_loops(
             step,
-            self.rule,
+            self.rule.for_forward(read_mask(request.logits_to_keep, e)),
             e,
             n_loops,
             embedding=self.embedding,
@@ -194,6 +195,23 @@ class Recurrence(nn.Module):
         if early_exit is not None:
             self.context.record_loops(early_exit.steps[:, -1])
         return h, halting
+
+
+def read_mask(read: int | torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """(B, q) bool: the positions of ``e`` (B, q, D) whose next-token logits the forward reads, from its
+    ``logits_to_keep``: the last k positions for an int k (0: all), a 1-D index of positions, or a (B, q)
+    mask (training: the labelled positions)."""
+    batch, length = e.shape[:2]
+    if isinstance(read, torch.Tensor) and read.dim() == 2:
+        if tuple(read.shape) != (batch, length):
+            raise MythicError(f"logits_to_keep as a mask must be (batch, length) = {(batch, length)}")
+        return read.to(device=e.device, dtype=torch.bool)
+    mask = torch.zeros(length, dtype=torch.bool, device=e.device)
+    if isinstance(read, torch.Tensor):
+        mask[read.to(e.device)] = True
+    else:
+        mask[length - read if 0 < read < length else 0 :] = True
+    return mask.expand(batch, length)
 
 
 def compacted(

@@ -1,0 +1,156 @@
+"""The token update rule: the whole stack looped, each read position fed its own soft prediction back.
+
+Checked against the formula written out on the base (``reference``), between the training forward (a
+labelled-position mask) and token-by-token generation with a cache, and against the probe it came from
+(``benchmarks/token_loop_probe.py``, slow: the embedded SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import tiny_base
+
+from mythic.errors import MythicError
+from mythic.models.retrofit import RetrofitForCausalLM
+
+LAYERS = 6  # tiny_base's layer count
+
+
+def wrap(family: str = "llama", gate: float = 0.7, **settings) -> tuple[torch.nn.Module, RetrofitForCausalLM]:
+    base = tiny_base(family)
+    reference = copy.deepcopy(base).eval()
+    settings = {"block_start": 0, "block_end": LAYERS, "max_loops": 8, "rule": "token", "lora_rank": 0, **settings}
+    model = RetrofitForCausalLM.from_base(base, **settings).eval()
+    with torch.no_grad():
+        model.recurrence.rule.gate.fill_(gate)
+    return reference, model
+
+
+def ids(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def reference(base: torch.nn.Module, x: torch.Tensor, n: int, gate: float) -> torch.Tensor:
+    """(n, B, V): the formula on the plain base — the prompt but its last token cached once, then n passes of
+    the last position, each fed (1 − g)·E[last] + g·softmax(logits)·E."""
+    from transformers import DynamicCache
+
+    embedding = base.get_input_embeddings().weight
+    cache = DynamicCache(config=base.config)
+    base(x[:, :-1], cache=cache, use_cache=True)
+    e = embedding[x[:, -1]]
+    g = torch.sigmoid(torch.tensor(gate))
+    inputs, out = e, []
+    for _ in range(n):
+        logits = base(inputs_embeds=inputs[:, None], cache=cache, use_cache=True).logits[:, -1]
+        cache.crop(-1)
+        out.append(logits)
+        inputs = (1 - g) * e + g * torch.softmax(logits, -1) @ embedding
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3_moe", "deepseek_v2"])
+def test_one_pass_is_the_base_and_each_pass_is_the_formula(family: str) -> None:
+    base, model = wrap(family)
+    x = ids()
+    expected = reference(base, x, 4, 0.7)
+    with torch.no_grad():
+        assert (model(x, n_loops=1).logits - base(x).logits).abs().max().item() == 0.0
+        for t in range(1, 5):
+            got = model(x, n_loops=t, logits_to_keep=1).logits[:, -1]
+            assert (got - expected[t - 1]).abs().max().item() <= 1e-5, f"pass {t}"
+    assert (expected[3] - expected[0]).abs().max().item() > 1e-3, "the passes must change the prediction"
+
+
+def test_training_forward_on_labelled_positions_equals_generating_them_one_by_one() -> None:
+    _, model = wrap()
+    x = ids(batch=2, length=12)
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    keep[:, 8:11] = True  # the prompt's last token (7 + 1) and the two answer tokens after it
+    with torch.no_grad():
+        trained = model(x, n_loops=3, logits_to_keep=keep).logits  # (N, V), row-major over keep
+        cache = model.new_cache()
+        pieces = [model(x[:, :9], n_loops=3, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]]
+        pieces += [model(x[:, i : i + 1], n_loops=3, cache=cache, use_cache=True).logits[:, -1] for i in (9, 10)]
+    stepped = torch.stack(pieces, 1).flatten(0, 1)
+    assert (trained - stepped).abs().max().item() <= 1e-5
+
+
+def test_generate_with_cache_equals_without_and_depths_per_sequence_equal_each_alone() -> None:
+    _, model = wrap(gate=1.5)
+    x = ids(batch=1)
+    cached = model.generate(x, max_new_tokens=6, do_sample=False, n_loops=3)
+    uncached = model.generate(x, max_new_tokens=6, do_sample=False, n_loops=3, use_cache=False)
+    assert torch.equal(cached, uncached)
+    batch = ids(batch=3)
+    keep = torch.zeros_like(batch, dtype=torch.bool)
+    keep[:, -2:] = True
+    depths = torch.tensor([1, 4, 2])
+    with torch.no_grad():
+        together = model(batch, n_loops=depths, logits_to_keep=keep).logits.view(3, 2, -1)
+        for i, d in enumerate(depths.tolist()):
+            alone = model(batch[i : i + 1], n_loops=d, logits_to_keep=keep[i : i + 1]).logits
+            assert (together[i] - alone).abs().max().item() <= 1e-5
+
+
+def test_the_gate_learns_and_context_positions_do_not_move() -> None:
+    _, model = wrap()
+    x = ids()
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    keep[:, -1] = True
+    model.train()
+    model(x, n_loops=3, logits_to_keep=keep).logits.logsumexp(-1).sum().backward()
+    assert model.recurrence.rule.gate.grad is not None and model.recurrence.rule.gate.grad.abs().item() > 0
+    seen: dict[int, torch.Tensor] = {}
+    with torch.no_grad(), model.recurrence.context.observing(lambda t, h: seen.__setitem__(t, h)):
+        model(x, n_loops=3, logits_to_keep=keep)
+    assert (seen[3][:, :-1] - seen[1][:, :-1]).abs().max().item() <= 1e-5, "the context stays at its first pass"
+    assert (seen[3][:, -1] - seen[1][:, -1]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"block_start": 1}, "loops the whole stack: block_start 0, block_end 6"),
+        ({"block_end": 5}, "loops the whole stack"),
+        ({"lora_rank": 8}, "set lora_rank 0"),
+        ({"loop_embedding": True}, "loop_embedding false"),
+    ],
+)
+def test_token_rule_settings_it_cannot_run_are_one_line_errors(settings: dict, message: str) -> None:
+    with pytest.raises(MythicError, match=message):
+        wrap(**settings)
+
+
+@pytest.mark.slow
+def test_the_library_computes_the_probe_passes(smollm2_dir: Path) -> None:
+    path = Path(__file__).parents[1] / "benchmarks" / "token_loop_probe.py"
+    spec = importlib.util.spec_from_file_location("token_loop_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    torch.manual_seed(0)
+    loop = probe.TokenLoop(str(smollm2_dir), loop_embedding=False)
+    with torch.no_grad():
+        loop.gate.fill_(1.2)
+        for name, p in loop.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    loop.model.eval()
+    prompts = ["a>b; b>c; c>a; ++a=", "x>y; y>x; +++y="]
+    with torch.no_grad():
+        expected = loop.passes(prompts, 4)[0]
+        merged = copy.deepcopy(loop.model).merge_and_unload()
+        layers = merged.config.num_hidden_layers
+        model = RetrofitForCausalLM.from_base(
+            merged, block_start=0, block_end=layers, max_loops=8, rule="token", lora_rank=0
+        ).eval()
+        model.recurrence.rule.gate.fill_(1.2)
+        ids, mask, positions = loop.encode(prompts)
+        for t in range(1, 5):
+            got = model(ids, attention_mask=mask, position_ids=positions, n_loops=t, logits_to_keep=1).logits[:, -1]
+            assert (got - expected[t - 1]).abs().max().item() <= 2e-4, f"pass {t}"
