@@ -15,6 +15,7 @@ from cli_runner import run_cli
 from test_train_helpers import HOPS_RECIPE, tiny_recipe, write_corpus
 from tiny import make_tokenizer, write_tiny_base
 
+from mythic.cli.options import parse_loops
 from mythic.errors import MythicError
 from mythic.eval.exact_match import evaluate_tasks, loop_dynamics, score
 from mythic.loading import load_any, load_tokenizer
@@ -349,6 +350,16 @@ def test_retrofit_rows_include_the_base(tmp_path: Path) -> None:
     results = evaluate_tasks(model, tokenizer, read_tasks(tmp_path / "t.jsonl"), loops=[1, 3])
     assert [r["label"] for r in results["rows"]] == ["base", "T=1", "T=3"]
     assert results["difficulties"] == [1, 2]
+    told = evaluate_tasks(model, tokenizer, read_tasks(tmp_path / "t.jsonl"), loops=[1, 2, "d"])
+    rows = {r["label"]: r for r in told["rows"]}
+    assert rows["T=d"]["predictions"] == [rows["T=1"]["predictions"][0], rows["T=2"]["predictions"][1]]
+    assert rows["T=d"]["mean_loops"] == 1.5, "each example loops its difficulty"
+    write_tasks(tmp_path / "u.jsonl", [Task("w1 w2", "w3", 1), Task("w4 w5", "w6", None)])
+    with pytest.raises(MythicError, match="every example needs one"):
+        evaluate_tasks(model, tokenizer, read_tasks(tmp_path / "u.jsonl"), loops=["d"])
+    with pytest.raises(MythicError, match="is for task files"):
+        parse_loops("1,d")
+    assert parse_loops("1,d", told=True) == [1, "d"]
 
 
 def test_recipe_rules_for_task_data(tmp_path: Path) -> None:

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_base
+from test_train_helpers import tiny_recipe
+from tiny import tiny_base, write_tiny_base
 
 from mythic.errors import MythicError
+from mythic.eval.exact_match import evaluate_tasks
+from mythic.loading import load_any, load_tokenizer
 from mythic.models.retrofit import RetrofitForCausalLM
+from mythic.recurrence.depth_head import DepthHead
+from mythic.recurrence.exit import AdaptiveDepth, parse_exit
+from mythic.tasks.files import Task, read_tasks, write_tasks
+from mythic.train.recipe import validate_recipe
+from mythic.train.trainer import train
 
 LAYERS = 6  # tiny_base's layer count
 
@@ -81,12 +90,15 @@ def test_training_forward_on_labelled_positions_equals_generating_them_one_by_on
     assert (trained - stepped).abs().max().item() <= 1e-5
 
 
-def test_generate_with_cache_equals_without_and_depths_per_sequence_equal_each_alone() -> None:
+def test_generation_is_one_forward_reading_the_generated_positions_and_depths_per_sequence_equal_each_alone() -> None:
     _, model = wrap(gate=1.5)
-    x = ids(batch=1)
-    cached = model.generate(x, max_new_tokens=6, do_sample=False, n_loops=3)
-    uncached = model.generate(x, max_new_tokens=6, do_sample=False, n_loops=3, use_cache=False)
-    assert torch.equal(cached, uncached)
+    x = ids(batch=2)
+    out = model.generate(x, max_new_tokens=6, do_sample=False, n_loops=3)
+    read = torch.zeros_like(out[:, :-1], dtype=torch.bool)
+    read[:, x.shape[1] - 1 :] = True  # the prompt's last token and every generated one but the newest
+    with torch.no_grad():
+        logits = model(out[:, :-1], n_loops=3, logits_to_keep=read).logits.view(2, 6, -1)
+    assert torch.equal(logits.argmax(-1), out[:, x.shape[1] :])
     batch = ids(batch=3)
     keep = torch.zeros_like(batch, dtype=torch.bool)
     keep[:, -2:] = True
@@ -96,6 +108,11 @@ def test_generate_with_cache_equals_without_and_depths_per_sequence_equal_each_a
         for i, d in enumerate(depths.tolist()):
             alone = model(batch[i : i + 1], n_loops=d, logits_to_keep=keep[i : i + 1]).logits
             assert (together[i] - alone).abs().max().item() <= 1e-5
+    generated = model.generate(batch, max_new_tokens=4, do_sample=False, n_loops=depths)
+    for i, d in enumerate(depths.tolist()):
+        assert torch.equal(
+            generated[i], model.generate(batch[i : i + 1], max_new_tokens=4, do_sample=False, n_loops=d)[0]
+        )
 
 
 def test_the_gate_learns_and_context_positions_do_not_move() -> None:
@@ -154,3 +171,54 @@ def test_the_library_computes_the_probe_passes(smollm2_dir: Path) -> None:
         for t in range(1, 5):
             got = model(ids, attention_mask=mask, position_ids=positions, n_loops=t, logits_to_keep=1).logits[:, -1]
             assert (got - expected[t - 1]).abs().max().item() <= 2e-4, f"pass {t}"
+
+
+def test_a_fitted_depth_head_names_the_counts_it_was_fitted_on() -> None:
+    torch.manual_seed(0)
+    counts = torch.randint(1, 5, (400,))
+    states = torch.randn(400, 16) + 8.0 * torch.nn.functional.one_hot(counts, 16).float()
+    head = DepthHead(16, max_loops=8)
+    assert not head.fitted
+    assert head.fit(states, counts) == 1.0 and head.fitted
+    fresh = torch.randn(50, 16) + 8.0 * torch.nn.functional.one_hot(torch.full((50,), 3), 16).float()
+    assert (head(fresh) == 3).float().mean().item() >= 0.9
+
+
+def test_the_depth_exit_loops_each_token_as_often_as_its_head_says() -> None:
+    _, model = wrap(gate=1.5, depth_head=True)
+    x = ids(batch=2)
+    with pytest.raises(MythicError, match="needs a model with a fitted depth head"):
+        model.generate(x, max_new_tokens=2, do_sample=False, n_loops=AdaptiveDepth(8, "depth", None))
+    head = model.recurrence.depth_head
+    with torch.no_grad():
+        head.weight.fill_(1e-6)
+        head.bias.copy_(torch.tensor([0, 0, 5.0, 0, 0, 0, 0, 0]))  # T̂ = 3 everywhere
+    with model.recurrence.context.metering() as used:
+        adaptive = model.generate(x, max_new_tokens=4, do_sample=False, n_loops=AdaptiveDepth(8, "depth", None))
+    fixed = model.generate(x, max_new_tokens=4, do_sample=False, n_loops=3)
+    assert torch.equal(adaptive, fixed)
+    assert all(bool((u == 3).all()) for u in used), "every read position ran its head's three passes"
+    with pytest.raises(MythicError, match="takes no EPS"):
+        parse_exit("depth:0.1")
+
+
+def test_training_fits_the_depth_head_and_the_checkpoint_keeps_it(tmp_path: Path) -> None:
+    base = write_tiny_base(tmp_path / "base")
+    rows = [Task(f"w{i} w{i + 1} w{i + 2}", f"w{i + 3}", 1 + i % 3) for i in range(30)]
+    write_tasks(tmp_path / "t.jsonl", rows)
+    raw = tiny_recipe(base, tmp_path, tmp_path / "run", train={"steps": 3, "micro_batch": 4, "depth_examples": 5})
+    raw["model"]["surgery"] = {"block_start": 0, "block_end": 4, "max_loops": 4, "rule": "token", "lora_rank": 0}
+    raw["model"]["surgery"]["depth_head"] = True
+    raw["data"] = {"seq_len": 16, "sources": [{"kind": "tasks", "path": str(tmp_path / "t.jsonl")}]}
+    raw["curriculum"] = {"kind": "difficulty", "max_loops": 4}
+    raw["loss"] = {}
+    train(validate_recipe(raw))
+    record = json.loads((tmp_path / "run" / "depth_head.json").read_text())
+    assert record["examples"] == 15 and record["states"] > 15 and record["difficulties"] == [1, 2, 3] and 0.0 <= record["right_on_fitted"] <= 1
+    model = load_any(tmp_path / "run" / "final")
+    assert model.recurrence.depth_head.fitted and not model.recurrence.depth_head.weight.requires_grad
+    tokenizer = load_tokenizer(tmp_path / "run" / "final")
+    adaptive = [AdaptiveDepth(4, "depth", None)]
+    result = evaluate_tasks(model, tokenizer, read_tasks(tmp_path / "t.jsonl")[:6], loops=adaptive)
+    auto = result["rows"][-1]
+    assert 1.0 <= auto["answer_loops"] <= 4.0, "the answer's loops are the head's count"

@@ -210,7 +210,7 @@ def tasks(
     """Exact-match accuracy on a task file at each loop count (and of the base, for a retrofit), per difficulty."""
     from mythic.eval import report
 
-    counts = parse_loops(loops, exit_rule)
+    counts = parse_loops(loops, exit_rule, told=True)
     sharing = parse_kv_share(kv_share)
     require_positive(batch_size=batch_size)
     if limit is not None:

@@ -6,7 +6,7 @@ from transformers import PreTrainedModel
 
 from mythic.errors import MythicError
 from mythic.models.protocol import LoopedModel
-from mythic.recurrence.exit import DEFAULT_EXIT, AdaptiveDepth, parse_depth, parse_exit
+from mythic.recurrence.exit import DEFAULT_EXIT, TOLD, AdaptiveDepth, parse_depth, parse_exit
 
 
 def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
@@ -21,11 +21,14 @@ def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
     return values
 
 
-def parse_loops(text: str, exit_rule: str = DEFAULT_EXIT) -> list[int | AdaptiveDepth]:
-    """'1,2,4,auto:16' → [1, 2, 4, AdaptiveDepth(16, …)] for --loops; ``exit_rule`` is --exit."""
+def parse_loops(text: str, exit_rule: str = DEFAULT_EXIT, told: bool = False) -> list[int | AdaptiveDepth | str]:
+    """'1,2,4,auto:16' → [1, 2, 4, AdaptiveDepth(16, …)] for --loops; ``exit_rule`` is --exit; ``told``: the
+    entry ``d`` (each example's difficulty as its loop count) is allowed (task files)."""
     depths = [parse_depth(part, exit_rule) for part in text.split(",") if part.strip()]
     if not depths:
         raise MythicError(f"--loops takes positive integers or auto[:MAX], got {text!r}")
+    if TOLD in depths and not told:
+        raise MythicError("--loops d (each example's difficulty as its loop count) is for task files")
     parse_exit(exit_rule)
     return depths
 

@@ -1,7 +1,8 @@
 """Exact match on a task file at several loop counts, overall and per difficulty.
 
 Every row (``loop_rows``: the base and each loop count for a retrofit, each loop count for OpenMythos,
-the base alone for a plain model; ``auto:MAX``: adaptive, ``recurrence/exit.py``) answers every prompt
+the base alone for a plain model; ``auto:MAX``: adaptive, ``recurrence/exit.py``; ``d``: each example at its
+difficulty, the loop count told) answers every prompt
 greedily: prompts left-padded into batches (longest first), at most (longest answer in tokens + 1) new
 tokens, stopping at EOS; a prediction is correct when it equals the answer after stripping whitespace.
 
@@ -11,9 +12,9 @@ tokens, stopping at EOS; a prediction is correct when it equals the answer after
 Every row reports ``tokens_per_second`` (tokens generated, each prompt's up to its EOS, over the row's
 wall-clock seconds) and, for looped rows, what the loops cost, overall and per difficulty:
 
-    mean_loops          loops per generated token: T for a fixed row; adaptive: the loops of the position
-                        that picks each next token, averaged over a prompt's generate steps, the EOS step
-                        included (a prompt that ended is counted until its whole batch ends)
+    mean_loops          loops per generated token: T for a fixed row, d for a told one; adaptive: the loops
+                        of the position that picks each next token, averaged over a prompt's generate steps,
+                        the EOS step included (a prompt that ended is counted until its whole batch ends)
     answer_loops        the loops of the first answer token (the prompt's forward)
     prompt_token_loops  the prompt's tokens × answer_loops (every prompt token loops as long as the last)
 
@@ -38,6 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mythic.errors import MythicError
 from mythic.eval.rows import GREEDY, Row, loop_context, loop_rows, loops_meter, prepare_tokenizer, row_fields, row_mode
 from mythic.eval.stats import metric
+from mythic.recurrence.exit import TOLD
 from mythic.tasks.files import Task
 
 
@@ -83,19 +85,29 @@ def predict(
     with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered, torch.no_grad():
         for batch in batches(tokenizer, tasks, batch_size):
             enc = tokenizer([tasks[i].prompt for i in batch], return_tensors="pt", padding=True).to(model.device)
+            if n_loops == TOLD:
+                loop_kwargs = {"n_loops": told_loops([tasks[i] for i in batch]).to(model.device)}
             output = model.generate(**enc, **loop_kwargs, max_new_tokens=budget, **GREEDY, **ends)
             new = output[:, enc.input_ids.shape[1] :]
             tokens += new_tokens(new, tokenizer)
             used = metered()
             for j, (i, ids) in enumerate(zip(batch, new, strict=True)):
                 answers[i] = tokenizer.decode(ids, skip_special_tokens=True)
-                if costs:  # an adaptive row's loops are metered; a fixed row loops T times at every token
-                    mean, first = (used[:, j].mean(), used[0, j]) if used is not None else (n_loops, n_loops)
+                if costs:  # an adaptive row's loops are metered; a fixed (told) row loops T (d) times at every token
+                    fixed = tasks[i].difficulty if n_loops == TOLD else n_loops
+                    mean, first = (used[:, j].mean(), used[0, j]) if used is not None else (fixed, fixed)
                     costs["mean_loops"][i], costs["answer_loops"][i] = float(mean), float(first)
                     costs["prompt_token_loops"][i] = float(first) * int(enc.attention_mask[j].sum())
             if on_batch is not None:
                 on_batch(len(batch))
     return Prediction(answers, costs, tokens)
+
+
+def told_loops(tasks: Sequence[Task]) -> torch.Tensor:
+    """(B,) the loop count of each example of a ``TOLD`` row: its difficulty."""
+    if any(t.difficulty is None or t.difficulty < 1 for t in tasks):
+        raise MythicError("--loops d runs each example at its difficulty: every example needs one (≥ 1)")
+    return torch.tensor([t.difficulty for t in tasks])
 
 
 def new_tokens(new: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> int:

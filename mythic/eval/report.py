@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from mythic.io import write_json
+from mythic.recurrence.exit import TOLD
 
 EXTRAS = ("mean_loops", "tokens_per_second", "mean_tokens", "tokens", "seconds")  # row fields beside the metrics
 
@@ -129,7 +130,7 @@ def plot_rows(
         ax.axhline(fixed[0][1]["value"], linestyle="--", color=colour, label=name)
     for r, m in rows:
         se = m["stderr"] or 0.0
-        if r["n_loops"] == "auto" and r.get(star) is not None:
+        if r["n_loops"] in ("auto", TOLD) and r.get(star) is not None:
             x = r[star]["value"] if isinstance(r[star], dict) else r[star]  # a float, or a mean ± SE over seeds
             label = f"{name} {row_title(r)} (at its {star.replace('_', ' ')})"
             ax.errorbar([x], [m["value"]], [se], fmt="*", markersize=12, capsize=3, color=colour, label=label)

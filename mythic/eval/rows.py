@@ -3,7 +3,8 @@
 A row is the base (``n_loops=None``: ``base_mode()`` for a looped model with a base, the plain model
 otherwise) or a loop count passed to a looped model's ``forward`` / ``generate`` as ``n_loops``
 (``loop_rows`` says which): a fixed T, or an ``AdaptiveDepth`` (``auto:MAX``; ``loops_meter`` reads the
-loops it used).
+loops it used), or ``TOLD`` (``d``, task files): each example runs as many loops as its difficulty, the
+count told rather than found (``exact_match.predict``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mythic.models.protocol import LoopedModel
 from mythic.recurrence.context import LoopContext
 from mythic.recurrence.exit import AdaptiveDepth
 
-Row = int | AdaptiveDepth | None  # a row: fixed T, adaptive (auto:MAX), or the base (None)
+Row = int | AdaptiveDepth | str | None  # a row: fixed T, adaptive (auto:MAX), told (TOLD, "d"), or the base (None)
 GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}  # generate() kwargs, no sampling
 
 
@@ -34,7 +35,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
 def row_label(n_loops: Row) -> str:
     if isinstance(n_loops, AdaptiveDepth):
         return n_loops.label
-    return "base" if n_loops is None else f"T={n_loops}"
+    return "base" if n_loops is None else f"T={n_loops}"  # T=n, or T=d for TOLD
 
 
 def row_file(label: str) -> str:

@@ -125,8 +125,9 @@ class Experiment(Strict):
     def data_dir(self) -> Path:
         return self.run_dir / "data"
 
-    def arm_loops(self, arm: Arm | None) -> list[int | AdaptiveDepth]:
-        """The rows an arm is evaluated at: loop counts, and ``auto:MAX`` entries with the experiment's ``exit``."""
+    def arm_loops(self, arm: Arm | None) -> list[int | AdaptiveDepth | str]:
+        """The rows an arm is evaluated at: loop counts, ``auto:MAX`` entries with the experiment's ``exit``, and
+        ``d`` (each example at its difficulty)."""
         entries = (arm.loops if arm is not None else None) or self.loops
         return [n if isinstance(n, int) else parse_depth(n, self.exit) for n in entries]
 

@@ -35,6 +35,7 @@ from mythic.eval.report import heatmap_figure, metric_text, plot_rows, row_title
 from mythic.eval.stats import metric
 from mythic.io import write_json
 from mythic.lab.experiment import Experiment, Outcome, band_accuracy, point_label
+from mythic.recurrence.exit import TOLD
 from mythic.tasks.baselines import score, strongest
 from mythic.tasks.files import read_tasks
 from mythic.tasks.make import generator
@@ -67,8 +68,9 @@ def split_rows(experiment: Experiment, mine: list[dict[str, Any]]) -> list[dict[
             "bands": {name: metric(values) for name, values in per_band.items() if None not in values},
             "per_difficulty": per_difficulty(seed_rows, difficulties, lambda entry: entry["accuracy"]["value"]),
         }
-        if first["n_loops"] == "auto":
-            row["exit"] = first["exit"]
+        if first["n_loops"] in ("auto", TOLD):  # adaptive or told: the loops vary by example
+            if first["n_loops"] == "auto":
+                row["exit"] = first["exit"]
             for cost in COSTS:
                 row[cost] = metric([r[cost] for r in seed_rows])
                 row[f"{cost}_per_difficulty"] = per_difficulty(seed_rows, difficulties, itemgetter(cost))

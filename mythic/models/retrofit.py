@@ -44,6 +44,7 @@ from mythic.models.families import batch_separable, check_block, decoder_layers,
 from mythic.models.protocol import LoopedModel
 from mythic.recurrence import RULES
 from mythic.recurrence.cache import LoopCache, check_kv_share
+from mythic.recurrence.depth_head import DepthHead
 from mythic.recurrence.depth_lora import DepthLoRA
 from mythic.recurrence.exit import AdaptiveDepth
 from mythic.recurrence.loop import LoopCount
@@ -80,6 +81,7 @@ class RetrofitConfig(PreTrainedConfig):
     lora_alpha: float = 16.0
     lora_targets: list[str] | None = None
     loop_embedding: bool = False
+    depth_head: bool = False
     base_name_or_path: str | None = None
     base_revision: str | None = None
     kv_share: str | None = None
@@ -154,7 +156,8 @@ def batch_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
 
 
 def build_recurrence(config: RetrofitConfig, dim: int) -> Recurrence:
-    """Every new parameter: update rule (gate, LayerScale, injection/adapter), Depth-LoRA, loop embedding."""
+    """Every new parameter: update rule (gate, LayerScale, injection/adapter), Depth-LoRA, loop embedding, and the
+    depth head (fitted after training, ``recurrence/depth_head.py``)."""
     rule: UpdateRule
     if config.rule == "residual":
         rule = ResidualRule(
@@ -176,7 +179,8 @@ def build_recurrence(config: RetrofitConfig, dim: int) -> Recurrence:
         rule = ConcatRule(dim)
     lora = DepthLoRA(config.max_loops, config.lora_rank, config.lora_alpha) if config.lora_rank else None
     embedding = LoopEmbedding(dim) if config.loop_embedding else None
-    return Recurrence(rule, config.max_loops, embedding=embedding, lora=lora)
+    depth_head = DepthHead(dim, config.max_loops) if config.depth_head else None
+    return Recurrence(rule, config.max_loops, embedding=embedding, lora=lora, depth_head=depth_head)
 
 
 Call = tuple[nn.Module, tuple[Any, ...], dict[str, Any]]  # a block layer and the arguments the base called it with
@@ -192,14 +196,46 @@ class Forward:
     calls: list[Call] = field(default_factory=list)
 
 
+def token_rows(value: Any, index: torch.Tensor, length: int) -> Any:
+    """``value`` (a layer call's arguments, already for the computed rows) for the tokens ``index`` (R, Q)
+    of ``length`` alone: every tensor of two or more dims whose second is ``length`` and first is 1 or R
+    (rotary tables, position ids, per-layer inputs) is gathered along it; the rest is kept."""
+    if isinstance(value, torch.Tensor):
+        rows = index.shape[0]
+        if value.dim() < 2 or value.shape[1] != length or value.shape[0] not in (1, rows):
+            return value
+        value = value.expand(rows, *value.shape[1:])
+        picked = index.view(*index.shape, *([1] * (value.dim() - 2))).expand(-1, -1, *value.shape[2:])
+        return value.gather(1, picked)
+    if isinstance(value, (tuple, list)):
+        return type(value)(token_rows(item, index, length) for item in value)
+    if type(value) is dict:
+        return {key: token_rows(item, index, length) for key, item in value.items()}
+    return value
+
+
+def query_rows(mask: torch.Tensor | None, index: torch.Tensor, length: int, past: int) -> torch.Tensor:
+    """The attention mask (rows, 1, Q, past + length) of the query tokens ``index`` (R, Q): the rows of the
+    forward's mask at those tokens, or the causal mask when the forward had none (sdpa's causal shortcut)."""
+    rows = index.shape[0]
+    if mask is None:
+        keys = torch.arange(past + length, device=index.device)
+        return (keys.view(1, 1, 1, -1) <= (past + index).view(rows, 1, -1, 1)).expand(rows, 1, -1, -1)
+    mask = mask.expand(rows, *mask.shape[1:])
+    return mask.gather(2, index.view(rows, 1, -1, 1).expand(-1, mask.shape[1], -1, mask.shape[3]))
+
+
 @dataclass
 class LayerCalls:
     """The retrofit's block for the runner: the block layers with the arguments the base called them with in
     this forward (masks, rotary tables, per-layer inputs …), replayed for every pass with the pass's cache view.
-    Rows of the batch are computed apart (``subset``) unless a layer shares keys with another (gemma4)."""
+    Rows of the batch, and tokens in them, are computed apart (``subset``: the arguments gathered by row,
+    then by token, each query's mask row kept) unless a layer shares keys with another (gemma4); ``past``:
+    the tokens the cache held before this forward."""
 
     calls: list[Call]
-    positions = False
+    past: int = 0
+    positions = True
 
     @property
     def separable(self) -> bool:
@@ -210,7 +246,18 @@ class LayerCalls:
 
     def subset(self, x: torch.Tensor, view: Any, rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         picked = [batch_rows(call, rows, x.shape[0]) for call in self.calls]
-        return self.replay(x[rows], view, picked)
+        x = x[rows]
+        if index is not None:
+            length = x.shape[1]
+            picked = [self.tokens(call, index, length) for call in picked]
+            x = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return self.replay(x, view, picked)
+
+    def tokens(self, call: Call, index: torch.Tensor, length: int) -> Call:
+        layer, args, kwargs = call
+        mask = query_rows(kwargs.get("attention_mask"), index, length, self.past)
+        kwargs = token_rows({k: v for k, v in kwargs.items() if k != "attention_mask"}, index, length)
+        return layer, token_rows(args, index, length), {**kwargs, "attention_mask": mask}
 
     @staticmethod
     def replay(x: torch.Tensor, view: Any, calls: list[Call]) -> torch.Tensor:
@@ -239,7 +286,8 @@ class BlockSlot(nn.Module):
         if not self.last:
             return hidden_states
         calls, state.calls = state.calls, []
-        h, _ = recurrence.run(LayerCalls(calls), hidden_states, state.request, kwargs.get("cache"), state.past, readout)
+        block = LayerCalls(calls, state.past)
+        h, _ = recurrence.run(block, hidden_states, state.request, kwargs.get("cache"), state.past, readout)
         return h
 
 
@@ -368,8 +416,9 @@ class RetrofitForCausalLM(PreTrainedModel, LoopedModel, GenerationMixin):
         adaptive = isinstance(n_loops, AdaptiveDepth)
         if use_cache is None:
             use_cache = not self.training and bool(getattr(self.base.config, "use_cache", True))
-        if (use_cache or adaptive) and cache is None:
-            cache = self.new_cache()  # an adaptive run's fill-forward keys live in a cache, even uncached
+        keeps = adaptive or self.config.rule == "token"  # fill-forward keys (an exit's, the token rule's context)
+        if (use_cache or keeps) and cache is None:
+            cache = self.new_cache()  # the fill-forward keys live in a cache, even uncached
         if checkpoint_loops and cache is not None:
             raise MythicError("checkpoint_loops needs use_cache=False: recomputation would write the KV cache twice")
         if cache is not None and not isinstance(cache, LoopCache):
@@ -387,11 +436,11 @@ class RetrofitForCausalLM(PreTrainedModel, LoopedModel, GenerationMixin):
                 cache=cache,
                 inputs_embeds=inputs_embeds,
                 labels=labels,
-                use_cache=use_cache or adaptive,
+                use_cache=use_cache or keeps,
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
-        if adaptive and not use_cache:
+        if keeps and not use_cache:
             out.past_key_values = None
         return out
 

@@ -7,6 +7,7 @@
     kl            KL(p_t ‖ p_{t+1}) < eps,  p_t = softmax(Head(Norm(h_t)))   (t ≥ 1; the "logit lens":
                   the coda skipped; one head pass per loop and position)
     act           the halting head's cumulative probability ≥ its threshold (ACT, ``halting.py``)
+    depth         t + 1 ≥ T̂, the count the depth head read off the position's first state (``depth_head.py``)
 
 Only the positions whose next-token logits the caller reads decide (``read``, the model's
 ``logits_to_keep``; 0, the default: all; ``generate``: the last one), the halting head's too with
@@ -40,7 +41,9 @@ import torch.nn.functional as F
 from mythic.errors import MythicError
 from mythic.recurrence.cache import Written
 
-CRITERIA = ("convergence", "kl", "act")
+CRITERIA = ("convergence", "kl", "act", "depth")
+UNTUNED = ("act", "depth")  # criteria without an EPS: a head decides
+TOLD = "d"  # a --loops entry: each example's difficulty as its loop count (task files)
 DEFAULT_EXIT = "kl:0.0001"  # chosen on the hops valid split (docs/lab-notes.md)
 
 
@@ -57,9 +60,9 @@ class AdaptiveDepth:
             raise MythicError(f"--loops auto:MAX needs MAX >= 1, got {self.limit}")
         if self.criterion not in CRITERIA:
             raise MythicError(f"unknown exit criterion {self.criterion!r}: use one of {', '.join(CRITERIA)}")
-        if self.criterion == "act":
+        if self.criterion in UNTUNED:
             if self.eps is not None:
-                raise MythicError("--exit act takes no EPS (the halting head's threshold decides)")
+                raise MythicError(f"--exit {self.criterion} takes no EPS (its head decides)")
         elif self.eps is None or not math.isfinite(self.eps) or self.eps <= 0:
             raise MythicError(f"--exit {self.criterion}:EPS needs a number EPS > 0, got {self.eps}")
 
@@ -78,8 +81,11 @@ class AdaptiveDepth:
         return self if self.limit is not None else dataclasses.replace(self, limit=trained)
 
 
-def parse_depth(token: str, exit_rule: str) -> int | AdaptiveDepth:
-    """One ``--loops`` entry: ``N`` (fixed), ``auto`` or ``auto:MAX`` (adaptive, with ``exit_rule``)."""
+def parse_depth(token: str, exit_rule: str) -> int | AdaptiveDepth | str:
+    """One ``--loops`` entry: ``N`` (fixed), ``auto`` or ``auto:MAX`` (adaptive, with ``exit_rule``), or ``d``
+    (``TOLD``: each example's difficulty, for task files)."""
+    if token.strip() == TOLD:
+        return TOLD
     name, colon, cap = token.strip().partition(":")
     if name != "auto":
         try:
@@ -98,24 +104,25 @@ def parse_depth(token: str, exit_rule: str) -> int | AdaptiveDepth:
 
 
 def parse_exit(text: str) -> tuple[str, float | None]:
-    """``convergence:EPS`` | ``kl:EPS`` | ``act`` → (criterion, eps); a one-line error otherwise."""
+    """``convergence:EPS`` | ``kl:EPS`` | ``act`` | ``depth`` → (criterion, eps); a one-line error otherwise."""
     name, _, value = text.strip().partition(":")
     if name not in CRITERIA:
-        raise MythicError(f"--exit: unknown criterion {name!r}: use convergence:EPS, kl:EPS or act")
-    if name == "act" and value:
-        raise MythicError("--exit act takes no EPS (the halting head's threshold decides)")
+        raise MythicError(f"--exit: unknown criterion {name!r}: use convergence:EPS, kl:EPS, act or depth")
+    if name in UNTUNED and value:
+        raise MythicError(f"--exit {name} takes no EPS (its head decides)")
     try:
         eps = float(value) if value else None
     except ValueError:
         raise MythicError(f"--exit {name}:EPS needs a number, got {value!r}") from None
-    AdaptiveDepth(None, name, eps)  # its checks: EPS > 0 for convergence and kl, no EPS for act
+    AdaptiveDepth(None, name, eps)  # its checks: EPS > 0 for convergence and kl, no EPS for act and depth
     return name, eps
 
 
 class ExitRun:
     """The exit state of one forward call; the loop driver calls ``begin`` / ``update`` / ``stop``.
 
-    ``readout(h)`` gives next-token logits for states (the ``kl`` criterion); ``fill(t)`` writes the
+    ``readout(h)`` gives next-token logits for states (the ``kl`` criterion), ``depth_head(h)`` the loop count
+    of first-pass states (the ``depth`` criterion); ``fill(t)`` writes the
     fill-forward cache entries of a skipped pass t; ``fires(h, h_next, t)`` replaces the criterion;
     ``written`` holds the keys and values this forward wrote per (pass, block layer), for
     ``cache.FillForward``; ``read`` is the model's ``logits_to_keep`` (see the module docstring).
@@ -130,11 +137,16 @@ class ExitRun:
         fill: Callable[[int], None] | None = None,
         fires: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
         read: int | torch.Tensor = 0,
+        depth_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if spec.criterion == "kl" and readout is None:
             raise MythicError("--exit kl needs a model with an output head")
+        if spec.criterion == "depth" and depth_head is None:
+            raise MythicError("--exit depth needs a model with a fitted depth head (depth_head: true, then training)")
         self.spec = spec
         self.readout = readout
+        self.depth_head = depth_head
+        self.told: torch.Tensor | None = None  # the depth head's T̂ at the read positions
         self.fill = fill
         self.fires = fires or self._criterion
         shape = e.shape[:-1]
@@ -190,6 +202,10 @@ class ExitRun:
             previous, self.log_p = self.log_p, log_p
             if previous is not None:
                 fired[:, self.read] = (previous.exp() * (previous - log_p)).sum(-1) < self.spec.eps
+        elif self.spec.criterion == "depth":
+            if self.told is None:
+                self.told = self.depth_head(h_next[:, self.read])
+            fired[:, self.read] = self.told <= t + 1
         return fired
 
 

@@ -21,12 +21,14 @@ driver in ``loop.py`` calls b_t = Block(x_t) between them. h₀ = e, the prelude
     x₀ = e,   h_{t+1} = b_t
     x_t = e + r ⊙ g · (softmax(Head(Norm(h_t))) · E · s − e)     t ≥ 1,  g = σ(a), a learned (init 2: g = 0.88)
     at the read positions r (those whose next-token logits the forward reads: ``logits_to_keep``) each pass
-    is fed its own prediction back as a soft token (E: the input embedding, s its scale); every other
-    position is fed its token again, so its pass-t output is its pass-1 output (causal attention: it sees
-    only positions fed the same). A model that has learned one step takes one more with each pass.
+    is fed its own prediction back as a soft token (E: the input embedding, s its scale). Every other
+    position keeps its first pass (``fixed``): its state stays h₁, and to later passes it shows the keys
+    and values of its first pass (the runner's fill-forward), so pass t ≥ 2 is computed for the read
+    positions alone. A model that has learned one step takes one more with each pass.
 
 A rule meets each forward through ``for_forward(read)``, (B, q) bool of the read positions; the
-``token`` rule is the one that uses them.
+``token`` rule is the one that uses them. ``fixed`` (B, q) or None: the positions that run the first
+pass only.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class UpdateRule(nn.Module):
     def for_forward(self, read: torch.Tensor) -> UpdateRule:
         """The rule as one forward runs it; ``read`` (B, q): the positions whose logits the forward reads."""
         return self
+
+    @property
+    def fixed(self) -> torch.Tensor | None:
+        """(B, q) the positions that run the first pass only (None: every position loops)."""
+        return None
 
 
 class ResidualRule(UpdateRule):
@@ -155,3 +162,10 @@ class TokenPass(UpdateRule):
         g = torch.sigmoid(rule.gate).to(e.dtype)
         fed = rule.fed_back(h[self.read])
         return e.index_put((self.read,), e[self.read] + g * (fed - e[self.read]))
+
+    def exit(self, h: torch.Tensor, b: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
+        return b if t == 0 else torch.where(self.read.unsqueeze(-1), b, h)
+
+    @property
+    def fixed(self) -> torch.Tensor | None:
+        return None if bool(self.read.all()) else ~self.read

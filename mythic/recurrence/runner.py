@@ -15,6 +15,10 @@ and the runner owns everything else, the same for both kinds:
                 ``kv_share``, the one shared slot of the passes t ≥ 1 (``SharedPass``); a pass whose slots
                 hold other than the ``past`` tokens is refused
     exit        an ``ExitRun`` (adaptive depth, ``exit.py``) with its fill-forward views (``FillForward``)
+    fixed       the positions an update rule keeps at their first pass (``rule.fixed``: the token rule's
+                context) show their first pass's keys and values to every later pass through the same
+                fill-forward view, on the forward's cache (the model makes a throwaway one when it has none),
+                and passes t ≥ 1 are computed for the other tokens alone
     halting     the ACT head's ``ACTRun`` (``halting.py``)
     compaction  once few tokens still run, the pass for the running rows (and tokens) alone (``Compacted``),
                 its output written back into the batch; with per-sequence depths and no cache (training),
@@ -40,6 +44,7 @@ from torch import nn
 from mythic.errors import MythicError
 from mythic.recurrence.cache import CacheView, Compacted, FillForward, LoopCache, SharedPass
 from mythic.recurrence.context import LoopContext
+from mythic.recurrence.depth_head import DepthHead
 from mythic.recurrence.depth_lora import DepthLoRA
 from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, running_index, running_rows
 from mythic.recurrence.halting import ACTHalting, ACTRun
@@ -85,12 +90,14 @@ class Recurrence(nn.Module):
         embedding: LoopEmbedding | None = None,
         lora: DepthLoRA | None = None,
         halting: ACTHalting | None = None,
+        depth_head: DepthHead | None = None,
     ) -> None:
         super().__init__()
         self.rule = rule
         self.embedding = embedding
         self.lora = lora
         self.halting = halting
+        self.depth_head = depth_head
         self.max_loops = max_loops
         self.context = LoopContext()
 
@@ -131,6 +138,13 @@ class Recurrence(nn.Module):
             raise MythicError("kv_share needs one loop count for the whole batch, not per-sequence depths")
         total = deepest(n_loops)
         shallowest = int(n_loops.min()) if isinstance(n_loops, torch.Tensor) else total
+        rule = self.rule.for_forward(read_mask(request.logits_to_keep, e))
+        fixed, written = rule.fixed, {}
+        if fixed is not None and (request.kv_share or cache is None):
+            raise MythicError(
+                "a rule that keeps positions at their first pass takes no kv_share, and a cache for their keys "
+                "(the model makes one when it has none)"
+            )
 
         def view_at(t: int) -> CacheView | None:
             """The cache as pass t sees it: its own slots, the slot shared by the passes t ≥ 1 (``kv_share``),
@@ -140,13 +154,14 @@ class Recurrence(nn.Module):
             view: CacheView = cache.at_loop(t)
             if request.kv_share and t >= 1:
                 view = SharedPass(cache, store=t == total - 1)
-            if early_exit is not None:
-                view = FillForward(view, t, early_exit.frozen(t), early_exit.written)
+            if early_exit is not None or fixed is not None:
+                view = FillForward(view, t, frozen_at(t), early_exit.written if early_exit is not None else written)
             return view
 
         if isinstance(request.n_loops, AdaptiveDepth):
             fill = lambda t: view_at(t).fill()  # noqa: E731 - a skipped pass's fill-forward entries
-            early_exit = ExitRun(depth, e, readout=readout, fill=fill, read=request.logits_to_keep)
+            head = self.depth_head if self.depth_head is not None and self.depth_head.fitted else None
+            early_exit = ExitRun(depth, e, readout=readout, fill=fill, read=request.logits_to_keep, depth_head=head)
         halting = self.halting.start(e, n_loops) if self.halting is not None else None
 
         def depth_running(t: int) -> torch.Tensor | None:
@@ -162,12 +177,23 @@ class Recurrence(nn.Module):
             running = None if cache is not None or halting is not None else depth_running(t)
             return None if running is None else ~running
 
+        def frozen_at(t: int) -> torch.Tensor | None:
+            """The tokens pass t leaves out: exited (adaptive depth) or past their sequence's depth, and those
+            the rule keeps at their first pass."""
+            frozen = early_exit.frozen(t) if early_exit is not None else reached(t)
+            if fixed is None or t == 0:
+                return frozen
+            if early_exit is None and (running := depth_running(t)) is not None:
+                frozen = ~running
+            return fixed if frozen is None else fixed | frozen
+
         def step(x: torch.Tensor, t: int) -> torch.Tensor:
             if cache is not None and t > 0:
                 cache.check_loop(min(t, 1) if request.kv_share else t, past)
             view = view_at(t)
-            frozen = early_exit.frozen(t) if early_exit is not None else reached(t)
-            tokens = block.positions and early_exit is not None  # an exit stops tokens; a depth, whole rows
+            frozen = frozen_at(t)
+            # an exit or the rule stops tokens; a depth, whole rows
+            tokens = block.positions and (early_exit is not None or fixed is not None)
             with self.context.at_loop(t):
                 if frozen is not None and block.separable and gathered(frozen, positions=tokens):
                     return compacted(block, x, view, frozen, tokens)
@@ -178,11 +204,13 @@ class Recurrence(nn.Module):
                 return early_exit.masks[t]
             if halting is not None:
                 return halting.masks[t]
+            if fixed is not None and t > 0:
+                return ~frozen_at(t)
             return depth_running(t)
 
         h = run_loops(
             step,
-            self.rule.for_forward(read_mask(request.logits_to_keep, e)),
+            rule,
             e,
             n_loops,
             embedding=self.embedding,

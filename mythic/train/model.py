@@ -97,8 +97,8 @@ def select_trainable(model: nn.Module, recipe: Recipe) -> dict[str, nn.Parameter
     selected: dict[str, nn.Parameter] = {}
     if recipe.model.kind == "openmythos" or recipe.trainable.base:
         selected.update(model.named_parameters())
-    elif recipe.trainable.recurrence:
-        selected.update(model.recurrence_parameters())
+    elif recipe.trainable.recurrence:  # but the depth head, fitted after training (``train/depth.py``)
+        selected.update((n, p) for n, p in model.recurrence_parameters() if ".depth_head." not in n)
     if recipe.trainable.lora is not None:
         selected.update((n, p) for n, p in model.named_parameters() if "lora_" in n)
     if not selected:

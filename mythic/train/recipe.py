@@ -426,6 +426,9 @@ class TrainLoop(Strict):
     compile: bool = False
     """``torch.compile`` the model's forward (inductor) before training; each distinct loop count
     compiles once, on first use."""
+    depth_examples: PositiveInt = 500
+    """A model with a depth head (surgery ``depth_head: true``): the task examples per difficulty it is fitted
+    on after the last step (``train/depth.py``)."""
 
 
 class Checkpointing(Strict):

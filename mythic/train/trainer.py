@@ -383,4 +383,20 @@ def train(
             raise MythicError(f"{streak} non-finite steps in a row (loss or gradient), stopped at step {done}; {where}")
         if (done % recipe.checkpoint.every == 0 or done == cfg.steps) and streak == 0:
             save_step(run, done)
+    if getattr(run.model.recurrence, "depth_head", None) is not None:
+        fit_depth(run)
     return finish(run, record)
+
+
+def fit_depth(run: Training) -> None:
+    """Fit the depth head on the recipe's task files (``train/depth.py``); its record: ``depth_head.json``."""
+    from mythic.tasks.files import read_tasks
+    from mythic.train.depth import fit_depth_head
+
+    paths = [s.path for s in run.recipe.data.sources if getattr(s, "kind", None) == "tasks"]
+    if not paths:
+        raise MythicError("a depth head is fitted on task files (data.sources of kind tasks)")
+    tasks = [task for path in paths for task in read_tasks(Path(path))]
+    record = fit_depth_head(run.model, run.tokenizer, tasks, run.recipe.train.depth_examples, run.recipe.seed)
+    if run.accelerator.is_main_process:
+        (run.recipe.run_dir / "depth_head.json").write_text(json.dumps(record) + "\n")

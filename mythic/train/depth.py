@@ -1,0 +1,90 @@
+"""Fitting the depth head after training (``recurrence/depth_head.py``): states and the counts they should loop.
+
+For up to ``per_difficulty`` examples of each difficulty d in the recipe's task files (drawn with the recipe's
+seed), the looped model, frozen, runs one pass over the example as training sees it; the state h₁ at each
+position training reads (the prompt's last token, which predicts the answer, and the answer's tokens, which
+predict the rest and EOS: each loops in generation as its own read position) is paired with
+min(d, max_loops), the count a T = d curriculum trained that example at. The head is fitted on those pairs
+(L-BFGS) and the run records what it got right:
+
+    depth_head.json   {"examples": N, "states": M, "difficulties": [...], "right_on_fitted": share of the M}
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mythic.errors import MythicError
+from mythic.models.protocol import LoopedModel
+from mythic.tasks.files import Task
+from mythic.train.data import encode_task
+from mythic.train.losses import IGNORE_INDEX
+
+
+def sample_by_difficulty(tasks: list[Task], per_difficulty: int, seed: int) -> list[Task]:
+    """Up to ``per_difficulty`` examples of each difficulty, drawn with ``seed``; every example needs one."""
+    groups: dict[int, list[Task]] = defaultdict(list)
+    for task in tasks:
+        if task.difficulty is None:
+            raise MythicError("the depth head is fitted on each example's difficulty: every example needs one")
+        groups[task.difficulty].append(task)
+    rng = random.Random(seed)
+    return [t for d in sorted(groups) for t in rng.sample(groups[d], min(per_difficulty, len(groups[d])))]
+
+
+@torch.no_grad()
+def first_states(
+    model: LoopedModel, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) the state after one pass at every position training reads (each prompt's last token and the
+    answer's tokens, as ``data.encode_task`` labels them), and (N,) the index of the task each came from."""
+    states: list[torch.Tensor] = []
+    owners: list[torch.Tensor] = []
+    for i in range(0, len(tasks), batch):
+        encoded = [encode_task(tokenizer, task) for task in tasks[i : i + batch]]
+        width = max(len(ids) for ids, _ in encoded)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded])
+        read = torch.tensor(
+            [[y != IGNORE_INDEX for y in labels] + [False] * (width - len(labels)) for _, labels in encoded]
+        )
+        seen: list[torch.Tensor] = []
+        with model.recurrence.context.observing(lambda t, h, seen=seen: seen.append(h)):
+            model(ids.to(model.device), n_loops=1, logits_to_keep=read.to(model.device))
+        states.append(seen[0][read.to(seen[0].device)].float().cpu())
+        owners.append(i + read.nonzero()[:, 0])
+    return torch.cat(states), torch.cat(owners)
+
+
+def fit_depth_head(
+    model: LoopedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[Task],
+    per_difficulty: int,
+    seed: int,
+    batch: int = 32,
+) -> dict[str, Any]:
+    """Fit the model's depth head (module docstring); returns the record."""
+    head = model.recurrence.depth_head
+    if head is None:
+        raise MythicError("this model has no depth head (surgery depth_head: true)")
+    chosen = sample_by_difficulty(tasks, per_difficulty, seed)
+    was_training = model.training
+    model.eval()
+    states, owners = first_states(model, tokenizer, chosen, batch)
+    model.train(was_training)
+    loops = torch.tensor([min(t.difficulty, model.recurrence.max_loops) for t in chosen])[owners]
+    torch.manual_seed(seed)  # the fit's starting point
+    right = head.to("cpu").fit(states, loops)
+    head.to(model.device)
+    return {
+        "examples": len(chosen),
+        "states": len(loops),
+        "difficulties": sorted({t.difficulty for t in chosen}),
+        "right_on_fitted": right,
+    }
