@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_train_helpers import tiny_recipe
 from tiny import tiny_base, write_tiny_base
+from transformers import AutoModelForCausalLM
 
 from mythic.errors import MythicError
 from mythic.eval.exact_match import evaluate_tasks
@@ -214,7 +215,12 @@ def test_training_fits_the_depth_head_and_the_checkpoint_keeps_it(tmp_path: Path
     raw["loss"] = {}
     train(validate_recipe(raw))
     record = json.loads((tmp_path / "run" / "depth_head.json").read_text())
-    assert record["examples"] == 15 and record["states"] > 15 and record["difficulties"] == [1, 2, 3] and 0.0 <= record["right_on_fitted"] <= 1
+    assert (
+        record["examples"] == 15
+        and record["states"] > 15
+        and record["difficulties"] == [1, 2, 3]
+        and 0.0 <= record["right_on_fitted"] <= 1
+    )
     model = load_any(tmp_path / "run" / "final")
     assert model.recurrence.depth_head.fitted and not model.recurrence.depth_head.weight.requires_grad
     tokenizer = load_tokenizer(tmp_path / "run" / "final")
@@ -222,3 +228,18 @@ def test_training_fits_the_depth_head_and_the_checkpoint_keeps_it(tmp_path: Path
     result = evaluate_tasks(model, tokenizer, read_tasks(tmp_path / "t.jsonl")[:6], loops=adaptive)
     auto = result["rows"][-1]
     assert 1.0 <= auto["answer_loops"] <= 4.0, "the answer's loops are the head's count"
+
+
+def test_a_token_rule_model_with_its_depth_head_round_trips_through_save_pretrained(tmp_path: Path) -> None:
+    _, model = wrap(gate=1.1, depth_head=True)
+    with torch.no_grad():
+        model.recurrence.depth_head.bias.copy_(torch.tensor([0, 4.0, 0, 0, 0, 0, 0, 0]))
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    x = ids()
+    auto = AdaptiveDepth(8, "depth", None)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, n_loops=3, logits_to_keep=1).logits, model(x, n_loops=3, logits_to_keep=1).logits)
+        assert torch.equal(
+            loaded(x, n_loops=auto, logits_to_keep=1).logits, model(x, n_loops=2, logits_to_keep=1).logits
+        )

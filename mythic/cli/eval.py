@@ -46,6 +46,13 @@ BaseOpt = Annotated[Path | None, typer.Option("--base", help="A plain base model
 LoopsOpt = Annotated[str, typer.Option(help=f"Comma-separated loop counts, e.g. 1,2,4,8; {LOOPS_AUTO_HELP}")]
 KvShareOpt = Annotated[str, typer.Option(help=KV_SHARE_HELP)]
 CountsOpt = Annotated[str, typer.Option(help="Comma-separated loop counts, e.g. 1,2,4,8.")]
+TaskLoopsOpt = Annotated[
+    str,
+    typer.Option(
+        help=f"Comma-separated loop counts, e.g. 1,2,4,8; {LOOPS_AUTO_HELP} d adds a told row: each example "
+        "loops as many times as its difficulty."
+    ),
+]
 ExitOpt = Annotated[str, typer.Option("--exit", help=EXIT_HELP)]
 DtypeOpt = Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16 or float16.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)]
@@ -195,7 +202,7 @@ def tasks(
         Path, typer.Argument(help="A retrofit final/ or checkpoint, an OpenMythos final/, or an export.")
     ],
     task_file: Annotated[Path, typer.Argument(help="A task file (JSON lines of prompt, answer, difficulty).")],
-    loops: LoopsOpt = "1,2,4,8,16",
+    loops: TaskLoopsOpt = "1,2,4,8,16",
     exit_rule: ExitOpt = DEFAULT_EXIT,
     kv_share: KvShareOpt = "none",
     limit: Annotated[int | None, typer.Option(help="Only the first N examples of the file.")] = None,

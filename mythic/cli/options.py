@@ -39,9 +39,10 @@ LOOPS_AUTO_HELP = (
 )
 EXIT_HELP = (
     "When an auto row's token stops looping: convergence:EPS (relative state change ‖h_t+1 − h_t‖/‖h_t‖ < EPS), "
-    "kl:EPS (KL between successive loops' next-token distributions < EPS; costs one head pass per loop) or act "
-    "(the halting head; OpenMythos with act: true). It decides at the token being generated; the prompt's "
-    "earlier tokens loop as long as its last one does."
+    "kl:EPS (KL between successive loops' next-token distributions < EPS; costs one head pass per loop), act "
+    "(the halting head; OpenMythos with act: true) or depth (after the count the depth head reads off the first "
+    "pass; a model trained with depth_head: true). It decides at the token being generated; the prompt's "
+    "earlier tokens loop as long as its last one does (with the token rule they keep their first pass)."
 )
 
 

@@ -29,7 +29,7 @@ class DepthHead(nn.Module):
 
     @property
     def fitted(self) -> bool:
-        return bool(self.weight.abs().sum() > 0)
+        return bool(self.weight.any() or self.bias.any())
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return ((h.float() - self.mean) / self.std) @ self.weight.T + self.bias

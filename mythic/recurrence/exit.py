@@ -19,8 +19,8 @@ frozen state; an uncached adaptive forward runs on a throwaway cache to compute 
 which no position of the batch runs is not computed: its cache slots get the fill-forward entries and
 the loop ends (unless torch.distributed runs several processes: then every pass runs, masked, so every
 rank makes the same collective calls). Once the running tokens fill under ``COMPACT_BELOW`` of the
-batch, a pass is computed for them alone (``gathered``: ``running_rows`` and, for OpenMythos,
-``running_index``; cache rows through ``cache.Compacted``), which changes no token's result.
+batch, a pass is computed for them alone (``gathered``: ``running_rows`` and ``running_index``; cache
+rows through ``cache.Compacted``), which changes no token's result.
 
 So a criterion that never fires computes exactly fixed T = ``limit``, and decoding token by token
 computes exactly what one forward over the whole sequence computes when each position exits at the
