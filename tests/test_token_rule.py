@@ -24,6 +24,7 @@ from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.recurrence.depth_head import DepthHead
 from mythic.recurrence.exit import AdaptiveDepth, parse_exit
 from mythic.tasks.files import Task, read_tasks, write_tasks
+from mythic.train.depth import sample_by_difficulty, trained_loops
 from mythic.train.recipe import validate_recipe
 from mythic.train.trainer import train
 
@@ -243,3 +244,10 @@ def test_a_token_rule_model_with_its_depth_head_round_trips_through_save_pretrai
         assert torch.equal(
             loaded(x, n_loops=auto, logits_to_keep=1).logits, model(x, n_loops=2, logits_to_keep=1).logits
         )
+
+
+def test_the_fit_draws_each_difficulty_alike_and_takes_an_example_without_one_as_one_loop() -> None:
+    rows = [Task(f"p{i}", "a", [None, 1, 2][i % 3]) for i in range(30)]
+    chosen = sample_by_difficulty(rows, per_difficulty=4, seed=0)
+    assert [trained_loops(t) for t in chosen] == [1] * 4 + [2] * 4
+    assert chosen == sample_by_difficulty(rows, per_difficulty=4, seed=0), "drawn with the seed"

@@ -4,7 +4,8 @@ For up to ``per_difficulty`` examples of each difficulty d in the recipe's task 
 seed), the looped model, frozen, runs one pass over the example as training sees it; the state h₁ at each
 position training reads (the prompt's last token, which predicts the answer, and the answer's tokens, which
 predict the rest and EOS: each loops in generation as its own read position) is paired with
-min(d, max_loops), the count a T = d curriculum trained that example at. The head is fitted on those pairs
+min(d, max_loops), the count a T = d curriculum trained that example at (d = 1 for an example without a
+difficulty, as the curriculum takes it). The head is fitted on those pairs
 (L-BFGS) and the run records what it got right:
 
     depth_head.json   {"examples": N, "states": M, "difficulties": [...], "right_on_fitted": share of the M}
@@ -26,13 +27,16 @@ from mythic.train.data import encode_task
 from mythic.train.losses import IGNORE_INDEX
 
 
+def trained_loops(task: Task) -> int:
+    """The loop count the difficulty curriculum trains an example at: its difficulty, 1 without one."""
+    return task.difficulty or 1
+
+
 def sample_by_difficulty(tasks: list[Task], per_difficulty: int, seed: int) -> list[Task]:
-    """Up to ``per_difficulty`` examples of each difficulty, drawn with ``seed``; every example needs one."""
+    """Up to ``per_difficulty`` examples of each difficulty (``trained_loops``), drawn with ``seed``."""
     groups: dict[int, list[Task]] = defaultdict(list)
     for task in tasks:
-        if task.difficulty is None:
-            raise MythicError("the depth head is fitted on each example's difficulty: every example needs one")
-        groups[task.difficulty].append(task)
+        groups[trained_loops(task)].append(task)
     rng = random.Random(seed)
     return [t for d in sorted(groups) for t in rng.sample(groups[d], min(per_difficulty, len(groups[d])))]
 
@@ -78,13 +82,13 @@ def fit_depth_head(
     model.eval()
     states, owners = first_states(model, tokenizer, chosen, batch)
     model.train(was_training)
-    loops = torch.tensor([min(t.difficulty, model.recurrence.max_loops) for t in chosen])[owners]
+    loops = torch.tensor([min(trained_loops(t), model.recurrence.max_loops) for t in chosen])[owners]
     torch.manual_seed(seed)  # the fit's starting point
     right = head.to("cpu").fit(states, loops)
     head.to(model.device)
     return {
         "examples": len(chosen),
         "states": len(loops),
-        "difficulties": sorted({t.difficulty for t in chosen}),
+        "difficulties": sorted({trained_loops(t) for t in chosen}),
         "right_on_fitted": right,
     }
