@@ -28,7 +28,7 @@ and the runner owns everything else, the same for both kinds:
                 read positions, ``read_mask``), the loop embedding and the context's observer
 
 ``Recurrence`` holds the new parameters every kind has (update rule, loop embedding, Depth-LoRA, halting
-head) and the model's context; ``Recurrence.run`` is the runner, the forward's ``Request`` an argument
+head, depth head) and the model's context; ``Recurrence.run`` is the runner, the forward's ``Request`` an argument
 (a retrofit's travels in the ``LoopContext``: ``context.py``).
 """
 
@@ -80,8 +80,8 @@ class LoopedBlock(Protocol):
 
 
 class Recurrence(nn.Module):
-    """The recurrence's parameters (update rule, loop embedding, Depth-LoRA, halting head), the trained loop
-    count, the model's loop context, and the runner."""
+    """The recurrence's parameters (update rule, loop embedding, Depth-LoRA, halting head, depth head), the
+    trained loop count, the model's loop context, and the runner."""
 
     def __init__(
         self,
