@@ -229,6 +229,9 @@ def test_training_fits_the_depth_head_and_the_checkpoint_keeps_it(tmp_path: Path
     result = evaluate_tasks(model, tokenizer, read_tasks(tmp_path / "t.jsonl")[:6], loops=adaptive)
     auto = result["rows"][-1]
     assert 1.0 <= auto["answer_loops"] <= 4.0, "the answer's loops are the head's count"
+    prompt = sum(len(tokenizer(t.prompt).input_ids) for t in read_tasks(tmp_path / "t.jsonl")[:6]) / 6
+    expected = prompt - 1 + auto["answer_loops"]
+    assert auto["prompt_token_loops"] == pytest.approx(expected, abs=1e-3), "only the last prompt token loops"
 
 
 def test_a_token_rule_model_with_its_depth_head_round_trips_through_save_pretrained(tmp_path: Path) -> None:

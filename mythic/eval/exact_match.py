@@ -16,7 +16,9 @@ wall-clock seconds) and, for looped rows, what the loops cost, overall and per d
                         of the position that picks each next token, averaged over a prompt's generate steps,
                         the EOS step included (a prompt that ended is counted until its whole batch ends)
     answer_loops        the loops of the first answer token (the prompt's forward)
-    prompt_token_loops  the prompt's tokens × answer_loops (every prompt token loops as long as the last)
+    prompt_token_loops  every pass of every prompt token: the prompt's tokens × answer_loops where every
+                        prompt token loops as long as the last, tokens − 1 + answer_loops where the
+                        update rule loops only the read positions (``rule.loops_context``: the token rule)
 
 ``loop_dynamics``: one forward at ``n_loops`` whose observer records the state h_t (after t passes of
 the block) at each prompt's last position, then, averaged per difficulty,
@@ -83,6 +85,7 @@ def predict(
     costs = {} if n_loops is None else {name: [0.0] * len(tasks) for name in names}
     tokens = 0
     with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered, torch.no_grad():
+        context_loops = not costs or model.recurrence.rule.loops_context
         for batch in batches(tokenizer, tasks, batch_size):
             enc = tokenizer([tasks[i].prompt for i in batch], return_tensors="pt", padding=True).to(model.device)
             if n_loops == TOLD:
@@ -97,7 +100,9 @@ def predict(
                     fixed = tasks[i].difficulty if n_loops == TOLD else n_loops
                     mean, first = (used[:, j].mean(), used[0, j]) if used is not None else (fixed, fixed)
                     costs["mean_loops"][i], costs["answer_loops"][i] = float(mean), float(first)
-                    costs["prompt_token_loops"][i] = float(first) * int(enc.attention_mask[j].sum())
+                    prompt = int(enc.attention_mask[j].sum())
+                    loops = float(first) * prompt if context_loops else float(first) + prompt - 1
+                    costs["prompt_token_loops"][i] = loops
             if on_batch is not None:
                 on_batch(len(batch))
     return Prediction(answers, costs, tokens)

@@ -302,8 +302,9 @@ def adaptive_blocks(main_name: str, main: dict[str, Any], h2: str) -> list[str]:
     return [
         f"{h2} Adaptive depth: {main_name}, the loops it spends (mean ± SE over seeds)",
         "The answer token's loops are those of the prompt's forward; the mean per generated token also counts the "
-        "EOS step; every prompt token loops as long as the prompt's last one, so the prompt's token-loops are its "
-        "tokens × the answer token's loops.",
+        "EOS step; the prompt's token-loops count every pass of every prompt token: its tokens × the answer "
+        "token's loops where every prompt token loops as long as the last (the hidden-state rules), its tokens "
+        "− 1 + the answer token's loops where only the last loops (the token rule).",
         markdown_table(header, body),
     ]
 

@@ -44,7 +44,10 @@ from mythic.recurrence.injection import LTIInjection
 
 
 class UpdateRule(nn.Module):
-    """x_t = enter(h_t, e, t); b_t = Block(x_t); h_{t+1} = exit(h_t, b_t, e, t)."""
+    """x_t = enter(h_t, e, t); b_t = Block(x_t); h_{t+1} = exit(h_t, b_t, e, t). ``loops_context``: whether
+    the positions that are not read loop too (all but the token rule)."""
+
+    loops_context = True
 
     def enter(self, h: torch.Tensor, e: torch.Tensor, t: int) -> torch.Tensor:
         return h
@@ -125,6 +128,8 @@ class TokenRule(UpdateRule):
 
     ``bind(readout, embedding)`` hands it the model's head and input embedding after the wrapper is built;
     they stay the model's (held in a tuple, not registered here)."""
+
+    loops_context = False
 
     def __init__(self, gate_init: float = 2.0) -> None:
         super().__init__()
