@@ -84,12 +84,13 @@ def predict(
     names = ("mean_loops", "answer_loops", "prompt_token_loops")
     costs = {} if n_loops is None else {name: [0.0] * len(tasks) for name in names}
     tokens = 0
+    told = told_loops(tasks) if n_loops == TOLD else None  # checked before any prompt is answered
     with row_mode(model, n_loops) as loop_kwargs, loops_meter(model, n_loops) as metered, torch.no_grad():
         context_loops = not costs or model.recurrence.rule.loops_context
         for batch in batches(tokenizer, tasks, batch_size):
             enc = tokenizer([tasks[i].prompt for i in batch], return_tensors="pt", padding=True).to(model.device)
-            if n_loops == TOLD:
-                loop_kwargs = {"n_loops": told_loops([tasks[i] for i in batch]).to(model.device)}
+            if told is not None:
+                loop_kwargs = {"n_loops": told[batch].to(model.device)}
             output = model.generate(**enc, **loop_kwargs, max_new_tokens=budget, **GREEDY, **ends)
             new = output[:, enc.input_ids.shape[1] :]
             tokens += new_tokens(new, tokenizer)

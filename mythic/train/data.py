@@ -374,6 +374,22 @@ class TaskReader:
         self._orders = [self._permutation(g) for g in range(len(self.groups))]
 
 
+def pad_id_of(tokenizer: Any) -> int:
+    """The id task rows are right-padded with: the tokenizer's pad token, else EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def right_padded(
+    rows: list[tuple[list[int], list[int]]], pad_id: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) (B, width) of (ids, labels) rows: ids padded with ``pad_id``, labels with
+    IGNORE_INDEX; ``width`` defaults to the longest row."""
+    width = max(len(ids) for ids, _ in rows) if width is None else width
+    ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], dtype=torch.long)
+    labels = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in rows], dtype=torch.long)
+    return ids, labels
+
+
 class TaskStream(Stream):
     """Task-file examples as right-padded rows with answer-only labels; see the module docstring."""
 
@@ -381,7 +397,7 @@ class TaskStream(Stream):
 
     def __init__(self, spec: Data, tokenizer: Any, seed: int) -> None:
         super().__init__(spec, tokenizer, seed)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id_of(tokenizer)
         self.pending: list[list[Row]] = []  # bucketed micro-batches not yet handed out
 
     def next_sample(self, step: int = 0) -> Row:
@@ -408,9 +424,10 @@ class TaskStream(Stream):
             rows = [self.next_sample(step) for _ in range(size)]
         width = max(len(ids) for ids, _, _ in rows)
         mine = rows[rank * batch_size : (rank + 1) * batch_size]
+        input_ids, labels = right_padded([(ids, lab) for ids, lab, _ in mine], self.pad_id, width)
         return Batch(
-            input_ids=torch.tensor([ids + [self.pad_id] * (width - len(ids)) for ids, _, _ in mine], dtype=torch.long),
-            labels=torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab, _ in mine], dtype=torch.long),
+            input_ids=input_ids,
+            labels=labels,
             difficulty=torch.tensor([d for _, _, d in mine], dtype=torch.long),
             real_tokens=sum(len(ids) for ids, _, _ in mine),
         )

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from mythic.errors import MythicError
 from mythic.models.protocol import LoopedModel
 from mythic.tasks.files import Task
-from mythic.train.data import encode_task
+from mythic.train.data import encode_task, pad_id_of, right_padded
 from mythic.train.losses import IGNORE_INDEX
 
 
@@ -50,13 +50,10 @@ def first_states(
     states: list[torch.Tensor] = []
     owners: list[torch.Tensor] = []
     for i in range(0, len(tasks), batch):
-        encoded = [encode_task(tokenizer, task) for task in tasks[i : i + batch]]
-        width = max(len(ids) for ids, _ in encoded)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded])
-        read = torch.tensor(
-            [[y != IGNORE_INDEX for y in labels] + [False] * (width - len(labels)) for _, labels in encoded]
+        ids, labels = right_padded(
+            [encode_task(tokenizer, task) for task in tasks[i : i + batch]], pad_id_of(tokenizer)
         )
+        read = labels != IGNORE_INDEX
         seen: list[torch.Tensor] = []
         with model.recurrence.context.observing(lambda t, h, seen=seen: seen.append(h)):
             model(ids.to(model.device), n_loops=1, logits_to_keep=read.to(model.device))
