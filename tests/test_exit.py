@@ -19,7 +19,7 @@ from tiny import LOOPED_KINDS, looped_model, tiny_mythos
 from mythic.cli.options import parse_loops
 from mythic.errors import MythicError
 from mythic.models.openmythos import OpenMythos
-from mythic.recurrence.exit import AdaptiveDepth, ExitRun, parse_exit, read_positions
+from mythic.recurrence.exit import AdaptiveDepth, ExitRun, parse_exit, read_mask, read_positions
 
 
 def mythos_model(attn_type: str = "gqa", act: bool = False) -> OpenMythos:
@@ -172,14 +172,20 @@ def test_context_positions_ignore_their_own_criterion_and_halting() -> None:
 
 
 def test_read_positions_from_logits_to_keep() -> None:
-    index, context = read_positions(2, 5, torch.device("cpu"))
-    assert index == slice(3, None) and context.tolist() == [True, True, True, False, False]
-    assert read_positions(0, 5, torch.device("cpu"))[1] is None
-    assert read_positions(9, 5, torch.device("cpu"))[1] is None
-    index, context = read_positions(torch.tensor([0, 3]), 5, torch.device("cpu"))
+    e = torch.zeros(2, 5, 4)
+    index, context = read_positions(2, e)
+    assert index.tolist() == [3, 4] and context.tolist() == [True, True, True, False, False]
+    assert read_positions(0, e) == (slice(None), None)
+    assert read_positions(9, e) == (slice(None), None)
+    index, context = read_positions(torch.tensor([0, 3]), e)
     assert index.tolist() == [0, 3] and context.tolist() == [False, True, True, False, True]
+    assert read_mask(torch.tensor([0, 3]), e).tolist() == [[True, False, False, True, False]] * 2
     with pytest.raises(MythicError, match="logits_to_keep"):
-        read_positions(-1, 5, torch.device("cpu"))
+        read_positions(-1, e)
+    with pytest.raises(MythicError, match="1-D index"):
+        read_positions(torch.ones(2, 5, dtype=torch.bool), e)
+    with pytest.raises(MythicError, match="batch, length"):
+        read_mask(torch.ones(2, 4, dtype=torch.bool), e)
 
 
 def test_fill_forward_keys_are_the_last_computed_pass(forced) -> None:

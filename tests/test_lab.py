@@ -174,6 +174,20 @@ def test_adaptive_rows_carry_what_their_loops_cost() -> None:
     assert [c["claim"] for c in claims if c["band"] == "beyond"] == [
         "looped: auto:8 kl:0.0001 (adaptive) vs best T (on valid)"
     ]
+    controls = [record("single", seed, 1, {1: [1, 0.9, 0.3, 0.4]}) for seed in (0, 1)]
+    claims = compare(aggregate(exp, outcome(tests + controls, tests + controls), {}))
+    adaptive = [
+        c for c in claims if c["claim"] == "looped: auto:8 kl:0.0001 (adaptive) vs single (its best row on valid)"
+    ]
+    assert [(c["band"], c["rows"]) for c in adaptive] == [
+        ("in", ["auto:8", "single T=1"]),
+        ("beyond", ["auto:8", "single T=1"]),
+    ]
+    assert (
+        adaptive[0]["value"] == pytest.approx(1.0 - 0.95)
+        and adaptive[1]["value"] == pytest.approx(0.6 - 0.35)
+        and adaptive[1]["stderr"] == 0.0
+    )
 
 
 def test_a_report_page_keeps_the_sections_of_other_experiments(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ valid (the mean over seeds there), never on test (the main arm is the first):
 - overthinking: the main arm at the largest T vs at its best T;
 - adaptive depth: each ``auto:MAX`` row of the main arm vs its best fixed T;
 - baseline: the main arm's best T vs the strongest shallow heuristic;
-- controls: the main arm's best T vs each control's best row.
+- controls: the main arm's best T, and each of its ``auto:MAX`` rows, vs each control's best row.
 
 ``write_report`` renders it all: ``results.json``, a Markdown page and its PNG figures.
 """
@@ -175,6 +175,11 @@ def compare(summary: dict[str, Any]) -> list[dict[str, Any]]:
             if control is not None:
                 control = control | {"label": f"{name} {control['label']}"}
                 pairs.append((f"best T (on valid) vs {name} (its best row on valid)", best, control))
+                pairs += [
+                    (f"{row_title(auto)} (adaptive) vs {name} (its best row on valid)", auto, control)
+                    for auto in adaptive
+                    if band in auto["bands"]
+                ]
         claims += [
             {
                 "claim": f"{main_name}: {text}",

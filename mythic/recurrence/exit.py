@@ -152,7 +152,7 @@ class ExitRun:
         shape = e.shape[:-1]
         self.running = torch.ones(shape, dtype=torch.bool, device=e.device)
         self.steps = torch.zeros(shape, dtype=torch.long, device=e.device)
-        self.read, self.context = read_positions(read, shape[-1], e.device)
+        self.read, self.context = read_positions(read, e)
         self.masks: list[torch.Tensor] = []
         self.log_p: torch.Tensor | None = None
         self.written: Written = {}
@@ -209,24 +209,34 @@ class ExitRun:
         return fired
 
 
-def read_positions(
-    read: int | torch.Tensor, length: int, device: torch.device
-) -> tuple[slice | torch.Tensor, torch.Tensor | None]:
-    """``logits_to_keep`` → (the read positions as an index, the context mask (length,) or None when all are read)."""
+def read_mask(read: int | torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """(B, q) bool: the positions of ``e`` (B, q, D) whose next-token logits the forward reads, from its
+    ``logits_to_keep``: the last k positions for an int k (0: all), a 1-D index of positions, or a (B, q)
+    mask (training: the labelled positions)."""
+    batch, length = e.shape[:2]
+    if isinstance(read, torch.Tensor) and read.dim() == 2:
+        if tuple(read.shape) != (batch, length):
+            raise MythicError(f"logits_to_keep as a mask must be (batch, length) = {(batch, length)}")
+        return read.to(device=e.device, dtype=torch.bool)
+    mask = torch.zeros(length, dtype=torch.bool, device=e.device)
     if isinstance(read, torch.Tensor):
-        if read.dim() != 1:
-            raise MythicError("adaptive depth reads positions given as a 1-D index (logits_to_keep), not a mask")
-        context = torch.ones(length, dtype=torch.bool, device=device)
-        context[read.to(device)] = False
-        index = read.to(device)
+        mask[read.to(e.device)] = True
+    elif read < 0:
+        raise MythicError(f"logits_to_keep must be >= 0, got {read}")
     else:
-        if read < 0:
-            raise MythicError(f"logits_to_keep must be >= 0, got {read}")
-        if read == 0 or read >= length:
-            return slice(None), None
-        context = torch.arange(length, device=device) < length - read
-        index = slice(length - read, None)
-    return index, (context if bool(context.any()) else None)
+        mask[length - read if 0 < read < length else 0 :] = True
+    return mask.expand(batch, length)
+
+
+def read_positions(read: int | torch.Tensor, e: torch.Tensor) -> tuple[slice | torch.Tensor, torch.Tensor | None]:
+    """``logits_to_keep`` → (the read positions as an index, the context mask (q,) or None when all are read),
+    the same positions in every row (``read_mask``)."""
+    if isinstance(read, torch.Tensor) and read.dim() != 1:
+        raise MythicError("adaptive depth reads positions given as a 1-D index (logits_to_keep), not a mask")
+    mask = read_mask(read, e)[0]
+    if bool(mask.all()):
+        return slice(None), None
+    return mask.nonzero().squeeze(1), ~mask
 
 
 COMPACT_BELOW = 0.75  # compute a pass for the running tokens only when they fill less than this share of it

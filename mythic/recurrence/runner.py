@@ -46,7 +46,7 @@ from mythic.recurrence.cache import CacheView, Compacted, FillForward, LoopCache
 from mythic.recurrence.context import LoopContext
 from mythic.recurrence.depth_head import DepthHead
 from mythic.recurrence.depth_lora import DepthLoRA
-from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, running_index, running_rows
+from mythic.recurrence.exit import AdaptiveDepth, ExitRun, gathered, read_mask, running_index, running_rows
 from mythic.recurrence.halting import ACTHalting, ACTRun
 from mythic.recurrence.loop import LoopCount, deepest, run_loops
 from mythic.recurrence.loop_embedding import LoopEmbedding
@@ -223,23 +223,6 @@ class Recurrence(nn.Module):
         if early_exit is not None:
             self.context.record_loops(early_exit.steps[:, -1])
         return h, halting
-
-
-def read_mask(read: int | torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """(B, q) bool: the positions of ``e`` (B, q, D) whose next-token logits the forward reads, from its
-    ``logits_to_keep``: the last k positions for an int k (0: all), a 1-D index of positions, or a (B, q)
-    mask (training: the labelled positions)."""
-    batch, length = e.shape[:2]
-    if isinstance(read, torch.Tensor) and read.dim() == 2:
-        if tuple(read.shape) != (batch, length):
-            raise MythicError(f"logits_to_keep as a mask must be (batch, length) = {(batch, length)}")
-        return read.to(device=e.device, dtype=torch.bool)
-    mask = torch.zeros(length, dtype=torch.bool, device=e.device)
-    if isinstance(read, torch.Tensor):
-        mask[read.to(e.device)] = True
-    else:
-        mask[length - read if 0 < read < length else 0 :] = True
-    return mask.expand(batch, length)
 
 
 def compacted(
