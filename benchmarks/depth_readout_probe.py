@@ -23,14 +23,18 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from mythic.loading import load_checkpoint, load_tokenizer
+from mythic.models.protocol import LoopedModel
 from mythic.recurrence.depth_head import DepthHead
 from mythic.tasks.files import Task, read_tasks
 from mythic.train.depth import first_states, sample_by_difficulty, trained_loops
 
 
-def prompt_states(model: torch.nn.Module, tokenizer: object, tasks: list[Task]) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_states(
+    model: LoopedModel, tokenizer: PreTrainedTokenizerBase, tasks: list[Task]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) first-pass states at each example's prompt's last token (its first read position), (N,) counts."""
     states, owners = first_states(model, tokenizer, tasks, 32)
     first = torch.ones_like(owners, dtype=torch.bool)
