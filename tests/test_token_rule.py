@@ -23,6 +23,7 @@ from mythic.loading import load_any, load_tokenizer
 from mythic.models.retrofit import RetrofitForCausalLM
 from mythic.recurrence.depth_head import DepthHead
 from mythic.recurrence.exit import AdaptiveDepth, parse_exit
+from mythic.recurrence.rules import last_run
 from mythic.tasks.files import Task, read_tasks, write_tasks
 from mythic.train.depth import sample_by_difficulty, trained_loops
 from mythic.train.recipe import validate_recipe
@@ -90,6 +91,33 @@ def test_training_forward_on_labelled_positions_equals_generating_them_one_by_on
         pieces += [model(x[:, i : i + 1], n_loops=3, cache=cache, use_cache=True).logits[:, -1] for i in (9, 10)]
     stepped = torch.stack(pieces, 1).flatten(0, 1)
     assert (trained - stepped).abs().max().item() <= 1e-5
+
+
+def test_read_positions_before_the_answer_run_are_read_at_their_first_pass() -> None:
+    """An intermediate answer inside the prompt is context to generation: training reads it at pass 1, and
+    the answer's passes are those of a forward that does not read it."""
+    _, model = wrap()
+    x = ids(batch=2, length=12)
+    answer = torch.zeros_like(x, dtype=torch.bool)
+    answer[:, 8:11] = True
+    keep = answer.clone()
+    keep[:, [3, 6]] = True  # intermediate answers inside the prompt
+    keep[1, 5] = True
+    with torch.no_grad():
+        both = model(x, n_loops=4, logits_to_keep=keep).logits
+        alone = model(x, n_loops=4, logits_to_keep=answer).logits
+        first = model(x, n_loops=1).logits
+    at_answer = answer[keep].nonzero()[:, 0]
+    inside = (~answer[keep]).nonzero()[:, 0]
+    assert (both[at_answer] - alone).abs().max().item() <= 1e-5
+    assert (both[inside] - first[keep & ~answer]).abs().max().item() <= 1e-5
+    assert (alone - first[answer]).abs().max().item() > 1e-3, "the answer run must loop"
+
+
+def test_last_run_keeps_each_rows_last_run_of_read_positions() -> None:
+    mask = torch.tensor([[1, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 1, 0, 0, 1, 1]])
+    expected = [[0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]]
+    assert last_run(mask.bool()).int().tolist() == expected
 
 
 def test_generation_is_one_forward_reading_the_generated_positions_and_depths_per_sequence_equal_each_alone() -> None:

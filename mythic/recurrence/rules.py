@@ -20,11 +20,15 @@ driver in ``loop.py`` calls b_t = Block(x_t) between them. h₀ = e, the prelude
 ``token`` (the loop through the vocabulary; the block is the whole stack, so h_t is the last layer's output)
     x₀ = e,   h_{t+1} = b_t
     x_t = e + r ⊙ g · (softmax(Head(Norm(h_t))) · E · s − e)     t ≥ 1,  g = σ(a), a learned (init 2: g = 0.88)
-    at the read positions r (those whose next-token logits the forward reads: ``logits_to_keep``) each pass
-    is fed its own prediction back as a soft token (E: the input embedding, s its scale). Every other
-    position keeps its first pass (``fixed``): its state stays h₁, and to later passes it shows the keys
-    and values of its first pass (the runner's fill-forward), so pass t ≥ 2 is computed for the read
-    positions alone. A model that has learned one step takes one more with each pass.
+    at the looped positions r each pass is fed its own prediction back as a soft token (E: the input
+    embedding, s its scale). r is each row's last run of read positions (those whose next-token logits the
+    forward reads: ``logits_to_keep``): the prompt's last token and the answer after it, which generation
+    loops one by one. A read position before that run (an intermediate answer inside the prompt, whose
+    logits training reads) is context to generation, so it is read at its first pass (one on the token
+    right before the prompt's last would join the run). Every other position
+    keeps its first pass (``fixed``): its state stays h₁, and to later passes it shows the keys and values
+    of its first pass (the runner's fill-forward), so pass t ≥ 2 is computed for the looped positions
+    alone. A model that has learned one step takes one more with each pass.
 
 A rule meets each forward through ``for_forward(read)``, (B, q) bool of the read positions; the
 ``token`` rule is the one that uses them. ``fixed`` (B, q) or None: the positions that run the first
@@ -149,7 +153,18 @@ class TokenRule(UpdateRule):
         return (probs @ embedding.weight.float() * scale).to(h.dtype)
 
     def for_forward(self, read: torch.Tensor) -> UpdateRule:
-        return TokenPass(self, read)
+        return TokenPass(self, last_run(read))
+
+
+def last_run(mask: torch.Tensor) -> torch.Tensor:
+    """(B, q) bool: each row's last run of consecutive True positions of ``mask`` (B, q): a True position
+    with no gap (a False position followed by a True one) after it."""
+
+    def from_the_end(x: torch.Tensor) -> torch.Tensor:  # x at or after each position, counted
+        return x.flip(-1).int().cumsum(-1).flip(-1)
+
+    gap = ~mask & (from_the_end(mask) > 0)
+    return mask & (from_the_end(gap) == 0)
 
 
 class TokenPass(UpdateRule):
