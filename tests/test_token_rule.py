@@ -25,7 +25,7 @@ from mythic.recurrence.depth_head import DepthHead
 from mythic.recurrence.exit import AdaptiveDepth, parse_exit
 from mythic.recurrence.rules import last_run
 from mythic.tasks.files import Task, read_tasks, write_tasks
-from mythic.train.depth import sample_by_difficulty, trained_loops
+from mythic.train.depth import first_states, sample_by_difficulty, trained_loops
 from mythic.train.recipe import validate_recipe
 from mythic.train.trainer import train
 
@@ -230,6 +230,18 @@ def test_the_depth_exit_loops_each_token_as_often_as_its_head_says() -> None:
     assert all(bool((u == 3).all()) for u in used), "every read position ran its head's three passes"
     with pytest.raises(MythicError, match="takes no EPS"):
         parse_exit("depth:0.1")
+
+
+def test_the_depth_head_is_fitted_on_the_positions_that_loop_not_on_intermediate_answers(tmp_path: Path) -> None:
+    _, model = wrap()
+    tokenizer = load_tokenizer(write_tiny_base(tmp_path / "base"))
+    plain = [Task(f"w{i} w{i + 1} w{i + 2} w{i + 3}", f"w{i + 4}", 1 + i % 3) for i in range(6)]
+    marked = [Task(t.prompt, t.answer, t.difficulty, ((len(t.prompt.split()[0]), "w9"),)) for t in plain]
+    states, owners = first_states(model, tokenizer, plain, batch=4)
+    with_intermediate, marked_owners = first_states(model, tokenizer, marked, batch=4)
+    answer = [len(tokenizer(t.answer, add_special_tokens=False).input_ids) + 1 for t in plain]
+    assert owners.tolist() == marked_owners.tolist() == [i for i, n in enumerate(answer) for _ in range(n)]
+    assert (states - with_intermediate).abs().max().item() <= 1e-5
 
 
 def test_training_fits_the_depth_head_and_the_checkpoint_keeps_it(tmp_path: Path) -> None:

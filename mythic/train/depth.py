@@ -2,8 +2,9 @@
 
 For up to ``per_difficulty`` examples of each difficulty d in the recipe's task files (drawn with the recipe's
 seed), the looped model, frozen, runs one pass over the example as training sees it; the state h₁ at each
-position training reads (the prompt's last token, which predicts the answer, and the answer's tokens, which
-predict the rest and EOS: each loops in generation as its own read position) is paired with
+position the token rule loops in training (the prompt's last token, which predicts the answer, and the answer's
+tokens, which predict the rest and EOS: each loops in generation as its own read position; an intermediate
+answer inside the prompt does not) is paired with
 min(d, max_loops), the count a T = d curriculum trained that example at (d = 1 for an example without a
 difficulty, as the curriculum takes it). The head is fitted on those pairs
 (L-BFGS) and the run records what it got right:
@@ -22,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mythic.errors import MythicError
 from mythic.models.protocol import LoopedModel
+from mythic.recurrence.rules import last_run
 from mythic.tasks.files import Task
 from mythic.train.data import encode_task, pad_id_of, right_padded
 from mythic.train.losses import IGNORE_INDEX
@@ -45,15 +47,16 @@ def sample_by_difficulty(tasks: list[Task], per_difficulty: int, seed: int) -> l
 def first_states(
     model: LoopedModel, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], batch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) the state after one pass at every position training reads (each prompt's last token and the
-    answer's tokens, as ``data.encode_task`` labels them), and (N,) the index of the task each came from."""
+    """(N, D) the state after one pass at every position training loops (each prompt's last token and the
+    answer's tokens, as ``data.encode_task`` labels them: each row's last run of labels), and (N,) the index of
+    the task each came from."""
     states: list[torch.Tensor] = []
     owners: list[torch.Tensor] = []
     for i in range(0, len(tasks), batch):
         ids, labels = right_padded(
             [encode_task(tokenizer, task) for task in tasks[i : i + batch]], pad_id_of(tokenizer)
         )
-        read = labels != IGNORE_INDEX
+        read = last_run(labels != IGNORE_INDEX)
         seen: list[torch.Tensor] = []
         with model.recurrence.context.observing(lambda t, h, seen=seen: seen.append(h)):
             model(ids.to(model.device), n_loops=1, logits_to_keep=read.to(model.device))
