@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_train_helpers import tiny_recipe
 from tiny import tiny_base, write_tiny_base
 from transformers import AutoModelForCausalLM
@@ -118,6 +120,17 @@ def test_last_run_keeps_each_rows_last_run_of_read_positions() -> None:
     mask = torch.tensor([[1, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 1, 0, 0, 1, 1]])
     expected = [[0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]]
     assert last_run(mask.bool()).int().tolist() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=9, max_size=9), min_size=1, max_size=4))
+def test_last_run_is_the_rows_last_maximal_run(rows: list[list[bool]]) -> None:
+    got = last_run(torch.tensor(rows)).tolist()
+    for row, kept in zip(rows, got, strict=True):
+        text = "".join("1" if b else "0" for b in row)
+        end = text.rfind("1") + 1
+        start = text.rfind("0", 0, end) + 1
+        assert kept == [end > 0 and start <= i < end for i in range(len(row))]
 
 
 def test_generation_is_one_forward_reading_the_generated_positions_and_depths_per_sequence_equal_each_alone() -> None:

@@ -25,10 +25,10 @@ driver in ``loop.py`` calls b_t = Block(x_t) between them. h₀ = e, the prelude
     forward reads: ``logits_to_keep``): the prompt's last token and the answer after it, which generation
     loops one by one. A read position before that run (an intermediate answer inside the prompt, whose
     logits training reads) is context to generation, so it is read at its first pass (one on the token
-    right before the prompt's last would join the run). Every other position
-    keeps its first pass (``fixed``): its state stays h₁, and to later passes it shows the keys and values
-    of its first pass (the runner's fill-forward), so pass t ≥ 2 is computed for the looped positions
-    alone. A model that has learned one step takes one more with each pass.
+    right before the prompt's last would join the run). Every other position keeps its first pass
+    (``fixed``): its state stays h₁, and to later passes it shows the keys and values of its first pass
+    (the runner's fill-forward), so pass t ≥ 2 is computed for the looped positions alone. A model that
+    has learned one step takes one more with each pass.
 
 A rule meets each forward through ``for_forward(read)``, (B, q) bool of the read positions; the
 ``token`` rule is the one that uses them. ``fixed`` (B, q) or None: the positions that run the first
