@@ -359,7 +359,8 @@ def report_section(
     ]
     if plot_curves(summary, folder / "learning-curves.png"):
         blocks += [
-            "Training cross-entropy of every run (one line per seed; the answer and EOS tokens):",
+            "Training cross-entropy of every run (one line per seed; every labelled token: the answer, EOS and "
+            "any intermediate answer):",
             f"![learning curves]({prefix}learning-curves.png)",
         ]
     difficulty_rows = [
